@@ -1,0 +1,69 @@
+"""Benchmarks run by ``tunneld bench NAME``.
+
+Every benchmark measures its baseline in the same run and reports ratios against
+it, so numbers from different machines compare. A benchmark is a module with
+``add_arguments(parser)`` and ``run(args) -> BenchResult``; list it in ``BENCHMARKS``
+with a one-line description. Rows are plain dicts, printed as a table or, with ``--json``, as a JSON
+list.
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+
+__all__ = ["BENCHMARKS", "BenchResult", "load_benchmark", "percentile", "render_table"]
+
+# name -> (module, one-line description); modules are imported only when run, so one
+# benchmark's dependencies never slow the CLI or another benchmark.
+BENCHMARKS: dict[str, tuple[str, str]] = {}
+
+
+@dataclass
+class BenchResult:
+    """What a benchmark reports: a title, ordered columns and one dict per row."""
+
+    title: str
+    columns: Sequence[str]
+    rows: list[dict[str, object]]
+    notes: list[str] = field(default_factory=list)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import the module of benchmark ``name``; raises KeyError for an unknown one."""
+    return importlib.import_module(BENCHMARKS[name][0])
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile (0..1) of ``samples`` with linear interpolation."""
+    if len(samples) == 1:
+        return samples[0]
+    cuts = statistics.quantiles(samples, n=1000, method="inclusive")
+    index = min(max(round(fraction * 1000) - 1, 0), len(cuts) - 1)
+    return cuts[index]
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def render_table(result: BenchResult) -> str:
+    """The result as an aligned plain-text table with its title and notes."""
+    header = list(result.columns)
+    body = [[_cell(row.get(col)) for col in header] for row in result.rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)
+    ]
+    lines = [result.title, ""]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in body)
+    if result.notes:
+        lines.append("")
+        lines.extend(result.notes)
+    return "\n".join(lines)

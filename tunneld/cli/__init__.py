@@ -1,0 +1,62 @@
+"""The ``tunneld`` command line: one parser, one module per command group."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tunneld import __version__
+from tunneld.cli import _bench, _debug, _demo, _keys
+from tunneld.cli._common import CliError
+from tunneld.config import ConfigError
+from tunneld.keys import BadKeyError
+from tunneld.log import setup_logging
+
+__all__ = ["CliError", "build_parser", "main"]
+
+# Each module adds its subcommands; order here is the order in --help.
+_COMMAND_MODULES = (_demo, _keys, _debug, _bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``tunneld`` argument parser (also used by docs tests)."""
+    parser = argparse.ArgumentParser(
+        prog="tunneld",
+        description=(
+            "One long-lived, WireGuard-compatible encrypted overlay, shared by local "
+            "programs and MCP tool calls to reach remote agents."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"tunneld {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=None,
+        help="log verbosity (default: [log].level from the config, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "text", "json"),
+        default=None,
+        help="key=value text or JSON lines; auto picks JSON under journald (default: auto)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level or "info", args.log_format or "auto")
+    try:
+        status: int = args.func(args)
+    except (CliError, ConfigError, BadKeyError) as exc:
+        print(f"tunneld: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_status", 1)
+    except KeyboardInterrupt:
+        return 130
+    return status

@@ -1,0 +1,105 @@
+"""Curve25519 keys in WireGuard's format (32 bytes, standard base64), and key files.
+
+``tunneld keygen | tunneld pubkey`` gives the same strings as ``wg genkey | wg pubkey``.
+Key files are written mode 0600 and refused when group or others may read them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from nacl.bindings import crypto_scalarmult_base
+
+__all__ = [
+    "KEY_SIZE",
+    "BadKeyError",
+    "decode_key",
+    "encode_key",
+    "generate_private_key",
+    "public_key",
+    "read_key_file",
+    "write_key_file",
+]
+
+KEY_SIZE = 32
+
+
+class BadKeyError(ValueError):
+    """A key string or key file that cannot be used; the message says why and where."""
+
+
+def generate_private_key() -> bytes:
+    """A new random Curve25519 private key, clamped as ``wg genkey`` does."""
+    key = bytearray(secrets.token_bytes(KEY_SIZE))
+    key[0] &= 248
+    key[31] = (key[31] & 127) | 64
+    return bytes(key)
+
+
+def public_key(private: bytes) -> bytes:
+    """The Curve25519 public key of ``private`` (X25519 with the base point)."""
+    if len(private) != KEY_SIZE:
+        raise BadKeyError(f"a private key is {KEY_SIZE} bytes, got {len(private)}")
+    return bytes(crypto_scalarmult_base(private))
+
+
+def encode_key(key: bytes) -> str:
+    """WireGuard's text form: standard base64 with padding (44 characters)."""
+    return base64.b64encode(key).decode("ascii")
+
+
+def decode_key(text: str, *, what: str = "key") -> bytes:
+    """Parse WireGuard's base64 key text; raises BadKeyError naming ``what``."""
+    stripped = text.strip()
+    try:
+        raw = base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadKeyError(
+            f"{what}: not base64 (expected 44 characters like `wg genkey` prints)"
+        ) from None
+    if len(raw) != KEY_SIZE:
+        raise BadKeyError(f"{what}: decodes to {len(raw)} bytes, expected {KEY_SIZE}")
+    return raw
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Write ``key`` as base64 text to ``path``, mode 0600, atomically (temp + rename)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(encode_key(key) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_key_file(path: Path, *, what: str = "private key") -> bytes:
+    """Read a base64 key file, refusing one that group or others can read.
+
+    Raises:
+        BadKeyError: missing/unreadable file, loose permissions, or bad contents.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise BadKeyError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        raise BadKeyError(
+            f"{path}: {what} file is accessible by group or others (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadKeyError(f"{path}: cannot read {what}: {exc}") from None
+    return decode_key(text, what=f"{path}")
