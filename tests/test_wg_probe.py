@@ -301,6 +301,7 @@ def test_cli_bad_key_file_contents(tmp_path: Path, silent_endpoint: str) -> None
     [
         (["--peer", "abc"], "--peer public key: not base64"),
         (["--peer", encode_key(b"x" * 31)], "--peer public key: decodes to 31 bytes, expected 32"),
+        (["--peer", "A" * 43 + "="], f"--peer {'A' * 43}=: not usable: "),
         (["--ping", "10.0.0.1"], "--ping needs --address"),
         (["--address", "fe80::1/64"], "--address 'fe80::1/64': only IPv4 is supported"),
         (["--endpoint", "nocolon"], "--endpoint 'nocolon': expected HOST:PORT"),

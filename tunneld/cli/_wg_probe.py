@@ -29,7 +29,13 @@ from tunneld.keys import decode_key, encode_key, public_key, read_key_file
 from tunneld.log import get_logger
 from tunneld.net.wireguard_udp import UdpAddress, WireGuardUdp, WireGuardUdpStats
 from tunneld.proto import ipv4
-from tunneld.proto.noise import DataReceived, HandshakeCompleted, HandshakeTimedOut, WireGuardCore
+from tunneld.proto.noise import (
+    DataReceived,
+    HandshakeCompleted,
+    HandshakeTimedOut,
+    NoiseError,
+    WireGuardCore,
+)
 
 __all__ = [
     "EchoReplySent",
@@ -202,8 +208,12 @@ def _format_address(address: UdpAddress | None) -> str | None:
 
 
 def _new_core(options: ProbeOptions) -> WireGuardCore:
-    core = WireGuardCore(options.private_key)
-    core.add_peer(options.peer, preshared_key=options.preshared_key)
+    try:
+        core = WireGuardCore(options.private_key)
+        core.add_peer(options.peer, preshared_key=options.preshared_key)
+    except NoiseError as exc:
+        # e.g. a low-order public key, which WireGuard refuses (paper §5.4.2 / RFC 7748).
+        raise CliError(f"--peer {encode_key(options.peer)}: not usable: {exc}") from None
     return core
 
 
@@ -253,7 +263,7 @@ async def _initiator_session(
     driver: WireGuardUdp, options: ProbeOptions, report: ProbeReport
 ) -> None:
     started = trio.current_time()
-    log.info("wg_probe.initiating", endpoint=report.remote, peer=report.peer)
+    log.debug("wg_probe.initiating", endpoint=report.remote, peer=report.peer)
     driver.initiate(options.peer)
     with trio.move_on_after(options.timeout):
         async for event in driver.events:
@@ -266,7 +276,9 @@ async def _initiator_session(
     if not report.handshake_completed:
         report.error = _no_handshake_message(report, options.timeout, driver.stats)
         return
-    log.info("wg_probe.handshake_completed", endpoint=report.remote, ms=report.handshake_ms)
+    log.debug(
+        "wg_probe.handshake_completed", endpoint=report.remote, ms=_round(report.handshake_ms)
+    )
     # An empty transport packet confirms the session to the responder (paper §6.5),
     # which may not send data before it has received one from us.
     driver.send(options.peer, b"")
@@ -433,7 +445,7 @@ async def _answer_pings(
         if isinstance(event, HandshakeCompleted | DataReceived) and not report.handshake_completed:
             report.handshake_completed = True
             report.handshake_ms = (trio.current_time() - started) * 1000.0
-            log.info("wg_probe.handshake_completed", endpoint=report.local)
+            log.debug("wg_probe.handshake_completed", endpoint=report.local)
         if not isinstance(event, DataReceived):
             continue
         try:
