@@ -13,7 +13,7 @@ from tunneld.proto.noise import Outgoing, WireGuardCore, public_key
 # CI-sized, deterministic hypothesis runs (env CI set) vs a bit more locally.
 FUZZ = settings(
     derandomize=bool(os.environ.get("CI")),
-    max_examples=60 if os.environ.get("CI") else 120,
+    max_examples=200 if os.environ.get("CI") else 300,
     deadline=None,
 )
 
