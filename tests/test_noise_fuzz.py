@@ -236,6 +236,13 @@ def test_hostile_response_while_waiting_leaves_the_handshake_intact(
     p.b.receive_datagram(initiation.data, Pair.A_ADDR, p.now, p.wall)
     (response,) = p.b.datagrams_to_send(p.now)
     bad = mutate(data, response.data, mutation)
+    if bad[:-16] == response.data[:-16] and len(bad) == len(response.data):
+        # Only mac2 differs: not under load, mac2 is not checked, so this *is* the
+        # response (as in wireguard-go).
+        p.a.receive_datagram(bad, Pair.B_ADDR, p.now, p.wall)
+        p.deliver()
+        assert p.b.peer_status(p.a_pub).has_session
+        return
     with pytest.raises(RemoteProtocolError):
         p.a.receive_datagram(bad, FUZZ_ADDR, p.now, p.wall)
     assert p.a.datagrams_to_send(p.now) == []
