@@ -1,0 +1,104 @@
+"""Helpers shared by the tests of tunneld.proto.noise: deterministic rngs and a two-node rig."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable
+
+from hypothesis import settings
+
+from tunneld.proto.noise import Outgoing, WireGuardCore, public_key
+
+# CI-sized, deterministic hypothesis runs (env CI set) vs a bit more locally.
+FUZZ = settings(
+    derandomize=bool(os.environ.get("CI")),
+    max_examples=200 if os.environ.get("CI") else 300,
+    deadline=None,
+)
+
+WALL0 = 1_800_000_000.0  # an arbitrary UNIX time for TAI64N stamps
+
+
+class ScriptedRng:
+    """``rng(n)``: returns the scripted byte strings first (each must match ``n``), then
+    bytes from a seeded ``random.Random``."""
+
+    def __init__(self, seed: int = 0, script: Iterable[bytes] = ()) -> None:
+        self._random = random.Random(seed)
+        self.script = list(script)
+        self.draws: list[int] = []
+
+    def __call__(self, n: int) -> bytes:
+        self.draws.append(n)
+        if self.script:
+            value = self.script.pop(0)
+            assert len(value) == n, f"scripted {len(value)} bytes, drawn {n}"
+            return value
+        return self._random.randbytes(n)
+
+
+def private_key(seed: int) -> bytes:
+    return bytes(random.Random(seed).randbytes(32))
+
+
+class Pair:
+    """Two cores that know each other; ``deliver`` moves datagrams between them."""
+
+    A_ADDR = b"\x7f\x00\x00\x01\x10\x00"
+    B_ADDR = b"\x7f\x00\x00\x02\x20\x00"
+
+    def __init__(self, seed: int = 1, *, psk: bytes | None = None, keepalive: float | None = None):
+        self.a_key = private_key(seed * 2)
+        self.b_key = private_key(seed * 2 + 1)
+        self.a = WireGuardCore(self.a_key, rng=ScriptedRng(seed * 10))
+        self.b = WireGuardCore(self.b_key, rng=ScriptedRng(seed * 10 + 1))
+        self.a_pub = public_key(self.a_key)
+        self.b_pub = public_key(self.b_key)
+        self.a.add_peer(self.b_pub, preshared_key=psk, persistent_keepalive=keepalive)
+        self.b.add_peer(self.a_pub, preshared_key=psk, persistent_keepalive=keepalive)
+        self.now = 100.0
+
+    @property
+    def wall(self) -> float:
+        return WALL0 + self.now
+
+    def deliver(self, *, drop: bool = False) -> list[tuple[str, Outgoing]]:
+        """Exchange datagrams until both sides are quiet; returns what was sent by whom."""
+        log: list[tuple[str, Outgoing]] = []
+        while True:
+            from_a = self.a.datagrams_to_send(self.now)
+            from_b = self.b.datagrams_to_send(self.now)
+            if not from_a and not from_b:
+                return log
+            for out in from_a:
+                log.append(("a", out))
+                if not drop:
+                    self.b.receive_datagram(out.data, self.A_ADDR, self.now, self.wall)
+            for out in from_b:
+                log.append(("b", out))
+                if not drop:
+                    self.a.receive_datagram(out.data, self.B_ADDR, self.now, self.wall)
+
+    def events(self, core: WireGuardCore) -> list[object]:
+        found = []
+        while (event := core.next_event()) is not None:
+            found.append(event)
+        return found
+
+    def advance(self, seconds: float) -> None:
+        """Step time to ``now + seconds``, firing every timer due on the way."""
+        end = self.now + seconds
+        while True:
+            due = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None]
+            nxt = min(due) if due else None
+            if nxt is None or nxt > end:
+                break
+            self.now = max(self.now, nxt)
+            self.a.handle_timer(self.now, self.wall)
+            self.b.handle_timer(self.now, self.wall)
+        self.now = end
+
+    def handshake(self) -> None:
+        self.a.initiate(self.b_pub, self.now, self.wall)
+        self.deliver()
