@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from tunneld.cli._wg_probe import ProbeOptions, probe_initiator, probe_responder
 from tunneld.keys import encode_key, generate_private_key, public_key, write_key_file
@@ -366,4 +367,61 @@ async def test_cli_process_pings_our_in_process_responder(
     assert report["ping"]["sent"] == 2
     assert report["ping"]["received"] == 2
     assert report["packets"]["rejected"] == 0
+    nursery.cancel_scope.cancel()
+
+
+async def test_lost_initiation_is_retransmitted_by_the_timer(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Virtual time (autojump): the pump must sleep until get_timer() and call
+    # handle_timer, or the retransmission after RekeyTimeout (5 s) never happens.
+    core_a, core_b = WireGuardCore(generate_private_key()), WireGuardCore(generate_private_key())
+    core_a.add_peer(core_b.public_key)
+    core_b.add_peer(core_a.public_key)
+    with (
+        await _bound_socket() as sock_a,
+        await _bound_socket() as sock_b,
+        await _bound_socket() as black_hole,
+    ):
+        a, b = WireGuardUdp(core_a, sock_a), WireGuardUdp(core_b, sock_b)
+        await nursery.start(a.serve)
+        address_b = await nursery.start(b.serve)
+        a.set_endpoint(core_b.public_key, black_hole.getsockname())
+        started = trio.current_time()
+        a.send(core_b.public_key, b"after the retry")
+        await a.flush()
+        assert a.stats.datagrams_sent == 1  # the first initiation, lost
+        a.set_endpoint(core_b.public_key, address_b)
+        await _next_event(a, HandshakeCompleted, seconds=10)
+        assert 5.0 <= trio.current_time() - started < 6.0  # RekeyTimeout + jitter
+        received = await _next_event(b, DataReceived)
+        assert isinstance(received, DataReceived)
+        assert received.payload.rstrip(b"\x00") == b"after the retry"
+        nursery.cancel_scope.cancel()
+
+
+async def test_probe_over_ipv6_loopback(nursery: trio.Nursery) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    key_a, key_b = generate_private_key(), generate_private_key()
+
+    async def run_responder(*, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        options = ProbeOptions(key_b, public_key(key_a), listen=("::1", 0), address=B_ADDRESS)
+        await probe_responder(options, task_status=task_status)
+
+    listening = await nursery.start(run_responder)
+    report = await probe_initiator(
+        ProbeOptions(
+            key_a, public_key(key_b), endpoint=listening[:2], address=A_ADDRESS, ping=B_ADDRESS,
+            count=1,
+        )
+    )  # fmt: skip
+    assert report.remote == f"[::1]:{listening[1]}"
+    assert report.exit_status == 0, report.error
+    assert len(report.replies) == 1
     nursery.cancel_scope.cancel()
