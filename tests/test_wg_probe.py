@@ -151,6 +151,10 @@ async def test_probe_pings_our_responder_over_loopback(nursery: trio.Nursery) ->
     assert as_json["ok"] is True
     assert as_json["ping"]["received"] == 3
     assert "ping 10.200.0.1: 3 sent, 3 received, 0% loss" in report.render_text()
+    text = answered.render_text()
+    assert f"handshake from {answered.remote} completed" in text
+    assert "echo replies sent: 3\n  seq 1 id" in text
+    assert answered.to_json()["handshake"]["after_ms"] > 0
 
 
 async def test_responder_ignores_pings_to_another_address(nursery: trio.Nursery) -> None:
@@ -268,7 +272,7 @@ def test_cli_timeout_with_json(key_file: Path, silent_endpoint: str) -> None:
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["ok"] is False
-    assert report["handshake"] == {"completed": False, "ms": None}
+    assert report["handshake"] == {"completed": False, "rtt_ms": None}
     assert report["error"].startswith(f"no handshake response from {silent_endpoint}")
     assert report["packets"]["sent"] >= 1
 

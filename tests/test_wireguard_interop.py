@@ -210,7 +210,7 @@ def test_probe_handshakes_and_pings_through_wireguard_go(
     report = _json_report(result)
     assert result.returncode == 0, (report, result.stderr, wireguard_go.log_file.read_text())
     assert report["handshake"]["completed"] is True
-    assert report["handshake"]["ms"] > 0
+    assert report["handshake"]["rtt_ms"] > 0
     assert report["ping"]["sent"] == 3
     assert report["ping"]["received"] > 0
     assert {reply["seq"] for reply in report["ping"]["replies"]} <= {1, 2, 3}
@@ -301,6 +301,7 @@ def test_wireguard_go_initiates_to_our_responder(
     assert responder.returncode == 0, (report, stderr)
     assert report["mode"] == "listen"
     assert report["handshake"]["completed"] is True
+    assert report["handshake"]["after_ms"] > 0
     assert report["remote"].startswith("127.0.0.1:")
     assert len(report["echo_replies_sent"]) == 3
     assert {reply["from"] for reply in report["echo_replies_sent"]} == {WG_ADDRESS}

@@ -105,6 +105,7 @@ class ProbeReport:
     local: str | None = None
     remote: str | None = None
     handshake_completed: bool = False
+    # Initiator: the handshake round trip. Responder: time from listening until done.
     handshake_ms: float | None = None
     stats: WireGuardUdpStats = field(default_factory=WireGuardUdpStats)
     ping_target: str | None = None
@@ -130,9 +131,9 @@ class ProbeReport:
             "remote": self.remote,
             "handshake": {
                 "completed": self.handshake_completed,
-                # Initiator: initiation sent → response processed. Responder: time
-                # from listening until the session was established.
-                "ms": _round(self.handshake_ms),
+                # Initiator: initiation sent -> response processed (a round trip).
+                # Responder: from listening until the peer confirmed the session.
+                ("rtt_ms" if self.mode == "initiate" else "after_ms"): _round(self.handshake_ms),
             },
             "packets": {
                 "sent": self.stats.datagrams_sent,
@@ -165,9 +166,12 @@ class ProbeReport:
         """The report for a human at a terminal."""
         lines = [f"peer {self.peer}  (we are {self.public_key})"]
         where = self.remote or "?"
-        if self.handshake_completed:
+        if self.handshake_completed and self.mode == "initiate":
             took = f" in {self.handshake_ms:.2f} ms" if self.handshake_ms is not None else ""
             lines.append(f"handshake with {where} completed{took}  (local {self.local})")
+        elif self.handshake_completed:
+            after = f" {self.handshake_ms / 1000:.2f} s" if self.handshake_ms is not None else ""
+            lines.append(f"handshake from {where} completed{after} after listening on {self.local}")
         else:
             lines.append(f"handshake: not completed  (local {self.local})")
         s = self.stats
