@@ -83,6 +83,7 @@ from tunneld.proto.noise._messages import (
     unpack_transport_header,
 )
 from tunneld.proto.noise._peer import HandshakeState, Keypair, PeerState, PeerStatus
+from tunneld.proto.noise._replay import WINDOW_SIZE
 
 __all__ = ["WireGuardCore"]
 
@@ -92,6 +93,14 @@ _TRANSPORT_TYPE = b"\x04\x00\x00\x00"
 # 1024). A sans-IO core has no queue, so we count handshake messages per second instead;
 # the adapter may also report its backlog (note_handshake_backlog) or force the flag.
 _DEFAULT_LOAD_THRESHOLD = 128
+
+
+def _replay_reason(kp: Keypair, counter: int) -> str:
+    if counter >= REJECT_AFTER_MESSAGES:
+        return f"transport: counter {counter} at or past RejectAfterMessages"
+    if kp.replay.highest - counter > WINDOW_SIZE:
+        return f"transport: counter {counter} too old (window ends at {kp.replay.highest})"
+    return f"transport: replayed counter {counter}"
 
 
 class WireGuardCore:
@@ -583,7 +592,7 @@ class WireGuardCore:
         if now - kp.created > REJECT_AFTER_TIME:
             raise RemoteProtocolError("transport: session expired (RejectAfterTime)")
         if not kp.replay.check(counter, REJECT_AFTER_MESSAGES):
-            raise RemoteProtocolError(f"transport: replayed counter {counter}")
+            raise RemoteProtocolError(_replay_reason(kp, counter))
         try:
             plaintext = kp.open(counter, memoryview(data)[TRANSPORT_HEADER_SIZE:])
         except AuthenticationFailed:
