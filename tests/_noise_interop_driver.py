@@ -3,7 +3,8 @@
 Usage: python _noise_interop_driver.py ROLE OUR_PRIVATE_HEX PEER_PUBLIC_HEX OUR_PORT PEER_PORT
 ROLE is ``initiator`` (we ping 10.200.0.1 through the tunnel and wait for the echo
 reply) or ``responder`` (wireguard-go starts the handshake for a ping to 10.200.0.2;
-we answer the echo request). Prints one JSON line with what happened.
+we answer the echo request). Prints READY once bound, then one JSON line with what
+happened.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", int(our_port)))
     sock.settimeout(0.05)
+    print("READY", flush=True)
     peer_addr = ("127.0.0.1", int(peer_port))
     result: dict[str, object] = {"events": [], "rejected": []}
     events: list[str] = result["events"]  # type: ignore[assignment]

@@ -117,3 +117,57 @@ class Pair:
     def handshake(self) -> None:
         self.a.initiate(self.b_pub, self.now, self.wall)
         self.deliver()
+
+
+def snapshot(core: WireGuardCore) -> object:
+    """Everything observable about a core's protocol state (white-box), for equality checks.
+
+    Leaves out the under-load message counter, which by design counts every handshake
+    message with a valid mac1.
+    """
+
+    def keypair(kp: object) -> object:
+        if kp is None:
+            return None
+        return (
+            kp.local_index,  # type: ignore[attr-defined]
+            kp.remote_index,  # type: ignore[attr-defined]
+            kp.send_counter,  # type: ignore[attr-defined]
+            bytes(kp.send_key),  # type: ignore[attr-defined]
+            bytes(kp.receive_key),  # type: ignore[attr-defined]
+            kp.replay.highest,  # type: ignore[attr-defined]
+            tuple(kp.replay._ring),  # type: ignore[attr-defined]
+        )
+
+    peers = []
+    for peer in core._peers.values():
+        hs = peer.handshake
+        peers.append(
+            (
+                peer.public_key,
+                (hs.state, bytes(hs.chain_key), bytes(hs.hash), bytes(hs.local_ephemeral)),
+                (hs.local_index, hs.last_timestamp, hs.last_initiation_consumed, hs.last_sent),
+                repr(peer.timers),
+                keypair(peer.current),
+                keypair(peer.previous),
+                keypair(peer.next),
+                tuple(peer.staged),
+                peer.endpoint,
+                peer.rx_bytes,
+                peer.tx_bytes,
+                peer.last_handshake,
+                peer.cookies._last_mac1,
+                bytes(peer.cookies._cookie or b""),
+            )
+        )
+    index = sorted((i, pk.public_key, keypair(kp)) for i, (pk, kp) in core._index.items())
+    checker = core._cookie_checker
+    return (
+        peers,
+        index,
+        len(core._outgoing),
+        len(core._events),
+        bytes(checker._secret or b""),
+        checker._secret_set,
+        dict(core._rate_limiter._buckets),
+    )

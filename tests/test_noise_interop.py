@@ -89,7 +89,8 @@ def configure(wg: WireguardGo, ours: bytes, tmp_path: Path) -> None:
 
 
 def driver(wg: WireguardGo, role: str, ours: bytes) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """Start the driver and wait until its UDP socket is bound."""
+    proc = subprocess.Popen(
         [
             "ip", "netns", "exec", wg.ns, sys.executable, str(DRIVER), role,
             ours.hex(), wg.public.hex(), str(OUR_PORT), str(WG_PORT),
@@ -97,6 +98,9 @@ def driver(wg: WireguardGo, role: str, ours: bytes) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "READY"
+    return proc
 
 
 def test_our_initiator_against_wireguard_go(wireguard_go: WireguardGo, tmp_path: Path) -> None:
@@ -114,7 +118,6 @@ def test_our_responder_against_wireguard_go(wireguard_go: WireguardGo, tmp_path:
     ours = generate_private_key()
     configure(wireguard_go, ours, tmp_path)
     proc = driver(wireguard_go, "responder", ours)
-    time.sleep(0.3)  # the driver's socket is bound
     ping = subprocess.run(
         ["ip", "netns", "exec", wireguard_go.ns, "ping", "-c", "1", "-W", "5", "10.200.0.2"],
         capture_output=True,
