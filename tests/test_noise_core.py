@@ -89,6 +89,9 @@ def test_rekey_after_time_by_initiator_keeps_traffic_flowing() -> None:
         assert [e.payload.rstrip(b"\0") for e in got_a] == [b"b%d" % step]
     # 150 s of traffic: a new session replaced the first after RekeyAfterTime.
     assert p.a.peer_status(p.b_pub).last_handshake > 100.0 + REKEY_AFTER_TIME - 1
+    # Retired keypairs left the index table: current + previous at most.
+    assert len(p.a._index) <= 3
+    assert len(p.b._index) <= 3
 
 
 def test_keepalive_after_receiving_data_and_sending_nothing() -> None:

@@ -74,23 +74,33 @@ from tunneld.proto.noise._messages import (
     MESSAGE_INITIATION,
     MESSAGE_TRANSPORT,
     TRANSPORT_HEADER_SIZE,
+    TRANSPORT_MIN_SIZE,
     build_transport,
     message_type,
-    padded_length,
     parse_cookie_reply,
     parse_initiation,
     parse_response,
-    parse_transport,
+    unpack_transport_header,
 )
 from tunneld.proto.noise._peer import HandshakeState, Keypair, PeerState, PeerStatus
+from tunneld.proto.noise._replay import WINDOW_SIZE
 
 __all__ = ["WireGuardCore"]
 
 _ZERO_PSK = bytes(32)
+_TRANSPORT_TYPE = b"\x04\x00\x00\x00"
 # wireguard-go: under load when the handshake queue is >= 1/8 full (QueueHandshakeSize
 # 1024). A sans-IO core has no queue, so we count handshake messages per second instead;
 # the adapter may also report its backlog (note_handshake_backlog) or force the flag.
 _DEFAULT_LOAD_THRESHOLD = 128
+
+
+def _replay_reason(kp: Keypair, counter: int) -> str:
+    if counter >= REJECT_AFTER_MESSAGES:
+        return f"transport: counter {counter} at or past RejectAfterMessages"
+    if kp.replay.highest - counter > WINDOW_SIZE:
+        return f"transport: counter {counter} too old (window ends at {kp.replay.highest})"
+    return f"transport: replayed counter {counter}"
 
 
 class WireGuardCore:
@@ -242,6 +252,10 @@ class WireGuardCore:
                 from an unknown peer or not acceptable now; the core's state is then
                 unchanged (except a rate-limiter token spent under load).
         """
+        if len(data) >= TRANSPORT_MIN_SIZE and data[:4] == _TRANSPORT_TYPE:
+            # The hot path: skip the general dispatch for transport packets.
+            self._receive_transport(data, source, now, wall)
+            return
         kind = message_type(data)
         if kind == MESSAGE_TRANSPORT:
             self._receive_transport(data, source, now, wall)
@@ -327,18 +341,21 @@ class WireGuardCore:
         ):
             self._send_initiation(peer, now, wall, retry=False)
             return
-        while peer.staged and kp.send_counter < REJECT_AFTER_MESSAGES:
-            payload = peer.staged.popleft()
+        staged, timers, outgoing = peer.staged, peer.timers, self._outgoing
+        while staged and kp.send_counter < REJECT_AFTER_MESSAGES:
+            payload = staged.popleft()
             counter = kp.send_counter
-            kp.send_counter += 1
-            padding = padded_length(len(payload)) - len(payload)
+            kp.send_counter = counter + 1
+            padding = -len(payload) % 16  # whitepaper 5.4.6: pad to a multiple of 16
             plaintext = payload + bytes(padding) if padding else payload
             packet = build_transport(kp.remote_index, counter, kp.seal(counter, plaintext))
             peer.tx_bytes += len(packet)
-            self._outgoing.append(Outgoing(peer.public_key, None, packet))
-            self._timers_any_authenticated_packet_traversal(peer, now)
-            self._timers_any_authenticated_packet_sent(peer)
-            if payload:
+            outgoing.append(Outgoing(peer.public_key, None, packet))
+            # Inlined timer hooks (hot path): any authenticated packet traversal / sent.
+            if peer.persistent_keepalive:
+                timers.persistent_keepalive = now + peer.persistent_keepalive
+            timers.send_keepalive = None
+            if payload and timers.new_handshake is None:
                 self._timers_data_sent(peer, now)
         self._keep_key_fresh_sending(peer, now, wall)
 
@@ -568,17 +585,16 @@ class WireGuardCore:
         entry[0].cookies.consume_reply(reply, now)
 
     def _receive_transport(self, data: bytes, source: bytes, now: float, wall: float) -> None:
-        header = parse_transport(data)
-        peer, kp = self._index.get(header.receiver, (None, None))
+        receiver, counter = unpack_transport_header(data)
+        peer, kp = self._index.get(receiver, (None, None))
         if peer is None or kp is None:
-            raise RemoteProtocolError(f"transport: unknown receiver index {header.receiver:#010x}")
+            raise RemoteProtocolError(f"transport: unknown receiver index {receiver:#010x}")
         if now - kp.created > REJECT_AFTER_TIME:
             raise RemoteProtocolError("transport: session expired (RejectAfterTime)")
-        counter = header.counter
         if not kp.replay.check(counter, REJECT_AFTER_MESSAGES):
-            raise RemoteProtocolError(f"transport: replayed counter {counter}")
+            raise RemoteProtocolError(_replay_reason(kp, counter))
         try:
-            plaintext = kp.open(counter, data[TRANSPORT_HEADER_SIZE:])
+            plaintext = kp.open(counter, memoryview(data)[TRANSPORT_HEADER_SIZE:])
         except AuthenticationFailed:
             raise RemoteProtocolError(
                 f"transport: authentication failed (counter {counter})"
@@ -597,9 +613,13 @@ class WireGuardCore:
             self._events.append(HandshakeCompleted(peer.public_key, False))
             if peer.staged:
                 self._send_staged(peer, now, wall)
-        self._keep_key_fresh_receiving(peer, now, wall)
-        self._timers_any_authenticated_packet_traversal(peer, now)
-        self._timers_any_authenticated_packet_received(peer)
+        timers = peer.timers
+        if not timers.sent_last_minute_handshake and kp.initiator:
+            self._keep_key_fresh_receiving(peer, now, wall)
+        # Inlined timer hooks (hot path): any authenticated packet traversal / received.
+        if peer.persistent_keepalive:
+            timers.persistent_keepalive = now + peer.persistent_keepalive
+        timers.new_handshake = None
         if not plaintext:
             return  # keepalive
         self._timers_data_received(peer, now)

@@ -45,6 +45,7 @@ __all__ = [
     "parse_initiation",
     "parse_response",
     "parse_transport",
+    "unpack_transport_header",
 ]
 
 MESSAGE_INITIATION = 1
@@ -196,6 +197,12 @@ def parse_transport(data: bytes) -> TransportHeader:
         raise RemoteProtocolError("transport: wrong message type")
     _, receiver, counter = _TRANSPORT_HEADER.unpack_from(data)
     return TransportHeader(receiver, counter)
+
+
+def unpack_transport_header(data: bytes) -> tuple[int, int]:
+    """(receiver, counter) of a datagram already known to be a transport message."""
+    _, receiver, counter = _TRANSPORT_HEADER.unpack_from(data)
+    return receiver, counter
 
 
 def build_transport(receiver: int, counter: int, ciphertext: bytes) -> bytes:

@@ -105,7 +105,7 @@ class Keypair:
         assert self._send_cipher is not None, "keypair was destroyed"
         return self._send_cipher.encrypt(nonce_for_counter(counter), plaintext, None)
 
-    def open(self, counter: int, ciphertext: bytes) -> bytes:
+    def open(self, counter: int, ciphertext: bytes | memoryview) -> bytes:
         """Decrypt under the receiving key; raises AuthenticationFailed on a bad tag."""
         if self._receive_cipher is None:
             raise AuthenticationFailed("keypair was destroyed")

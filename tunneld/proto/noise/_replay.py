@@ -26,6 +26,11 @@ class ReplayWindow:
         self._ring = [0] * _RING_BLOCKS
         self._last = 0
 
+    @property
+    def highest(self) -> int:
+        """The highest counter accepted so far (0 before any)."""
+        return self._last
+
     def check(self, counter: int, limit: int) -> bool:
         """Whether ``validate`` would accept ``counter`` (no state change)."""
         if counter >= limit:
