@@ -188,16 +188,19 @@ def _json_report(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 @netns
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
 def test_probe_handshakes_and_pings_through_wireguard_go(
-    namespace: Namespace, wireguard_go: WireGuardGo, our_key: OurKey
+    namespace: Namespace, wireguard_go: WireGuardGo, our_key: OurKey, host: str
 ) -> None:
+    if host == "[::1]" and "::1" not in _run("ip", "-n", namespace.name, "-6", "addr").stdout:
+        pytest.skip("no IPv6 loopback in a new namespace here (IPv6 disabled?)")
     wireguard_go.configure(our_key.public)
     result = _run(
         *_probe_argv(
             namespace,
             "--key", str(our_key.file),
             "--peer", wireguard_go.public_key,
-            "--endpoint", f"127.0.0.1:{WG_PORT}",
+            "--endpoint", f"{host}:{WG_PORT}",
             "--address", f"{OUR_ADDRESS}/32",
             "--ping", WG_ADDRESS,
             "--count", "3",
@@ -211,6 +214,7 @@ def test_probe_handshakes_and_pings_through_wireguard_go(
     assert result.returncode == 0, (report, result.stderr, wireguard_go.log_file.read_text())
     assert report["handshake"]["completed"] is True
     assert report["handshake"]["rtt_ms"] > 0
+    assert report["remote"] == f"{host}:{WG_PORT}"
     assert report["ping"]["sent"] == 3
     assert report["ping"]["received"] > 0
     assert {reply["seq"] for reply in report["ping"]["replies"]} <= {1, 2, 3}
