@@ -191,24 +191,28 @@ class HttpServer:
                 self._connection_scopes.append(connections.cancel_scope)
                 if self._shutdown_deadline is not None:
                     connections.cancel_scope.deadline = self._shutdown_deadline
-                with trio.CancelScope() as accept_scope:
-                    self._accept_scopes.append(accept_scope)
-                    if self._shutdown_deadline is not None:
-                        accept_scope.cancel()
-                    async with trio.open_nursery() as accepting:
+                try:
+                    with trio.CancelScope() as accept_scope:
+                        self._accept_scopes.append(accept_scope)
+                        if self._shutdown_deadline is not None:
+                            accept_scope.cancel()
+                        async with trio.open_nursery() as accepting:
+                            for listener in listeners:
+                                accepting.start_soon(self._accept_loop, listener, connections)
+                            started()
+                            log.info(
+                                "http.serving",
+                                listeners=len(listeners),
+                                tls=self.ssl_context is not None,
+                            )
+                finally:
+                    # Closed as soon as accepting stops, so new connections are refused
+                    # while in-flight requests finish.
+                    with trio.CancelScope(shield=True):
                         for listener in listeners:
-                            accepting.start_soon(self._accept_loop, listener, connections)
-                        started()
-                        log.info(
-                            "http.serving",
-                            listeners=len(listeners),
-                            tls=self.ssl_context is not None,
-                        )
+                            await trio.aclose_forcefully(listener)
         finally:
             self._nursery = None
-            with trio.CancelScope(shield=True):
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
 
     def shutdown(self, grace: float) -> None:
         """Stop accepting; let in-flight requests finish for up to ``grace`` seconds.
@@ -481,6 +485,9 @@ class _Connection:
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in event.headers.raw_items()
         )
+        declared = headers.get("content-length")
+        self._declared_length = int(declared) if declared and declared.isdigit() else None
+        self._error_status = 0
         head_size = (
             len(event.method)
             + len(event.target)
