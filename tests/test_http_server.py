@@ -535,3 +535,85 @@ def test_router_rejects_bad_patterns() -> None:
     router.route("GET", "/a", echo)
     with pytest.raises(ValueError, match="already routed"):
         router.route("get", "/a", echo)
+
+
+async def test_max_connections_queues_extra_clients(nursery: trio.Nursery) -> None:
+    _server, port = await start_server(
+        nursery, make_router(), limits=small_limits(max_connections=1, keepalive_timeout=10)
+    )
+    first = await RawClient.connect(port)
+    await first.send(request_bytes("GET", "/items/1"))
+    assert (await first.read_response()).status == 200
+    # The second connection waits in the kernel's backlog while the first holds the slot.
+    second = await RawClient.connect(port)
+    await second.send(request_bytes("GET", "/items/2"))
+    with trio.move_on_after(0.3) as waited:
+        await second.read_response()
+    assert waited.cancelled_caught
+    await first.aclose()
+    assert (await second.read_response()).status == 200
+    await second.aclose()
+
+
+async def test_client_that_stops_reading_is_dropped_after_write_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    producer_closed = trio.Event()
+
+    async def firehose(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    yield b"x" * 65536
+            finally:
+                producer_closed.set()
+
+        return Response.stream(chunks(), content_type="application/octet-stream")
+
+    router = Router()
+    router.route("GET", "/firehose", firehose)
+    with capture_http_log() as logs:
+        _server, port = await start_server(nursery, router, limits=small_limits(write_timeout=0.3))
+        client = await RawClient.connect(port)
+        await client.send(request_bytes("GET", "/firehose"))
+        with trio.fail_after(10):
+            await producer_closed.wait()
+        await client.aclose()
+        await trio.sleep(0.05)
+    assert logs.events("http.write_timeout")
+    (entry,) = logs.events("http.request")
+    assert entry["aborted"] is True
+
+
+async def test_unused_upgrade_offer_and_http_10(nursery: trio.Nursery) -> None:
+    _server, port = await start_server(nursery, make_router())
+    client = await RawClient.connect(port)
+    # An h2c upgrade offer on a plain route is ignored (RFC 9110 §7.8): plain 200,
+    # and the connection stays HTTP/1.1.
+    await client.send(
+        request_bytes(
+            "GET", "/items/a", {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c"}
+        )
+    )
+    assert (await client.read_response()).status == 200
+    await client.send(request_bytes("GET", "/items/b"))
+    assert (await client.read_response()).status == 200
+    await client.aclose()
+
+    client = await RawClient.connect(port)
+    await client.send(b"GET /items/c HTTP/1.0\r\n\r\n")
+    response = await client.read_response()
+    assert response.status == 200
+    assert response.json()["params"] == {"name": "c"}  # type: ignore[index]
+    assert await client.is_closed()
+
+
+async def test_handler_returning_garbage_is_500(nursery: trio.Nursery) -> None:
+    async def wrong(request: Request) -> Response:
+        return Response(200, [], "not bytes")  # type: ignore[arg-type]
+
+    router = Router()
+    router.route("GET", "/wrong", wrong)
+    _server, port = await start_server(nursery, router)
+    status, _h, _b = await trio.to_thread.run_sync(http_request, port, "GET", "/wrong")
+    assert status == 500

@@ -12,6 +12,7 @@ import ssl
 import stat
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ async def whoami(request: Request) -> Response:
     return Response.json(
         {
             "tls": request.tls,
-            "peer": request.peer if isinstance(request.peer, str) else None,
+            "peer": str(request.peer),
             "credentials": list(credentials) if isinstance(credentials, tuple) else None,
         }
     )
@@ -92,9 +93,19 @@ async def echo_websocket(request: Request, websocket: trio_websocket.WebSocketCo
     await websocket.send_message(await websocket.get_message())
 
 
+async def numbers(request: Request) -> Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        for n in range(3):
+            yield f"{n}\n".encode()
+            await trio.sleep(0.01)
+
+    return Response.stream(chunks(), content_type="application/x-ndjson")
+
+
 def make_router() -> Router:
     router = Router()
     router.route("GET", "/whoami", whoami)
+    router.route("GET", "/numbers", numbers)
     router.websocket("/ws", echo_websocket, subprotocols=["derp"])
     return router
 
@@ -113,7 +124,9 @@ async def test_tls_round_trip(nursery: trio.Nursery, tmp_path: Path) -> None:
             conn.request("GET", "/whoami")
             response = conn.getresponse()
             first = response.read()
-            # Keep-alive over TLS.
+            # Keep-alive over TLS, also after a streamed (chunked) response.
+            conn.request("GET", "/numbers")
+            assert conn.getresponse().read() == b"0\n1\n2\n"
             conn.request("GET", "/whoami")
             assert conn.getresponse().read() == first
             return response.status, first

@@ -63,7 +63,7 @@ class _Entry:
         if self.websocket is not None:
             methods.add("GET")
         methods.update(route.method for route in self.upgrades.values())
-        if "GET" in methods:
+        if "GET" in self.handlers:
             methods.add("HEAD")
         methods.add("OPTIONS")
         return sorted(methods)

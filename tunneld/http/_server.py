@@ -598,7 +598,11 @@ class _Connection:
         if response is None:
             assert handler is not None
             response = await self._call_handler(handler, make_request(body, path_params))
-        sent = await self._write_response(method, response, request_id=request_id)
+        try:
+            sent = await self._write_response(method, response, request_id=request_id)
+        except BaseException:
+            self._access_log(request_id, method, path, response.status, -1, started, aborted=True)
+            raise
         self._access_log(request_id, method, path, response.status, sent, started)
         return True
 
@@ -610,12 +614,14 @@ class _Connection:
         except Exception:
             log.exception("http.handler_failed", request_id=request.request_id, path=request.path)
             return self._internal_error(request.request_id)
-        if not isinstance(response, Response):
+        if not isinstance(response, Response) or not (
+            isinstance(response.body, bytes | bytearray) or hasattr(response.body, "__aiter__")
+        ):
             log.error(
                 "http.handler_bad_return",
                 request_id=request.request_id,
                 path=request.path,
-                type=type(response).__name__,
+                type=type(getattr(response, "body", response)).__name__,
             )
             return self._internal_error(request.request_id)
         return response
@@ -625,7 +631,15 @@ class _Connection:
         return Response.error(500, f"internal server error (request id {request_id})")
 
     def _access_log(
-        self, request_id: str, method: str, path: str, status: int, sent: int, started: float
+        self,
+        request_id: str,
+        method: str,
+        path: str,
+        status: int,
+        sent: int,
+        started: float,
+        *,
+        aborted: bool = False,
     ) -> None:
         # The path only: query strings may carry tokens.
         log.info(
@@ -637,6 +651,7 @@ class _Connection:
             bytes=sent,
             duration_ms=round((trio.current_time() - started) * 1000, 3),
             peer=str(self.peer),
+            aborted=aborted,
         )
 
     def _response_head(
