@@ -617,3 +617,65 @@ async def test_handler_returning_garbage_is_500(nursery: trio.Nursery) -> None:
     _server, port = await start_server(nursery, router)
     status, _h, _b = await trio.to_thread.run_sync(http_request, port, "GET", "/wrong")
     assert status == 500
+
+
+async def test_head_on_streamed_route_sends_no_body_and_closes_producer(
+    nursery: trio.Nursery,
+) -> None:
+    producer_closed = trio.Event()
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                yield b"never sent"
+            finally:
+                producer_closed.set()
+
+        return Response.stream(chunks(), content_type="text/plain")
+
+    router = Router()
+    router.route("GET", "/stream", stream)
+    _server, port = await start_server(nursery, router)
+    client = await RawClient.connect(port)
+    await client.send(request_bytes("HEAD", "/stream"))
+    response = await client.read_response(head_request=True)
+    assert response.status == 200
+    assert response.header("content-type") == "text/plain"
+    await client.send(request_bytes("GET", "/stream"))
+    response = await client.read_response()
+    assert response.body == b"never sent"
+    with trio.fail_after(5):
+        await producer_closed.wait()
+    await client.aclose()
+
+
+def test_messages_error_shapes() -> None:
+    response = Response.error(404, "no such agent")
+    assert json.loads(response.body) == {  # type: ignore[arg-type]
+        "error": {"code": "not_found", "message": "no such agent"}
+    }
+    assert HttpError(429, "slow down").code == "too_many_requests"
+    assert HttpError(599, "odd").code == "http_599"
+    assert Response.text("hi").header("content-type") == "text/plain; charset=utf-8"
+    with pytest.raises(ValueError, match="line break"):
+        format_sse("x", event="a\nb")
+    assert format_sse("", retry=1000) == b"retry: 1000\ndata: \n\n"
+
+
+def test_request_json_errors_say_what_and_where() -> None:
+    def request(body: bytes) -> Request:
+        return Request("POST", "/", "/", {}, Headers(), body, None, False)
+
+    with pytest.raises(HttpError) as raised:
+        request(b"\xff{}").json()
+    assert (raised.value.status, raised.value.message) == (
+        400,
+        "request body is not UTF-8 (byte 0)",
+    )
+    with pytest.raises(HttpError) as raised:
+        request(b'{"a": 1,\n "b": }').json()
+    assert raised.value.message == (
+        "request body is not valid JSON: Expecting value at line 2 column 7"
+    )
+    assert request(b'{"a": [1]}').json() == {"a": [1]}
+    assert request(b"").query_one("x") is None
