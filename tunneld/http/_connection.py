@@ -92,9 +92,10 @@ class Connection:
         data = await self.stream.receive_some(RECEIVE_SIZE)
         self.h11.receive_data(bytes(data))
 
-    async def send(self, event: h11.Event) -> None:
-        """Serialize ``event`` with h11 and write it; Abort after ``write_timeout``."""
-        data = self.h11.send(event)
+    async def send(self, *events: h11.Event) -> None:
+        """Serialize ``events`` with h11 and write them in one go; Abort after
+        ``write_timeout``. (One write per response keeps small responses to a syscall.)"""
+        data = b"".join(self.h11.send(event) or b"" for event in events)
         if data:
             with trio.move_on_after(self.limits.write_timeout) as scope:
                 await self.stream.send_all(data)
@@ -398,13 +399,14 @@ class Connection:
             body = response.body
             assert isinstance(body, bytes)
             head = self._response_head(response, False, len(body), close)
-        await self.send(head)
         skip_body = method == "HEAD" or response.status in (204, 304)
         if isinstance(body, bytes | bytearray):
             if body and not skip_body:
-                await self.send(h11.Data(data=bytes(body)))
-            await self.send(h11.EndOfMessage())
-            return 0 if skip_body else len(body)
+                await self.send(head, h11.Data(data=bytes(body)), h11.EndOfMessage())
+                return len(body)
+            await self.send(head, h11.EndOfMessage())
+            return 0
+        await self.send(head)
         if skip_body:
             await close_body(body)
             await self.send(h11.EndOfMessage())
