@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -12,8 +13,6 @@ def test_bench_http_reports_all_cases() -> None:
          "--connections", "1", "--message", "64"],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
-    import json
-
     rows = json.loads(result.stdout)
     assert [row["case"] for row in rows] == [
         "baseline: canned response, no parsing",

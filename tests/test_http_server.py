@@ -19,6 +19,7 @@ from _http_support import (
 from tunneld.http import (
     Headers,
     HttpError,
+    HttpServer,
     Request,
     Response,
     Router,
@@ -420,8 +421,6 @@ async def test_graceful_shutdown_finishes_in_flight_request(nursery: trio.Nurser
 
     async def run_server(task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         nonlocal server
-        from tunneld.http import HttpServer
-
         server = HttpServer(router)
         try:
             await server.serve_tcp("127.0.0.1", 0, task_status=task_status)
@@ -679,3 +678,16 @@ def test_request_json_errors_say_what_and_where() -> None:
     )
     assert request(b'{"a": [1]}').json() == {"a": [1]}
     assert request(b"").query_one("x") is None
+
+
+async def test_serve_tcp_port_zero_on_a_name_reports_a_reachable_port(
+    nursery: trio.Nursery,
+) -> None:
+    server = HttpServer(make_router())
+    host, port = await nursery.start(server.serve_tcp, "localhost", 0)
+    assert host == "localhost"
+    stream = await trio.open_tcp_stream("localhost", port)
+    client = RawClient(stream)
+    await client.send(request_bytes("GET", "/items/x"))
+    assert (await client.read_response()).status == 200
+    await client.aclose()

@@ -21,6 +21,7 @@ import trio_websocket
 from _http_support import RawClient, request_bytes
 
 from tunneld.http import (
+    HttpLimits,
     HttpServer,
     PeerCredentials,
     Request,
@@ -102,8 +103,17 @@ async def numbers(request: Request) -> Response:
     return Response.stream(chunks(), content_type="application/x-ndjson")
 
 
+async def dial(request: Request, stream: trio.abc.Stream) -> None:
+    """Echo until EOF, then half-close: what ``ssh -o ProxyCommand`` needs."""
+    while data := await stream.receive_some():
+        await stream.send_all(data)
+    assert isinstance(stream, trio.abc.HalfCloseableStream)
+    await stream.send_eof()
+
+
 def make_router() -> Router:
     router = Router()
+    router.upgrade("/v0/dial", "tunneld-stream", dial)
     router.route("GET", "/whoami", whoami)
     router.route("GET", "/numbers", numbers)
     router.websocket("/ws", echo_websocket, subprotocols=["derp"])
@@ -114,7 +124,9 @@ async def test_tls_round_trip(nursery: trio.Nursery, tmp_path: Path) -> None:
     cert, key = make_certificate(tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    server = HttpServer(make_router(), ssl_context=server_context)
+    server = HttpServer(
+        make_router(), ssl_context=server_context, limits=HttpLimits(head_timeout=0.5)
+    )
     _host, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
     client_context = ssl.create_default_context(cafile=str(cert))
 
@@ -143,6 +155,11 @@ async def test_tls_round_trip(nursery: trio.Nursery, tmp_path: Path) -> None:
         assert websocket.subprotocol == "derp"
         await websocket.send_message("over tls")
         assert await websocket.get_message() == "over tls"
+
+    # A client that never starts the TLS handshake is dropped after head_timeout.
+    silent = await RawClient.connect(port)
+    with trio.fail_after(3):
+        assert await silent.read_to_eof() == b""
 
     # A client that is not speaking TLS is dropped; the server keeps serving.
     plain = await RawClient.connect(port)
@@ -187,6 +204,18 @@ async def test_unix_socket_with_peer_credentials(nursery: trio.Nursery, tmp_path
         pid, uid, _gid = data["credentials"]
         assert pid not in (0, os.getpid())
         assert uid == os.getuid()
+
+    # The raw upgrade (tunneld dial) over the Unix socket, with half-close both ways.
+    stream = await trio.open_unix_socket(str(path))
+    client = RawClient(stream)
+    await client.send(
+        request_bytes("POST", "/v0/dial", {"Connection": "Upgrade", "Upgrade": "tunneld-stream"})
+    )
+    assert (await client.read_head())[0] == 101
+    await client.send(b"SSH-2.0-test\r\n")
+    await stream.send_eof()
+    assert await client.read_to_eof() == b"SSH-2.0-test\r\n"
+    await client.aclose()
 
     # A stale socket file (from a crashed daemon) is replaced.
     server.shutdown(1)

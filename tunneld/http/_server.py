@@ -146,12 +146,20 @@ class HttpServer:
     ) -> None:
         """Listen on ``host``:``port`` (0 picks a free port) and :meth:`serve`.
 
-        Reports ``(host, actual_port)`` through ``task_status.started``.
+        Reports ``(host, actual_port)`` through ``task_status.started``. A host that
+        resolves to several addresses is served on all of them, except with port 0,
+        where only the first is used (one port to report).
 
         Raises:
             OSError: the address cannot be bound.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
+        if port == 0 and len(listeners) > 1:
+            # Each address family would get its own random port; report one truthfully
+            # by serving only the first (e.g. "localhost" -> ::1 and 127.0.0.1).
+            for extra in listeners[1:]:
+                await extra.aclose()
+            listeners = listeners[:1]
         bound_port = int(listeners[0].socket.getsockname()[1])
         await self._serve(listeners, lambda: task_status.started((host, bound_port)))
 
