@@ -244,6 +244,14 @@ class Connection:
             await self._send_error_and_close(431, "request header fields too large")
             self.access_log(request_id, method, "-", 431, 0, started)
             return False
+        if "transfer-encoding" in headers and "content-length" in headers:
+            # RFC 9112 §6.3: both framings at once "ought to be handled as an error"; it
+            # is the classic request-smuggling shape, so refuse and close.
+            await self._send_error_and_close(
+                400, "both Transfer-Encoding and Content-Length in one request"
+            )
+            self.access_log(request_id, method, "-", 400, 0, started)
+            return False
         parsed = _parse_target(target)
         if parsed is None:
             await self._send_error_and_close(400, "malformed request target")
