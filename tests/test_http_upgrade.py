@@ -7,7 +7,7 @@ import json
 import pytest
 import trio
 import trio_websocket
-from _http_support import RawClient, request_bytes, start_server
+from _http_support import RawClient, capture_http_log, request_bytes, start_server
 
 from tunneld.http import Request, Response, Router
 
@@ -47,6 +47,25 @@ async def test_websocket_echo_negotiates_server_preferred_subprotocol(
     nursery: trio.Nursery,
 ) -> None:
     _server, port = await start_server(nursery, make_router())
+    with capture_http_log() as logs:
+        await check_echo(port)
+        # The server logs the close after its side of the closing handshake finished.
+        for _ in range(500):
+            if logs.events("http.websocket_closed"):
+                break
+            await trio.sleep(0.01)
+    (closed,) = logs.events("http.websocket_closed")
+    assert closed["path"] == "/ws"
+    assert closed["code"] == 1000
+    (access,) = logs.events("http.request")
+    assert (access["status"], access["path"]) == (101, "/ws")
+
+    # No subprotocol offered and none required: accepted without one.
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws") as websocket:
+        assert json.loads(await websocket.get_message())["subprotocol"] is None
+
+
+async def check_echo(port: int) -> None:
     async with trio_websocket.open_websocket_url(
         f"ws://127.0.0.1:{port}/ws?user=ann", subprotocols=["derp-old", "derp", "other"]
     ) as websocket:
@@ -57,10 +76,6 @@ async def test_websocket_echo_negotiates_server_preferred_subprotocol(
         assert await websocket.get_message() == b"\x00binary\xff"
         await websocket.send_message("text")
         assert await websocket.get_message() == "text"
-
-    # No subprotocol offered and none required: accepted without one.
-    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws") as websocket:
-        assert json.loads(await websocket.get_message())["subprotocol"] is None
 
 
 async def test_websocket_wrong_subprotocol_is_400(nursery: trio.Nursery) -> None:

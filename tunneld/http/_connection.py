@@ -19,6 +19,7 @@ import trio
 from tunneld.http._headers import Headers
 from tunneld.http._messages import Handler, HttpError, Request, Response
 from tunneld.http._router import dispatch
+from tunneld.http._unix import PeerCredentials
 from tunneld.http._upgrade import serve_upgrade, serve_websocket
 from tunneld.http._util import Abort, close_body, http_date, internal_error
 from tunneld.log import get_logger
@@ -66,7 +67,11 @@ class Connection:
     """One client connection of an :class:`HttpServer`."""
 
     def __init__(
-        self, server: HttpServer, stream: trio.abc.Stream, peer: object, credentials: object | None
+        self,
+        server: HttpServer,
+        stream: trio.abc.Stream,
+        peer: object,
+        credentials: PeerCredentials | None,
     ) -> None:
         self.server = server
         self.limits = server.limits

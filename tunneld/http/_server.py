@@ -14,7 +14,7 @@ import trio_websocket
 from tunneld.http._connection import Connection
 from tunneld.http._limits import HttpLimits
 from tunneld.http._router import Router
-from tunneld.http._unix import peer_credentials
+from tunneld.http._unix import PeerCredentials, peer_credentials
 from tunneld.http._upgrade import WEBSOCKET_CLOSE_SECONDS
 from tunneld.http._util import is_disconnect
 from tunneld.log import get_logger
@@ -45,7 +45,7 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return None
 
 
-def _peer_info(stream: trio.abc.Stream) -> tuple[object, object | None]:
+def _peer_info(stream: trio.abc.Stream) -> tuple[object, PeerCredentials | None]:
     """``(peer, peer_credentials)``: the address, and SO_PEERCRED on Unix sockets."""
     sock = _socket_of(stream)
     if sock is None:

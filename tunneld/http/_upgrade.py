@@ -140,6 +140,14 @@ async def serve_websocket(
             with trio.CancelScope(shield=True), trio.move_on_after(WEBSOCKET_CLOSE_SECONDS):
                 await websocket.aclose()
             nursery.cancel_scope.cancel()
+            reason = websocket.closed
+            log.info(
+                "http.websocket_closed",
+                request_id=request.request_id,
+                path=request.path,
+                code=reason.code if reason is not None else None,
+                duration_ms=round((trio.current_time() - started) * 1000, 3),
+            )
     return False
 
 
