@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunneld.http import HttpServer, Request, Response, Router
+from tunneld.http._connection import _parse_target
+from tunneld.http._router import dispatch
 
 CI_SETTINGS = settings(
     derandomize=True,
@@ -186,3 +188,33 @@ def test_mutated_requests_never_crash_the_server(live_port: int, data: bytes) ->
 @given(data=st.one_of(mutated_requests(), st.binary(max_size=4000)))
 def test_fuzz_long_run(live_port: int, data: bytes) -> None:
     check_answer(live_port, data)
+
+
+async def _noop(request: Request) -> Response:
+    return Response.text("")  # pragma: no cover
+
+
+@CI_SETTINGS
+@given(
+    method=st.text(max_size=10),
+    target=st.text(max_size=80),
+    connection=st.lists(st.text(max_size=10), max_size=3),
+    upgrade=st.lists(st.sampled_from(["websocket", "tunneld-stream", "h2c", ""]), max_size=2),
+)
+def test_routing_any_target_gives_a_decision(
+    method: str, target: str, connection: list[str], upgrade: list[str]
+) -> None:
+    router = Router()
+    router.route("GET", "/a/{x}", _noop)
+    router.route("POST", "/a/b", _noop)
+    router.websocket("/ws/{room}", echo_websocket)
+    router.upgrade("/dial", "tunneld-stream", drain)
+    parsed = _parse_target(target)
+    if parsed is None:
+        return
+    raw_path, _query = parsed
+    decision = dispatch(router, method, raw_path, connection, upgrade)
+    targets = [decision.response, decision.handler, decision.websocket, decision.upgrade]
+    assert sum(t is not None for t in targets) == 1
+    if decision.response is not None:
+        assert 200 <= decision.response.status < 600
