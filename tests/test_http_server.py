@@ -323,6 +323,24 @@ async def test_oversized_body_is_413_without_reading_it(nursery: trio.Nursery) -
     assert seen == []
 
 
+async def test_route_body_limit_overrides_the_server_limit(nursery: trio.Nursery) -> None:
+    router = Router()
+    router.route("POST", "/upload", echo, max_body_bytes=4096)
+    router.route("POST", "/nobody", echo, max_body_bytes=0)
+    router.route("POST", "/default", echo)
+    _server, port = await start_server(nursery, router, limits=small_limits())
+    for path, size, status in (
+        ("/upload", 3000, 200),
+        ("/default", 3000, 413),
+        ("/nobody", 1, 413),
+        ("/nobody", 0, 200),
+    ):
+        client = await RawClient.connect(port)
+        await client.send(request_bytes("POST", path, body=b"x" * size))
+        assert (await client.read_response()).status == status, (path, size)
+        await client.aclose()
+
+
 async def test_oversized_head_is_431(nursery: trio.Nursery) -> None:
     _server, port = await start_server(nursery, make_router(), limits=small_limits())
     client = await RawClient.connect(port)

@@ -190,12 +190,11 @@ class Connection:
                     await self._send_error_and_close(408, "request head not received in time")
                 return None
 
-    async def _read_body(self) -> bytes | None:
+    async def _read_body(self, limit: int) -> bytes | None:
         """The whole request body; None if an error response was sent instead.
 
         Raises Abort when the client disconnects mid-body.
         """
-        limit = self.limits.max_body_bytes
         if self._declared_length is not None and self._declared_length > limit:
             # Refuse before reading (or inviting, with 100-continue) a body that is too big.
             await self._send_error_and_close(413, f"request body exceeds {limit} bytes")
@@ -278,7 +277,8 @@ class Connection:
             headers.get_tokens("connection"),
             headers.get_tokens("upgrade"),
         )
-        body = await self._read_body()
+        limit = route.max_body_bytes
+        body = await self._read_body(self.limits.max_body_bytes if limit is None else limit)
         if body is None:
             self.access_log(request_id, method, path, self._error_status, 0, started)
             return False

@@ -58,6 +58,7 @@ class _Entry:
     segments: tuple[str, ...]
     params: tuple[str | None, ...]
     handlers: dict[str, Handler] = field(default_factory=dict)
+    body_limits: dict[str, int] = field(default_factory=dict)  # by method, when overridden
     websocket: WebSocketRoute | None = None
     upgrades: dict[str, UpgradeRoute] = field(default_factory=dict)  # by lower-case protocol
 
@@ -119,8 +120,13 @@ class Router:
         self._entries[path] = entry
         return entry
 
-    def route(self, method: str, path: str, handler: Handler) -> None:
+    def route(
+        self, method: str, path: str, handler: Handler, *, max_body_bytes: int | None = None
+    ) -> None:
         """Serve ``method`` requests for ``path`` with ``handler``.
+
+        ``max_body_bytes`` overrides ``HttpLimits.max_body_bytes`` for this route (larger
+        for uploads, smaller for endpoints that take no body); over it the answer is 413.
 
         Raises:
             ValueError: malformed pattern, or the method is already routed for it.
@@ -130,6 +136,8 @@ class Router:
         if method in entry.handlers:
             raise ValueError(f"{method} {path} is already routed")
         entry.handlers[method] = handler
+        if max_body_bytes is not None:
+            entry.body_limits[method] = max_body_bytes
 
     def websocket(
         self,
@@ -239,6 +247,7 @@ class Dispatch:
     handler: Handler | None = None
     websocket: WebSocketRoute | None = None
     upgrade: UpgradeRoute | None = None
+    max_body_bytes: int | None = None  # the route's own limit, else the server's
 
 
 def dispatch(
@@ -292,7 +301,8 @@ def dispatch(
     if handler is None and method == "HEAD":
         handler = entry.handlers.get("GET")
     if handler is not None:
-        return Dispatch(params, handler=handler)
+        limit = entry.body_limits.get(method if method in entry.handlers else "GET")
+        return Dispatch(params, handler=handler, max_body_bytes=limit)
     allow = ", ".join(entry.allowed_methods())
     if method == "OPTIONS":
         return Dispatch(params, response=Response(204, [("Allow", allow)]))
