@@ -559,6 +559,19 @@ def test_router_rejects_bad_patterns() -> None:
     router.route("GET", "/a", echo)
     with pytest.raises(ValueError, match="already routed"):
         router.route("get", "/a", echo)
+    with pytest.raises(ValueError, match="already routed"):
+        router.websocket("/a", _ws_noop)
+    router.websocket("/b", _ws_noop)
+    with pytest.raises(ValueError, match="already routed"):
+        router.route("GET", "/b", echo)
+    with pytest.raises(ValueError, match="repeats a placeholder"):
+        router.route("GET", "/c/{x}/{x}", echo)
+    with pytest.raises(ValueError, match="needs at least one subprotocol"):
+        router.websocket("/d", _ws_noop, require_subprotocol=True)
+
+
+async def _ws_noop(request: Request, websocket: object) -> None:
+    pass  # pragma: no cover
 
 
 async def test_max_connections_queues_extra_clients(nursery: trio.Nursery) -> None:

@@ -133,7 +133,7 @@ class Router:
         """
         method = method.upper()
         entry = self._entry(path)
-        if method in entry.handlers:
+        if method in entry.handlers or (method == "GET" and entry.websocket is not None):
             raise ValueError(f"{method} {path} is already routed")
         entry.handlers[method] = handler
         if max_body_bytes is not None:
