@@ -176,8 +176,12 @@ async def test_unix_socket_with_peer_credentials(nursery: trio.Nursery, tmp_path
         await open_unix_listener(path)
     path.unlink()
 
-    listener = await open_unix_listener(path, mode=0o600)
+    with pytest.raises(LookupError, match="no such group"):
+        await open_unix_listener(path, group="no-such-group-tunneld-test")
+    assert not path.exists()
+    listener = await open_unix_listener(path, mode=0o600, group=os.getgid())
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.stat(path).st_gid == os.getgid()
     assert stat.S_ISSOCK(os.stat(path).st_mode)
     server = HttpServer(make_router())
     addresses = await nursery.start(server.serve, [listener])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import socket
 import stat
@@ -36,10 +37,26 @@ def peer_credentials(sock: trio.socket.SocketType | socket.socket) -> PeerCreden
     return PeerCredentials(pid, uid, gid)
 
 
+def _group_id(group: str | int) -> int:
+    if isinstance(group, int):
+        return group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise LookupError(f"no such group: {group!r}") from None
+
+
 async def open_unix_listener(
-    path: str | os.PathLike[str], *, mode: int = 0o660, backlog: int = 128
+    path: str | os.PathLike[str],
+    *,
+    mode: int = 0o660,
+    group: str | int | None = None,
+    backlog: int = 128,
 ) -> trio.SocketListener:
     """Listen on a Unix stream socket at ``path`` with permissions ``mode``.
+
+    ``group`` (a name or gid) becomes the socket file's group, so members of it may
+    connect with ``mode`` 0o660 (DESIGN.md: group ``tunneld``).
 
     The socket file is created with ``mode`` already in force (the umask is narrowed
     for the ``bind`` call alone), so it never exists with looser permissions; it is
@@ -49,10 +66,12 @@ async def open_unix_listener(
 
     Raises:
         FileExistsError: ``path`` exists and is not a socket.
-        OSError: binding or listening failed.
+        LookupError: ``group`` names no group.
+        OSError: binding, chown or listening failed.
     """
     await trio.lowlevel.checkpoint()
     target = os.fspath(path)
+    gid = None if group is None else _group_id(group)
     try:
         existing = os.lstat(target)
     except FileNotFoundError:
@@ -70,6 +89,8 @@ async def open_unix_listener(
             sock.bind(target)
         finally:
             os.umask(old_umask)
+        if gid is not None:
+            os.chown(target, -1, gid)
         os.chmod(target, mode)
         sock.listen(backlog)
     except BaseException:
