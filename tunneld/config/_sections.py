@@ -7,9 +7,12 @@ every key, and a test checks the two agree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-__all__ = ["Config", "LogConfig"]
+from tunneld.config._units import ByteSize, Duration
+
+__all__ = ["AgentConfig", "Config", "LogConfig"]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "text", "json"]
@@ -24,8 +27,48 @@ class LogConfig:
     format: LogFormat = "auto"
 
 
+def _tcp_ports(ports: tuple[int, ...]) -> None:
+    if not all(1 <= p <= 65535 for p in ports):
+        raise ValueError("expected TCP port numbers in 1-65535")
+
+
+def _positive_duration(value: Duration) -> None:
+    if value.seconds <= 0:
+        raise ValueError("expected a positive duration")
+
+
+def _read_size(value: ByteSize) -> None:
+    # A read_file answer travels in one agentrpc frame (16 MiB); leave room for the map.
+    if not 1 <= value.bytes <= 15 * 2**20:
+        raise ValueError('expected a size between 1 and "15MiB"')
+
+
+def _non_negative(value: int) -> None:
+    if value < 0:
+        raise ValueError("expected a non-negative integer")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """``[agent]``: what ``tunneld agent`` lets callers do on this host.
+
+    Everything is off by default: no file roots, no exec, no writes, no TCP ports.
+    """
+
+    # File operations (and exec working directories) are confined to these directories.
+    roots: tuple[Path, ...] = ()
+    allow_exec: bool = False
+    allow_write: bool = False
+    allowed_tcp_ports: tuple[int, ...] = field(default=(), metadata={"check": _tcp_ports})
+    # Default and maximum time a foreground command may run before its group is killed.
+    exec_timeout: Duration = field(default=Duration(300), metadata={"check": _positive_duration})
+    max_read_size: ByteSize = field(default=ByteSize(4 * 2**20), metadata={"check": _read_size})
+    max_background_processes: int = field(default=16, metadata={"check": _non_negative})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole config file. Every table is optional; absent tables take their defaults."""
 
     log: LogConfig = field(default_factory=LogConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
