@@ -42,5 +42,6 @@ class ErrorCode(StrEnum):
     NO_SUCH_PROCESS = "no_such_process"
     TOO_MANY_PROCESSES = "too_many_processes"
     CONNECT_FAILED = "connect_failed"
+    UNKNOWN_SERVICE = "unknown_service"
     IO_ERROR = "io_error"
     INTERNAL = "internal"
