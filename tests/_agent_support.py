@@ -64,3 +64,9 @@ async def open_client(
     a, b = trio.testing.memory_stream_pair()
     nursery.start_soon(services.serve_rpc, b)
     return AgentClient(a)
+
+
+async def poll_pause() -> None:
+    """Between polls of state outside this process (child processes, the agent's tables),
+    where there is no event to wait on."""
+    await trio.sleep(0.02)

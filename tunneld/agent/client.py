@@ -118,14 +118,16 @@ def _field(value: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) ->
 class ExecRun:
     """One foreground command on the stream: iterate for ``Stdout``/``Stderr`` then ``Exit``.
 
-    Use as ``async with``: leaving early sends ``cancel`` (the agent kills the process
-    group) and reads up to the ``exit`` so the stream can take the next request.
+    Use as ``async with``: leaving the block early (without an exception) sends ``cancel``
+    (the agent kills the process group) and reads up to the ``exit`` so the stream can
+    take the next request. ``exit`` holds the ``Exit`` once it arrived.
     """
 
     def __init__(self, client: AgentClient, request: ExecRequest) -> None:
         self._client = client
         self._request = request
         self._started = False
+        self._failed = False
         self.exit: Exit | None = None
 
     async def _start(self) -> None:
@@ -158,6 +160,7 @@ class ExecRun:
         await self._start()
         response = await self._client._receive()
         if isinstance(response, Error):
+            self._failed = True  # the command never started, or the agent gave up on it
             raise AgentError(response.code, response.message)
         if isinstance(response, Exit):
             self.exit = response
@@ -176,7 +179,9 @@ class ExecRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.exit is not None or (exc_type is not None and exc_type is not AgentError):
+        # After another exception (a broken stream, cancellation) the stream's state is
+        # unknown; the caller closes it, which makes the agent kill the command.
+        if self.exit is not None or self._failed or exc_type is not None:
             return
         await self.cancel()
         async for _ in self:
