@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import msgpack
@@ -9,6 +10,8 @@ import pytest
 import trio
 import trio.testing
 from _agent_support import make_config, open_client, running_services, tcp_stream_pair
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunneld.agent import AgentServices, OperationError, parse_service
 from tunneld.agent.client import AgentClient
@@ -224,3 +227,42 @@ def test_config_loads_agent_section(tmp_path: Path) -> None:
     assert config.exec_timeout.seconds == 90
     assert config.max_read_size.bytes == 2**20
     AgentServices(config)  # builds from a loaded config without touching the filesystem
+
+
+async def test_rpc_over_a_lockstep_stream(tmp_path: Path) -> None:
+    # Lockstep streams have no buffering at all: every send waits for a matching receive.
+    async with running_services(make_config(tmp_path)) as (services, nursery):
+        a, b = trio.testing.lockstep_stream_pair()
+        nursery.start_soon(services.dispatch, "rpc", b)
+        client = AgentClient(a)
+        out = await client.run(shell="echo out; echo err >&2")
+        assert (out.stdout, out.stderr, out.exit.code) == (b"out\n", b"err\n", 0)
+        await client.write_file("x", b"data")
+        assert (await client.read_file("x")).data == b"data"
+        await client.aclose()
+
+
+def _serve_garbage(root: Path, data: bytes) -> list[object]:
+    async def main() -> list[object]:
+        config = make_config(root, allow_exec=False, allow_write=False)
+        async with running_services(config) as (services, nursery):
+            a, b = trio.testing.memory_stream_pair()
+            nursery.start_soon(services.serve_rpc, b)
+            await a.send_all(data)
+            await a.send_eof()
+            with trio.fail_after(10):
+                return await _read_responses(a)
+
+    return trio.run(main)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=4))
+def test_fuzz_garbage_streams_get_error_frames_and_a_clean_close(chunks: list[bytes]) -> None:
+    # Mixes valid frames among garbage so some requests succeed between the errors.
+    with tempfile.TemporaryDirectory() as root:
+        data = b"".join(frame(c) if i % 2 else c for i, c in enumerate(chunks))
+        data += encode(StatRequest("."))
+        responses = _serve_garbage(Path(root), data)
+    assert all(isinstance(r, (Error, Result)) for r in responses)
+    assert all(r.code == "invalid_request" for r in responses if isinstance(r, Error))
