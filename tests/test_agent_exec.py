@@ -159,7 +159,9 @@ async def test_background_processes_list_output_signal(tmp_path: Path) -> None:
         assert entry["argv"] == ["/bin/sh", "-c", "echo started; exec sleep 300"]
 
         # The table is bounded: a second runs, a third is refused while both run.
-        loud = await client.start_background(shell="for i in $(seq 100); do echo line$i; done")
+        loud = await client.start_background(
+            shell="for i in $(seq 100); do echo line$i; done; exec sleep 300"
+        )
         with pytest.raises(AgentError) as info:
             await client.start_background(["sleep", "1"])
         assert info.value.code == "too_many_processes"
@@ -176,13 +178,16 @@ async def test_background_processes_list_output_signal(tmp_path: Path) -> None:
 
         # Output is bounded: old bytes are dropped and the offset says so.
         with trio.fail_after(5):
-            while (out := await client.process_output(loud))["running"]:
+            while not (out := await client.process_output(loud))["data"].endswith(b"line100\n"):
                 await poll_pause()
         assert out["offset"] > 0
         assert out["dropped"] == out["offset"]
         assert len(out["data"]) <= 64
-        assert out["data"].endswith(b"line100\n")
-        assert out["exit_code"] == 0
+        await client.process_signal(loud, 9)
+        with trio.fail_after(5):
+            while (out := await client.process_output(loud))["running"]:
+                await poll_pause()
+        assert (out["exit_code"], out["signal"]) == (None, 9)
 
         # A finished process makes room for a new one.
         await client.start_background(["true"])
