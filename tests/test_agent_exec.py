@@ -209,3 +209,17 @@ async def test_stopping_the_services_kills_background_processes(tmp_path: Path) 
         pids = [*_pids(data), entry["pid"]]
         await client.aclose()
     await _wait_dead(pids)
+
+
+async def test_cancelling_the_serving_task_kills_a_foreground_command(tmp_path: Path) -> None:
+    async with running_services(make_config(tmp_path), kill_grace=0.2) as (services, nursery):
+        client = await open_client(services, nursery)
+        seen = b""
+        async for event in client.exec(shell=FAMILY):
+            assert isinstance(event, Stdout)
+            seen += event.data
+            if len(_pids(seen)) == 2 and seen.endswith(b"\n"):
+                break
+        pids = _pids(seen)
+        # Leaving the block cancels serve_rpc mid-exec (an overlay shutting down).
+    await _wait_dead(pids)
