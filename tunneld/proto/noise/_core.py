@@ -75,7 +75,6 @@ from tunneld.proto.noise._messages import (
     MESSAGE_TRANSPORT,
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
-    build_transport,
     message_type,
     parse_cookie_reply,
     parse_initiation,
@@ -241,6 +240,17 @@ class WireGuardCore:
             NoiseError: unknown peer.
         """
         state = self._peer(peer)
+        kp = state.current
+        if (
+            kp is not None
+            and not state.staged
+            and kp.send_counter < REJECT_AFTER_MESSAGES
+            and now - kp.created < REJECT_AFTER_TIME
+        ):
+            # Fast path (the data plane): a usable session and nothing queued before us.
+            self._transmit(state, kp, payload, now)
+            self._keep_key_fresh_sending(state, now, wall)
+            return
         self._stage(state, payload)
         self._send_staged(state, now, wall)
 
@@ -341,23 +351,23 @@ class WireGuardCore:
         ):
             self._send_initiation(peer, now, wall, retry=False)
             return
-        staged, timers, outgoing = peer.staged, peer.timers, self._outgoing
+        staged = peer.staged
         while staged and kp.send_counter < REJECT_AFTER_MESSAGES:
-            payload = staged.popleft()
-            counter = kp.send_counter
-            kp.send_counter = counter + 1
-            padding = -len(payload) % 16  # whitepaper 5.4.6: pad to a multiple of 16
-            plaintext = payload + bytes(padding) if padding else payload
-            packet = build_transport(kp.remote_index, counter, kp.seal(counter, plaintext))
-            peer.tx_bytes += len(packet)
-            outgoing.append(Outgoing(peer.public_key, None, packet))
-            # Inlined timer hooks (hot path): any authenticated packet traversal / sent.
-            if peer.persistent_keepalive:
-                timers.persistent_keepalive = now + peer.persistent_keepalive
-            timers.send_keepalive = None
-            if payload and timers.new_handshake is None:
-                self._timers_data_sent(peer, now)
+            self._transmit(peer, kp, staged.popleft(), now)
         self._keep_key_fresh_sending(peer, now, wall)
+
+    def _transmit(self, peer: PeerState, kp: Keypair, payload: bytes, now: float) -> None:
+        padding = -len(payload) % 16  # whitepaper 5.4.6: pad to a multiple of 16
+        packet = kp.seal_transport(payload + bytes(padding) if padding else payload)
+        peer.tx_bytes += len(packet)
+        self._outgoing.append(Outgoing(peer.public_key, None, packet))
+        # Inlined timer hooks (hot path): any authenticated packet traversal / sent.
+        timers = peer.timers
+        if peer.persistent_keepalive:
+            timers.persistent_keepalive = now + peer.persistent_keepalive
+        timers.send_keepalive = None
+        if payload and timers.new_handshake is None:
+            self._timers_data_sent(peer, now)
 
     def _keep_key_fresh_sending(self, peer: PeerState, now: float, wall: float) -> None:
         kp = peer.current
