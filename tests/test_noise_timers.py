@@ -220,3 +220,15 @@ def test_simultaneous_initiations_converge() -> None:
     got_a = [e for e in p.events(p.a) if isinstance(e, DataReceived)]
     assert [e.payload.rstrip(b"\0") for e in got_b] == [b"from a", b"again a"]
     assert [e.payload.rstrip(b"\0") for e in got_a] == [b"from b", b"again b"]
+
+
+def test_close_zeroes_everything() -> None:
+    p = Pair()
+    p.handshake()
+    keypair = p.a._peers[p.b_pub].current
+    assert keypair is not None
+    p.a.close()
+    assert p.a.peers() == []
+    assert keypair.send_key == bytearray(32)
+    assert p.a._private == bytearray(32)
+    assert p.a.get_timer() is None

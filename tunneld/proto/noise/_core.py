@@ -183,6 +183,14 @@ class WireGuardCore:
         zero(peer.static_static)
         zero(peer.preshared_key)
 
+    def close(self) -> None:
+        """Forget every peer and zero our private key (best effort); the core is then unusable."""
+        for key in list(self._peers):
+            self.remove_peer(key)
+        zero(self._private)
+        self._outgoing.clear()
+        self._events.clear()
+
     def peers(self) -> list[bytes]:
         """Public keys of the configured peers."""
         return list(self._peers)
