@@ -420,6 +420,7 @@ class WireGuardCore:
         hs.last_sent = now
         packet = peer.cookies.add_macs(out.message.to_bytes(), now)
         self._outgoing.append(Outgoing(peer.public_key, None, packet))
+        peer.tx_bytes += len(packet)
         self._timers_any_authenticated_packet_traversal(peer, now)
         self._timers_any_authenticated_packet_sent(peer)
         peer.timers.retransmit_handshake = now + REKEY_TIMEOUT + self._jitter()
