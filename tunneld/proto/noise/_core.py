@@ -42,9 +42,8 @@ from tunneld.proto.noise._constants import (
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
-    UNDER_LOAD_AFTER_TIME,
 )
-from tunneld.proto.noise._cookie import CookieChecker, TokenBucket
+from tunneld.proto.noise._cookie import CookieChecker, LoadTracker, TokenBucket
 from tunneld.proto.noise._crypto import (
     KEY_SIZE,
     AuthenticationFailed,
@@ -130,11 +129,7 @@ class WireGuardCore:
         self._rate_limiter = TokenBucket()
         self._outgoing: list[Outgoing] = []
         self._events: deque[Event] = deque()
-        self.force_under_load = False
-        self.handshake_load_threshold = handshake_load_threshold
-        self._load_until: float | None = None
-        self._load_window_start = 0.0
-        self._load_window_count = 0
+        self._load = LoadTracker(handshake_load_threshold)
 
     # ------------------------------------------------------------------ configuration
 
@@ -211,18 +206,35 @@ class WireGuardCore:
         """Set where packets for a peer go (authenticated packets update it too)."""
         self._peer(public_key).endpoint = endpoint
 
+    @property
+    def force_under_load(self) -> bool:
+        """Set to demand mac2 from every handshake message (e.g. from an operator switch)."""
+        return self._load.force
+
+    @force_under_load.setter
+    def force_under_load(self, value: bool) -> None:
+        self._load.force = value
+
+    @property
+    def handshake_load_threshold(self) -> int:
+        """Handshake messages per second (valid mac1) that put the core under load."""
+        return self._load.threshold
+
+    @handshake_load_threshold.setter
+    def handshake_load_threshold(self, value: int) -> None:
+        self._load.threshold = value
+
     def note_handshake_backlog(self, queued: int, capacity: int, now: float) -> None:
         """Tell the core how many handshake datagrams wait in the adapter's queue.
 
         At 1/8 of ``capacity`` or more the core is under load for the next second
         (wireguard-go's rule), requiring mac2 from every handshake message.
         """
-        if capacity > 0 and queued * 8 >= capacity:
-            self._load_until = now + UNDER_LOAD_AFTER_TIME
+        self._load.note_backlog(queued, capacity, now)
 
     def under_load(self, now: float) -> bool:
         """Whether handshake messages must carry a valid mac2 right now."""
-        return self.force_under_load or (self._load_until is not None and now < self._load_until)
+        return self._load.active(now)
 
     # ------------------------------------------------------------------ sans-IO surface
 
@@ -441,8 +453,8 @@ class WireGuardCore:
         what = "initiation" if kind == MESSAGE_INITIATION else "response"
         if not self._cookie_checker.check_mac1(data):
             raise RemoteProtocolError(f"{what}: mac1 invalid")
-        self._count_handshake_for_load(now)
-        if self.under_load(now):
+        self._load.note_message(now)
+        if self._load.active(now):
             if not self._cookie_checker.check_mac2(data, source, now):
                 sender = int.from_bytes(data[4:8], "little")
                 reply = self._cookie_checker.create_reply(data, sender, source, now)
@@ -454,14 +466,6 @@ class WireGuardCore:
             self._receive_initiation(data, source, now, wall)
         else:
             self._receive_response(data, source, now, wall)
-
-    def _count_handshake_for_load(self, now: float) -> None:
-        if now - self._load_window_start >= 1.0 or now < self._load_window_start:
-            self._load_window_start = now
-            self._load_window_count = 0
-        self._load_window_count += 1
-        if self._load_window_count >= self.handshake_load_threshold:
-            self._load_until = now + UNDER_LOAD_AFTER_TIME
 
     def _receive_initiation(self, data: bytes, source: bytes, now: float, wall: float) -> None:
         message = parse_initiation(data)
