@@ -112,11 +112,22 @@ def driver(wg: WireguardGo, role: str, ours: bytes) -> subprocess.Popen[str]:
 def test_our_initiator_against_wireguard_go(wireguard_go: WireguardGo, tmp_path: Path) -> None:
     ours = generate_private_key()
     configure(wireguard_go, ours, tmp_path)
-    out, _ = driver(wireguard_go, "initiator", ours).communicate(timeout=20)
+    out, _ = driver(wireguard_go, "initiator", ours).communicate(timeout=30)
     result = json.loads(out)
     assert result["events"][0] == "handshake initiator=True"
     assert "data icmp type 0 from 0ac80001" in result["events"]
     assert result.get("ok") is True
+    assert result["replies"] == [1]
+    assert result["rejected"] == []
+
+
+def test_second_session_with_wireguard_go(wireguard_go: WireguardGo, tmp_path: Path) -> None:
+    ours = generate_private_key()
+    configure(wireguard_go, ours, tmp_path)
+    out, _ = driver(wireguard_go, "rekey", ours).communicate(timeout=30)
+    result = json.loads(out)
+    assert result["events"].count("handshake initiator=True") == 2
+    assert result["replies"] == [1, 2]
     assert result["rejected"] == []
 
 
