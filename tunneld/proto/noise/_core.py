@@ -280,7 +280,11 @@ class WireGuardCore:
         Raises:
             RemoteProtocolError: the datagram is malformed, unauthenticated, replayed,
                 from an unknown peer or not acceptable now; the core's state is then
-                unchanged (except a rate-limiter token spent under load).
+                unchanged, except the under-load accounting (handshake messages with a
+                valid mac1 are counted, and under load charge the source's token bucket).
+
+        Under load, a handshake message without a valid mac2 is not an error: it is
+        answered with a cookie reply (``Outgoing.destination`` = ``source``).
         """
         if len(data) >= TRANSPORT_MIN_SIZE and data[:4] == _TRANSPORT_TYPE:
             # The hot path: skip the general dispatch for transport packets.
