@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 import trio_websocket
@@ -114,16 +114,15 @@ class DerpClient:
 
         Leaving the block closes the connection and stops the reader task.
         """
-        # Entered by hand (not ``async with``) so that handshake failures can become
-        # DerpConnectError while the WebSocket's own nursery nests correctly.
-        ws_cm = trio_websocket.open_websocket_url(
-            url, subprotocols=["derp"], connect_timeout=handshake_timeout
-        )
-        try:
-            ws = await ws_cm.__aenter__()
-        except trio_websocket.HandshakeError as exc:
-            raise DerpConnectError(f"relay refused the WebSocket: {exc}") from None
-        try:
+        async with AsyncExitStack() as stack:
+            try:
+                ws = await stack.enter_async_context(
+                    trio_websocket.open_websocket_url(
+                        url, subprotocols=["derp"], connect_timeout=handshake_timeout
+                    )
+                )
+            except trio_websocket.HandshakeError as exc:
+                raise DerpConnectError(f"relay refused the WebSocket: {exc}") from None
             if ws.subprotocol != "derp":
                 raise DerpConnectError(f"relay did not agree to subprotocol derp: {ws.subprotocol}")
             core = ClientConnection(private_key)
@@ -139,9 +138,6 @@ class DerpClient:
                     yield client
                 finally:
                     nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                await ws_cm.__aexit__(None, None, None)
 
     @staticmethod
     async def _handshake(
