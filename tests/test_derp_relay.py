@@ -571,3 +571,10 @@ async def test_load_many_clients_one_never_reads(nursery: trio.Nursery) -> None:
             clients.cancel_scope.cancel()
     finally:
         stalled.close()
+
+
+async def test_client_closes_a_silent_relay(nursery: trio.Nursery) -> None:
+    _relay, url = await start_relay(nursery)
+    async with DerpClient.connect(url, generate_private_key(), silence_timeout=0.2) as client:
+        with pytest.raises(DerpConnectionClosed, match=r"relay silent for 0\.2 s"):
+            await client.receive()
