@@ -578,3 +578,33 @@ async def test_client_closes_a_silent_relay(nursery: trio.Nursery) -> None:
     async with DerpClient.connect(url, generate_private_key(), silence_timeout=0.2) as client:
         with pytest.raises(DerpConnectionClosed, match=r"relay silent for 0\.2 s"):
             await client.receive()
+
+
+async def test_frames_split_byte_at_a_time_are_relayed(nursery: trio.Nursery) -> None:
+    _relay, url = await start_relay(nursery)
+    async with (
+        trio_websocket.open_websocket_url(url, subprotocols=["derp"]) as ws,
+        DerpClient.connect(url, generate_private_key()) as ours,
+    ):
+        raw = RawDerp(ws, generate_private_key())
+        await raw.handshake()
+        frame = raw_frame(0x04, ours.public_key + b"dribbled")
+        for i in range(len(frame)):
+            await ws.send_message(frame[i : i + 1])
+        assert await receive_data_event(ours) == RecvPacket(raw.key, b"dribbled")
+
+
+def test_bench_derp_smoke() -> None:
+    import argparse
+
+    from tunneld.bench import derp_relay
+
+    parser = argparse.ArgumentParser()
+    derp_relay.add_arguments(parser)
+    result = derp_relay.run(
+        parser.parse_args(["--round-trips", "5", "--stream", "20", "--sizes", "100"])
+    )
+    (row,) = result.rows
+    assert row["size"] == 100
+    assert isinstance(row["ratio_p50"], float)
+    assert row["ratio_p50"] > 0

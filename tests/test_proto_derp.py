@@ -456,3 +456,17 @@ def test_fuzz_connected_client_frames(frames: list[tuple[int, bytes]]) -> None:
 def test_fuzz_connected_server_frames(frames: list[tuple[int, bytes]]) -> None:
     _, server = handshake()
     _feed_all(server, [encode_frame(t, p) for t, p in frames])
+
+
+def test_server_info_json_is_what_derper_marshals() -> None:
+    from tunneld.proto.derp import ClientInfo
+    from tunneld.proto.derp._info import encode_client_info, encode_server_info
+
+    assert encode_server_info(ServerInfo(2)) == b'{"version":2}'
+    assert (
+        encode_server_info(ServerInfo(2, 1000, 5000))
+        == b'{"version":2,"TokenBucketBytesPerSecond":1000,"TokenBucketBytesBurst":5000}'
+    )
+    assert encode_client_info(ClientInfo(2, can_ack_pings=True)) == (
+        b'{"version":2,"CanAckPings":true}'
+    )

@@ -20,6 +20,10 @@ __all__ = ["BENCHMARKS", "BenchResult", "load_benchmark", "percentile", "render_
 # name -> (module, one-line description); modules are imported only when run, so one
 # benchmark's dependencies never slow the CLI or another benchmark.
 BENCHMARKS: dict[str, tuple[str, str]] = {}
+BENCHMARKS["derp"] = (
+    "tunneld.bench.derp_relay",
+    "DERP relay round trips and streaming vs a WebSocket echo",
+)
 
 
 @dataclass
