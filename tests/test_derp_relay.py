@@ -608,3 +608,19 @@ def test_bench_derp_smoke() -> None:
     assert row["size"] == 100
     assert isinstance(row["ratio_p50"], float)
     assert row["ratio_p50"] > 0
+
+
+async def test_hanging_authorizer_times_out(nursery: trio.Nursery) -> None:
+    async def hang(_key: bytes) -> bool:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    relay, url = await start_relay(
+        nursery, authorize=hang, limits=RelayLimits(handshake_timeout=0.2)
+    )
+    with pytest.raises(DerpConnectError) as info:
+        async with DerpClient.connect(url, generate_private_key()):
+            pass
+    assert info.value.code == 1011
+    assert info.value.reason == "relay closed the connection: authorization timed out"
+    assert relay.stats.refused == 1

@@ -3,8 +3,9 @@
 Behaviour follows Tailscale's derper where it is observable by clients:
 
 * SERVER_KEY is sent at once; the client must complete the sealed handshake within
-  ``handshake_timeout``; then ``authorize(client_key)`` decides (refused clients are
-  closed with 1008 "node key not authorized").
+  ``handshake_timeout``; then ``authorize(client_key)`` decides, within the same
+  timeout again (refused clients are closed with 1008 "node key not authorized on
+  this relay"; an authorizer that fails or hangs gives 1011).
 * SEND_PACKET to a connected peer becomes RECV_PACKET there. To an absent peer the
   packet is dropped (``unknown_dest``) and the sender gets PEER_GONE(not here),
   rate-limited per sender (derper: 1/s, burst 3).
@@ -302,7 +303,14 @@ class DerpRelay:
         key = hello.client_key
         log = log.bind(node_key=key.hex()[:16])
         try:
-            allowed = await self._authorize(key)
+            # A stuck authorizer must not hold connections open forever.
+            with trio.fail_after(self.limits.handshake_timeout):
+                allowed = await self._authorize(key)
+        except trio.TooSlowError:
+            log.warning("derp.authorize_timeout")
+            self.stats.refused += 1
+            await _close(ws, _CLOSE_INTERNAL_ERROR, "authorization timed out")
+            return
         except Exception:
             log.exception("derp.authorize_failed")
             self.stats.refused += 1
