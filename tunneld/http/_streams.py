@@ -7,35 +7,71 @@ sent right after) are gone from the socket. Protocols taking over the connection
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import trio
 
 __all__ = ["HalfCloseableReplayStream", "ReplayStream", "replay_stream"]
 
 
+class _OneAtATime:
+    """Raise trio.BusyResourceError when two tasks use one direction at once, as every
+    trio stream must (the transport may not detect it, e.g. while replaying)."""
+
+    def __init__(self, operation: str) -> None:
+        self._operation = operation
+        self._busy = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self._busy:
+            raise trio.BusyResourceError(f"another task is already {self._operation}")
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+
+
 class ReplayStream(trio.abc.Stream):
-    """``transport`` with ``prefix`` delivered before anything read from it."""
+    """``transport`` with ``prefix`` delivered before anything read from it.
+
+    Closing it closes the transport.
+    """
 
     def __init__(self, transport: trio.abc.Stream, prefix: bytes) -> None:
         self.transport = transport
         self._prefix = bytearray(prefix)
+        self._receiving = _OneAtATime("receiving on this stream")
+        self._sending = _OneAtATime("sending on this stream")
+        self._closed = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            # Still a checkpoint, as trio's Stream contract asks of every receive.
-            await trio.lowlevel.checkpoint()
-            size = len(self._prefix) if max_bytes is None else min(max_bytes, len(self._prefix))
-            chunk = bytes(self._prefix[:size])
-            del self._prefix[:size]
-            return chunk
-        return bytes(await self.transport.receive_some(max_bytes))
+        with self._receiving():
+            if max_bytes is not None and max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+            if self._prefix:
+                # Still a checkpoint, as trio's Stream contract asks of every receive.
+                await trio.lowlevel.checkpoint()
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed")
+                size = len(self._prefix) if max_bytes is None else min(max_bytes, len(self._prefix))
+                chunk = bytes(self._prefix[:size])
+                del self._prefix[:size]
+                return chunk
+            return bytes(await self.transport.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
+        with self._sending():
+            await self.transport.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
+        with self._sending():
+            await self.transport.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
+        self._closed = True
         self._prefix.clear()
         await self.transport.aclose()
 
@@ -49,7 +85,8 @@ class HalfCloseableReplayStream(ReplayStream, trio.abc.HalfCloseableStream):
         super().__init__(transport, prefix)
 
     async def send_eof(self) -> None:
-        await self.transport.send_eof()
+        with self._sending():
+            await self.transport.send_eof()
 
 
 def replay_stream(transport: trio.abc.Stream, prefix: bytes) -> ReplayStream:
