@@ -470,3 +470,27 @@ def test_server_info_json_is_what_derper_marshals() -> None:
     assert encode_client_info(ClientInfo(2, can_ack_pings=True)) == (
         b'{"version":2,"CanAckPings":true}'
     )
+
+
+SLOW = pytest.mark.skipif(
+    not os.environ.get("TUNNELD_SLOW"), reason="long fuzz run: TUNNELD_SLOW=1"
+)
+
+
+@pytest.mark.slow
+@SLOW
+@settings(max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=2000), max_size=20))
+def test_fuzz_server_long(chunks: list[bytes]) -> None:
+    _feed_all(ServerConnection(SERVER_PRIVATE), chunks)
+
+
+@pytest.mark.slow
+@SLOW
+@settings(max_examples=5_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 0xFF), st.binary(max_size=300)), max_size=30))
+def test_fuzz_connected_both_sides_long(frames: list[tuple[int, bytes]]) -> None:
+    client, server = handshake()
+    data = [encode_frame(t, p) for t, p in frames]
+    _feed_all(client, data)
+    _feed_all(server, data)
