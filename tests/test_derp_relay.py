@@ -597,7 +597,7 @@ async def test_frames_split_byte_at_a_time_are_relayed(nursery: trio.Nursery) ->
 def test_bench_derp_smoke() -> None:
     import argparse
 
-    from tunneld.bench import derp_relay
+    from tunneld.bench import _derp as derp_relay
 
     parser = argparse.ArgumentParser()
     derp_relay.add_arguments(parser)
