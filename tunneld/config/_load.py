@@ -142,10 +142,6 @@ def _convert(tp: Any, value: Any, path: str, section: str) -> Any:
         if not isinstance(value, dict):
             raise _expect(path, "a table", value)
         return dict(value)
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, dict):
-            raise _expect(path, "a table", value)
-        return _build(tp, value, section)
     if tp is bool:
         if not isinstance(value, bool):
             raise _expect(path, "true or false", value)
@@ -187,6 +183,10 @@ def _convert(tp: Any, value: Any, path: str, section: str) -> Any:
             return parse_host_port(value)
         except ValueError:
             raise _expect(path, 'HOST:PORT like "127.0.0.1:7421"', value) from None
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise _expect(path, "a table", value)
+        return _build(tp, value, section)
     raise TypeError(f"unsupported config type {tp}")
 
 

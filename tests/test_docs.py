@@ -1,0 +1,77 @@
+"""The docs stay true: config.example.toml, README commands and .ci/run agree with the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from pathlib import Path
+
+from tunneld.cli import build_parser
+from tunneld.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config_keys(cls: type, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        tp = hints[field.name]
+        path = f"{prefix}{field.name}"
+        # Section tables recurse; value types such as Duration are dataclasses too but leaves.
+        if isinstance(tp, type) and tp.__module__ == "tunneld.config._sections":
+            keys |= _config_keys(tp, f"{path}.")
+        else:
+            keys.add(path)
+    return keys
+
+
+def _example_keys(table: dict[str, object], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in table.items():
+        if isinstance(value, dict) and not prefix.startswith("plugins."):
+            keys |= _example_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_config_example_loads_cleanly() -> None:
+    load_config(ROOT / "config.example.toml")
+
+
+def test_config_example_documents_every_key() -> None:
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    missing = _config_keys(Config) - _example_keys(example)
+    assert not missing, f"keys missing from config.example.toml: {sorted(missing)}"
+
+
+def test_config_example_defaults_are_the_real_defaults() -> None:
+    assert load_config(ROOT / "config.example.toml") == Config()
+
+
+def _readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^(python3 .+)$", quick, re.MULTILINE)
+
+
+def test_readme_quick_start_has_exactly_two_commands() -> None:
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert commands[0].endswith("tunneld demo")
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    test_command = _readme_commands()[1]
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci_lines
+
+
+def test_every_command_has_help_text() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for choice in sub._choices_actions:  # type: ignore[attr-defined]
+        assert choice.help, f"`tunneld {choice.dest}` has no help text"
