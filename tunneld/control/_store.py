@@ -337,8 +337,7 @@ class SqliteDatabase:
     def get_user(self, name: str) -> User | None:
         with self._read() as conn:
             row = conn.execute(
-                "SELECT id, name, created_at, password_hash IS NOT NULL FROM users "
-                "WHERE name = ?",
+                "SELECT id, name, created_at, password_hash IS NOT NULL FROM users WHERE name = ?",
                 (name,),
             ).fetchone()
         return None if row is None else User(int(row[0]), row[1], float(row[2]), bool(row[3]))
