@@ -1,0 +1,219 @@
+"""Routing: ``(method, path pattern)`` to handlers, WebSocket and raw-upgrade routes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+import trio
+from trio_websocket import WebSocketConnection
+
+from tunneld.http._messages import Handler, Request, Response
+
+__all__ = [
+    "Authorizer",
+    "Router",
+    "UpgradeHandler",
+    "UpgradeRoute",
+    "WebSocketHandler",
+    "WebSocketRoute",
+]
+
+WebSocketHandler = Callable[[Request, WebSocketConnection], Awaitable[None]]
+UpgradeHandler = Callable[[Request, trio.abc.Stream], Awaitable[None]]
+Authorizer = Callable[[Request], Awaitable[Response | None]]
+
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketRoute:
+    """A WebSocket endpoint: subprotocols in server preference order."""
+
+    handler: WebSocketHandler
+    subprotocols: tuple[str, ...]
+    require_subprotocol: bool
+    authorize: Authorizer | None
+    max_message_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRoute:
+    """A generic ``Connection: Upgrade`` endpoint handing over the raw stream after 101."""
+
+    protocol: str
+    handler: UpgradeHandler
+    method: str
+    authorize: Authorizer | None
+
+
+@dataclass(slots=True)
+class _Entry:
+    pattern: str
+    segments: tuple[str, ...]
+    params: tuple[str | None, ...]
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    websocket: WebSocketRoute | None = None
+    upgrades: dict[str, UpgradeRoute] = field(default_factory=dict)  # by lower-case protocol
+
+    def allowed_methods(self) -> list[str]:
+        methods = set(self.handlers)
+        if self.websocket is not None:
+            methods.add("GET")
+        methods.update(route.method for route in self.upgrades.values())
+        if "GET" in methods:
+            methods.add("HEAD")
+        methods.add("OPTIONS")
+        return sorted(methods)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """The route entry a path resolved to, with its decoded ``{name}`` parameters."""
+
+    entry: _Entry
+    path_params: dict[str, str]
+
+
+def _split(path: str) -> list[str]:
+    return path.split("/")[1:]
+
+
+class Router:
+    """Maps request paths to handlers.
+
+    Patterns are absolute paths whose whole segments may be ``{name}`` placeholders;
+    the matched (percent-decoded) text lands in ``Request.path_params``. When several
+    patterns match, the one with literal segments earliest wins (``/a/self`` beats
+    ``/a/{name}``). An unknown path is 404 (or the fallback handler), a known path with
+    the wrong method is 405 with ``Allow``.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._fallback: Handler | None = None
+
+    def _entry(self, path: str) -> _Entry:
+        if path in self._entries:
+            return self._entries[path]
+        if not path.startswith("/"):
+            raise ValueError(f"route path must start with '/': {path!r}")
+        segments = tuple(_split(path))
+        params: list[str | None] = []
+        for segment in segments:
+            found = _PARAM.match(segment)
+            if found is None and ("{" in segment or "}" in segment):
+                raise ValueError(
+                    f"route path {path!r}: placeholder must be a whole segment like '{{name}}'"
+                )
+            params.append(found.group(1) if found else None)
+        names = [p for p in params if p is not None]
+        if len(names) != len(set(names)):
+            raise ValueError(f"route path {path!r} repeats a placeholder name")
+        entry = _Entry(path, segments, tuple(params))
+        self._entries[path] = entry
+        return entry
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        """Serve ``method`` requests for ``path`` with ``handler``.
+
+        Raises:
+            ValueError: malformed pattern, or the method is already routed for it.
+        """
+        method = method.upper()
+        entry = self._entry(path)
+        if method in entry.handlers:
+            raise ValueError(f"{method} {path} is already routed")
+        entry.handlers[method] = handler
+
+    def websocket(
+        self,
+        path: str,
+        handler: WebSocketHandler,
+        *,
+        subprotocols: Sequence[str] = (),
+        require_subprotocol: bool = False,
+        authorize: Authorizer | None = None,
+        max_message_size: int = 1024 * 1024,
+    ) -> None:
+        """Serve WebSocket connections (RFC 6455) on ``path``.
+
+        ``authorize`` runs before the handshake is accepted; returning a Response
+        rejects the upgrade with it (e.g. 401). The first of ``subprotocols`` (server
+        preference order) that the client offers is negotiated; when none is offered
+        and ``require_subprotocol`` is set the request is answered 400. ``handler`` gets
+        the request and the open ``trio_websocket.WebSocketConnection``; the connection
+        is closed (1000) when it returns, or 1011 if it raises.
+        """
+        entry = self._entry(path)
+        if entry.websocket is not None or "GET" in entry.handlers:
+            raise ValueError(f"GET {path} is already routed")
+        if require_subprotocol and not subprotocols:
+            raise ValueError("require_subprotocol needs at least one subprotocol")
+        entry.websocket = WebSocketRoute(
+            handler, tuple(subprotocols), require_subprotocol, authorize, max_message_size
+        )
+
+    def upgrade(
+        self,
+        path: str,
+        protocol: str,
+        handler: UpgradeHandler,
+        *,
+        method: str = "POST",
+        authorize: Authorizer | None = None,
+    ) -> None:
+        """Serve ``Connection: Upgrade`` / ``Upgrade: <protocol>`` requests (RFC 9110 §7.8).
+
+        The request body is read first (bounded); ``authorize`` may then refuse with a
+        Response. Otherwise the server answers ``101 Switching Protocols`` and calls
+        ``handler(request, stream)`` with the raw byte stream (bytes the client sent
+        after the request are replayed first); the stream is closed when it returns.
+        A request to this path without the matching Upgrade header gets 426.
+        """
+        method = method.upper()
+        entry = self._entry(path)
+        key = protocol.lower()
+        if key in entry.upgrades:
+            raise ValueError(f"upgrade {protocol!r} on {path} is already routed")
+        entry.upgrades[key] = UpgradeRoute(protocol, handler, method, authorize)
+
+    def mount_fallback(self, handler: Handler) -> None:
+        """Serve every path no route matches with ``handler`` (instead of 404)."""
+        self._fallback = handler
+
+    @property
+    def fallback(self) -> Handler | None:
+        """The handler for unmatched paths, if one was mounted."""
+        return self._fallback
+
+    def match(self, raw_path: str) -> RouteMatch | None:
+        """The best entry for the undecoded ``raw_path``, or ``None``.
+
+        Segments are split before percent-decoding, so ``%2F`` inside a parameter stays
+        part of that parameter.
+        """
+        parts = _split(raw_path)
+        best: tuple[tuple[int, ...], RouteMatch] | None = None
+        for entry in self._entries.values():
+            if len(entry.segments) != len(parts):
+                continue
+            params: dict[str, str] = {}
+            rank: list[int] = []
+            for segment, name, part in zip(entry.segments, entry.params, parts, strict=True):
+                if name is None:
+                    if unquote(part) != segment:
+                        break
+                    rank.append(0)
+                else:
+                    if part == "":
+                        break
+                    params[name] = unquote(part)
+                    rank.append(1)
+            else:
+                key = tuple(rank)
+                if best is None or key < best[0]:
+                    best = (key, RouteMatch(entry, params))
+        return best[1] if best else None
