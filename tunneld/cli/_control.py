@@ -13,6 +13,7 @@ import datetime
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -192,7 +193,9 @@ def _user_list(args: argparse.Namespace) -> int:
         db.close()
     print(f"{'NAME':<24} {'PASSWORD':<8} CREATED")
     for user in users:
-        print(f"{user.name:<24} {'yes' if user.has_password else 'no':<8} {_stamp(user.created_at)}")
+        print(
+            f"{user.name:<24} {'yes' if user.has_password else 'no':<8} {_stamp(user.created_at)}"
+        )
     return 0
 
 
@@ -205,7 +208,9 @@ def _token_create(args: argparse.Namespace) -> int:
         try:
             lifetime = parse_duration(args.expires)
         except ValueError:
-            raise CliError(f"--expires: expected a duration like 30d or 12h, got {args.expires!r}")
+            raise CliError(
+                f"--expires: expected a duration like 30d or 12h, got {args.expires!r}"
+            ) from None
         if lifetime.seconds <= 0:
             raise CliError("--expires: must be longer than zero")
         expires_at = now + lifetime.seconds
@@ -319,17 +324,18 @@ async def _run_server(config: ControlConfig, ready_file: Path | None) -> None:
                 info = await nursery.start(server.serve)
                 if ready_file is not None:
                     await trio.to_thread.run_sync(write_ready_file, ready_file, info)
+                log.info("control.ready", url=info.url, pid=info.pid)
                 nursery.start_soon(_stop_on_signal, signals, server)
                 await server.stopped.wait()
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await store.aclose()
-        if ready_file is not None:
-            ready_file.unlink(missing_ok=True)
+            if ready_file is not None:
+                await trio.to_thread.run_sync(lambda: ready_file.unlink(missing_ok=True))
 
 
-async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], server: ControlServer) -> None:
+async def _stop_on_signal(signals: AsyncIterator[int], server: ControlServer) -> None:
     async for signum in signals:
         log.info("control.signal", signal=signal.Signals(signum).name)
         server.shutdown()

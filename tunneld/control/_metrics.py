@@ -110,7 +110,9 @@ class ControlCollector(Collector):
         yield drops
 
 
-def make_registry(coordinator: Coordinator, relay_stats: RelayStatsLike | None) -> CollectorRegistry:
+def make_registry(
+    coordinator: Coordinator, relay_stats: RelayStatsLike | None
+) -> CollectorRegistry:
     """A fresh registry holding only this server's collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ControlCollector(coordinator, relay_stats))

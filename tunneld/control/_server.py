@@ -268,7 +268,10 @@ class ControlServer:
         router.route("GET", "/metrics", self._metrics)
         if self.relay is not None:
             router.websocket(
-                "/derp", self.relay.handle_websocket, subprotocols=["derp"], require_subprotocol=True
+                "/derp",
+                self.relay.handle_websocket,
+                subprotocols=["derp"],
+                require_subprotocol=True,
             )
         return router
 
