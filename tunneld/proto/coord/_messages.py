@@ -244,7 +244,6 @@ def _unpack(data: bytes) -> tuple[str, dict[str, Any]]:
             data,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=MAX_MESSAGE_SIZE,
             max_str_len=MAX_URL_LENGTH,
             max_bin_len=NODE_KEY_SIZE,
             max_array_len=MAX_ENDPOINTS,
