@@ -299,13 +299,25 @@ def _serve(args: argparse.Namespace) -> int:
         raise CliError(f"{config.data_dir}: cannot create data directory: {exc.strerror}") from None
     try:
         trio.run(_run_server, config, args.ready_file)
-    except ControlSetupError as exc:
-        raise ConfigError(str(exc)) from None
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
-    except OSError as exc:
-        raise CliError(f"cannot serve on {config.listen}: {exc.strerror or exc}") from None
+    except BaseException as exc:
+        # Nurseries wrap errors in exception groups; report the one cause plainly.
+        leaf = _unwrap(exc)
+        if isinstance(leaf, ControlSetupError):
+            raise ConfigError(str(leaf)) from None
+        if isinstance(leaf, StoreError):
+            raise CliError(str(leaf)) from None
+        if isinstance(leaf, OSError):
+            raise CliError(f"cannot serve on {config.listen}: {leaf.strerror or leaf}") from None
+        if isinstance(leaf, KeyboardInterrupt):
+            raise leaf from None
+        raise
     return 0
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _run_server(config: ControlConfig, ready_file: Path | None) -> None:
