@@ -128,8 +128,8 @@ async def test_async_store_from_many_tasks(tmp_path: Path) -> None:
                 nursery.start_soon(add, i)
         nodes = await store.list_nodes()
         assert len(nodes) == 20
-        assert await store.node_key_known(bytes([3]) * 32)
-        assert not await store.node_key_known(bytes([99]) * 32)
+        assert not await store.node_key_active(bytes([3]) * 32, 0.0)  # token "tok" unknown
+
         found = await store.find_agents("a3", "alice")
         assert [n.id for n in found] == ["n3"]
         await store.reset_sessions()

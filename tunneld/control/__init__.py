@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from tunneld.control._coordinator import (
     Coordinator,
     CoordinatorSettings,
@@ -9,6 +11,7 @@ from tunneld.control._coordinator import (
     Principal,
     node_id_for,
 )
+from tunneld.control._derp_relay import DerpRelay, RelayLimits, RelayStats
 from tunneld.control._server import (
     ControlServer,
     ControlSetupError,
@@ -30,6 +33,7 @@ from tunneld.control._store import (
     TokenInfo,
     User,
 )
+from tunneld.control._stun import StunStats, serve_stun
 from tunneld.control._tokens import new_token, parse_token
 
 __all__ = [
@@ -39,17 +43,21 @@ __all__ = [
     "Coordinator",
     "CoordinatorSettings",
     "CoordinatorStats",
+    "DerpRelay",
     "Grant",
     "NodeRecord",
     "NotFoundError",
     "Principal",
     "RelayFactory",
+    "RelayLimits",
+    "RelayStats",
     "ServerInfo",
     "SqliteDatabase",
     "SqliteStore",
     "Store",
     "StoreError",
     "StunServe",
+    "StunStats",
     "TokenInfo",
     "User",
     "default_relay_factory",
@@ -58,15 +66,20 @@ __all__ = [
     "new_token",
     "node_id_for",
     "parse_token",
+    "serve_stun",
     "write_ready_file",
 ]
 
 
-def default_relay_factory() -> RelayFactory | None:
-    """The DERP relay to serve at ``/derp`` (None until the relay is built in)."""
-    return None
+def default_relay_factory() -> RelayFactory:
+    """Builds the DERP relay served at ``/derp``."""
+
+    def build(private_key: bytes, authorize: Callable[[bytes], Awaitable[bool]]) -> DerpRelay:
+        return DerpRelay(private_key, authorize=authorize)
+
+    return build
 
 
-def default_stun_serve() -> StunServe | None:
-    """The STUN server to run on ``[control].stun_listen`` (None until built in)."""
-    return None
+def default_stun_serve() -> StunServe:
+    """The STUN server run on ``[control].stun_listen``."""
+    return serve_stun

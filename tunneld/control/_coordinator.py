@@ -199,6 +199,9 @@ class Coordinator:
         self._in: dict[str, set[str]] = {}  # dst -> srcs
         self._grace: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        # Called with the node key of a session closed for a revoked/expired token
+        # (the server points it at the DERP relay's close_peer).
+        self.on_revoked: Callable[[bytes], None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -562,6 +565,9 @@ class Coordinator:
             for session in list(self._sessions):
                 if session.principal.token_id in inactive:
                     session.kill(CloseCode.POLICY_VIOLATION, "token revoked or expired", "revoked")
+                    node = self._nodes.get(session.node_id or "")
+                    if node is not None and self.on_revoked is not None:
+                        self.on_revoked(node.node_key)
 
     # --- queries ----------------------------------------------------------------------
 

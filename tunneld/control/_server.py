@@ -62,6 +62,8 @@ class RelayLike(Protocol):
     async def handle_websocket(
         self, request: Request, ws: trio_websocket.WebSocketConnection
     ) -> None: ...
+    def close_peer(self, key: bytes) -> None: ...
+    async def announce_restart(self, reconnect_in: float, try_for: float) -> None: ...
 
 
 RelayFactory = Callable[[bytes, Callable[[bytes], Awaitable[bool]]], RelayLike]
@@ -155,6 +157,7 @@ class ControlServer:
             ),
             wall_clock=wall_clock,
         )
+        self._wall = wall_clock
         self._relay_factory = relay_factory
         self._stun_serve = stun_serve
         self.relay: RelayLike | None = None
@@ -193,7 +196,8 @@ class ControlServer:
                 private = await trio.to_thread.run_sync(load_or_create_key, key_path)
             except (BadKeyError, OSError) as exc:
                 raise ControlSetupError(f"[control].derp_key_file: {exc}") from None
-            self.relay = self._relay_factory(private, self.store.node_key_known)
+            self.relay = self._relay_factory(private, self._relay_authorize)
+            self.coordinator.on_revoked = self.relay.close_peer
         self._registry = make_registry(
             self.coordinator, None if self.relay is None else self.relay.stats
         )
@@ -228,14 +232,9 @@ class ControlServer:
             nursery.cancel_scope.cancel()
 
     async def _announce_restart(self) -> None:
-        announce = getattr(self.relay, "announce_restart", None)
-        if announce is None:
-            return
-        # Tell relay clients to come back soon and keep trying for a while (DERP
-        # Restarting frame: reconnect-in and try-for, in milliseconds).
-        result = announce(1000, 30000)
-        if isinstance(result, Awaitable):
-            await result
+        if self.relay is not None:
+            # DERP Restarting frame: come back in a second, keep trying for 30 s.
+            await self.relay.announce_restart(1.0, 30.0)
 
     def _info(self, host: str, port: int, tls: bool, stun: str | None) -> ServerInfo:
         if self.config.public_url:
@@ -252,6 +251,11 @@ class ControlServer:
             derp_public_key=key,
             pid=os.getpid(),
         )
+
+    async def _relay_authorize(self, node_key: bytes) -> bool:
+        # A relay client must be a node the coordinator registered, whose token is
+        # still valid (DERP itself proves the client holds the key's private half).
+        return await self.store.node_key_active(node_key, self._wall())
 
     # --- routes -----------------------------------------------------------------------
 

@@ -177,7 +177,7 @@ class Store(Protocol):
     async def get_node(self, node_id: str) -> NodeRecord | None: ...
     async def find_agents(self, name: str, owner: str | None) -> list[NodeRecord]: ...
     async def list_nodes(self) -> list[NodeRecord]: ...
-    async def node_key_known(self, node_key: bytes) -> bool: ...
+    async def node_key_active(self, node_key: bytes, now: float) -> bool: ...
     async def set_tunnel(self, src: str, dst: str, present: bool, now: float) -> None: ...
     async def reset_sessions(self) -> None: ...
     async def add_grant(self, grantee: str, owner: str, agent_name: str, now: float) -> Grant: ...
@@ -493,9 +493,15 @@ class SqliteDatabase:
             ).fetchall()
         return [_node(r) for r in rows]
 
-    def node_key_known(self, node_key: bytes) -> bool:
+    def node_key_active(self, node_key: bytes, now: float) -> bool:
+        """Whether a registered node has this key and its token is neither revoked
+        nor expired."""
         with self._read() as conn:
-            row = conn.execute("SELECT 1 FROM nodes WHERE node_key = ?", (node_key,)).fetchone()
+            row = conn.execute(
+                "SELECT 1 FROM nodes n JOIN tokens t ON t.id = n.token_id WHERE n.node_key = ?"
+                " AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?)",
+                (node_key, now),
+            ).fetchone()
         return row is not None
 
     def set_tunnel(self, src: str, dst: str, present: bool, now: float) -> None:
@@ -636,8 +642,8 @@ class SqliteStore:
     async def list_nodes(self) -> list[NodeRecord]:
         return await self._run(self.db.list_nodes)
 
-    async def node_key_known(self, node_key: bytes) -> bool:
-        return await self._run(self.db.node_key_known, node_key)
+    async def node_key_active(self, node_key: bytes, now: float) -> bool:
+        return await self._run(self.db.node_key_active, node_key, now)
 
     async def set_tunnel(self, src: str, dst: str, present: bool, now: float) -> None:
         await self._run(self.db.set_tunnel, src, dst, present, now)
