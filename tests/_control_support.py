@@ -17,7 +17,14 @@ import trio_websocket
 
 from tunneld.config import Duration, HostPort
 from tunneld.config._sections import ControlConfig
-from tunneld.control import ControlServer, ServerInfo, SqliteStore, new_token
+from tunneld.control import (
+    ControlServer,
+    ServerInfo,
+    SqliteStore,
+    default_relay_factory,
+    default_stun_serve,
+    new_token,
+)
 from tunneld.proto.coord import (
     CoordinatorClient,
     Error,
@@ -77,10 +84,16 @@ class Harness:
 
 @asynccontextmanager
 async def running_server(
-    nursery: trio.Nursery, data_dir: Path, **changes: Any
+    nursery: trio.Nursery, data_dir: Path, *, relay: bool = False, **changes: Any
 ) -> AsyncIterator[Harness]:
+    """A real server on loopback port 0; with ``relay``, the DERP relay and STUN too."""
     store = await SqliteStore.open(data_dir / "control.db")
-    server = ControlServer(control_config(data_dir, **changes), store)
+    server = ControlServer(
+        control_config(data_dir, **changes),
+        store,
+        relay_factory=default_relay_factory() if relay else None,
+        stun_serve=default_stun_serve() if relay else None,
+    )
     try:
         info = await nursery.start(server.serve)
         yield Harness(server, info, store)

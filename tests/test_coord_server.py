@@ -279,9 +279,11 @@ async def test_rate_limit_closes_the_flooding_session(
         token = await h.token("alice")
         async with session(h.info, token, "calm") as calm, session(h.info, token, "flood") as flood:
             await calm.announce()
-            with pytest.raises(trio_websocket.ConnectionClosed):  # noqa: PT012
-                for _ in range(50):
+            for _ in range(50):  # the server may close before all are written
+                try:
                     await flood.announce(sync=False)
+                except trio_websocket.ConnectionClosed:
+                    break
             closed = await flood.expect_closed()
             assert closed.code == CloseCode.POLICY_VIOLATION
             assert closed.reason == "rate limit exceeded"
