@@ -285,8 +285,7 @@ class Coordinator:
             category = session.category
             self.stats.closes[category] = self.stats.closes.get(category, 0) + 1
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(self.settings.close_timeout):
-                    await self._session_ended(session)
+                await self._session_ended(session)
                 with trio.move_on_after(self.settings.close_timeout):
                     try:
                         await ws.aclose(session.close_code, session.close_reason)
@@ -514,42 +513,51 @@ class Coordinator:
     # --- departures -------------------------------------------------------------------
 
     async def _session_ended(self, session: _Session) -> None:
-        async with self._lock:
-            node_id = session.node_id
-            if node_id is None or self._by_node.get(node_id) is not session:
-                return
-            del self._by_node[node_id]
-            try:
-                await self.store.set_node_online(node_id, False, self._wall())
-            except StoreError as exc:
-                log.error("coord.store_failed", error=str(exc))
-            if session.clean or self.settings.lost_grace <= 0 or self._nursery is None:
-                await self._drop_node(node_id, "disconnected")
-                return
+        # The in-memory part runs without awaiting (so without the lock: nothing else
+        # runs in between under trio), which means a slow store can never leave a dead
+        # session registered as the node's live one. Store writes follow, best effort.
+        node_id = session.node_id
+        if node_id is None or self._by_node.get(node_id) is not session:
+            return
+        del self._by_node[node_id]
+        removed: list[str] = []
+        if session.clean or self.settings.lost_grace <= 0 or self._nursery is None:
+            removed = self._drop_node(node_id, "disconnected")
+        else:
             for peer_id in self._peers_of(node_id):
                 self._tell(peer_id, PeerUpdate(node_id, PeerUpdateKind.LOST, reason="session lost"))
             scope = trio.CancelScope()
             self._grace[node_id] = scope
             self._nursery.start_soon(self._expire, node_id, scope)
+        await self._forget(node_id, removed, offline=True)
 
     async def _expire(self, node_id: str, scope: trio.CancelScope) -> None:
         with scope:
             await trio.sleep(self.settings.lost_grace)
-            async with self._lock:
-                if self._grace.get(node_id) is scope and node_id not in self._by_node:
-                    del self._grace[node_id]
-                    await self._drop_node(node_id, "lost grace period expired")
+            if self._grace.get(node_id) is scope and node_id not in self._by_node:
+                del self._grace[node_id]
+                removed = self._drop_node(node_id, "lost grace period expired")
+                await self._forget(node_id, removed, offline=False)
 
-    async def _drop_node(self, node_id: str, reason: str) -> None:
+    def _drop_node(self, node_id: str, reason: str) -> list[str]:
+        """Tell peers ``node_id`` is gone; returns the tunnels it asked for, now removed."""
         for peer_id in self._peers_of(node_id):
             self._tell(peer_id, PeerUpdate(node_id, PeerUpdateKind.DISCONNECTED, reason=reason))
         # Tunnels this node asked for are forgotten (it replays them when it returns);
         # tunnels others asked for to it stay, so they hear when it comes back.
-        now = self._wall()
-        for dst in list(self._out.get(node_id, ())):
+        removed = sorted(self._out.get(node_id, ()))
+        for dst in removed:
             self._unlink(node_id, dst)
+        return removed
+
+    async def _forget(self, node_id: str, removed: list[str], *, offline: bool) -> None:
+        now = self._wall()
+        with trio.move_on_after(self.settings.close_timeout):
             try:
-                await self.store.set_tunnel(node_id, dst, False, now)
+                if offline:
+                    await self.store.set_node_online(node_id, False, now)
+                for dst in removed:
+                    await self.store.set_tunnel(node_id, dst, False, now)
             except StoreError as exc:
                 log.error("coord.store_failed", error=str(exc))
 
