@@ -311,3 +311,52 @@ async def test_health_and_metrics(control: Harness) -> None:
     assert "tunneld_coordinator_sessions 1.0" in text
     assert "tunneld_coordinator_nodes_online 1.0" in text
     assert 'tunneld_coordinator_messages_total{type="UpdateSelf"} 1.0' in text
+
+
+async def test_offline_agent_then_online_and_remove_tunnel(control: Harness) -> None:
+    agent_token = await control.token("alice", agent="web1")
+    client_token = await control.token("alice")
+    # The agent registers once, then leaves cleanly: it is known but offline.
+    async with session(control.info, agent_token, "web1") as agent:
+        await agent.announce()
+        await agent.send(agent.client.disconnect())
+        await agent.expect_closed()
+    async with session(control.info, client_token, "laptop") as client:
+        # add_tunnel before update_self is refused.
+        await client.send(client.client.add_tunnel("web1"))
+        await client.expect_error("no_node")
+        await client.announce()
+        await client.send(client.client.add_tunnel("web1"))
+        offline = await client.expect_update(PeerUpdateKind.DISCONNECTED)
+        assert offline.reason == "offline"
+        async with session(control.info, agent_token, "web1") as agent:
+            await agent.announce(sync=False)
+            assert (await client.expect_update(PeerUpdateKind.NODE)).id == offline.id
+            await agent.expect_update(PeerUpdateKind.NODE)
+            await client.send(client.client.remove_tunnel("web1"))
+            removed = await agent.expect_update(PeerUpdateKind.DISCONNECTED)
+            assert removed.reason == "tunnel removed"
+            await client.send(client.client.remove_tunnel("web1"))
+            await client.expect_error("not_found")
+
+
+async def test_newer_session_replaces_older_and_keys_are_owned(control: Harness) -> None:
+    agent_token = await control.token("alice", agent="web1")
+    client_token = await control.token("alice")
+    async with session(control.info, agent_token, "web1") as old:
+        await old.announce()
+        async with session(control.info, agent_token, "web1") as new:
+            await new.announce()
+            closed = await old.expect_closed()
+            assert (closed.code, closed.reason) == (1000, "replaced by a newer session")
+            # Another node may not claim the agent's key.
+            async with session(control.info, client_token, "thief") as thief:
+                thief.node_key = new.node_key
+                await thief.send(thief.client.update_self(name="thief", node_key=new.node_key))
+                await thief.expect_error("key_in_use")
+                # A client's key is fixed for the session.
+                await thief.send(thief.client.update_self(name="thief", node_key=b"\x01" * 32))
+                await thief.sync()
+                await thief.send(thief.client.update_self(name="thief", node_key=b"\x02" * 32))
+                await thief.expect_error("key_changed")
+            await new.sync()
