@@ -271,7 +271,7 @@ class Coordinator:
         )
         self._sessions.add(session)
         self.stats.sessions_total += 1
-        slog = log.bind(user=principal.user, agent=principal.agent, token_id=principal.token_id)
+        slog = log.bind(user=principal.user, agent=principal.agent, auth_id=principal.token_id)
         slog.info("coord.session_open")
         try:
             with session.cancel_scope:
