@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def test_migrations_are_idempotent_and_recorded(tmp_path: Path) -> None:
     assert second.migration_count() == len(migrations())
     assert [u.name for u in second.list_users()] == ["alice"]
     second.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -15,6 +15,7 @@ the CLI write while a server reads, with a busy timeout for the rare writer over
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -243,6 +244,13 @@ class SqliteDatabase:
     def __init__(self, path: Path | str) -> None:
         self.path = path
         self._lock = threading.Lock()
+        if str(path) != ":memory:":
+            # Password and token hashes live here: owner-only from the first byte
+            # (SQLite gives the -wal/-shm files the database file's mode).
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot create database: {exc.strerror}") from None
         try:
             self._conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=5.0
