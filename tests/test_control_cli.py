@@ -3,6 +3,7 @@ and the server as a real subprocess driven through its ready file."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -161,6 +162,11 @@ async def test_server_subprocess_ready_file_sessions_and_sigterm(tmp_path: Path)
         assert info.pid == process.pid
         assert info.url.startswith("http://127.0.0.1:")
         assert info.coordinate_url == info.url.replace("http", "ws") + "/api/v1/coordinate"
+        assert info.derp_url == info.url.replace("http", "ws") + "/derp"
+        assert info.stun is not None
+        assert info.stun.startswith("127.0.0.1:")
+        assert info.derp_public_key is not None
+        assert len(base64.b64decode(info.derp_public_key)) == 32
 
         async with trio.open_nursery() as nursery:
 
