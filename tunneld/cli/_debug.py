@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tunneld.cli import _wg_probe
 from tunneld.cli._common import Subparsers
 
 # Each diagnostic module contributes a ``register(tools)`` here.
-_TOOLS: tuple[Callable[[Subparsers], None], ...] = ()
+_TOOLS: tuple[Callable[[Subparsers], None], ...] = (_wg_probe.register,)
 
 
 def register(sub: Subparsers) -> None:
