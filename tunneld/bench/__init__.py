@@ -72,3 +72,9 @@ def render_table(result: BenchResult) -> str:
         lines.append("")
         lines.extend(result.notes)
     return "\n".join(lines)
+
+
+BENCHMARKS["http"] = (
+    "tunneld.bench._http",
+    "tunneld.http: keep-alive requests/s and WebSocket echo vs raw loopback baselines",
+)

@@ -13,6 +13,7 @@ daemon's Unix-socket local API and the MCP endpoint (streamed SSE responses)::
 from __future__ import annotations
 
 from tunneld.http._headers import Headers
+from tunneld.http._limits import HttpLimits
 from tunneld.http._messages import (
     Handler,
     HttpError,
@@ -27,7 +28,7 @@ from tunneld.http._router import (
     UpgradeHandler,
     WebSocketHandler,
 )
-from tunneld.http._server import HttpLimits, HttpServer
+from tunneld.http._server import HttpServer
 from tunneld.http._streams import HalfCloseableReplayStream, ReplayStream
 from tunneld.http._unix import PeerCredentials, open_unix_listener, peer_credentials
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from tunneld.http._headers import Headers
+from tunneld.http._unix import PeerCredentials
 
 __all__ = ["Handler", "HttpError", "Request", "Response", "format_sse", "status_code_slug"]
 
@@ -66,7 +67,7 @@ class Request:
     peer: object
     tls: bool
     path_params: dict[str, str] = field(default_factory=dict)
-    peer_credentials: object | None = None
+    peer_credentials: PeerCredentials | None = None
     request_id: str = ""
     http_version: str = "1.1"
 

@@ -13,12 +13,15 @@ from trio_websocket import WebSocketConnection
 from tunneld.http._messages import Handler, Request, Response
 
 __all__ = [
+    "KNOWN_METHODS",
     "Authorizer",
+    "Dispatch",
     "Router",
     "UpgradeHandler",
     "UpgradeRoute",
     "WebSocketHandler",
     "WebSocketRoute",
+    "dispatch",
 ]
 
 WebSocketHandler = Callable[[Request, WebSocketConnection], Awaitable[None]]
@@ -63,7 +66,7 @@ class _Entry:
         if self.websocket is not None:
             methods.add("GET")
         methods.update(route.method for route in self.upgrades.values())
-        if "GET" in methods:
+        if "GET" in self.handlers:
             methods.add("HEAD")
         methods.add("OPTIONS")
         return sorted(methods)
@@ -217,3 +220,85 @@ class Router:
                 if best is None or key < best[0]:
                     best = (key, RouteMatch(entry, params))
         return best[1] if best else None
+
+
+KNOWN_METHODS: frozenset[str] = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """What to do with one request; exactly one of the four targets is set.
+
+    ``response`` is an answer decided by routing alone (404, 405, 426, 501, OPTIONS).
+    """
+
+    path_params: dict[str, str]
+    response: Response | None = None
+    handler: Handler | None = None
+    websocket: WebSocketRoute | None = None
+    upgrade: UpgradeRoute | None = None
+
+
+def dispatch(
+    router: Router, method: str, raw_path: str, connection: list[str], upgrade: list[str]
+) -> Dispatch:
+    """Route one request by method, undecoded path and its Connection/Upgrade tokens."""
+    path = unquote(raw_path, errors="replace")
+    if method not in KNOWN_METHODS:
+        return Dispatch({}, response=Response.error(501, f"method {method} is not implemented"))
+    if raw_path == "*":
+        if method == "OPTIONS":
+            return Dispatch(
+                {}, response=Response(204, [("Allow", ", ".join(sorted(KNOWN_METHODS)))])
+            )
+        return Dispatch({}, response=Response.error(404, "no route for *"))
+    match = router.match(raw_path)
+    if match is None:
+        if router.fallback is not None:
+            return Dispatch({}, handler=router.fallback)
+        return Dispatch({}, response=Response.error(404, f"no route for {path}"))
+    entry, params = match.entry, match.path_params
+    # RFC 9110 §7.8: Upgrade only counts when Connection lists it too.
+    wants_upgrade = "upgrade" in connection and bool(upgrade)
+    if entry.websocket is not None and method == "GET":
+        if wants_upgrade and "websocket" in upgrade:
+            return Dispatch(params, websocket=entry.websocket)
+        return Dispatch(
+            params,
+            response=Response.error(
+                426,
+                "this endpoint only speaks WebSocket",
+                headers=[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+            ),
+        )
+    upgrades = [route for route in entry.upgrades.values() if route.method == method]
+    if upgrades:
+        for token in upgrade if wants_upgrade else ():
+            route = entry.upgrades.get(token)
+            if route is not None and route.method == method:
+                return Dispatch(params, upgrade=route)
+        protocols = ", ".join(route.protocol for route in upgrades)
+        return Dispatch(
+            params,
+            response=Response.error(
+                426,
+                f"this endpoint needs Upgrade: {protocols}",
+                headers=[("Upgrade", protocols), ("Connection", "Upgrade")],
+            ),
+        )
+    handler = entry.handlers.get(method)
+    if handler is None and method == "HEAD":
+        handler = entry.handlers.get("GET")
+    if handler is not None:
+        return Dispatch(params, handler=handler)
+    allow = ", ".join(entry.allowed_methods())
+    if method == "OPTIONS":
+        return Dispatch(params, response=Response(204, [("Allow", allow)]))
+    return Dispatch(
+        params,
+        response=Response.error(
+            405, f"method {method} not allowed for {path}", headers=[("Allow", allow)]
+        ),
+    )

@@ -36,47 +36,43 @@ def peer_credentials(sock: trio.socket.SocketType | socket.socket) -> PeerCreden
     return PeerCredentials(pid, uid, gid)
 
 
-def _temporary_name(target: str) -> str:
-    directory = os.path.dirname(os.path.abspath(target))
-    return os.path.join(directory, f".{os.path.basename(target)}.{os.getpid()}.tmp")
-
-
 async def open_unix_listener(
     path: str | os.PathLike[str], *, mode: int = 0o660, backlog: int = 128
 ) -> trio.SocketListener:
     """Listen on a Unix stream socket at ``path`` with permissions ``mode``.
 
-    The socket is bound under a temporary name in the same directory, chmod-ed, then
-    renamed into place, so it never exists at ``path`` with looser permissions. A stale
-    socket file at ``path`` is replaced; any other kind of file there is an error.
+    The socket file is created with ``mode`` already in force (the umask is narrowed
+    for the ``bind`` call alone), so it never exists with looser permissions; it is
+    chmod-ed to exactly ``mode`` afterwards. A stale socket file at ``path`` (left by
+    a crashed process) is replaced; any other kind of file there is an error. The file
+    is not removed when the listener closes.
 
     Raises:
         FileExistsError: ``path`` exists and is not a socket.
         OSError: binding or listening failed.
     """
+    await trio.lowlevel.checkpoint()
     target = os.fspath(path)
     try:
         existing = os.lstat(target)
     except FileNotFoundError:
         existing = None
-    if existing is not None and not stat.S_ISSOCK(existing.st_mode):
-        raise FileExistsError(f"{target} exists and is not a socket")
-    temporary = _temporary_name(target)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if existing is not None:
+        if not stat.S_ISSOCK(existing.st_mode):
+            raise FileExistsError(f"{target} exists and is not a socket")
+        os.unlink(target)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        # bind() creates the file as 0o777 & ~umask; a blocking call with no await in
+        # between, so no other task of ours runs while the umask is narrowed.
+        old_umask = os.umask(0o777 & ~mode)
         try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        await sock.bind(temporary)
-        try:
-            os.chmod(temporary, mode)
-            os.replace(temporary, target)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+            sock.bind(target)
+        finally:
+            os.umask(old_umask)
+        os.chmod(target, mode)
         sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
-    return trio.SocketListener(sock)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))

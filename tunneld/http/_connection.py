@@ -1,0 +1,484 @@
+"""One HTTP/1.1 connection: an ``h11.Connection`` driven over a trio stream.
+
+The request loop: read a head under a deadline, route it, read the (bounded) body,
+call the handler, write the response, repeat while keep-alive holds (h11 keeps
+pipelined requests in order). Errors the client caused become 4xx responses and a
+close; errors of ours become a logged 500 and the loop goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import h11
+import trio
+
+from tunneld.http._headers import Headers
+from tunneld.http._messages import Handler, HttpError, Request, Response
+from tunneld.http._router import dispatch
+from tunneld.http._unix import PeerCredentials
+from tunneld.http._upgrade import serve_upgrade, serve_websocket
+from tunneld.http._util import Abort, close_body, http_date, internal_error
+from tunneld.log import get_logger
+
+if TYPE_CHECKING:
+    from tunneld.http._server import HttpServer
+
+__all__ = ["RECEIVE_SIZE", "Connection"]
+
+log = get_logger(__name__)
+
+RECEIVE_SIZE: Final = 64 * 1024
+# After an error response the connection is half-closed and drained for a moment, so
+# the client reads the response instead of a TCP reset (RFC 9112 §9.6, tear-down).
+_LINGER_BYTES: Final = 256 * 1024
+_LINGER_SECONDS: Final = 1.0
+_CLOSE_SECONDS: Final = 1.0
+_MAX_QUERY_FIELDS: Final = 1000
+_FRAMING_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def _encode_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    # latin-1 is HTTP's historical field encoding (RFC 9110 §5.5); anything else in a
+    # handler's header is a bug that becomes a 500, not a garbled header.
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def _parse_target(target: str) -> tuple[str, str] | None:
+    """``(raw_path, raw_query)`` of a request-target (RFC 9112 §3.2), or None."""
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+        return path, query
+    if target == "*":
+        return "*", ""
+    if "://" in target:
+        try:
+            parts = urlsplit(target)
+        except ValueError:
+            return None
+        return parts.path or "/", parts.query
+    return None
+
+
+class Connection:
+    """One client connection of an :class:`HttpServer`."""
+
+    def __init__(
+        self,
+        server: HttpServer,
+        stream: trio.abc.Stream,
+        peer: object,
+        credentials: PeerCredentials | None,
+    ) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.stream = stream
+        self.peer = peer
+        self.credentials = credentials
+        self.tls = isinstance(stream, trio.SSLStream)
+        self.h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_request_head_bytes
+        )
+        self._idle_scope: trio.CancelScope | None = None
+        self._declared_length: int | None = None
+        self._error_status = 0
+
+    def cancel_if_idle(self) -> None:
+        """On shutdown: stop waiting for a next request that has not begun to arrive."""
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    # --- I/O helpers -------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        self.h11.receive_data(bytes(data))
+
+    async def send(self, *events: h11.Event) -> None:
+        """Serialize ``events`` with h11 and write them in one go; Abort after
+        ``write_timeout``. (One write per response keeps small responses to a syscall.)"""
+        data = b"".join(self.h11.send(event) or b"" for event in events)
+        if data:
+            with trio.move_on_after(self.limits.write_timeout) as scope:
+                await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                log.info("http.write_timeout", peer=str(self.peer))
+                raise Abort("write timeout")
+
+    async def _linger_close(self) -> None:
+        try:
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()
+            drained = 0
+            with trio.move_on_after(_LINGER_SECONDS):
+                while drained < _LINGER_BYTES:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _send_error_and_close(self, status: int, message: str) -> None:
+        """Answer a request we will not serve further (bad head, limits, timeouts)."""
+        self._error_status = status
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            response = Response.error(status, message, headers=[("Connection", "close")])
+            try:
+                await self.write_response("GET", response)
+            except h11.LocalProtocolError:
+                pass
+        await self._linger_close()
+
+    # --- request loop ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve requests until the client, a limit, an upgrade or shutdown ends it.
+
+        Raises Abort / trio.BrokenResourceError when the peer goes away mid-exchange;
+        the caller closes the stream either way.
+        """
+        first = True
+        while True:
+            event = await self._read_head(first)
+            if event is None:
+                return
+            first = False
+            keep_alive = await self._handle(event)
+            if not keep_alive or self.server.shutting_down:
+                return
+            if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                self.h11.start_next_cycle()
+            else:
+                return
+
+    async def _read_head(self, first: bool) -> h11.Request | None:
+        """The next request head, or None when the connection should just end.
+
+        The first request must arrive whole within ``head_timeout``; later ones may
+        idle ``keepalive_timeout`` before their first byte, then get ``head_timeout``.
+        """
+        now = trio.current_time()
+        idle_deadline = now + (self.limits.head_timeout if first else self.limits.keepalive_timeout)
+        head_deadline: float | None = now + self.limits.head_timeout if first else None
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._send_error_and_close(exc.error_status_hint, f"malformed request: {exc}")
+                return None
+            if isinstance(event, h11.Request):
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # ConnectionClosed: the client is done
+            pending = bool(self.h11.trailing_data[0])
+            if pending and head_deadline is None:
+                head_deadline = trio.current_time() + self.limits.head_timeout
+            if not pending and self.server.shutting_down:
+                return None
+            deadline = head_deadline if head_deadline is not None else idle_deadline
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._idle_scope = None if pending else scope
+                await self._receive()
+            self._idle_scope = None
+            if scope.cancelled_caught:
+                if self.h11.trailing_data[0]:
+                    log.info("http.head_timeout", peer=str(self.peer))
+                    await self._send_error_and_close(408, "request head not received in time")
+                return None
+
+    async def _read_body(self) -> bytes | None:
+        """The whole request body; None if an error response was sent instead.
+
+        Raises Abort when the client disconnects mid-body.
+        """
+        limit = self.limits.max_body_bytes
+        if self._declared_length is not None and self._declared_length > limit:
+            # Refuse before reading (or inviting, with 100-continue) a body that is too big.
+            await self._send_error_and_close(413, f"request body exceeds {limit} bytes")
+            return None
+        deadline = trio.current_time() + self.limits.body_timeout
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._send_error_and_close(exc.error_status_hint, f"malformed body: {exc}")
+                return None
+            if event is h11.NEED_DATA:
+                if self.h11.they_are_waiting_for_100_continue:
+                    # RFC 9110 §10.1.1: the client waits for this before sending the body.
+                    await self.send(h11.InformationalResponse(status_code=100, headers=[]))
+                with trio.move_on_at(deadline) as scope:
+                    await self._receive()
+                if scope.cancelled_caught:
+                    await self._send_error_and_close(408, "request body not received in time")
+                    return None
+            elif isinstance(event, h11.Data):
+                total += len(event.data)
+                if total > limit:
+                    await self._send_error_and_close(413, f"request body exceeds {limit} bytes")
+                    return None
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            else:
+                raise Abort("connection closed during the request body")
+
+    async def _handle(self, event: h11.Request) -> bool:
+        """Serve one request; True if the connection may carry another."""
+        started = trio.current_time()
+        request_id = self.server.new_request_id()
+        method = event.method.decode("ascii", "replace")
+        target = event.target.decode("latin-1")
+        raw_headers = event.headers.raw_items()
+        headers = Headers(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers
+        )
+        declared = headers.get("content-length")
+        self._declared_length = int(declared) if declared and declared.isdigit() else None
+        self._error_status = 0
+        head_size = len(event.method) + len(event.target)
+        head_size += sum(len(name) + len(value) + 4 for name, value in raw_headers)
+        # h11 bounds a head that arrives in pieces; one delivered whole is checked here.
+        if len(headers) > self.limits.max_headers or head_size > self.limits.max_request_head_bytes:
+            await self._send_error_and_close(431, "request header fields too large")
+            self.access_log(request_id, method, "-", 431, 0, started)
+            return False
+        if "transfer-encoding" in headers and "content-length" in headers:
+            # RFC 9112 §6.3: both framings at once "ought to be handled as an error"; it
+            # is the classic request-smuggling shape, so refuse and close.
+            await self._send_error_and_close(
+                400, "both Transfer-Encoding and Content-Length in one request"
+            )
+            self.access_log(request_id, method, "-", 400, 0, started)
+            return False
+        parsed = _parse_target(target)
+        if parsed is None:
+            await self._send_error_and_close(400, "malformed request target")
+            self.access_log(request_id, method, "-", 400, 0, started)
+            return False
+        raw_path, raw_query = parsed
+        path = unquote(raw_path, errors="replace")
+        try:
+            query = parse_qs(raw_query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
+        except ValueError:
+            await self._send_error_and_close(400, "too many query parameters")
+            self.access_log(request_id, method, path, 400, 0, started)
+            return False
+
+        route = dispatch(
+            self.server.router,
+            method,
+            raw_path,
+            headers.get_tokens("connection"),
+            headers.get_tokens("upgrade"),
+        )
+        body = await self._read_body()
+        if body is None:
+            self.access_log(request_id, method, path, self._error_status, 0, started)
+            return False
+        request = Request(
+            method=method,
+            target=target,
+            path=path,
+            query=query,
+            headers=headers,
+            body=body,
+            peer=self.peer,
+            tls=self.tls,
+            path_params=route.path_params,
+            peer_credentials=self.credentials,
+            request_id=request_id,
+            http_version=event.http_version.decode("ascii", "replace"),
+        )
+        if route.websocket is not None:
+            return await serve_websocket(self, request, route.websocket, started)
+        if route.upgrade is not None:
+            return await serve_upgrade(self, request, route.upgrade, started)
+        response = route.response
+        if response is None:
+            assert route.handler is not None
+            response = await self._call_handler(route.handler, request)
+        await self.respond(request, response, started)
+        return True
+
+    async def respond(self, request: Request, response: Response, started: float) -> None:
+        """Write ``response`` to ``request`` and log the access line (also when aborted)."""
+        try:
+            sent = await self.write_response(
+                request.method, response, request_id=request.request_id
+            )
+        except BaseException:
+            self.access_log(
+                request.request_id, request.method, request.path, response.status, -1, started,
+                aborted=True,
+            )  # fmt: skip
+            raise
+        self.access_log(
+            request.request_id, request.method, request.path, response.status, sent, started
+        )
+
+    async def _call_handler(self, handler: Handler, request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except HttpError as exc:
+            return exc.to_response()
+        except Exception:
+            log.exception("http.handler_failed", request_id=request.request_id, path=request.path)
+            return internal_error(request.request_id)
+        if not isinstance(response, Response) or not (
+            isinstance(response.body, bytes | bytearray) or hasattr(response.body, "__aiter__")
+        ):
+            log.error(
+                "http.handler_bad_return",
+                request_id=request.request_id,
+                path=request.path,
+                type=type(getattr(response, "body", response)).__name__,
+            )
+            return internal_error(request.request_id)
+        return response
+
+    def access_log(
+        self,
+        request_id: str,
+        method: str,
+        path: str,
+        status: int,
+        sent: int,
+        started: float,
+        *,
+        aborted: bool = False,
+    ) -> None:
+        """One structured line per request; the path only, as queries may carry tokens."""
+        log.info(
+            "http.request",
+            request_id=request_id,
+            method=method,
+            path=path,
+            status=status,
+            bytes=sent,
+            duration_ms=round((trio.current_time() - started) * 1000, 3),
+            peer=str(self.peer),
+            aborted=aborted,
+        )
+
+    # --- responses ---------------------------------------------------------------
+
+    def _response_head(
+        self, response: Response, streamed: bool, body_length: int, close: bool
+    ) -> h11.Response:
+        headers = [
+            (name, value)
+            for name, value in _encode_headers(response.headers)
+            if name.lower() not in _FRAMING_HEADERS
+        ]
+        names = {name.lower() for name, _ in headers}
+        if b"date" not in names:
+            headers.append((b"Date", http_date().encode()))
+        if self.server.server_header and b"server" not in names:
+            headers.append((b"Server", self.server.server_header.encode("latin-1")))
+        # RFC 9110 §8.6: no Content-Length on 1xx/204; 304 would describe another body.
+        no_body = response.status in (204, 304) or 100 <= response.status < 200
+        if not streamed and not no_body:
+            headers.append((b"Content-Length", str(body_length).encode()))
+        if close:
+            headers.append((b"Connection", b"close"))
+        try:
+            reason = HTTPStatus(response.status).phrase.encode()
+        except ValueError:
+            reason = b""
+        return h11.Response(status_code=response.status, headers=headers, reason=reason)
+
+    async def write_response(self, method: str, response: Response, *, request_id: str = "") -> int:
+        """Send ``response`` (no body for HEAD/204/304); returns body bytes written.
+
+        Raises Abort or trio.BrokenResourceError when the client is gone or too slow.
+        """
+        body = response.body
+        close = self.server.shutting_down
+        try:
+            length = len(body) if isinstance(body, bytes | bytearray) else None
+            head = self._response_head(response, length is None, length or 0, close)
+        except (h11.LocalProtocolError, UnicodeEncodeError, ValueError) as exc:
+            # A handler bug (e.g. a line break in a header value): answer 500 instead.
+            log.error("http.bad_response", request_id=request_id, error=str(exc))
+            await close_body(body)
+            response = internal_error(request_id)
+            body = response.body
+            assert isinstance(body, bytes)
+            head = self._response_head(response, False, len(body), close)
+        skip_body = method == "HEAD" or response.status in (204, 304)
+        if isinstance(body, bytes | bytearray):
+            if body and not skip_body:
+                await self.send(head, h11.Data(data=bytes(body)), h11.EndOfMessage())
+                return len(body)
+            await self.send(head, h11.EndOfMessage())
+            return 0
+        await self.send(head)
+        if skip_body:
+            await close_body(body)
+            await self.send(h11.EndOfMessage())
+            return 0
+        return await self._stream_body(body, request_id)
+
+    async def _stream_body(self, chunks: AsyncIterator[bytes], request_id: str) -> int:
+        sent = 0
+        disconnected = False
+        failure: BaseException | None = None
+
+        async def watch_for_disconnect(scope: trio.CancelScope) -> None:
+            # The request is complete, so anything the client sends now is the next
+            # pipelined request (kept in h11's buffer, bounded) or EOF: the client
+            # went away and the producer should stop (e.g. an SSE subscription).
+            nonlocal disconnected
+            buffered = 0
+            while True:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    disconnected = True
+                    scope.cancel()
+                    return
+                self.h11.receive_data(bytes(data))
+                buffered += len(data)
+                if buffered > self.limits.max_request_head_bytes:
+                    await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_for_disconnect, nursery.cancel_scope)
+            try:
+                async for chunk in chunks:
+                    if chunk:
+                        await self.send(h11.Data(data=chunk))
+                        sent += len(chunk)
+            except (Abort, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                failure = exc
+            except Exception:
+                log.exception("http.stream_failed", request_id=request_id)
+                failure = Abort("response stream failed")
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_SECONDS):
+                    await close_body(chunks)
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if disconnected:
+            raise Abort("client went away during a streamed response")
+        await self.send(h11.EndOfMessage())
+        return sent
+
+    def finish_upgrade_request(self) -> bytes | None:
+        """After an upgrade request's body: the bytes the client sent after it.
+
+        h11 pauses at a proposed protocol switch (RFC 9110 §7.8); None if it did not.
+        """
+        if self.h11.next_event() is not h11.PAUSED:
+            return None
+        return self.h11.trailing_data[0]
