@@ -201,10 +201,6 @@ class _Client:
         self.wakeup.set()
 
 
-async def _allow_all(_key: bytes) -> bool:
-    return True
-
-
 class DerpRelay:
     """A DERP v2 relay: mount :meth:`handle_websocket` on ``/derp``.
 
@@ -221,7 +217,7 @@ class DerpRelay:
         self,
         private_key: bytes,
         *,
-        authorize: Callable[[bytes], Awaitable[bool]] = _allow_all,
+        authorize: Callable[[bytes], Awaitable[bool]],
         limits: RelayLimits | None = None,
         rng: random.Random | None = None,
         log: Logger | None = None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 import trio_websocket
@@ -31,6 +31,8 @@ from tunneld.proto.derp import (
 )
 
 __all__ = ["DerpClient", "DerpConnectError", "DerpConnectionClosed"]
+
+_CLOSE_GOING_AWAY = 1001
 
 
 class DerpConnectError(Exception):
@@ -75,8 +77,10 @@ class DerpClient:
         core: ClientConnection,
         server_info: ServerInfo,
         event_buffer: int,
+        silence_timeout: float,
     ) -> None:
         self._ws = ws
+        self._silence_timeout = silence_timeout
         self._core = core
         assert core.server_key is not None
         self.public_key = core.public_key
@@ -97,6 +101,7 @@ class DerpClient:
         *,
         handshake_timeout: float = 10.0,
         event_buffer: int = 256,
+        silence_timeout: float = 120.0,
     ) -> AsyncIterator[DerpClient]:
         """Connect to the relay at ``url`` (``ws://`` or ``wss://``) as ``private_key``.
 
@@ -106,6 +111,8 @@ class DerpClient:
             handshake_timeout: seconds for the WebSocket and DERP handshakes together.
             event_buffer: events held for :meth:`receive` before the reader stops
                 reading (back-pressure onto the relay's queue for us).
+            silence_timeout: close the connection when the relay has sent nothing for
+                this long (it sends a keep-alive every 60-65 s; SPECS: 120 s).
 
         Raises:
             DerpConnectError: the relay refused the WebSocket or our key, closed during
@@ -114,16 +121,15 @@ class DerpClient:
 
         Leaving the block closes the connection and stops the reader task.
         """
-        # Entered by hand (not ``async with``) so that handshake failures can become
-        # DerpConnectError while the WebSocket's own nursery nests correctly.
-        ws_cm = trio_websocket.open_websocket_url(
-            url, subprotocols=["derp"], connect_timeout=handshake_timeout
-        )
-        try:
-            ws = await ws_cm.__aenter__()
-        except trio_websocket.HandshakeError as exc:
-            raise DerpConnectError(f"relay refused the WebSocket: {exc}") from None
-        try:
+        async with AsyncExitStack() as stack:
+            try:
+                ws = await stack.enter_async_context(
+                    trio_websocket.open_websocket_url(
+                        url, subprotocols=["derp"], connect_timeout=handshake_timeout
+                    )
+                )
+            except trio_websocket.HandshakeError as exc:
+                raise DerpConnectError(f"relay refused the WebSocket: {exc}") from None
             if ws.subprotocol != "derp":
                 raise DerpConnectError(f"relay did not agree to subprotocol derp: {ws.subprotocol}")
             core = ClientConnection(private_key)
@@ -132,16 +138,13 @@ class DerpClient:
                     connected = await cls._handshake(ws, core)
             except trio.TooSlowError:
                 raise DerpConnectError("DERP handshake timed out") from None
-            client = cls(ws, core, connected.server_info, event_buffer)
+            client = cls(ws, core, connected.server_info, event_buffer, silence_timeout)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client._reader_task)
                 try:
                     yield client
                 finally:
                     nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
-                await ws_cm.__aexit__(None, None, None)
 
     @staticmethod
     async def _handshake(
@@ -192,7 +195,14 @@ class DerpClient:
                     await self._events_in.send(event)
                 try:
                     await self._send()  # auto-pongs
-                    message = await self._ws.get_message()
+                    message: str | bytes | None = None
+                    with trio.move_on_after(self._silence_timeout):
+                        message = await self._ws.get_message()
+                    if message is None:
+                        reason = f"relay silent for {self._silence_timeout:g} s"
+                        self._closed = DerpConnectionClosed(None, reason)
+                        await self._ws.aclose(_CLOSE_GOING_AWAY, reason)
+                        return
                 except trio_websocket.ConnectionClosed as exc:
                     self._note_closed(exc)
                     return
