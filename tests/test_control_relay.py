@@ -141,6 +141,7 @@ async def test_relay_admits_registered_nodes_and_counts_traffic(
                 _, _, body = await h.get("/metrics")
                 text = body.decode()
                 assert 'tunneld_relay_drops_total{reason="unknown_dest"} 1.0' in text
+                assert "tunneld_stun_requests_total 1.0" in text
                 assert "tunneld_relay_clients 2.0" in text
                 assert "tunneld_relay_packets_relayed_total 1.0" in text
                 assert "tunneld_relay_bytes_relayed_total 20.0" in text

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from tunneld.control._coordinator import Coordinator
+from tunneld.control._stun import StunStats
 
 __all__ = ["CONTENT_TYPE", "ControlCollector", "RelayStatsLike", "make_registry", "render"]
 
@@ -39,9 +40,15 @@ class RelayStatsLike(Protocol):
 class ControlCollector(Collector):
     """Coordinator sessions and nodes; relay clients, packets, bytes and drops."""
 
-    def __init__(self, coordinator: Coordinator, relay_stats: RelayStatsLike | None) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        relay_stats: RelayStatsLike | None,
+        stun_stats: StunStats | None = None,
+    ) -> None:
         self._coordinator = coordinator
         self._relay = relay_stats
+        self._stun = stun_stats
 
     def collect(self) -> Iterator[Metric]:
         coord = self._coordinator
@@ -81,6 +88,17 @@ class ControlCollector(Collector):
             "Coordinator messages sent to nodes.",
             value=coord.stats.peer_updates_sent,
         )
+        if self._stun is not None:
+            yield CounterMetricFamily(
+                "tunneld_stun_requests",
+                "STUN binding requests answered.",
+                value=self._stun.responses,
+            )
+            yield CounterMetricFamily(
+                "tunneld_stun_bad_datagrams",
+                "UDP datagrams on the STUN port that were not binding requests.",
+                value=self._stun.bad_datagrams,
+            )
         relay = self._relay
         if relay is None:
             return
@@ -111,11 +129,13 @@ class ControlCollector(Collector):
 
 
 def make_registry(
-    coordinator: Coordinator, relay_stats: RelayStatsLike | None
+    coordinator: Coordinator,
+    relay_stats: RelayStatsLike | None,
+    stun_stats: StunStats | None = None,
 ) -> CollectorRegistry:
     """A fresh registry holding only this server's collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ControlCollector(coordinator, relay_stats))
+    registry.register(ControlCollector(coordinator, relay_stats, stun_stats))
     return registry
 
 

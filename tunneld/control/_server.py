@@ -13,6 +13,7 @@ Routes:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import secrets
@@ -30,6 +31,7 @@ from tunneld.config._sections import ControlConfig
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
 from tunneld.control._store import Store
+from tunneld.control._stun import StunStats
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, generate_private_key, read_key_file, write_key_file
 from tunneld.log import get_logger
@@ -132,7 +134,8 @@ class ControlServer:
     """One control-plane server over an open :class:`Store`.
 
     ``relay_factory(private_key, authorize)`` builds the DERP relay and ``stun_serve``
-    is ``serve_stun(host, port, *, task_status)``; either may be None (not served).
+    is ``serve_stun(host, port, *, stats, task_status)``; either may be None (not
+    served).
     The store stays open after :meth:`serve` returns; the caller closes it.
     """
 
@@ -160,6 +163,7 @@ class ControlServer:
         self._wall = wall_clock
         self._relay_factory = relay_factory
         self._stun_serve = stun_serve
+        self.stun_stats = StunStats()
         self.relay: RelayLike | None = None
         self.info: ServerInfo | None = None
         self._stop = trio.Event()
@@ -199,7 +203,9 @@ class ControlServer:
             self.relay = self._relay_factory(private, self._relay_authorize)
             self.coordinator.on_revoked = self.relay.close_peer
         self._registry = make_registry(
-            self.coordinator, None if self.relay is None else self.relay.stats
+            self.coordinator,
+            None if self.relay is None else self.relay.stats,
+            self.stun_stats if self._stun_serve is not None and config.stun else None,
         )
         router = self._router()
         http = HttpServer(router, ssl_context=ssl_context)
@@ -209,7 +215,9 @@ class ControlServer:
             stun_addr: str | None = None
             if self._stun_serve is not None and config.stun:
                 bound = await nursery.start(
-                    self._stun_serve, config.stun_listen.host, config.stun_listen.port
+                    functools.partial(self._stun_serve, stats=self.stun_stats),
+                    config.stun_listen.host,
+                    config.stun_listen.port,
                 )
                 stun_addr = f"{_format_host(bound[0])}:{bound[1]}"
             async with trio.open_nursery() as http_nursery:
