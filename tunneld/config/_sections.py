@@ -64,7 +64,7 @@ class ControlConfig:
     lost_grace: Duration = field(default=Duration(30.0), metadata={"check": _non_negative})
     revocation_poll: Duration = field(default=Duration(1.0), metadata={"check": _positive_duration})
     update_rate: float = field(default=20.0, metadata={"check": _positive})
-    update_burst: float = field(default=50.0, metadata={"check": _positive})
+    update_burst: float = field(default=200.0, metadata={"check": _positive})
     shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
 
 

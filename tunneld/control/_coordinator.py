@@ -65,7 +65,7 @@ __all__ = [
 
 log = get_logger(__name__)
 
-_SEND_QUEUE: Final = 256
+_SEND_QUEUE: Final = 1024  # a reconnect with many tunnels queues one update per peer
 _NOT_FOUND: Final = "no such peer, or not permitted"
 _DUMMY_HASH: Final = bytes(32)
 
@@ -95,7 +95,7 @@ class CoordinatorSettings:
     lost_grace: float = 30.0
     revocation_poll: float = 1.0
     rate: float = 20.0  # messages per second per session, sustained
-    burst: float = 50.0
+    burst: float = 200.0
     close_timeout: float = 2.0
 
 
