@@ -8,6 +8,7 @@ import pytest
 import trio
 from _control_support import Harness, running_server, session
 
+from tunneld.config import Duration
 from tunneld.log import Secret
 from tunneld.net.coord import CoordinatorClosed, CoordinatorConnectError, connect_coordinator
 from tunneld.proto.coord import CoordinatorClient, PeerUpdate, PeerUpdateKind
@@ -15,7 +16,8 @@ from tunneld.proto.coord import CoordinatorClient, PeerUpdate, PeerUpdateKind
 
 @pytest.fixture
 async def control(nursery: trio.Nursery, tmp_path: Path) -> Harness:  # type: ignore[misc]
-    async with running_server(nursery, tmp_path) as harness:
+    # A long grace period: a reconnect must never race the "disconnected" update.
+    async with running_server(nursery, tmp_path, lost_grace=Duration(30.0)) as harness:
         await harness.user("alice")
         yield harness
 
