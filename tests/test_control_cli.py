@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,16 @@ async def test_server_subprocess_ready_file_sessions_and_sigterm(tmp_path: Path)
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_busy_port_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, _, err = _run(
+            capsys, "control", "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}",
+            "--stun-listen", "127.0.0.1:0",
+        )  # fmt: skip
+    assert status == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in err
