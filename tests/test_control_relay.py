@@ -154,3 +154,34 @@ async def test_relay_admits_registered_nodes_and_counts_traffic(
                 await client.expect_closed()
                 closed = await client_relay.closed()
                 assert closed.code == 1008
+
+
+async def test_overlay_derp_client_reaches_a_peer_through_the_control_relay(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    from tunneld.net.derp import DerpClient, DerpConnectError
+
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        privates = {name: generate_private_key() for name in ("laptop", "web1")}
+        tokens = {"laptop": await h.token("alice"), "web1": await h.token("alice", agent="web1")}
+        async with (
+            session(h.info, tokens["laptop"], "laptop") as laptop,
+            session(h.info, tokens["web1"], "web1") as web1,
+        ):
+            for peer in (laptop, web1):
+                peer.node_key = public_key(privates[peer.name])
+                await peer.announce()
+            with pytest.raises(DerpConnectError):
+                async with DerpClient.connect(h.info.derp_url, generate_private_key()):
+                    pass
+            async with (
+                DerpClient.connect(h.info.derp_url, privates["laptop"]) as a,
+                DerpClient.connect(h.info.derp_url, privates["web1"]) as b,
+            ):
+                await a.send_packet(web1.node_key, b"ping over the relay")
+                with trio.fail_after(WAIT):
+                    event = await b.receive()
+                    while not isinstance(event, RecvPacket):
+                        event = await b.receive()
+                assert (event.src, event.data) == (laptop.node_key, b"ping over the relay")
