@@ -15,6 +15,7 @@ import trio_websocket
 from _control_support import WAIT, read_json, running_server, session
 
 from tunneld.keys import generate_private_key, public_key, read_key_file
+from tunneld.net.derp import DerpClient, DerpConnectError
 from tunneld.net.stun import stun_binding
 from tunneld.proto.coord import PeerUpdateKind
 from tunneld.proto.derp import ClientConnection, ConnectionState, PeerGone, RecvPacket
@@ -159,8 +160,6 @@ async def test_relay_admits_registered_nodes_and_counts_traffic(
 async def test_overlay_derp_client_reaches_a_peer_through_the_control_relay(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    from tunneld.net.derp import DerpClient, DerpConnectError
-
     async with running_server(nursery, tmp_path, relay=True) as h:
         await h.user("alice")
         privates = {name: generate_private_key() for name in ("laptop", "web1")}
