@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level or "info", args.log_format or "auto")
+    # Interactive commands default to quiet logs; servers default to info.
+    setup_logging(
+        args.log_level or getattr(args, "default_log_level", "info"), args.log_format or "auto"
+    )
     try:
         status: int = args.func(args)
     except (CliError, ConfigError, BadKeyError) as exc:
