@@ -323,7 +323,9 @@ class Connection:
             ),
         )
 
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+    def send_stream_data(
+        self, stream_id: int, data: bytes | bytearray | memoryview, end_stream: bool = False
+    ) -> int:
         """Buffer ``data`` for sending; returns how many bytes were accepted.
 
         Accepts no more than the send-buffer room (bounded memory); the rest must be
