@@ -771,7 +771,7 @@ class Connection:
                     return
         if (
             stream.final_size is not None
-            and stream.highest_received == stream.final_size
+            and stream.read_offset + readable == stream.final_size
             and stream.stop_code is None
             and stream.recv_reset_code is None
         ):
