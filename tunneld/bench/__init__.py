@@ -19,7 +19,9 @@ __all__ = ["BENCHMARKS", "BenchResult", "load_benchmark", "percentile", "render_
 
 # name -> (module, one-line description); modules are imported only when run, so one
 # benchmark's dependencies never slow the CLI or another benchmark.
-BENCHMARKS: dict[str, tuple[str, str]] = {}
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "mux": ("tunneld.bench._mux", "mux streams: simulated-link goodput, pure-core vs AEAD"),
+}
 
 
 @dataclass
