@@ -130,6 +130,9 @@ def _pure_core(megabytes: float) -> dict[str, object]:
     mb = received / 1e6
     return {
         "test": "pure core",
+        "loss": None,
+        "rtt_ms": None,
+        "goodput_fraction": None,
         "packets": len(packets),
         "mb_per_s": round(mb / core_seconds, 1),
         "ceiling_mb_per_s": round(mb / crypto_seconds, 1),
