@@ -133,3 +133,50 @@ async def test_multi_megabyte_transfer_over_real_udp_sockets(nursery: trio.Nurse
         assert total == len(payload)
         assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
         assert isinstance(transport_a.path, Path)
+
+
+class LossyTransport(MemoryDatagramTransport):
+    """A memory link that loses, duplicates and reorders (seeded)."""
+
+    def __init__(self, inner: MemoryDatagramTransport, seed: int) -> None:
+        super().__init__(inner._send_channel, inner._receive_channel, inner.path)
+        self._rng = random.Random(seed)
+        self._held: list[bytes] = []
+
+    async def send(self, data: bytes, path: Path) -> None:
+        roll = self._rng.random()
+        if roll < 0.05:
+            await trio.lowlevel.checkpoint()
+            return
+        if roll < 0.10:
+            self._held.append(data)  # delivered after the next one: reordered
+            await trio.lowlevel.checkpoint()
+            return
+        await super().send(data, path)
+        if roll < 0.13:
+            await super().send(data, path)
+        while self._held:
+            await super().send(self._held.pop(), path)
+
+
+async def test_transfer_over_a_lossy_reordering_link(nursery: trio.Nursery) -> None:
+    left, right = MemoryDatagramTransport.pair()
+    a = MuxConnection(LossyTransport(left, 1), is_initiator=True, path=left.path)
+    b = MuxConnection(LossyTransport(right, 2), is_initiator=False, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    payload = random.Random(3).randbytes(1024 * 1024)
+
+    async def send() -> None:
+        stream = await a.open_stream("rpc")
+        await stream.send_all(payload)
+        await stream.send_eof()
+
+    got = bytearray()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as group:
+            group.start_soon(send)
+            peer = await b.accept_stream()
+            while chunk := await peer.receive_some():
+                got += chunk
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()

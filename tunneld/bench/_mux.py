@@ -12,6 +12,7 @@ Two measurements, each with its baseline from the same run:
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
 
@@ -66,6 +67,11 @@ def _goodput(loss: float, rtt: float, rate: float, seconds: float, seed: int) ->
 
     sim.run(seconds, app)
     stats = sim.links[_PATH][0].stats
+    # Mathis et al. (1997): Reno-style AIMD under random loss p averages about
+    # MSS / RTT * sqrt(3 / 2p); the reference point for the lossy rows.
+    mathis = (
+        min(1.0, config.max_datagram_size / rtt * math.sqrt(1.5 / loss) / rate) if loss else 1.0
+    )
     return {
         "test": "sim goodput",
         "loss": loss,
@@ -74,6 +80,7 @@ def _goodput(loss: float, rtt: float, rate: float, seconds: float, seed: int) ->
         "goodput_mbps": round(received * 8 / seconds / 1e6, 3),
         "goodput_fraction": round(received / (rate * seconds), 4),
         "retransmit_overhead": round(stats.bytes_delivered / max(received, 1) - 1, 4),
+        "reno_bound": round(mathis, 3),
     }
 
 
@@ -156,6 +163,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             "rtt_ms",
             "goodput_mbps",
             "goodput_fraction",
+            "reno_bound",
             "retransmit_overhead",
             "mb_per_s",
             "ceiling_mb_per_s",
@@ -164,7 +172,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         rows=rows,
         notes=[
             "goodput_fraction: application bytes read / (link rate x simulated time), "
-            "slow start included; queue = 1 BDP.",
+            "slow start included; queue = 1 BDP; loss on both directions.",
+            "reno_bound: the Mathis model's ceiling for NewReno under that random loss, "
+            "as a fraction of the link rate.",
             "ceiling: ChaCha20-Poly1305 encrypt+decrypt (libsodium) of the same packets.",
         ],
     )
