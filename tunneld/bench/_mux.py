@@ -79,7 +79,7 @@ def _goodput(loss: float, rtt: float, rate: float, seconds: float, seed: int) ->
         "link_mbps": round(rate * 8 / 1e6, 3),
         "goodput_mbps": round(received * 8 / seconds / 1e6, 3),
         "goodput_fraction": round(received / (rate * seconds), 4),
-        "retransmit_overhead": round(stats.bytes_delivered / max(received, 1) - 1, 4),
+        "wire_overhead": round(stats.bytes_delivered / max(received, 1) - 1, 4),
         "reno_bound": round(mathis, 3),
     }
 
@@ -128,12 +128,15 @@ def _pure_core(megabytes: float) -> dict[str, object]:
     core_seconds = time.perf_counter() - started
 
     key = bytes(range(32))
-    started = time.perf_counter()
-    for counter, packet in enumerate(packets):
-        nonce = counter.to_bytes(12, "little")
-        sealed = crypto_aead_chacha20poly1305_ietf_encrypt(packet, None, nonce, key)
-        crypto_aead_chacha20poly1305_ietf_decrypt(sealed, None, nonce, key)
-    crypto_seconds = time.perf_counter() - started
+    # Best of three passes: the most favourable ceiling, so our ratio is conservative.
+    crypto_seconds = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        for counter, packet in enumerate(packets):
+            nonce = counter.to_bytes(12, "little")
+            sealed = crypto_aead_chacha20poly1305_ietf_encrypt(packet, None, nonce, key)
+            crypto_aead_chacha20poly1305_ietf_decrypt(sealed, None, nonce, key)
+        crypto_seconds = min(crypto_seconds, time.perf_counter() - started)
     mb = received / 1e6
     return {
         "test": "pure core",
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             "goodput_mbps",
             "goodput_fraction",
             "reno_bound",
-            "retransmit_overhead",
+            "wire_overhead",
             "mb_per_s",
             "ceiling_mb_per_s",
             "fraction_of_ceiling",
@@ -173,6 +176,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         notes=[
             "goodput_fraction: application bytes read / (link rate x simulated time), "
             "slow start included; queue = 1 BDP; loss on both directions.",
+            "wire_overhead: bytes on the link beyond the goodput (headers, ACKs, resends).",
             "reno_bound: the Mathis model's ceiling for NewReno under that random loss, "
             "as a fraction of the link rate.",
             "ceiling: ChaCha20-Poly1305 encrypt+decrypt (libsodium) of the same packets.",
