@@ -180,3 +180,25 @@ async def test_transfer_over_a_lossy_reordering_link(nursery: trio.Nursery) -> N
             while chunk := await peer.receive_some():
                 got += chunk
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_path_probe_and_call_me_maybe_reach_on_event(nursery: trio.Nursery) -> None:
+    left, right = MemoryDatagramTransport.pair(Path("relay", reliable=True))
+    seen: list[object] = []
+    both = trio.Event()
+
+    def record(event: object) -> None:
+        seen.append(event)
+        if len(seen) == 2:
+            both.set()
+
+    a = MuxConnection(left, is_initiator=True, path=left.path, on_event=record)
+    b = MuxConnection(right, is_initiator=False, path=right.path, on_event=record)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    a.send_path_probe(Path("relay", reliable=True), b"probe123")
+    b.send_call_me_maybe([b"192.0.2.1:41641"])
+    with trio.fail_after(5):
+        await both.wait()
+    kinds = {type(event).__name__ for event in seen}
+    assert kinds == {"PathResponse", "CallMeMaybe"}
