@@ -129,6 +129,8 @@ class Connection(ReceiveMixin, SendMixin):
         if len(self._outstanding_probes) >= MAX_OUTSTANDING_PROBES:
             del self._outstanding_probes[next(iter(self._outstanding_probes))]
         self._outstanding_probes[bytes(challenge)] = (path, now)
+        if len(self._path_out) >= 2 * MAX_OUTSTANDING_PROBES:
+            self._path_out.popleft()  # bounded: a probe nobody sent is worth little
         self._path_out.append((path, bytes([FrameType.PATH_PROBE]) + bytes(challenge)))
 
     def send_call_me_maybe(self, endpoints: Sequence[bytes]) -> None:
