@@ -202,3 +202,33 @@ async def test_path_probe_and_call_me_maybe_reach_on_event(nursery: trio.Nursery
         await both.wait()
     kinds = {type(event).__name__ for event in seen}
     assert kinds == {"PathResponse", "CallMeMaybe"}
+
+
+async def test_slow_reader_backpressures_send_all(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery)
+    stream = await a.open_stream("bulk")
+    peer = await b.accept_stream()
+    sent = 0
+
+    async def writer() -> None:
+        nonlocal sent
+        while True:
+            await stream.send_all(bytes(65536))
+            sent += 65536
+
+    async with trio.open_nursery() as group:
+        group.start_soon(writer)
+        await trio.sleep(0.5)
+        # Nobody reads: the writer is stuck once the window and send buffer are full.
+        stuck_at = sent
+        await trio.sleep(0.3)
+        assert sent == stuck_at
+        config = b.core.config
+        assert b.core.receive_buffered(peer.stream_id) <= config.initial_stream_window
+        assert sent <= config.initial_stream_window + config.stream_send_buffer + 65536
+        # Reading releases it.
+        received = 0
+        while received < 4 * 1024 * 1024:
+            received += len(await peer.receive_some())
+        assert sent > stuck_at
+        group.cancel_scope.cancel()
