@@ -164,7 +164,7 @@ class SendMixin(ConnectionBase):
                         self._pacing_until = pacing
                         room = 0
             if room < MIN_PACKET_ROOM:
-                if self._ack_due(now):
+                if self._ack_due(now) and self._received_pns:
                     buf = bytearray()
                     push_varint(buf, self._next_pn)
                     self._next_pn += 1
