@@ -69,9 +69,14 @@ class ReceiveMixin(ConnectionBase):
             raise RemoteProtocolError(ErrorCode.PROTOCOL_VIOLATION, f"packet {pn} has no frames")
         ack_eliciting = False
         not_probe_only = False
-        while not reader.at_end():
+        raw = reader.data
+        while reader.pos < reader.end:
             frame_start = reader.pos
-            ftype = reader.varint("frame type")
+            ftype = raw[frame_start]
+            if ftype < 0x40:  # every frame type we know fits one byte
+                reader.pos = frame_start + 1
+            else:
+                ftype = reader.varint("frame type")
             if FrameType.STREAM <= ftype <= 0x0F:
                 self._on_stream_frame(reader, ftype)
                 ack_eliciting = True

@@ -156,12 +156,12 @@ class SendMixin(ConnectionBase):
                 room = self._mss
             else:
                 room = min(self._mss, recovery.congestion_room())
-                if room >= MIN_PACKET_ROOM and (
-                    self._has_stream_work() or self._has_control_work()
-                ):
+                if room >= MIN_PACKET_ROOM:
                     pacing = recovery.pacing_delay(now)
                     if pacing is not None:
-                        self._pacing_until = pacing
+                        # Only worth a timer if something is waiting to go out.
+                        if self._has_stream_work() or self._has_control_work():
+                            self._pacing_until = pacing
                         room = 0
             if room < MIN_PACKET_ROOM:
                 if self._ack_due(now) and self._received_pns:
