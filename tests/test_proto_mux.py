@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -30,7 +29,11 @@ from tunneld.proto.mux._ranges import RangeSet
 from tunneld.proto.mux._sim import LinkConfig
 from tunneld.proto.mux._wire import Reader, push_varint
 
-SLOW = pytest.mark.skipif(not os.environ.get("TUNNELD_SLOW"), reason="set TUNNELD_SLOW=1")
+# Soak runs: only with TUNNELD_SLOW=1 or when selected with `-m slow`.
+SLOW = pytest.mark.skipif(
+    "not os.environ.get('TUNNELD_SLOW') and 'slow' not in (config.getoption('markexpr') or '')",
+    reason="soak run: set TUNNELD_SLOW=1 or pass -m slow",
+)
 CI = settings(
     derandomize=True,
     max_examples=25,
