@@ -262,6 +262,7 @@ class Connection(ReceiveMixin, SendMixin):
             self._credit_check[stream_id] = None
         eof = stream.at_eof()
         if eof:
+            stream.eof_delivered = True
             self._maybe_remove(stream)
         return data, eof
 
