@@ -130,14 +130,13 @@ def _pure_core(megabytes: float) -> dict[str, object]:
         crypto_aead_chacha20poly1305_ietf_encrypt,
     )
 
-    # Best of three passes for both sides of the comparison, so noise favours neither.
-    core_seconds = math.inf
+    # Best of three for both sides of the comparison, interleaved, so neither noise
+    # nor a change of machine load over the run favours one side.
+    key = bytes(range(32))
+    core_seconds = crypto_seconds = math.inf
     for _ in range(3):
         seconds, received, packets = _core_pass(megabytes / 3)
         core_seconds = min(core_seconds, seconds)
-    key = bytes(range(32))
-    crypto_seconds = math.inf
-    for _ in range(3):
         started = time.perf_counter()
         for counter, packet in enumerate(packets):
             nonce = counter.to_bytes(12, "little")
