@@ -200,7 +200,7 @@ def test_agent_config_defaults_are_safe() -> None:
     [
         ({"allowed_tcp_ports": [22, 70000]}, "[agent].allowed_tcp_ports: expected TCP port"),
         ({"allowed_tcp_ports": "22"}, "[agent].allowed_tcp_ports: expected a list"),
-        ({"exec_timeout": "0s"}, "[agent].exec_timeout: expected a positive duration"),
+        ({"exec_timeout": "0s"}, "[agent].exec_timeout: expected a duration > 0"),
         ({"max_read_size": "1GiB"}, "[agent].max_read_size: expected a size between"),
         ({"max_background_processes": -1}, "[agent].max_background_processes: expected a non"),
         ({"allow_exec": "yes"}, "[agent].allow_exec: expected true or false"),

@@ -20,10 +20,19 @@ __all__ = ["BENCHMARKS", "BenchResult", "load_benchmark", "percentile", "render_
 # name -> (module, one-line description); modules are imported only when run, so one
 # benchmark's dependencies never slow the CLI or another benchmark.
 BENCHMARKS: dict[str, tuple[str, str]] = {
+    "derp": (
+        "tunneld.bench._derp",
+        "DERP relay round trips and streaming vs a WebSocket echo",
+    ),
+    "http": (
+        "tunneld.bench._http",
+        "tunneld.http: keep-alive requests/s and WebSocket echo vs raw loopback baselines",
+    ),
     "noise": (
         "tunneld.bench._noise",
         "WireGuard core: handshakes/s and transport MB/s vs raw AEAD",
     ),
+    "mux": ("tunneld.bench._mux", "mux streams: simulated-link goodput, pure-core vs AEAD"),
 }
 
 
@@ -72,9 +81,3 @@ def render_table(result: BenchResult) -> str:
         lines.append("")
         lines.extend(result.notes)
     return "\n".join(lines)
-
-
-BENCHMARKS["http"] = (
-    "tunneld.bench._http",
-    "tunneld.http: keep-alive requests/s and WebSocket echo vs raw loopback baselines",
-)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tunneld.config._units import ByteSize, Duration
+from tunneld.config._units import ByteSize, Duration, HostPort
 
-__all__ = ["AgentConfig", "Config", "LogConfig"]
+__all__ = ["AgentConfig", "Config", "ControlConfig", "LogConfig"]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "text", "json"]
@@ -27,14 +27,50 @@ class LogConfig:
     format: LogFormat = "auto"
 
 
-def _tcp_ports(ports: tuple[int, ...]) -> None:
-    if not all(1 <= p <= 65535 for p in ports):
-        raise ValueError("expected TCP port numbers in 1-65535")
+def _non_negative(value: Duration) -> None:
+    if value.seconds < 0:
+        raise ValueError("expected a duration >= 0")
 
 
 def _positive_duration(value: Duration) -> None:
     if value.seconds <= 0:
-        raise ValueError("expected a positive duration")
+        raise ValueError("expected a duration > 0")
+
+
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError("expected a number > 0")
+
+
+def _region(value: int) -> None:
+    if not 0 <= value < 2**31:
+        raise ValueError("expected an integer 0..2147483647")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """``[control]``: the control plane (``tunneld control``)."""
+
+    listen: HostPort = HostPort("127.0.0.1", 7420)
+    stun: bool = True
+    stun_listen: HostPort = HostPort("127.0.0.1", 3478)
+    data_dir: Path = Path("/var/lib/tunneld/control")
+    public_url: str = ""
+    # Paths given as strings: "" means unset (TOML has no null).
+    tls_cert: str = ""
+    tls_key: str = ""
+    derp_key_file: str = ""
+    derp_region: int = field(default=1, metadata={"check": _region})
+    lost_grace: Duration = field(default=Duration(30.0), metadata={"check": _non_negative})
+    revocation_poll: Duration = field(default=Duration(1.0), metadata={"check": _positive_duration})
+    update_rate: float = field(default=20.0, metadata={"check": _positive})
+    update_burst: float = field(default=200.0, metadata={"check": _positive})
+    shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
+
+
+def _tcp_ports(ports: tuple[int, ...]) -> None:
+    if not all(1 <= p <= 65535 for p in ports):
+        raise ValueError("expected TCP port numbers in 1-65535")
 
 
 def _read_size(value: ByteSize) -> None:
@@ -43,7 +79,7 @@ def _read_size(value: ByteSize) -> None:
         raise ValueError('expected a size between 1 and "15MiB"')
 
 
-def _non_negative(value: int) -> None:
+def _non_negative_int(value: int) -> None:
     if value < 0:
         raise ValueError("expected a non-negative integer")
 
@@ -63,7 +99,7 @@ class AgentConfig:
     # Default and maximum time a foreground command may run before its group is killed.
     exec_timeout: Duration = field(default=Duration(300), metadata={"check": _positive_duration})
     max_read_size: ByteSize = field(default=ByteSize(4 * 2**20), metadata={"check": _read_size})
-    max_background_processes: int = field(default=16, metadata={"check": _non_negative})
+    max_background_processes: int = field(default=16, metadata={"check": _non_negative_int})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,4 +107,5 @@ class Config:
     """The whole config file. Every table is optional; absent tables take their defaults."""
 
     log: LogConfig = field(default_factory=LogConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
