@@ -19,6 +19,8 @@ from tunneld.config import AgentConfig, ConfigError, from_mapping, load_config
 from tunneld.config._sections import Config
 from tunneld.proto.agentrpc import (
     Error,
+    ExecRequest,
+    Exit,
     FrameDecoder,
     Result,
     StatRequest,
@@ -266,3 +268,20 @@ def test_fuzz_garbage_streams_get_error_frames_and_a_clean_close(chunks: list[by
         responses = _serve_garbage(Path(root), data)
     assert all(isinstance(r, (Error, Result)) for r in responses)
     assert all(r.code == "invalid_request" for r in responses if isinstance(r, Error))
+
+
+async def test_a_new_request_during_an_exec_ends_it_and_the_stream(tmp_path: Path) -> None:
+    async with running_services(make_config(tmp_path)) as (services, nursery):
+        client_end, server_end = await tcp_stream_pair()
+        nursery.start_soon(services.serve_rpc, server_end)
+        await client_end.send_all(encode(ExecRequest(shell="echo up; exec sleep 300")))
+        decoder = FrameDecoder()
+        while decoder.next_frame() is None:  # wait until the command runs
+            decoder.receive_data(await client_end.receive_some(65536))
+        await client_end.send_all(encode(StatRequest(".")))
+        responses = await _read_responses(client_end)  # ends: the agent closed the stream
+        assert responses[0] == Exit(None, 15, False)
+        assert isinstance(responses[1], Error)
+        assert responses[1].code == "invalid_request"
+        assert "only stdin, stdin_eof or cancel while running" in responses[1].message
+        await client_end.aclose()

@@ -46,14 +46,10 @@ def read_file(
     target = policy.resolve(path)
     want = max_read if limit is None else min(limit, max_read)
     try:
-        with open(target, "rb") as f:
+        with open(target, "rb") as f:  # a directory fails here with EISDIR
             size = os.fstat(f.fileno()).st_size
-            if stat_module.S_ISDIR(os.fstat(f.fileno()).st_mode):
-                raise OperationError(ErrorCode.IS_A_DIRECTORY, f"read_file {path}: a directory")
             f.seek(offset)
             data = f.read(want)
-    except IsADirectoryError:
-        raise OperationError(ErrorCode.IS_A_DIRECTORY, f"read_file {path}: a directory") from None
     except OSError as exc:
         raise from_os_error(exc, f"read_file {path}") from None
     return {"data": data, "offset": offset, "size": size, "eof": offset + len(data) >= size}
