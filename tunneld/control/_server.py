@@ -27,6 +27,7 @@ from typing import Protocol
 import trio
 import trio_websocket
 
+from tunneld._address import format_host_port
 from tunneld.config._sections import ControlConfig
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
@@ -108,10 +109,6 @@ def load_or_create_key(path: Path) -> bytes:
         write_key_file(path, generate_private_key())
         log.info("control.derp_key_created", path=str(path))
     return read_key_file(path, what="DERP relay private key")
-
-
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _ssl_context(config: ControlConfig) -> ssl.SSLContext | None:
@@ -219,7 +216,7 @@ class ControlServer:
                     config.stun_listen.host,
                     config.stun_listen.port,
                 )
-                stun_addr = f"{_format_host(bound[0])}:{bound[1]}"
+                stun_addr = format_host_port(bound[0], bound[1])
             async with trio.open_nursery() as http_nursery:
                 host, port = await http_nursery.start(
                     http.serve_tcp, config.listen.host, config.listen.port
@@ -248,7 +245,7 @@ class ControlServer:
         if self.config.public_url:
             base = self.config.public_url.rstrip("/")
         else:
-            base = f"{'https' if tls else 'http'}://{_format_host(host)}:{port}"
+            base = f"{'https' if tls else 'http'}://{format_host_port(host, port)}"
         ws_base = "ws" + base[len("http") :] if base.startswith("http") else base
         key = None if self.relay is None else base64.b64encode(self.relay.public_key).decode()
         return ServerInfo(
