@@ -16,7 +16,6 @@ import base64
 import functools
 import json
 import os
-import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ import trio
 import trio_websocket
 
 from tunneld._address import format_host_port
+from tunneld._files import write_file_atomic
 from tunneld.config._sections import ControlConfig
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
@@ -90,13 +90,7 @@ class ServerInfo:
 
 def write_ready_file(path: Path, info: ServerInfo) -> None:
     """Write ``info`` as JSON to ``path`` atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(info.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, info.to_json())
 
 
 def load_or_create_key(path: Path) -> bytes:
