@@ -16,6 +16,7 @@ import trio
 import trio_websocket
 
 from tunneld.log import Secret
+from tunneld.net._websocket import close_info
 from tunneld.proto.coord import (
     MAX_MESSAGE_SIZE,
     CoordinatorClient,
@@ -96,10 +97,7 @@ class CoordinatorConnection:
 
 
 def _closed(exc: trio_websocket.ConnectionClosed) -> CoordinatorClosed:
-    reason = exc.reason
-    if reason is None:
-        return CoordinatorClosed(None, "connection lost")
-    return CoordinatorClosed(reason.code, reason.reason or reason.name)
+    return CoordinatorClosed(*close_info(exc, lost="connection lost"))
 
 
 @asynccontextmanager

@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 import trio_websocket
 
+from tunneld.net._websocket import close_info
 from tunneld.proto.derp import (
     ClientConnection,
     Connected,
@@ -51,13 +52,6 @@ class DerpConnectionClosed(Exception):
         super().__init__(f"DERP connection closed ({code}): {reason}")
         self.code = code
         self.reason = reason
-
-
-def _close_info(exc: trio_websocket.ConnectionClosed) -> tuple[int | None, str]:
-    reason = exc.reason
-    if reason is None:
-        return None, "connection closed"
-    return reason.code, reason.reason or reason.name
 
 
 class DerpClient:
@@ -154,7 +148,7 @@ class DerpClient:
             try:
                 message = await ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
-                code, reason = _close_info(exc)
+                code, reason = close_info(exc, lost="connection closed")
                 raise DerpConnectError(f"relay closed the connection: {reason}", code) from None
             if isinstance(message, str):
                 raise DerpConnectError("relay sent a text message; not a DERP relay")
@@ -182,7 +176,7 @@ class DerpClient:
 
     def _note_closed(self, exc: trio_websocket.ConnectionClosed) -> DerpConnectionClosed:
         if self._closed is None:
-            self._closed = DerpConnectionClosed(*_close_info(exc))
+            self._closed = DerpConnectionClosed(*close_info(exc, lost="connection closed"))
         return self._closed
 
     async def _reader_task(self) -> None:
