@@ -36,6 +36,7 @@ from tunneld.control._stun import StunStats
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, generate_private_key, read_key_file, write_key_file
 from tunneld.log import get_logger
+from tunneld.proto.coord import CloseCode
 
 __all__ = [
     "ControlServer",
@@ -291,7 +292,7 @@ class ControlServer:
         # _authorize, and a token revoked in between must not get a session.
         principal = await self.coordinator.authenticate(request.headers.get("authorization"))
         if principal is None:
-            await ws.aclose(1008, "token revoked or expired")
+            await ws.aclose(CloseCode.POLICY_VIOLATION, "token revoked or expired")
             return
         await self.coordinator.handle_session(principal, ws)
 

@@ -19,6 +19,7 @@ from tunneld.log import Secret
 from tunneld.net._websocket import close_info
 from tunneld.proto.coord import (
     MAX_MESSAGE_SIZE,
+    CloseCode,
     CoordinatorClient,
     RemoteProtocolError,
     Response,
@@ -87,8 +88,10 @@ class CoordinatorConnection:
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc) from None
         if isinstance(data, str):
-            await self._ws.aclose(1003, "text message; expected binary msgpack")
-            raise CoordinatorClosed(1003, "coordinator sent a text message")
+            await self._ws.aclose(
+                CloseCode.UNSUPPORTED_DATA, "text message; expected binary msgpack"
+            )
+            raise CoordinatorClosed(CloseCode.UNSUPPORTED_DATA, "coordinator sent a text message")
         try:
             return self.client.receive(data)
         except RemoteProtocolError as exc:
