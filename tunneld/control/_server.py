@@ -183,7 +183,8 @@ class ControlServer:
 
     async def _serve(self, task_status: trio.TaskStatus[ServerInfo]) -> None:
         config = self.config
-        ssl_context = _ssl_context(config)
+        # Reads the certificate and key files: off the trio thread like the DERP key below.
+        ssl_context = await trio.to_thread.run_sync(_ssl_context, config)
         if self._relay_factory is not None:
             key_path = (
                 Path(config.derp_key_file) if config.derp_key_file else config.data_dir / "derp.key"
