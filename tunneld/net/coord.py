@@ -16,7 +16,7 @@ import trio
 import trio_websocket
 
 from tunneld.log import Secret
-from tunneld.net._websocket import close_info
+from tunneld.net._websocket import close_bounded, close_info
 from tunneld.proto.coord import (
     MAX_MESSAGE_SIZE,
     CloseCode,
@@ -88,14 +88,14 @@ class CoordinatorConnection:
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc) from None
         if isinstance(data, str):
-            await self._ws.aclose(
-                CloseCode.UNSUPPORTED_DATA, "text message; expected binary msgpack"
+            await close_bounded(
+                self._ws, CloseCode.UNSUPPORTED_DATA, "text message; expected binary msgpack"
             )
             raise CoordinatorClosed(CloseCode.UNSUPPORTED_DATA, "coordinator sent a text message")
         try:
             return self.client.receive(data)
         except RemoteProtocolError as exc:
-            await self._ws.aclose(exc.close_code, exc.reason)
+            await close_bounded(self._ws, exc.close_code, exc.reason)
             raise CoordinatorClosed(exc.close_code, exc.reason) from None
 
 

@@ -20,7 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 import trio_websocket
 
-from tunneld.net._websocket import close_info
+from tunneld.net._websocket import close_bounded, close_info
 from tunneld.proto.derp import (
     ClientConnection,
     Connected,
@@ -155,7 +155,7 @@ class DerpClient:
             try:
                 core.receive_data(message)
             except RemoteProtocolError as exc:
-                await ws.aclose(exc.close_code, exc.reason[:120])
+                await close_bounded(ws, exc.close_code, exc.reason)
                 raise DerpConnectError(f"relay broke the DERP handshake: {exc.reason}") from None
             outgoing = core.data_to_send()
             if outgoing:
@@ -195,7 +195,7 @@ class DerpClient:
                     if message is None:
                         reason = f"relay silent for {self._silence_timeout:g} s"
                         self._closed = DerpConnectionClosed(None, reason)
-                        await self._ws.aclose(_CLOSE_GOING_AWAY, reason)
+                        await close_bounded(self._ws, _CLOSE_GOING_AWAY, reason)
                         return
                 except trio_websocket.ConnectionClosed as exc:
                     self._note_closed(exc)
@@ -209,7 +209,7 @@ class DerpClient:
                     self._core.receive_data(message)
                 except RemoteProtocolError as exc:
                     self._closed = DerpConnectionClosed(exc.close_code, exc.reason)
-                    await self._ws.aclose(exc.close_code, exc.reason[:120])
+                    await close_bounded(self._ws, exc.close_code, exc.reason)
                     return
 
     async def receive(self) -> DerpEvent:
