@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import trio
 import trio_websocket
 
+from tunneld._address import format_address
 from tunneld.control._ratelimit import TokenBucket
 from tunneld.http import Request
 from tunneld.log import Logger, get_logger
@@ -259,8 +260,8 @@ class DerpRelay:
         close this WebSocket with a code and reason. Cancellation closes it too.
         """
         core = ServerConnection(self._private_key)
-        peer = request.peer[0] if isinstance(request.peer, tuple) and request.peer else None
-        log = self._log.bind(peer=str(peer) if peer is not None else None)
+        # host:port, as the http.request line for the same connection shows it.
+        log = self._log.bind(peer=format_address(request.peer))
         try:
             await ws.send_message(core.data_to_send())
             with trio.fail_after(self.limits.handshake_timeout):
