@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import secrets
 import stat
 from pathlib import Path
 
 from nacl.bindings import crypto_scalarmult_base
+
+from tunneld._files import write_file_atomic
 
 __all__ = [
     "KEY_SIZE",
@@ -69,17 +70,7 @@ def decode_key(text: str, *, what: str = "key") -> bytes:
 
 def write_key_file(path: Path, key: bytes) -> None:
     """Write ``key`` as base64 text to ``path``, mode 0600, atomically (temp + rename)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(encode_key(key) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, encode_key(key) + "\n", mode=0o600, encoding="ascii")
 
 
 def read_key_file(path: Path, *, what: str = "private key") -> bytes:

@@ -13,7 +13,8 @@ import datetime
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -142,16 +143,28 @@ def _config(args: argparse.Namespace) -> ControlConfig:
     return config
 
 
-def _open_db(args: argparse.Namespace) -> SqliteDatabase:
-    config = _config(args)
+def _make_data_dir(config: ControlConfig) -> None:
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise CliError(f"{config.data_dir}: cannot create data directory: {exc.strerror}") from None
+
+
+@contextmanager
+def _database(args: argparse.Namespace) -> Iterator[SqliteDatabase]:
+    """The data directory's database, closed on exit; a StoreError becomes a CliError."""
+    config = _config(args)
+    _make_data_dir(config)
     try:
-        return SqliteDatabase(config.data_dir / "control.db")
+        db = SqliteDatabase(config.data_dir / "control.db")
     except StoreError as exc:
         raise CliError(str(exc)) from None
+    try:
+        yield db
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        db.close()
 
 
 def _stamp(value: float | None) -> str:
@@ -174,23 +187,15 @@ def _user_add(args: argparse.Namespace) -> int:
         if not password:
             raise CliError("--password-stdin: read an empty password")
         password_hash = hash_password(password)
-    db = _open_db(args)
-    try:
+    with _database(args) as db:
         user = db.add_user(args.name, password_hash, time.time())
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        db.close()
     print(f"added user {user.name}")
     return 0
 
 
 def _user_list(args: argparse.Namespace) -> int:
-    db = _open_db(args)
-    try:
+    with _database(args) as db:
         users = db.list_users()
-    finally:
-        db.close()
     print(f"{'NAME':<24} {'PASSWORD':<8} CREATED")
     for user in users:
         print(
@@ -215,13 +220,8 @@ def _token_create(args: argparse.Namespace) -> int:
             raise CliError("--expires: must be longer than zero")
         expires_at = now + lifetime.seconds
     token = new_token()
-    db = _open_db(args)
-    try:
+    with _database(args) as db:
         db.add_token(token.id, args.user, args.agent, token.secret_hash, now, expires_at)
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        db.close()
     kind = f"agent {args.agent!r}" if args.agent else "client"
     print(
         f"created {kind} token {token.id} for user {args.user!r} (expires {_stamp(expires_at)});"
@@ -233,11 +233,8 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _token_list(args: argparse.Namespace) -> int:
-    db = _open_db(args)
-    try:
+    with _database(args) as db:
         tokens = db.list_tokens()
-    finally:
-        db.close()
     now = time.time()
     print(f"{'ID':<12} {'USER':<16} {'AGENT':<16} {'STATE':<8} {'CREATED':<20} EXPIRES")
     for t in tokens:
@@ -250,13 +247,8 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _token_revoke(args: argparse.Namespace) -> int:
-    db = _open_db(args)
-    try:
+    with _database(args) as db:
         info = db.revoke_token(args.id, time.time())
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        db.close()
     print(f"revoked token {info.id} of user {info.user}")
     return 0
 
@@ -264,23 +256,15 @@ def _token_revoke(args: argparse.Namespace) -> int:
 def _grant_add(args: argparse.Namespace) -> int:
     if args.agent != "*":
         _check_name("agent name", args.agent)
-    db = _open_db(args)
-    try:
+    with _database(args) as db:
         grant = db.add_grant(args.user, args.owner, args.agent, time.time())
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        db.close()
     print(f"granted {grant.grantee} access to {grant.owner}/{grant.agent_name}")
     return 0
 
 
 def _grant_list(args: argparse.Namespace) -> int:
-    db = _open_db(args)
-    try:
+    with _database(args) as db:
         grants = db.list_grants()
-    finally:
-        db.close()
     print(f"{'USER':<16} {'OWNER':<16} AGENT")
     for g in grants:
         print(f"{g.grantee:<16} {g.owner:<16} {g.agent_name}")
@@ -293,10 +277,7 @@ def _serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, listen=args.listen)
     if args.stun_listen is not None:
         config = dataclasses.replace(config, stun_listen=args.stun_listen)
-    try:
-        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise CliError(f"{config.data_dir}: cannot create data directory: {exc.strerror}") from None
+    _make_data_dir(config)
     try:
         trio.run(_run_server, config, args.ready_file)
     except BaseException as exc:

@@ -22,7 +22,10 @@ def register(sub: Subparsers) -> None:
         "--out",
         type=Path,
         metavar="FILE",
-        help="write the key to FILE (mode 0600, atomically) instead of printing it",
+        help=(
+            "write the key to FILE (mode 0600, atomically; refuses an existing"
+            " FILE) and print its public key instead"
+        ),
     )
     keygen.set_defaults(func=_keygen)
     pubkey = sub.add_parser(

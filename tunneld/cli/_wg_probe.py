@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from tunneld._address import format_host_port
 from tunneld.cli._common import CliError, Subparsers
 from tunneld.keys import decode_key, encode_key, public_key, read_key_file
 from tunneld.log import get_logger
@@ -207,8 +208,7 @@ def _round(value: float | None) -> float | None:
 def _format_address(address: UdpAddress | None) -> str | None:
     if address is None:
         return None
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_host_port(*address)
 
 
 def _new_core(options: ProbeOptions) -> WireGuardCore:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tunneld._address import format_host_port
+
 __all__ = [
     "ByteSize",
     "Duration",
@@ -59,7 +61,7 @@ class HostPort:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_host_port(self.host, self.port)
 
 
 def parse_duration(text: str) -> Duration:

@@ -31,6 +31,7 @@ from typing import Final, Protocol
 import trio
 from trio_websocket import ConnectionClosed
 
+from tunneld.control._ratelimit import TokenBucket
 from tunneld.control._store import NodeRecord, Store, StoreError
 from tunneld.control._tokens import parse_token, token_matches
 from tunneld.log import get_logger
@@ -59,7 +60,6 @@ __all__ = [
     "CoordinatorStats",
     "MessageSocket",
     "Principal",
-    "TokenBucket",
     "node_id_for",
 ]
 
@@ -105,24 +105,6 @@ class CoordinatorStats:
     messages: dict[str, int] = field(default_factory=dict)
     closes: dict[str, int] = field(default_factory=dict)
     peer_updates_sent: int = 0
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; :meth:`take` spends one if it can."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._stamp = now
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 def node_id_for(user_id: int, agent: str | None, node_key: bytes) -> str:

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import trio
 import trio_websocket
 
+from tunneld._address import format_address
+from tunneld.control._ratelimit import TokenBucket
 from tunneld.http import Request
 from tunneld.log import Logger, get_logger
 from tunneld.proto.derp import (
@@ -123,28 +125,6 @@ class RelayStats:
         self.drops[reason] = self.drops.get(reason, 0) + 1
 
 
-class _TokenBucket:
-    """``rate`` tokens a second up to ``burst``; rate 0 means unlimited."""
-
-    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._stamp = now
-
-    def take(self, amount: float, now: float) -> bool:
-        if self._rate <= 0:
-            return True
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < amount:
-            return False
-        self._tokens -= amount
-        return True
-
-
 class _Client:
     """One admitted connection: its queues, writer wake-up and cancel scope."""
 
@@ -184,8 +164,8 @@ class _Client:
         self.close_code = _CLOSE_NORMAL
         self.close_reason = ""
         self.preferred = False
-        self.rate_bucket = _TokenBucket(limits.bytes_per_second, limits.burst, now)
-        self.peer_gone_bucket = _TokenBucket(
+        self.rate_bucket = TokenBucket(limits.bytes_per_second, limits.burst, now)
+        self.peer_gone_bucket = TokenBucket(
             limits.peer_gone_per_second, limits.peer_gone_burst, now
         )
 
@@ -280,8 +260,8 @@ class DerpRelay:
         close this WebSocket with a code and reason. Cancellation closes it too.
         """
         core = ServerConnection(self._private_key)
-        peer = request.peer[0] if isinstance(request.peer, tuple) and request.peer else None
-        log = self._log.bind(peer=str(peer) if peer is not None else None)
+        # host:port, as the http.request line for the same connection shows it.
+        log = self._log.bind(peer=format_address(request.peer))
         try:
             await ws.send_message(core.data_to_send())
             with trio.fail_after(self.limits.handshake_timeout):
@@ -386,7 +366,7 @@ class DerpRelay:
             # packets completed by a message over the budget are dropped, framing
             # still advances because frames may span messages.
             limited = not client.rate_bucket.take(
-                min(len(data), self.limits.burst), trio.current_time()
+                trio.current_time(), min(len(data), self.limits.burst)
             )
 
     def _handle_event(self, client: _Client, event: object) -> None:
@@ -409,7 +389,7 @@ class DerpRelay:
         dst = self._clients.get(dst_key)
         if dst is None:
             self.stats.drop("unknown_dest")
-            if src.peer_gone_bucket.take(1, trio.current_time()):
+            if src.peer_gone_bucket.take(trio.current_time()):
                 self.stats.peer_gone_sent += 1
                 self._queue_control(src, encode_peer_gone(dst_key, PeerGoneReason.NOT_HERE))
             return

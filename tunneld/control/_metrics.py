@@ -67,22 +67,18 @@ class ControlCollector(Collector):
             "Nodes with a live coordinator session.",
             value=coord.nodes_online,
         )
-        messages = CounterMetricFamily(
+        yield _counter_by(
             "tunneld_coordinator_messages",
             "Coordinator requests received, by type.",
-            labels=["type"],
+            "type",
+            coord.stats.messages,
         )
-        for kind, count in sorted(coord.stats.messages.items()):
-            messages.add_metric([kind], count)
-        yield messages
-        closes = CounterMetricFamily(
+        yield _counter_by(
             "tunneld_coordinator_session_closes",
             "Coordinator sessions ended, by cause.",
-            labels=["cause"],
+            "cause",
+            coord.stats.closes,
         )
-        for cause, count in sorted(coord.stats.closes.items()):
-            closes.add_metric([cause], count)
-        yield closes
         yield CounterMetricFamily(
             "tunneld_coordinator_peer_updates_sent",
             "Coordinator messages sent to nodes.",
@@ -120,12 +116,17 @@ class ControlCollector(Collector):
             "Payload bytes forwarded by the DERP relay.",
             value=relay.bytes_relayed,
         )
-        drops = CounterMetricFamily(
-            "tunneld_relay_drops", "Packets the relay dropped, by reason.", labels=["reason"]
+        yield _counter_by(
+            "tunneld_relay_drops", "Packets the relay dropped, by reason.", "reason", relay.drops
         )
-        for reason, count in sorted(relay.drops.items()):
-            drops.add_metric([reason], count)
-        yield drops
+
+
+def _counter_by(name: str, doc: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """One counter family with a sample per key of ``counts`` (sorted, stable output)."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
 
 
 def make_registry(

@@ -16,7 +16,6 @@ import base64
 import functools
 import json
 import os
-import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,8 @@ from typing import Protocol
 import trio
 import trio_websocket
 
+from tunneld._address import format_host_port
+from tunneld._files import write_file_atomic
 from tunneld.config._sections import ControlConfig
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
@@ -35,6 +36,7 @@ from tunneld.control._stun import StunStats
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, generate_private_key, read_key_file, write_key_file
 from tunneld.log import get_logger
+from tunneld.proto.coord import CloseCode
 
 __all__ = [
     "ControlServer",
@@ -89,13 +91,7 @@ class ServerInfo:
 
 def write_ready_file(path: Path, info: ServerInfo) -> None:
     """Write ``info`` as JSON to ``path`` atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(info.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, info.to_json())
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -108,10 +104,6 @@ def load_or_create_key(path: Path) -> bytes:
         write_key_file(path, generate_private_key())
         log.info("control.derp_key_created", path=str(path))
     return read_key_file(path, what="DERP relay private key")
-
-
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _ssl_context(config: ControlConfig) -> ssl.SSLContext | None:
@@ -191,7 +183,8 @@ class ControlServer:
 
     async def _serve(self, task_status: trio.TaskStatus[ServerInfo]) -> None:
         config = self.config
-        ssl_context = _ssl_context(config)
+        # Reads the certificate and key files: off the trio thread like the DERP key below.
+        ssl_context = await trio.to_thread.run_sync(_ssl_context, config)
         if self._relay_factory is not None:
             key_path = (
                 Path(config.derp_key_file) if config.derp_key_file else config.data_dir / "derp.key"
@@ -219,7 +212,7 @@ class ControlServer:
                     config.stun_listen.host,
                     config.stun_listen.port,
                 )
-                stun_addr = f"{_format_host(bound[0])}:{bound[1]}"
+                stun_addr = format_host_port(bound[0], bound[1])
             async with trio.open_nursery() as http_nursery:
                 host, port = await http_nursery.start(
                     http.serve_tcp, config.listen.host, config.listen.port
@@ -248,7 +241,7 @@ class ControlServer:
         if self.config.public_url:
             base = self.config.public_url.rstrip("/")
         else:
-            base = f"{'https' if tls else 'http'}://{_format_host(host)}:{port}"
+            base = f"{'https' if tls else 'http'}://{format_host_port(host, port)}"
         ws_base = "ws" + base[len("http") :] if base.startswith("http") else base
         key = None if self.relay is None else base64.b64encode(self.relay.public_key).decode()
         return ServerInfo(
@@ -300,7 +293,7 @@ class ControlServer:
         # _authorize, and a token revoked in between must not get a session.
         principal = await self.coordinator.authenticate(request.headers.get("authorization"))
         if principal is None:
-            await ws.aclose(1008, "token revoked or expired")
+            await ws.aclose(CloseCode.POLICY_VIOLATION, "token revoked or expired")
             return
         await self.coordinator.handle_session(principal, ws)
 

@@ -194,6 +194,9 @@ _NODE_COLUMNS = (
     "n.id, n.user_id, u.name, n.kind, n.name, n.node_key, n.endpoints, n.home_relay, "
     "n.as_of, n.last_seen, n.online"
 )
+# Every token or node read goes through these, so _token() and _node() see one row shape.
+_SELECT_TOKENS = f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id "
+_SELECT_NODES = f"SELECT {_NODE_COLUMNS} FROM nodes n JOIN users u ON u.id = n.user_id "
 
 
 def _token(row: tuple[object, ...]) -> TokenInfo:
@@ -390,18 +393,14 @@ class SqliteDatabase:
     def token_credentials(self, token_id: str) -> TokenCredentials | None:
         with self._read() as conn:
             row = conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id "
-                "WHERE t.id = ?",
+                _SELECT_TOKENS + "WHERE t.id = ?",
                 (token_id,),
             ).fetchone()
         return None if row is None else TokenCredentials(_token(row), bytes(row[8]))
 
     def list_tokens(self) -> list[TokenInfo]:
         with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id "
-                "ORDER BY t.created_at, t.id"
-            ).fetchall()
+            rows = conn.execute(_SELECT_TOKENS + "ORDER BY t.created_at, t.id").fetchall()
         return [_token(r) for r in rows]
 
     def revoke_token(self, token_id: str, now: float) -> TokenInfo:
@@ -411,8 +410,7 @@ class SqliteDatabase:
                 (now, token_id),
             )
             row = conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id "
-                "WHERE t.id = ?",
+                _SELECT_TOKENS + "WHERE t.id = ?",
                 (token_id,),
             ).fetchone()
         if row is None:
@@ -474,17 +472,13 @@ class SqliteDatabase:
     def get_node(self, node_id: str) -> NodeRecord | None:
         with self._read() as conn:
             row = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes n JOIN users u ON u.id = n.user_id "
-                "WHERE n.id = ?",
+                _SELECT_NODES + "WHERE n.id = ?",
                 (node_id,),
             ).fetchone()
         return None if row is None else _node(row)
 
     def find_agents(self, name: str, owner: str | None) -> list[NodeRecord]:
-        query = (
-            f"SELECT {_NODE_COLUMNS} FROM nodes n JOIN users u ON u.id = n.user_id "
-            "WHERE n.kind = 'agent' AND n.name = ?"
-        )
+        query = _SELECT_NODES + "WHERE n.kind = 'agent' AND n.name = ?"
         params: tuple[str, ...] = (name,)
         if owner is not None:
             query += " AND u.name = ?"
@@ -495,10 +489,7 @@ class SqliteDatabase:
 
     def list_nodes(self) -> list[NodeRecord]:
         with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes n JOIN users u ON u.id = n.user_id "
-                "ORDER BY u.name, n.kind, n.name"
-            ).fetchall()
+            rows = conn.execute(_SELECT_NODES + "ORDER BY u.name, n.kind, n.name").fetchall()
         return [_node(r) for r in rows]
 
     def node_key_active(self, node_key: bytes, now: float) -> bool:

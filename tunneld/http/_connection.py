@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 import trio
 
+from tunneld._address import format_address
 from tunneld.http._headers import Headers
 from tunneld.http._messages import Handler, HttpError, Request, Response
 from tunneld.http._router import dispatch
@@ -105,7 +106,7 @@ class Connection:
             with trio.move_on_after(self.limits.write_timeout) as scope:
                 await self.stream.send_all(data)
             if scope.cancelled_caught:
-                log.info("http.write_timeout", peer=str(self.peer))
+                log.info("http.write_timeout", peer=format_address(self.peer))
                 raise Abort("write timeout")
 
     async def _linger_close(self) -> None:
@@ -186,7 +187,7 @@ class Connection:
             self._idle_scope = None
             if scope.cancelled_caught:
                 if self.h11.trailing_data[0]:
-                    log.info("http.head_timeout", peer=str(self.peer))
+                    log.info("http.head_timeout", peer=format_address(self.peer))
                     await self._send_error_and_close(408, "request head not received in time")
                 return None
 
@@ -363,7 +364,7 @@ class Connection:
             status=status,
             bytes=sent,
             duration_ms=round((trio.current_time() - started) * 1000, 3),
-            peer=str(self.peer),
+            peer=format_address(self.peer),
             aborted=aborted,
         )
 

@@ -16,8 +16,10 @@ import trio
 import trio_websocket
 
 from tunneld.log import Secret
+from tunneld.net._websocket import close_bounded, close_info
 from tunneld.proto.coord import (
     MAX_MESSAGE_SIZE,
+    CloseCode,
     CoordinatorClient,
     RemoteProtocolError,
     Response,
@@ -86,20 +88,19 @@ class CoordinatorConnection:
         except trio_websocket.ConnectionClosed as exc:
             raise _closed(exc) from None
         if isinstance(data, str):
-            await self._ws.aclose(1003, "text message; expected binary msgpack")
-            raise CoordinatorClosed(1003, "coordinator sent a text message")
+            await close_bounded(
+                self._ws, CloseCode.UNSUPPORTED_DATA, "text message; expected binary msgpack"
+            )
+            raise CoordinatorClosed(CloseCode.UNSUPPORTED_DATA, "coordinator sent a text message")
         try:
             return self.client.receive(data)
         except RemoteProtocolError as exc:
-            await self._ws.aclose(exc.close_code, exc.reason)
+            await close_bounded(self._ws, exc.close_code, exc.reason)
             raise CoordinatorClosed(exc.close_code, exc.reason) from None
 
 
 def _closed(exc: trio_websocket.ConnectionClosed) -> CoordinatorClosed:
-    reason = exc.reason
-    if reason is None:
-        return CoordinatorClosed(None, "connection lost")
-    return CoordinatorClosed(reason.code, reason.reason or reason.name)
+    return CoordinatorClosed(*close_info(exc, lost="connection lost"))
 
 
 @asynccontextmanager

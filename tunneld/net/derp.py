@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 import trio_websocket
 
+from tunneld.net._websocket import close_bounded, close_info
 from tunneld.proto.derp import (
     ClientConnection,
     Connected,
@@ -51,13 +52,6 @@ class DerpConnectionClosed(Exception):
         super().__init__(f"DERP connection closed ({code}): {reason}")
         self.code = code
         self.reason = reason
-
-
-def _close_info(exc: trio_websocket.ConnectionClosed) -> tuple[int | None, str]:
-    reason = exc.reason
-    if reason is None:
-        return None, "connection closed"
-    return reason.code, reason.reason or reason.name
 
 
 class DerpClient:
@@ -154,14 +148,14 @@ class DerpClient:
             try:
                 message = await ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
-                code, reason = _close_info(exc)
+                code, reason = close_info(exc, lost="connection closed")
                 raise DerpConnectError(f"relay closed the connection: {reason}", code) from None
             if isinstance(message, str):
                 raise DerpConnectError("relay sent a text message; not a DERP relay")
             try:
                 core.receive_data(message)
             except RemoteProtocolError as exc:
-                await ws.aclose(exc.close_code, exc.reason[:120])
+                await close_bounded(ws, exc.close_code, exc.reason)
                 raise DerpConnectError(f"relay broke the DERP handshake: {exc.reason}") from None
             outgoing = core.data_to_send()
             if outgoing:
@@ -182,7 +176,7 @@ class DerpClient:
 
     def _note_closed(self, exc: trio_websocket.ConnectionClosed) -> DerpConnectionClosed:
         if self._closed is None:
-            self._closed = DerpConnectionClosed(*_close_info(exc))
+            self._closed = DerpConnectionClosed(*close_info(exc, lost="connection closed"))
         return self._closed
 
     async def _reader_task(self) -> None:
@@ -201,7 +195,7 @@ class DerpClient:
                     if message is None:
                         reason = f"relay silent for {self._silence_timeout:g} s"
                         self._closed = DerpConnectionClosed(None, reason)
-                        await self._ws.aclose(_CLOSE_GOING_AWAY, reason)
+                        await close_bounded(self._ws, _CLOSE_GOING_AWAY, reason)
                         return
                 except trio_websocket.ConnectionClosed as exc:
                     self._note_closed(exc)
@@ -215,7 +209,7 @@ class DerpClient:
                     self._core.receive_data(message)
                 except RemoteProtocolError as exc:
                     self._closed = DerpConnectionClosed(exc.close_code, exc.reason)
-                    await self._ws.aclose(exc.close_code, exc.reason[:120])
+                    await close_bounded(self._ws, exc.close_code, exc.reason)
                     return
 
     async def receive(self) -> DerpEvent:

@@ -505,28 +505,20 @@ class WireGuardCore:
         )
         hs.last_timestamp = consumed.timestamp
         hs.last_initiation_consumed = now
-        peer.endpoint = source
-        peer.rx_bytes += len(data)
-        self._timers_any_authenticated_packet_traversal(peer, now)
-        self._timers_any_authenticated_packet_received(peer)
+        self._handshake_received(peer, source, len(data), now)
         # A simultaneous initiation of ours is abandoned (wireguard-go does the same).
         self._drop_handshake_index(peer)
         hs.clear()
         hs.last_sent = now
         packet = peer.cookies.add_macs(out.message.to_bytes(), now)
-        send_key, receive_key = derive_transport_keys(out.chain_key, initiator=False)
-        self._begin_session(
+        self._derive_session(
             peer,
-            Keypair(
-                send_key,
-                receive_key,
-                created=now,
-                initiator=False,
-                local_index=index,
-                remote_index=consumed.sender,
-            ),
+            out.chain_key,
+            initiator=False,
+            local_index=index,
+            remote_index=consumed.sender,
+            now=now,
         )
-        self._timers_session_derived(peer, now)
         self._outgoing.append(Outgoing(peer.public_key, None, packet))
         peer.tx_bytes += len(packet)
         self._timers_any_authenticated_packet_traversal(peer, now)
@@ -555,26 +547,48 @@ class WireGuardCore:
         )
         local_index = message.receiver
         hs.clear()  # the index now names the keypair, not the handshake
-        peer.endpoint = source
-        peer.rx_bytes += len(data)
-        self._timers_any_authenticated_packet_traversal(peer, now)
-        self._timers_any_authenticated_packet_received(peer)
-        send_key, receive_key = derive_transport_keys(chain_key, initiator=True)
-        self._begin_session(
+        self._handshake_received(peer, source, len(data), now)
+        self._derive_session(
             peer,
-            Keypair(
-                send_key,
-                receive_key,
-                created=now,
-                initiator=True,
-                local_index=local_index,
-                remote_index=message.sender,
-            ),
+            chain_key,
+            initiator=True,
+            local_index=local_index,
+            remote_index=message.sender,
+            now=now,
         )
-        self._timers_session_derived(peer, now)
         self._timers_handshake_complete(peer, now)
         self._events.append(HandshakeCompleted(peer.public_key, True))
         self._send_keepalive(peer, now, wall)
+
+    def _handshake_received(self, peer: PeerState, source: bytes, size: int, now: float) -> None:
+        """An authenticated handshake message from ``peer``: roam to ``source``, count it."""
+        peer.endpoint = source
+        peer.rx_bytes += size
+        self._timers_any_authenticated_packet_traversal(peer, now)
+        self._timers_any_authenticated_packet_received(peer)
+
+    def _derive_session(
+        self,
+        peer: PeerState,
+        chain_key: bytes,
+        *,
+        initiator: bool,
+        local_index: int,
+        remote_index: int,
+        now: float,
+    ) -> None:
+        """Split the finished handshake's chain key into a keypair (whitepaper 5.4.5)."""
+        send_key, receive_key = derive_transport_keys(chain_key, initiator=initiator)
+        keypair = Keypair(
+            send_key,
+            receive_key,
+            created=now,
+            initiator=initiator,
+            local_index=local_index,
+            remote_index=remote_index,
+        )
+        self._begin_session(peer, keypair)
+        self._timers_session_derived(peer, now)
 
     def _begin_session(self, peer: PeerState, keypair: Keypair) -> None:
         self._index[keypair.local_index] = (peer, keypair)
