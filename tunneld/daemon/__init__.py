@@ -1,0 +1,42 @@
+"""The daemon (``tunneld run``): tunnel table, local API, systemd integration.
+
+The pieces here depend on the overlay only through small protocols
+(:class:`TunnelBackend`, a ``StreamOpener``), so the real ``Overlay`` plugs in with a
+thin adapter.
+"""
+
+from __future__ import annotations
+
+from tunneld.daemon._tunnels import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    AgentOfflineError,
+    Lease,
+    NotPermittedError,
+    TunnelBackend,
+    TunnelBackendError,
+    TunnelError,
+    TunnelInfo,
+    TunnelState,
+    TunnelTable,
+    TunnelTableClosedError,
+    UnknownAgentError,
+    UnreachableError,
+)
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "AgentOfflineError",
+    "Lease",
+    "NotPermittedError",
+    "TunnelBackend",
+    "TunnelBackendError",
+    "TunnelError",
+    "TunnelInfo",
+    "TunnelState",
+    "TunnelTable",
+    "TunnelTableClosedError",
+    "UnknownAgentError",
+    "UnreachableError",
+]
