@@ -7,6 +7,13 @@ thin adapter.
 
 from __future__ import annotations
 
+from tunneld.daemon._systemd import (
+    SD_LISTEN_FDS_START,
+    ActivatedListener,
+    Notifier,
+    listen_fds,
+    watchdog_interval,
+)
 from tunneld.daemon._tunnels import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -27,9 +34,12 @@ from tunneld.daemon._tunnels import (
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "SD_LISTEN_FDS_START",
+    "ActivatedListener",
     "AgentOfflineError",
     "Lease",
     "NotPermittedError",
+    "Notifier",
     "TunnelBackend",
     "TunnelBackendError",
     "TunnelError",
@@ -39,4 +49,6 @@ __all__ = [
     "TunnelTableClosedError",
     "UnknownAgentError",
     "UnreachableError",
+    "listen_fds",
+    "watchdog_interval",
 ]
