@@ -7,6 +7,13 @@ thin adapter.
 
 from __future__ import annotations
 
+from tunneld.daemon._local_api import (
+    DIAL_PROTOCOL,
+    DaemonRunningError,
+    LocalApi,
+    default_socket_path,
+    open_api_listener,
+)
 from tunneld.daemon._systemd import (
     SD_LISTEN_FDS_START,
     ActivatedListener,
@@ -34,10 +41,13 @@ from tunneld.daemon._tunnels import (
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
+    "DIAL_PROTOCOL",
     "SD_LISTEN_FDS_START",
     "ActivatedListener",
     "AgentOfflineError",
+    "DaemonRunningError",
     "Lease",
+    "LocalApi",
     "NotPermittedError",
     "Notifier",
     "TunnelBackend",
@@ -49,6 +59,8 @@ __all__ = [
     "TunnelTableClosedError",
     "UnknownAgentError",
     "UnreachableError",
+    "default_socket_path",
     "listen_fds",
+    "open_api_listener",
     "watchdog_interval",
 ]
