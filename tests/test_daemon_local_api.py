@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -362,3 +364,74 @@ async def test_stale_socket_replaced_live_one_kept(socket_dir: Path, daemon: Dae
     (socket_dir / "plain").write_text("not a socket")
     with pytest.raises(FileExistsError):
         await open_api_listener(socket_dir / "plain")
+
+
+async def tunneld_cli(
+    *args: str, stdin: bytes = b"", **kwargs: object
+) -> trio.CompletedProcess[bytes]:
+    with trio.fail_after(30):
+        return await trio.run_process(
+            [sys.executable, "-m", "tunneld", *args],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+async def test_cli_status_and_agents(daemon: Daemon) -> None:
+    async with daemon.table.acquire("web1"):
+        result = await tunneld_cli("status", "--socket", str(daemon.path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert "node: laptop" in lines
+    assert lines[-2].split() == ["AGENT", "STATE", "LEASES", "IDLE", "PEER"]
+    assert lines[-1].split() == ["web1", "active", "1", "-", "peer-web1"]
+    result = await tunneld_cli("status", "--json", "--socket", str(daemon.path))
+    assert json.loads(result.stdout)["tunnels"][0]["state"] == "idle"
+    result = await tunneld_cli("agents", "--socket", str(daemon.path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().split() == ["NAME", "ONLINE", "web1", "True"]
+
+
+async def test_cli_dial_pipes_stdin_stdout(daemon: Daemon) -> None:
+    payload = os.urandom(200_000)
+    result = await tunneld_cli("dial", "--socket", str(daemon.path), "web1", "echo", stdin=payload)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == payload
+    await wait_released(daemon.table, "web1")
+
+
+async def test_cli_dial_errors(daemon: Daemon, socket_dir: Path) -> None:
+    result = await tunneld_cli("dial", "--socket", str(daemon.path), "ghost", "22")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == (
+        "tunneld: error: dial ghost:22: no agent named 'ghost' (unknown_agent)"
+    )
+    missing = socket_dir / "nope.sock"
+    result = await tunneld_cli("status", "--socket", str(missing))
+    assert result.returncode == 1
+    assert f"not running (no socket at {missing})" in result.stderr.decode()
+
+
+@needs_root
+async def test_cli_dial_without_permission(daemon: Daemon) -> None:
+    try:
+        await trio.run_process([sys.executable, "-c", "import tunneld"], user=NOBODY)
+    except (PermissionError, subprocess.CalledProcessError):
+        pytest.skip("this Python or the checkout is not readable by nobody")
+    result = await tunneld_cli(
+        "dial",
+        "--socket",
+        str(daemon.path),
+        "web1",
+        "echo",
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        env={**os.environ, "HOME": "/"},
+    )
+    assert result.returncode == 1
+    assert "permission denied: uid 65534 may only read" in result.stderr.decode()
+    assert daemon.backend.calls == []

@@ -12,7 +12,7 @@ from typing import Literal
 
 from tunneld.config._units import Duration, HostPort
 
-__all__ = ["Config", "ControlConfig", "LogConfig"]
+__all__ = ["Config", "ControlConfig", "DaemonConfig", "LogConfig"]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "text", "json"]
@@ -68,9 +68,30 @@ class ControlConfig:
     shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
 
 
+def _socket_mode(value: int) -> None:
+    if not 0 <= value <= 0o777:
+        raise ValueError("expected a permission mode 0..0o777, e.g. 0o660")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """``[daemon]``: the daemon (``tunneld run``): its local API and tunnel table."""
+
+    # "" means the default: /run/tunneld/tunneld.sock for root, else
+    # $XDG_RUNTIME_DIR/tunneld.sock (a user instance).
+    socket: str = ""
+    socket_group: str = "tunneld"
+    socket_mode: int = field(default=0o660, metadata={"check": _socket_mode})
+    idle_timeout: Duration = field(default=Duration(300.0), metadata={"check": _non_negative})
+    connect_timeout: Duration = field(
+        default=Duration(15.0), metadata={"check": _positive_duration}
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole config file. Every table is optional; absent tables take their defaults."""
 
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)

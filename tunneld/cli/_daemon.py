@@ -1,0 +1,173 @@
+"""``tunneld status``, ``tunneld agents``, ``tunneld dial``: clients of the daemon's local API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from tunneld.cli._common import CliError, Subparsers
+from tunneld.daemon import default_socket_path
+from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+
+__all__ = ["register"]
+
+
+def _add_socket(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help=(
+            "the daemon's local API socket (default: $TUNNELD_SOCKET, else"
+            " /run/tunneld/tunneld.sock as root, $XDG_RUNTIME_DIR/tunneld.sock otherwise)"
+        ),
+    )
+    parser.set_defaults(default_log_level="warning")
+
+
+def register(sub: Subparsers) -> None:
+    status = sub.add_parser(
+        "status",
+        help="show the daemon's state and its tunnels",
+        description="Ask the running daemon (`tunneld run`) for its state and tunnels.",
+    )
+    _add_socket(status)
+    status.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    status.set_defaults(func=_status)
+    agents = sub.add_parser(
+        "agents",
+        help="list the agents this node may reach",
+        description="Ask the running daemon which agents it knows and whether they are online.",
+    )
+    _add_socket(agents)
+    agents.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    agents.set_defaults(func=_agents)
+    dial = sub.add_parser(
+        "dial",
+        help="connect stdin/stdout to a service on an agent",
+        description=(
+            "Open a stream to PORT on AGENT through the daemon and copy stdin to it and it"
+            " to stdout, e.g. ssh -o ProxyCommand='tunneld dial %h 22' HOST."
+        ),
+    )
+    _add_socket(dial)
+    dial.add_argument("agent", metavar="AGENT", help="agent name")
+    dial.add_argument("port", metavar="PORT", help="service port (or name) on the agent")
+    dial.set_defaults(func=_dial)
+
+
+def _client(args: argparse.Namespace) -> LocalApiClient:
+    path = args.socket or os.environ.get("TUNNELD_SOCKET") or default_socket_path()
+    return LocalApiClient(path)
+
+
+def _call(client: LocalApiClient, method: str, target: str) -> object:
+    try:
+        return trio.run(client.request, method, target)
+    except DaemonUnavailableError as exc:
+        raise CliError(str(exc)) from None
+    except ApiError as exc:
+        raise CliError(_api_message(exc)) from None
+
+
+def _api_message(exc: ApiError) -> str:
+    if exc.code == "read_only":
+        return f"permission denied: {exc.message}"
+    return f"{exc.message} ({exc.code})"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _call(_client(args), "GET", "/v0/status")
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+        return 0
+    if not isinstance(answer, dict):
+        raise CliError("the daemon sent a malformed status")
+    tunnels = answer.get("tunnels") or []
+    for key, value in sorted(answer.items()):
+        if key != "tunnels":
+            print(f"{key}: {value}")
+    if not tunnels:
+        print("tunnels: none")
+        return 0
+    rows = [["AGENT", "STATE", "LEASES", "IDLE", "PEER"]]
+    for tunnel in tunnels:
+        idle = tunnel.get("idle_seconds")
+        rows.append(
+            [
+                str(tunnel.get("agent")),
+                str(tunnel.get("state")),
+                str(tunnel.get("leases")),
+                "-" if idle is None else f"{idle:.0f}s",
+                str(tunnel.get("peer") or "-"),
+            ]
+        )
+    print(_table(rows))
+    return 0
+
+
+def _agents(args: argparse.Namespace) -> int:
+    answer = _call(_client(args), "GET", "/v0/agents")
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+        return 0
+    agents = answer.get("agents") if isinstance(answer, dict) else None
+    if not isinstance(agents, list):
+        raise CliError("the daemon sent a malformed agent list")
+    if not agents:
+        print("no agents")
+        return 0
+    columns = sorted({key for agent in agents for key in agent} - {"name"})
+    rows = [["NAME", *(c.upper() for c in columns)]]
+    rows.extend([str(a.get("name")), *(str(a.get(c, "-")) for c in columns)] for a in agents)
+    print(_table(rows))
+    return 0
+
+
+def _dial(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        trio.run(_dial_async, client, args.agent, args.port)
+    except DaemonUnavailableError as exc:
+        raise CliError(str(exc)) from None
+    except ApiError as exc:
+        raise CliError(f"dial {args.agent}:{args.port}: {_api_message(exc)}") from None
+    return 0
+
+
+async def _dial_async(client: LocalApiClient, agent: str, port: str) -> None:
+    remote = await client.dial(agent, port)
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+    async with remote, stdin, stdout, trio.open_nursery() as nursery:
+
+        async def upload() -> None:
+            try:
+                while data := await stdin.receive_some(65536):
+                    await remote.send_all(data)
+                await remote.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(upload)
+        try:
+            while data := await remote.receive_some(65536):
+                await stdout.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        # The service closed its side: we are done, whatever stdin still holds.
+        nursery.cancel_scope.cancel()
