@@ -26,6 +26,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "mux": ("tunneld.bench._mux", "mux streams: simulated-link goodput, pure-core vs AEAD"),
 }
+BENCHMARKS["derp"] = (
+    "tunneld.bench.derp_relay",
+    "DERP relay round trips and streaming vs a WebSocket echo",
+)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The control plane: coordinator, DERP relay, STUN, users and tokens, storage."""

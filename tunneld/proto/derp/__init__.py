@@ -1,0 +1,112 @@
+"""DERP v2, Tailscale's relay protocol, as derper speaks it (sans-IO).
+
+Frames are 1 byte of type, 4 bytes of big-endian length and a payload; the handshake
+is SERVER_KEY (magic ‖ server key), CLIENT_INFO (client key ‖ NaCl box of JSON) and
+SERVER_INFO (NaCl box of JSON). :class:`ClientConnection` and
+:class:`ServerConnection` are the two ends; the ``encode_*`` functions build single
+frames (a relay uses them to fan packets out without a core per packet).
+"""
+
+from __future__ import annotations
+
+from tunneld.proto.derp._connection import ClientConnection, ConnectionState, ServerConnection
+from tunneld.proto.derp._errors import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_PROTOCOL_ERROR,
+    DerpError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from tunneld.proto.derp._events import (
+    ClientHello,
+    ClientInfo,
+    Connected,
+    DerpEvent,
+    Health,
+    KeepAlive,
+    NotePreferred,
+    PeerGone,
+    PeerPresent,
+    Ping,
+    Pong,
+    RecvPacket,
+    Restarting,
+    SendPacket,
+    ServerInfo,
+)
+from tunneld.proto.derp._frames import (
+    FRAME_HEADER_LEN,
+    KEY_LEN,
+    MAGIC,
+    MAX_PACKET_SIZE,
+    NONCE_LEN,
+    PING_LEN,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    PeerGoneReason,
+    encode_frame,
+    encode_health,
+    encode_keep_alive,
+    encode_note_preferred,
+    encode_peer_gone,
+    encode_peer_present,
+    encode_ping,
+    encode_pong,
+    encode_recv_packet,
+    encode_restarting,
+    encode_send_packet,
+    max_payload,
+)
+
+__all__ = [
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_PROTOCOL_ERROR",
+    "FRAME_HEADER_LEN",
+    "KEY_LEN",
+    "MAGIC",
+    "MAX_PACKET_SIZE",
+    "NONCE_LEN",
+    "PING_LEN",
+    "PROTOCOL_VERSION",
+    "ClientConnection",
+    "ClientHello",
+    "ClientInfo",
+    "Connected",
+    "ConnectionState",
+    "DerpError",
+    "DerpEvent",
+    "Frame",
+    "FrameDecoder",
+    "FrameType",
+    "Health",
+    "KeepAlive",
+    "LocalProtocolError",
+    "NotePreferred",
+    "PeerGone",
+    "PeerGoneReason",
+    "PeerPresent",
+    "Ping",
+    "Pong",
+    "RecvPacket",
+    "RemoteProtocolError",
+    "Restarting",
+    "SendPacket",
+    "ServerConnection",
+    "ServerInfo",
+    "encode_frame",
+    "encode_health",
+    "encode_keep_alive",
+    "encode_note_preferred",
+    "encode_peer_gone",
+    "encode_peer_present",
+    "encode_ping",
+    "encode_pong",
+    "encode_recv_packet",
+    "encode_restarting",
+    "encode_send_packet",
+    "max_payload",
+]
