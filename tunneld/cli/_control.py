@@ -1,0 +1,357 @@
+"""``tunneld control``: run the control plane; manage its users, tokens and grants.
+
+The ``user``/``token``/``grant`` subcommands open the data directory's database
+directly (WAL mode lets them run while a server is up; a revoked token's session is
+closed by the server's revocation poll).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from tunneld.cli._common import CliError, Subparsers
+from tunneld.config import ConfigError, load_config, parse_duration, parse_host_port
+from tunneld.config._sections import ControlConfig
+from tunneld.control import ControlServer, ControlSetupError, SqliteDatabase, SqliteStore
+from tunneld.control._server import write_ready_file
+from tunneld.control._store import StoreError
+from tunneld.control._tokens import hash_password, new_token
+from tunneld.log import get_logger
+from tunneld.proto.coord import validate_name
+
+__all__ = ["register"]
+
+log = get_logger(__name__)
+
+
+def _host_port(text: str) -> object:
+    try:
+        return parse_host_port(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Subcommands repeat these with SUPPRESS defaults so `control --data-dir D user list`
+    # and `control user list --data-dir D` both work without one overriding the other.
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", default=default, help="TOML config file"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        default=default,
+        help="state directory (default: [control].data_dir)",
+    )
+
+
+def register(sub: Subparsers) -> None:
+    control = sub.add_parser(
+        "control",
+        help="run the control plane (coordinator, DERP relay, STUN); manage users and tokens",
+        description=(
+            "Without a subcommand: serve the coordinator, DERP relay, STUN, /healthz and "
+            "/metrics. With one: manage users, tokens and grants in the data directory."
+        ),
+    )
+    _common(control, top=True)
+    control.add_argument(
+        "--listen",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="HTTP listen address (default: [control].listen, 127.0.0.1:7420; port 0 = any)",
+    )
+    control.add_argument(
+        "--stun-listen",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="STUN (UDP) listen address (default: [control].stun_listen)",
+    )
+    control.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="once serving, atomically write JSON with the bound URLs, keys and pid",
+    )
+    control.set_defaults(func=_serve)
+    groups = control.add_subparsers(dest="control_command", metavar="SUBCOMMAND")
+
+    user = groups.add_parser("user", help="add and list users")
+    user_cmds = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = user_cmds.add_parser("add", help="add a user")
+    add.add_argument("name", help="user name (letters, digits, '.', '_', '-')")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read a login password from stdin (one line); else the user has none",
+    )
+    _common(add, top=False)
+    add.set_defaults(func=_user_add)
+    ulist = user_cmds.add_parser("list", help="list users")
+    _common(ulist, top=False)
+    ulist.set_defaults(func=_user_list)
+
+    token = groups.add_parser("token", help="create, list and revoke bearer tokens")
+    token_cmds = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = token_cmds.add_parser("create", help="create a token and print it once")
+    create.add_argument("--user", required=True, help="the user the token speaks for")
+    create.add_argument(
+        "--agent", help="make an agent token: its node is this one agent of the user"
+    )
+    create.add_argument(
+        "--expires", metavar="DURATION", help='lifetime like "30d" or "12h" (default: never)'
+    )
+    _common(create, top=False)
+    create.set_defaults(func=_token_create)
+    tlist = token_cmds.add_parser("list", help="list tokens (ids only, never secrets)")
+    _common(tlist, top=False)
+    tlist.set_defaults(func=_token_list)
+    revoke = token_cmds.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id", help="the token id shown by `token list`")
+    _common(revoke, top=False)
+    revoke.set_defaults(func=_token_revoke)
+
+    grant = groups.add_parser("grant", help="let a user reach another user's agents")
+    grant_cmds = grant.add_subparsers(dest="grant_command", metavar="ACTION", required=True)
+    gadd = grant_cmds.add_parser("add", help="grant USER access to OWNER's AGENT ('*': all)")
+    gadd.add_argument("--user", required=True, help="who gets access")
+    gadd.add_argument("--owner", required=True, help="whose agent")
+    gadd.add_argument("--agent", required=True, help="agent name, or '*' for all of them")
+    _common(gadd, top=False)
+    gadd.set_defaults(func=_grant_add)
+    glist = grant_cmds.add_parser("list", help="list grants")
+    _common(glist, top=False)
+    glist.set_defaults(func=_grant_list)
+
+
+def _config(args: argparse.Namespace) -> ControlConfig:
+    config = load_config(args.config).control
+    if args.data_dir is not None:
+        config = dataclasses.replace(config, data_dir=args.data_dir)
+    return config
+
+
+def _open_db(args: argparse.Namespace) -> SqliteDatabase:
+    config = _config(args)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise CliError(f"{config.data_dir}: cannot create data directory: {exc.strerror}") from None
+    try:
+        return SqliteDatabase(config.data_dir / "control.db")
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _stamp(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_name(what: str, name: str) -> None:
+    problem = validate_name(name)
+    if problem is not None:
+        raise CliError(f"{what} {name!r}: {problem}")
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    _check_name("user name", args.name)
+    password_hash = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CliError("--password-stdin: read an empty password")
+        password_hash = hash_password(password)
+    db = _open_db(args)
+    try:
+        user = db.add_user(args.name, password_hash, time.time())
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        db.close()
+    print(f"added user {user.name}")
+    return 0
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    db = _open_db(args)
+    try:
+        users = db.list_users()
+    finally:
+        db.close()
+    print(f"{'NAME':<24} {'PASSWORD':<8} CREATED")
+    for user in users:
+        print(
+            f"{user.name:<24} {'yes' if user.has_password else 'no':<8} {_stamp(user.created_at)}"
+        )
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    if args.agent is not None:
+        _check_name("agent name", args.agent)
+    now = time.time()
+    expires_at = None
+    if args.expires is not None:
+        try:
+            lifetime = parse_duration(args.expires)
+        except ValueError:
+            raise CliError(
+                f"--expires: expected a duration like 30d or 12h, got {args.expires!r}"
+            ) from None
+        if lifetime.seconds <= 0:
+            raise CliError("--expires: must be longer than zero")
+        expires_at = now + lifetime.seconds
+    token = new_token()
+    db = _open_db(args)
+    try:
+        db.add_token(token.id, args.user, args.agent, token.secret_hash, now, expires_at)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        db.close()
+    kind = f"agent {args.agent!r}" if args.agent else "client"
+    print(
+        f"created {kind} token {token.id} for user {args.user!r} (expires {_stamp(expires_at)});"
+        " it is shown only now:",
+        file=sys.stderr,
+    )
+    print(token.value)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    db = _open_db(args)
+    try:
+        tokens = db.list_tokens()
+    finally:
+        db.close()
+    now = time.time()
+    print(f"{'ID':<12} {'USER':<16} {'AGENT':<16} {'STATE':<8} {'CREATED':<20} EXPIRES")
+    for t in tokens:
+        state = "revoked" if t.revoked_at is not None else "active" if t.active(now) else "expired"
+        print(
+            f"{t.id:<12} {t.user:<16} {t.agent or '-':<16} {state:<8} "
+            f"{_stamp(t.created_at):<20} {_stamp(t.expires_at)}"
+        )
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    db = _open_db(args)
+    try:
+        info = db.revoke_token(args.id, time.time())
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        db.close()
+    print(f"revoked token {info.id} of user {info.user}")
+    return 0
+
+
+def _grant_add(args: argparse.Namespace) -> int:
+    if args.agent != "*":
+        _check_name("agent name", args.agent)
+    db = _open_db(args)
+    try:
+        grant = db.add_grant(args.user, args.owner, args.agent, time.time())
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        db.close()
+    print(f"granted {grant.grantee} access to {grant.owner}/{grant.agent_name}")
+    return 0
+
+
+def _grant_list(args: argparse.Namespace) -> int:
+    db = _open_db(args)
+    try:
+        grants = db.list_grants()
+    finally:
+        db.close()
+    print(f"{'USER':<16} {'OWNER':<16} AGENT")
+    for g in grants:
+        print(f"{g.grantee:<16} {g.owner:<16} {g.agent_name}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.listen is not None:
+        config = dataclasses.replace(config, listen=args.listen)
+    if args.stun_listen is not None:
+        config = dataclasses.replace(config, stun_listen=args.stun_listen)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise CliError(f"{config.data_dir}: cannot create data directory: {exc.strerror}") from None
+    try:
+        trio.run(_run_server, config, args.ready_file)
+    except BaseException as exc:
+        # Nurseries wrap errors in exception groups; report the one cause plainly.
+        leaf = _unwrap(exc)
+        if isinstance(leaf, ControlSetupError):
+            raise ConfigError(str(leaf)) from None
+        if isinstance(leaf, StoreError):
+            raise CliError(str(leaf)) from None
+        if isinstance(leaf, OSError):
+            raise CliError(f"cannot serve on {config.listen}: {leaf.strerror or leaf}") from None
+        if isinstance(leaf, KeyboardInterrupt):
+            raise leaf from None
+        raise
+    return 0
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _run_server(config: ControlConfig, ready_file: Path | None) -> None:
+    from tunneld.control import default_relay_factory, default_stun_serve
+
+    store = await SqliteStore.open(config.data_dir / "control.db")
+    try:
+        server = ControlServer(
+            config,
+            store,
+            relay_factory=default_relay_factory(),
+            stun_serve=default_stun_serve(),
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                info = await nursery.start(server.serve)
+                if ready_file is not None:
+                    await trio.to_thread.run_sync(write_ready_file, ready_file, info)
+                log.info("control.ready", url=info.url, pid=info.pid)
+                nursery.start_soon(_stop_on_signal, signals, server)
+                await server.stopped.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+            if ready_file is not None:
+                await trio.to_thread.run_sync(lambda: ready_file.unlink(missing_ok=True))
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], server: ControlServer) -> None:
+    async for signum in signals:
+        log.info("control.signal", signal=signal.Signals(signum).name)
+        server.shutdown()
+        break
+    # A second signal while draining: stop at once.
+    async for _ in signals:
+        raise KeyboardInterrupt

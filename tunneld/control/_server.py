@@ -1,0 +1,329 @@
+"""``tunneld control`` as a service: HTTP routes, the coordinator, relay, STUN, metrics.
+
+Routes:
+
+* ``GET /api/v1/coordinate`` — WebSocket coordinator session (``Authorization: Bearer``,
+  checked before the upgrade: 401 without a valid token).
+* ``GET /api/v1/nodes`` — JSON list of the nodes the caller may see (bearer auth).
+* ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
+* ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
+* ``GET /metrics`` — Prometheus text from this server's own registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import trio
+import trio_websocket
+
+from tunneld.config._sections import ControlConfig
+from tunneld.control._coordinator import Coordinator, CoordinatorSettings
+from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
+from tunneld.control._store import Store
+from tunneld.control._stun import StunStats
+from tunneld.http import HttpServer, Request, Response, Router
+from tunneld.keys import BadKeyError, generate_private_key, read_key_file, write_key_file
+from tunneld.log import get_logger
+
+__all__ = [
+    "ControlServer",
+    "ControlSetupError",
+    "RelayLike",
+    "ServerInfo",
+    "load_or_create_key",
+    "write_ready_file",
+]
+
+log = get_logger(__name__)
+
+_UNAUTHORIZED_HEADERS = [("WWW-Authenticate", 'Bearer realm="tunneld"')]
+
+
+class ControlSetupError(Exception):
+    """The server cannot start as configured; the message names the config key."""
+
+
+class RelayLike(Protocol):
+    """The part of the DERP relay the control server drives."""
+
+    @property
+    def public_key(self) -> bytes: ...
+    @property
+    def stats(self) -> RelayStatsLike: ...
+    async def handle_websocket(
+        self, request: Request, ws: trio_websocket.WebSocketConnection
+    ) -> None: ...
+    def close_peer(self, key: bytes) -> None: ...
+    async def announce_restart(self, reconnect_in: float, try_for: float) -> None: ...
+
+
+RelayFactory = Callable[[bytes, Callable[[bytes], Awaitable[bool]]], RelayLike]
+StunServe = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What a running server bound; also the ``--ready-file`` JSON."""
+
+    url: str
+    coordinate_url: str
+    derp_url: str
+    stun: str | None
+    derp_public_key: str | None
+    pid: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def write_ready_file(path: Path, info: ServerInfo) -> None:
+    """Write ``info`` as JSON to ``path`` atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(info.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The private key in ``path``, generating one (mode 0600) on first use.
+
+    Raises:
+        BadKeyError: the file exists but is unreadable, too open or malformed.
+    """
+    if not path.exists():
+        write_key_file(path, generate_private_key())
+        log.info("control.derp_key_created", path=str(path))
+    return read_key_file(path, what="DERP relay private key")
+
+
+def _format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _ssl_context(config: ControlConfig) -> ssl.SSLContext | None:
+    if bool(config.tls_cert) != bool(config.tls_key):
+        missing = "tls_key" if config.tls_cert else "tls_cert"
+        raise ControlSetupError(f"[control].{missing}: required when the other TLS file is set")
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ControlSetupError(
+            f"[control].tls_cert/tls_key: cannot load {config.tls_cert}, {config.tls_key}: {exc}"
+        ) from None
+    return context
+
+
+class ControlServer:
+    """One control-plane server over an open :class:`Store`.
+
+    ``relay_factory(private_key, authorize)`` builds the DERP relay and ``stun_serve``
+    is ``serve_stun(host, port, *, stats, task_status)``; either may be None (not
+    served).
+    The store stays open after :meth:`serve` returns; the caller closes it.
+    """
+
+    def __init__(
+        self,
+        config: ControlConfig,
+        store: Store,
+        *,
+        relay_factory: RelayFactory | None = None,
+        stun_serve: StunServe | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.coordinator = Coordinator(
+            store,
+            CoordinatorSettings(
+                lost_grace=config.lost_grace.seconds,
+                revocation_poll=config.revocation_poll.seconds,
+                rate=config.update_rate,
+                burst=config.update_burst,
+            ),
+            wall_clock=wall_clock,
+        )
+        self._wall = wall_clock
+        self._relay_factory = relay_factory
+        self._stun_serve = stun_serve
+        self.stun_stats = StunStats()
+        self.relay: RelayLike | None = None
+        self.info: ServerInfo | None = None
+        self._stop = trio.Event()
+        self.stopped = trio.Event()
+        self._started_at = 0.0
+        self._registry = make_registry(self.coordinator, None)
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown; :meth:`serve` returns when it is done."""
+        self._stop.set()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until :meth:`shutdown` (or cancellation); reports a :class:`ServerInfo`.
+
+        Raises:
+            ControlSetupError: bad TLS settings or DERP key file.
+            OSError: a listen address cannot be bound.
+        """
+        try:
+            await self._serve(task_status)
+        finally:
+            self.stopped.set()
+
+    async def _serve(self, task_status: trio.TaskStatus[ServerInfo]) -> None:
+        config = self.config
+        ssl_context = _ssl_context(config)
+        if self._relay_factory is not None:
+            key_path = (
+                Path(config.derp_key_file) if config.derp_key_file else config.data_dir / "derp.key"
+            )
+            try:
+                private = await trio.to_thread.run_sync(load_or_create_key, key_path)
+            except (BadKeyError, OSError) as exc:
+                raise ControlSetupError(f"[control].derp_key_file: {exc}") from None
+            self.relay = self._relay_factory(private, self._relay_authorize)
+            self.coordinator.on_revoked = self.relay.close_peer
+        self._registry = make_registry(
+            self.coordinator,
+            None if self.relay is None else self.relay.stats,
+            self.stun_stats if self._stun_serve is not None and config.stun else None,
+        )
+        router = self._router()
+        http = HttpServer(router, ssl_context=ssl_context)
+        self._started_at = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.coordinator.run)
+            stun_addr: str | None = None
+            if self._stun_serve is not None and config.stun:
+                bound = await nursery.start(
+                    functools.partial(self._stun_serve, stats=self.stun_stats),
+                    config.stun_listen.host,
+                    config.stun_listen.port,
+                )
+                stun_addr = f"{_format_host(bound[0])}:{bound[1]}"
+            async with trio.open_nursery() as http_nursery:
+                host, port = await http_nursery.start(
+                    http.serve_tcp, config.listen.host, config.listen.port
+                )
+                self.info = self._info(host, port, ssl_context is not None, stun_addr)
+                log.info(
+                    "control.serving",
+                    url=self.info.url,
+                    stun=stun_addr,
+                    relay=self.relay is not None,
+                )
+                task_status.started(self.info)
+                await self._stop.wait()
+                log.info("control.shutting_down", grace=config.shutdown_grace.seconds)
+                await self._announce_restart()
+                self.coordinator.close_all()
+                http.shutdown(config.shutdown_grace.seconds)
+            nursery.cancel_scope.cancel()
+
+    async def _announce_restart(self) -> None:
+        if self.relay is not None:
+            # DERP Restarting frame: come back in a second, keep trying for 30 s.
+            await self.relay.announce_restart(1.0, 30.0)
+
+    def _info(self, host: str, port: int, tls: bool, stun: str | None) -> ServerInfo:
+        if self.config.public_url:
+            base = self.config.public_url.rstrip("/")
+        else:
+            base = f"{'https' if tls else 'http'}://{_format_host(host)}:{port}"
+        ws_base = "ws" + base[len("http") :] if base.startswith("http") else base
+        key = None if self.relay is None else base64.b64encode(self.relay.public_key).decode()
+        return ServerInfo(
+            url=base,
+            coordinate_url=f"{ws_base}/api/v1/coordinate",
+            derp_url=f"{ws_base}/derp",
+            stun=stun,
+            derp_public_key=key,
+            pid=os.getpid(),
+        )
+
+    async def _relay_authorize(self, node_key: bytes) -> bool:
+        # A relay client must be a node the coordinator registered, whose token is
+        # still valid (DERP itself proves the client holds the key's private half).
+        return await self.store.node_key_active(node_key, self._wall())
+
+    # --- routes -----------------------------------------------------------------------
+
+    def _router(self) -> Router:
+        router = Router()
+        router.websocket(
+            "/api/v1/coordinate",
+            self._coordinate,
+            authorize=self._authorize,
+            max_message_size=64 * 1024,
+        )
+        router.route("GET", "/api/v1/nodes", self._nodes)
+        router.route("GET", "/healthz", self._healthz)
+        router.route("GET", "/metrics", self._metrics)
+        if self.relay is not None:
+            router.websocket(
+                "/derp",
+                self.relay.handle_websocket,
+                subprotocols=["derp"],
+                require_subprotocol=True,
+            )
+        return router
+
+    async def _authorize(self, request: Request) -> Response | None:
+        principal = await self.coordinator.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            return Response.error(
+                401, "a valid bearer token is required", headers=_UNAUTHORIZED_HEADERS
+            )
+        return None
+
+    async def _coordinate(self, request: Request, ws: trio_websocket.WebSocketConnection) -> None:
+        # Checked again after the upgrade: the principal is not carried over from
+        # _authorize, and a token revoked in between must not get a session.
+        principal = await self.coordinator.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            await ws.aclose(1008, "token revoked or expired")
+            return
+        await self.coordinator.handle_session(principal, ws)
+
+    async def _nodes(self, request: Request) -> Response:
+        principal = await self.coordinator.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            return Response.error(
+                401, "a valid bearer token is required", headers=_UNAUTHORIZED_HEADERS
+            )
+        return Response.json({"nodes": await self.coordinator.visible_nodes(principal)})
+
+    async def _healthz(self, request: Request) -> Response:
+        relay_clients = None if self.relay is None else self.relay.stats.clients_current
+        return Response.json(
+            {
+                "status": "ok",
+                "uptime": round(trio.current_time() - self._started_at, 3),
+                "coordinator_sessions": self.coordinator.sessions_current,
+                "nodes_online": self.coordinator.nodes_online,
+                "relay": self.relay is not None,
+                "relay_clients": relay_clients,
+            }
+        )
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, [("Content-Type", CONTENT_TYPE)], render(self._registry))

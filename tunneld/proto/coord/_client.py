@@ -1,0 +1,118 @@
+"""The client side of a coordinator session, sans-IO: requests out, peer state in.
+
+The overlay keeps one :class:`CoordinatorClient` for the life of the node (not of one
+WebSocket): it remembers the node it last announced and the tunnels it wants, so after
+a reconnect :meth:`CoordinatorClient.replay` yields everything to send again (SPECS.md,
+"Clients replay their tunnels after a reconnect").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunneld.proto.coord._messages import (
+    AddTunnel,
+    Disconnect,
+    Error,
+    HomeRelay,
+    Node,
+    PeerUpdate,
+    PeerUpdateKind,
+    ReadyForHandshake,
+    RemoveTunnel,
+    Response,
+    UpdateSelf,
+    decode_response,
+    encode,
+)
+
+__all__ = ["CoordinatorClient", "PeerState"]
+
+
+@dataclass(slots=True)
+class PeerState:
+    """What the coordinator last told us about one peer."""
+
+    node: Node
+    online: bool = True
+    ready_for_handshake: bool = False
+
+
+@dataclass(slots=True)
+class CoordinatorClient:
+    """Builds requests and folds responses into a peer table.
+
+    Every method that returns ``bytes`` returns one WebSocket binary message to send.
+    Nothing here does I/O or reads a clock; ``as_of`` is passed in.
+    """
+
+    self_node: Node | None = None
+    tunnels: set[str] = field(default_factory=set)
+    peers: dict[str, PeerState] = field(default_factory=dict)
+
+    def update_self(
+        self,
+        *,
+        name: str,
+        node_key: bytes,
+        endpoints: tuple[str, ...] = (),
+        home_relay: HomeRelay | None = None,
+        as_of: float = 0.0,
+    ) -> bytes:
+        """Announce (or re-announce) our node; ``id``/``owner`` come from the token."""
+        self.self_node = Node("", name, "", node_key, endpoints, home_relay, as_of)
+        return encode(UpdateSelf(self.self_node))
+
+    def add_tunnel(self, peer: str) -> bytes:
+        """Ask to reach ``peer`` (a node id, an agent name or ``owner/agent``)."""
+        self.tunnels.add(peer)
+        return encode(AddTunnel(peer))
+
+    def remove_tunnel(self, peer: str) -> bytes:
+        """Stop wanting ``peer``."""
+        self.tunnels.discard(peer)
+        return encode(RemoveTunnel(peer))
+
+    def ready_for_handshake(self, peer_id: str) -> bytes:
+        """Tell peer ``peer_id`` (a node id) that we know it and accept its handshake."""
+        return encode(ReadyForHandshake(peer_id))
+
+    def disconnect(self) -> bytes:
+        """Leave on purpose: peers hear ``disconnected`` at once instead of ``lost``."""
+        return encode(Disconnect())
+
+    def replay(self) -> list[bytes]:
+        """Everything to send on a fresh session: our node first, then each tunnel."""
+        messages = []
+        if self.self_node is not None:
+            messages.append(encode(UpdateSelf(self.self_node)))
+        messages.extend(encode(AddTunnel(peer)) for peer in sorted(self.tunnels))
+        return messages
+
+    def receive(self, data: bytes) -> Response:
+        """Parse one message from the coordinator and update :attr:`peers`.
+
+        Raises:
+            RemoteProtocolError: the message is invalid; close the session with its
+                ``close_code`` and ``reason`` and reconnect.
+        """
+        response = decode_response(data)
+        if isinstance(response, Error):
+            return response
+        self._apply(response)
+        return response
+
+    def _apply(self, update: PeerUpdate) -> None:
+        state = self.peers.get(update.id)
+        if update.kind is PeerUpdateKind.NODE and update.node is not None:
+            if state is None:
+                self.peers[update.id] = PeerState(update.node)
+            else:
+                state.node = update.node
+                state.online = True
+        elif update.kind is PeerUpdateKind.DISCONNECTED:
+            self.peers.pop(update.id, None)
+        elif state is not None and update.kind is PeerUpdateKind.LOST:
+            state.online = False
+        elif state is not None and update.kind is PeerUpdateKind.READY_FOR_HANDSHAKE:
+            state.ready_for_handshake = True
