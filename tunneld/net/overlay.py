@@ -137,6 +137,8 @@ class OverlayConfig:
         unsure_after: silence on the direct path after which we send on both paths.
         direct_timeout: silence on the direct path after which we fall back to relay.
         backoff_cap: the longest reconnect delay.
+        forget_after: how long a peer the coordinator called disconnected is kept (with
+            its mux and streams) in case it comes back with the same key.
     """
 
     name: str
@@ -152,6 +154,7 @@ class OverlayConfig:
     unsure_after: float = 1.5
     direct_timeout: float = 4.0
     backoff_cap: float = 30.0
+    forget_after: float = 30.0
 
 
 @dataclass(slots=True)
@@ -213,6 +216,7 @@ class _Peer:
         )
         self.cancel = trio.CancelScope()
         self.created = now
+        self.gone_at: float | None = None
 
     def candidate_paths(self) -> list[Path]:
         paths = []
@@ -455,6 +459,7 @@ class Overlay:
         if link is not None:
             link.node = node
             link.online = True
+            link.gone_at = None
             self._notify()
             return
         if node.node_key == self.public_key:
@@ -473,9 +478,18 @@ class Overlay:
         self._peers.pop(link.id, None)
         self._by_key.pop(link.key, None)
         self._core.remove_peer(link.key)
-        link.cancel.cancel()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._close_peer, link)
         log.info("overlay.peer_removed", peer=link.id)
         self._notify()
+
+    async def _close_peer(self, link: _Peer) -> None:
+        # Close the mux so every stream user sees BrokenResourceError instead of
+        # waiting forever, give the CLOSE a moment to leave, then stop the driver.
+        await link.mux.aclose(0, "peer removed")
+        with trio.move_on_after(0.5):
+            await trio.sleep(0.1)
+        link.cancel.cancel()
 
     async def _run_peer(self, link: _Peer) -> None:
         with link.cancel:
@@ -662,6 +676,9 @@ class Overlay:
             await trio.sleep(self.config.probe_interval)
             now = trio.current_time()
             for link in list(self._peers.values()):
+                if link.gone_at is not None and now - link.gone_at > self.config.forget_after:
+                    self._drop_peer(link)
+                    continue
                 if not link.handshake_done or link.mux.closed is not None:
                     continue
                 if (
@@ -727,8 +744,13 @@ class Overlay:
                 self._notify()
         elif message.kind is PeerUpdateKind.DISCONNECTED:
             link = self._peers.get(message.id)
-            if link is not None:
-                self._drop_peer(link)
+            if link is not None and link.gone_at is None:
+                # Keep the link (and its mux) for ``forget_after``: "offline" also comes
+                # when our own session reconnects before the peer's, and the peer may
+                # simply be back in a moment with the same key.
+                link.online = False
+                link.gone_at = trio.current_time()
+                self._notify()
 
     async def _coord_send(self, data: bytes) -> None:
         session = self._session
@@ -753,6 +775,7 @@ class Overlay:
                     self.relay_error = None
                     attempt = 0
                     log.info("overlay.relay_connected")
+                    self._nudge_peers()
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._relay_writer, derp)
                         await self._relay_reader(derp)
@@ -764,6 +787,15 @@ class Overlay:
             self.relay_state = LinkState.BACKOFF
             attempt += 1
             await trio.sleep(backoff_delay(attempt, self._rng, self.config.backoff_cap))
+
+    def _nudge_peers(self) -> None:
+        """A path came back: ping every peer so lost data is found without a long PTO."""
+        for link in self._peers.values():
+            try:
+                link.mux.core.send_ping()
+            except ConnectionClosedError:
+                continue
+            link.mux._kick()
 
     async def _relay_reader(self, derp: DerpClient) -> None:
         while True:
