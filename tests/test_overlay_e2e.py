@@ -8,6 +8,7 @@ switch; the control server is stopped mid-transfer and the stream still complete
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -69,13 +70,15 @@ async def running(nursery: trio.Nursery, overlay: Overlay) -> AsyncIterator[Over
 
 async def wait_until(overlay: Overlay, predicate: object) -> None:
     with trio.fail_after(WAIT):
-        while not predicate():  # type: ignore[operator]
+        # Polling a status snapshot, as a user of Overlay.status() would.
+        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110
             await trio.sleep(0.02)
 
 
 def peer_status(overlay: Overlay) -> PeerStatus:
     peers = overlay.status()["peers"]
-    assert isinstance(peers, list) and len(peers) == 1, peers
+    assert isinstance(peers, list)
+    assert len(peers) == 1, peers
     status = peers[0]
     assert isinstance(status, PeerStatus)
     return status
@@ -107,7 +110,8 @@ async def test_stream_moves_from_relay_to_direct_without_losing_a_byte(
             with trio.fail_after(WAIT * 2):
                 await stream.send_all(payload[:third])
                 status = peer_status(laptop)
-                assert status.path == "relay" and status.handshake, status
+                assert status.path == "relay", status
+                assert status.handshake, status
                 assert laptop.status()["relay"] == LinkState.CONNECTED.value
 
                 # Now both announce their real UDP endpoints: the peers probe and
@@ -127,7 +131,9 @@ async def test_stream_moves_from_relay_to_direct_without_losing_a_byte(
                 # The control server (coordinator and relay) goes away; the direct
                 # path carries the rest.
                 h.server.shutdown()
-                await wait_until(laptop, lambda: laptop.coordinator_state is not LinkState.CONNECTED)
+                await wait_until(
+                    laptop, lambda: laptop.coordinator_state is not LinkState.CONNECTED
+                )
                 await stream.send_all(payload[offset:])
                 await stream.send_eof()
                 answer = b""
@@ -191,7 +197,8 @@ async def test_a_node_of_another_user_cannot_reach_the_agent(
                 await intruder.add_tunnel(reference)
                 await wait_until(intruder, lambda: intruder.last_coordinator_error is not None)
                 error = intruder.last_coordinator_error
-                assert error is not None and error.code == "not_found", error
+                assert error is not None
+                assert error.code == "not_found", error
                 assert error.peer == reference
                 intruder.last_coordinator_error = None
             with trio.move_on_after(1.0) as scope:
@@ -199,3 +206,75 @@ async def test_a_node_of_another_user_cannot_reach_the_agent(
             assert scope.cancelled_caught
             assert intruder.status()["peers"] == []
             assert agent.status()["peers"] == []
+
+
+class UdpMiddlebox:
+    """A UDP forwarder standing in for a NAT's mapping: the agent announces it as its
+    endpoint; ``blackhole`` makes it drop everything (the direct path goes silent)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.blackhole = False
+        self.forwarded = 0
+        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.client: tuple[str, int] | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.sock:
+            await self.sock.bind(("127.0.0.1", 0))
+            task_status.started(self.sock.getsockname()[1])
+            while True:
+                data, address = await self.sock.recvfrom(65535)
+                if self.blackhole:
+                    continue
+                if address == self.target:
+                    if self.client is not None:
+                        await self.sock.sendto(data, self.client)
+                else:
+                    self.client = address
+                    await self.sock.sendto(data, self.target)
+                self.forwarded += 1
+
+
+async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    timings = {"probe_interval": 0.2, "unsure_after": 0.4, "direct_timeout": 1.0}
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"), **timings)
+        laptop = make_overlay(h, "laptop", await h.token("alice"), endpoints=(), **timings)
+        async with running(nursery, agent), running(nursery, laptop):
+            assert agent.local_address is not None
+            box = UdpMiddlebox(agent.local_address)
+            box_port = await nursery.start(box.serve)
+            await agent.set_endpoints((f"127.0.0.1:{box_port}",))
+            await laptop.add_tunnel("web1")
+            payload = bytes(range(251)) * (3 * 1024 * 1024 // 251)
+            with trio.fail_after(WAIT * 2):
+                stream = await laptop.open_stream("web1", "sha256")
+                await laptop.wait_direct("web1")
+                assert peer_status(laptop).direct_endpoint == f"127.0.0.1:{box_port}"
+                half = len(payload) // 2
+                await stream.send_all(payload[:half])
+                box.blackhole = True
+                async with trio.open_nursery() as inner:
+
+                    async def send_rest() -> None:
+                        offset = half
+                        while offset < len(payload):
+                            await stream.send_all(payload[offset : offset + CHUNK])
+                            offset += CHUNK
+                        await stream.send_eof()
+
+                    inner.start_soon(send_rest)
+                answer = b""
+                while data := await stream.receive_some():
+                    answer += data
+            assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+            assert peer_status(laptop).path == "relay"
+            # The mapping comes back: the next probe finds it and traffic goes direct.
+            box.blackhole = False
+            with trio.fail_after(WAIT):
+                await laptop.wait_direct("web1")
+            await stream.aclose()

@@ -99,6 +99,8 @@ RELAY_PATH = Path("relay", reliable=True, address=b"relay")
 _DERP_SOURCE = b"D:"
 _MAX_DATAGRAM = 65535
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
+_PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
+_PATH_RESPONSE = 0x31
 
 
 class LinkState(enum.Enum):
@@ -225,6 +227,15 @@ class _Peer:
             if address is not None:
                 paths.append(_udp_path(address))
         return paths
+
+
+def _is_path_packet(packet: bytes) -> bool:
+    """Whether a mux packet starts with PATH_PROBE/PATH_RESPONSE (docs/mux.md): the
+    core sends those alone in a packet, after the packet number (a QUIC varint)."""
+    if not packet:
+        return False
+    offset = 1 << (packet[0] >> 6)
+    return len(packet) > offset and packet[offset] in (_PATH_PROBE, _PATH_RESPONSE)
 
 
 def _udp_path(address: UdpAddress) -> Path:
@@ -542,8 +553,12 @@ class Overlay:
         self._core.send(link.key, data, now, self._wall())
         outgoing = self._core.datagrams_to_send(now)
         link.bytes_sent += len(data)
-        # A probe or a probe's answer goes on exactly its path; the rest follows the route.
-        targets = [path] if path != link.mux.core.path else self._route(link, now)
+        # A probe or a probe's answer goes on exactly its path (a copy on the relay would
+        # validate a dead direct path); the rest follows the peer's route.
+        if path != link.mux.core.path or _is_path_packet(data):
+            targets = [path]
+        else:
+            targets = self._route(link, now)
         await self._transmit(outgoing, targets)
 
     def _route(self, link: _Peer, now: float) -> list[Path]:
