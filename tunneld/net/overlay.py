@@ -99,6 +99,13 @@ RELAY_PATH = Path("relay", reliable=True, address=b"relay")
 _DERP_SOURCE = b"D:"
 _MAX_DATAGRAM = 65535
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
+# Every mux packet inside WireGuard starts with a version byte and the two sides' mux
+# connection ids (initiator's, responder's; zero = not known yet), so a peer that
+# restarts or replaces its connection is noticed at once (docs/overlay.md).
+_MUX_VERSION = b"\x01"
+_ID_SIZE = 8
+_NO_ID = bytes(_ID_SIZE)
+_HEADER_SIZE = 1 + 2 * _ID_SIZE
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
 
@@ -175,17 +182,26 @@ class PeerStatus:
     bytes_sent: int
     bytes_received: int
     streams: int
+    connection: str  # our mux connection id (hex); changes when the connection is replaced
 
 
 class _PeerTransport:
-    """The mux connection's DatagramTransport for one peer: WireGuard over relay/UDP."""
+    """One mux connection's DatagramTransport: WireGuard over relay/UDP to one peer.
 
-    def __init__(self, overlay: Overlay, peer: _Peer) -> None:
+    ``local_id`` names the mux connection; packets of a connection that has been
+    replaced are dropped rather than sent with the new connection's ids.
+    """
+
+    def __init__(self, overlay: Overlay, peer: _Peer, local_id: bytes) -> None:
         self._overlay = overlay
         self._peer = peer
+        self.local_id = local_id
         self.send_channel, self._receive = trio.open_memory_channel[tuple[bytes, Path]](1024)
 
     async def send(self, data: bytes, path: Path) -> None:
+        if self.local_id != self._peer.local_id:
+            await trio.lowlevel.checkpoint()
+            return
         await self._overlay._send_mux(self._peer, data, path)
 
     async def receive(self) -> tuple[bytes, Path]:
@@ -207,18 +223,57 @@ class _Peer:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.ready = trio.Event()
-        self.transport = _PeerTransport(overlay, self)
         self.initiator = overlay.public_key < self.key
-        self.mux = MuxConnection(
-            self.transport,
-            is_initiator=self.initiator,
-            config=overlay.config.mux,
-            path=RELAY_PATH,
-            on_event=lambda event: overlay._on_mux_event(self, event),
-        )
+        self.nursery: trio.Nursery | None = None
+        self.local_id = b""
+        self.remote_id = _NO_ID
+        self.transport, self.mux = self.new_mux(overlay)
         self.cancel = trio.CancelScope()
         self.created = now
         self.gone_at: float | None = None
+
+    def new_mux(self, overlay: Overlay) -> tuple[_PeerTransport, MuxConnection]:
+        """A fresh mux connection (new id; the peer's id is learnt from its packets)."""
+        self.local_id = secrets.token_bytes(_ID_SIZE)
+        self.remote_id = _NO_ID
+        transport = _PeerTransport(overlay, self, self.local_id)
+        mux: MuxConnection = MuxConnection(
+            transport,
+            is_initiator=self.initiator,
+            config=overlay.config.mux,
+            path=self.direct or RELAY_PATH,
+            on_event=lambda event: overlay._on_mux_event(self, mux, event),
+        )
+        # Speak first: the peer learns our new connection id (and drops its stale
+        # connection) without waiting for us to have data.
+        mux.core.send_ping()
+        return transport, mux
+
+    def header(self) -> bytes:
+        """The mux header of our packets: initiator's connection id, responder's."""
+        if self.initiator:
+            return _MUX_VERSION + self.local_id + self.remote_id
+        return _MUX_VERSION + self.remote_id + self.local_id
+
+    def accept_header(self, header: bytes) -> str:
+        """Check a received header: "deliver", "drop" (stale) or "renew" (the peer
+        started a new connection: replace ours, then deliver)."""
+        initiator_id = header[1 : 1 + _ID_SIZE]
+        responder_id = header[1 + _ID_SIZE :]
+        if self.initiator:
+            # Only our current connection id (or none yet) is ours; the responder's id
+            # changing means it restarted or replaced its connection.
+            theirs, ours = responder_id, initiator_id
+        else:
+            theirs, ours = initiator_id, responder_id
+        if theirs == _NO_ID or ours not in (_NO_ID, self.local_id):
+            return "drop"
+        if self.remote_id == _NO_ID:
+            self.remote_id = theirs
+            return "deliver"
+        if theirs == self.remote_id:
+            return "deliver"
+        return "renew"
 
     def candidate_paths(self) -> list[Path]:
         paths = []
@@ -409,6 +464,7 @@ class Overlay:
                     bytes_sent=link.bytes_sent,
                     bytes_received=link.bytes_received,
                     streams=len(link.mux.core.stream_ids()),
+                    connection=link.local_id.hex(),
                 )
             )
         return {
@@ -505,15 +561,32 @@ class Overlay:
     async def _run_peer(self, link: _Peer) -> None:
         with link.cancel:
             async with trio.open_nursery() as nursery:
-                await nursery.start(link.mux.run)
-                nursery.start_soon(self._accept_loop, link)
+                link.nursery = nursery
+                nursery.start_soon(self._drive_mux, link, link.mux)
                 link.ready.set()
+                await trio.sleep_forever()
         link.ready.set()
 
-    async def _accept_loop(self, link: _Peer) -> None:
+    def _renew_mux(self, link: _Peer, reason: str) -> None:
+        """Replace ``link``'s mux connection (its streams break) with a fresh one."""
+        old = link.mux
+        link.transport, link.mux = link.new_mux(self)
+        log.info("overlay.mux_renewed", peer=link.id, reason=reason)
+        if link.nursery is not None:
+            link.nursery.start_soon(self._drive_mux, link, link.mux)
+            link.nursery.start_soon(old.aclose, 0, "replaced")
+        self._notify()
+
+    async def _drive_mux(self, link: _Peer, mux: MuxConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._accept_loop, link, mux)
+            await mux.run()
+            nursery.cancel_scope.cancel()
+
+    async def _accept_loop(self, link: _Peer, mux: MuxConnection) -> None:
         while True:
             try:
-                stream = await link.mux.accept_stream()
+                stream = await mux.accept_stream()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return
             if self._on_stream is None or self._handlers is None:
@@ -532,7 +605,9 @@ class Overlay:
 
     # -- mux over WireGuard ----------------------------------------------------------
 
-    def _on_mux_event(self, link: _Peer, event: Event) -> None:
+    def _on_mux_event(self, link: _Peer, mux: MuxConnection, event: Event) -> None:
+        if mux is not link.mux:
+            return  # a replaced connection winding down
         if isinstance(event, PathResponse):
             if event.path == RELAY_PATH:
                 link.rtt = event.rtt
@@ -546,11 +621,13 @@ class Overlay:
                 self._notify()
         elif isinstance(event, ConnectionClosed):
             log.warning("overlay.mux_closed", peer=link.id, code=event.error_code)
+            if link.id in self._peers:
+                self._renew_mux(link, f"closed ({event.error_code})")
 
     async def _send_mux(self, link: _Peer, data: bytes, path: Path) -> None:
         """Encrypt one mux packet for ``link`` and send it on ``path`` or the peer's route."""
         now = trio.current_time()
-        self._core.send(link.key, data, now, self._wall())
+        self._core.send(link.key, link.header() + data, now, self._wall())
         outgoing = self._core.datagrams_to_send(now)
         link.bytes_sent += len(data)
         # A probe or a probe's answer goes on exactly its path (a copy on the relay would
@@ -647,11 +724,21 @@ class Overlay:
             elif isinstance(event, HandshakeTimedOut):
                 log.info("overlay.handshake_timed_out", peer=link.id)
             elif isinstance(event, DataReceived) and path is not None and event.payload:
+                payload = event.payload
+                if len(payload) <= _HEADER_SIZE or payload[:1] != _MUX_VERSION:
+                    continue
+                verdict = link.accept_header(payload[:_HEADER_SIZE])
+                if verdict == "drop":
+                    continue
+                if verdict == "renew":
+                    self._renew_mux(link, "peer started a new connection")
+                    if link.accept_header(payload[:_HEADER_SIZE]) != "deliver":
+                        continue
                 if path == link.direct:
                     link.last_direct_rx = trio.current_time()
-                link.bytes_received += len(event.payload)
+                link.bytes_received += len(payload)
                 try:
-                    link.transport.send_channel.send_nowait((event.payload, path))
+                    link.transport.send_channel.send_nowait((payload[_HEADER_SIZE:], path))
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the mux is behind: a lost datagram, it will retransmit
 
