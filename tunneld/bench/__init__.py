@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "tunneld.bench._noise",
         "WireGuard core: handshakes/s and transport MB/s vs raw AEAD",
     ),
+    "mux": ("tunneld.bench._mux", "mux streams: simulated-link goodput, pure-core vs AEAD"),
 }
 
 

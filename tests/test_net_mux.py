@@ -1,0 +1,135 @@
+"""The trio mux adapter: trio's stream conformance suite, and real UDP on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from tunneld.net.mux import MemoryDatagramTransport, MuxConnection, MuxStream, UdpDatagramTransport
+from tunneld.proto.mux import MuxConfig, Path
+
+
+async def _connected_pair(
+    nursery: trio.Nursery, config: MuxConfig | None = None
+) -> tuple[MuxConnection, MuxConnection]:
+    left, right = MemoryDatagramTransport.pair()
+    a = MuxConnection(left, is_initiator=True, config=config, path=left.path)
+    b = MuxConnection(right, is_initiator=False, config=config, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    return a, b
+
+
+async def test_mux_stream_passes_trio_half_closeable_checks(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery)
+
+    async def maker() -> tuple[MuxStream, MuxStream]:
+        s1 = await a.open_stream("test")
+        s2 = await b.accept_stream()
+        assert s2.service == "test"
+        return s1, s2
+
+    await trio.testing.check_half_closeable_stream(maker, None)
+
+
+async def test_streams_both_ways_and_many_at_once(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery)
+    payloads = {i: random.Random(i).randbytes(50_000 + i * 1000) for i in range(20)}
+    received: dict[str, bytes] = {}
+
+    async def serve() -> None:
+        async with trio.open_nursery() as inner:
+            for _ in payloads:
+                stream = await b.accept_stream()
+                inner.start_soon(echo_back, stream)
+
+    async def echo_back(stream: MuxStream) -> None:
+        got = bytearray()
+        while chunk := await stream.receive_some():
+            got += chunk
+        received[stream.service] = bytes(got)
+        await stream.send_all(hashlib.sha256(got).digest())
+        await stream.aclose()
+
+    async def client(index: int) -> None:
+        stream = await a.open_stream(f"svc:{index}")
+        await stream.send_all(payloads[index])
+        await stream.send_eof()
+        digest = bytearray()
+        while chunk := await stream.receive_some():
+            digest += chunk
+        assert bytes(digest) == hashlib.sha256(payloads[index]).digest()
+        await stream.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as group:
+            group.start_soon(serve)
+            for index in payloads:
+                group.start_soon(client, index)
+    assert received == {f"svc:{i}": data for i, data in payloads.items()}
+
+
+async def test_stream_limit_makes_open_wait(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery, MuxConfig(max_concurrent_streams=2))
+    first = await a.open_stream("one")
+    await a.open_stream("two")
+    with trio.move_on_after(0.2) as scope:
+        await a.open_stream("three")
+    assert scope.cancelled_caught, "a third stream opened beyond MAX_STREAMS 2"
+    peer_first = await b.accept_stream()
+    await first.aclose()
+    await peer_first.aclose()
+    with trio.fail_after(5):
+        third = await a.open_stream("three")
+    assert third.stream_id == 4
+
+
+async def test_connection_close_breaks_streams(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery)
+    stream = await a.open_stream("x")
+    peer = await b.accept_stream()
+    await a.aclose(0x1234, "bye")
+    with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+        await peer.receive_some()
+    assert b.closed is not None
+    assert (b.closed.error_code, b.closed.reason, b.closed.by_peer) == (0x1234, "bye", True)
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.send_all(b"late")
+
+
+async def test_multi_megabyte_transfer_over_real_udp_sockets(nursery: trio.Nursery) -> None:
+    sock_a = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    sock_b = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock_a.bind(("127.0.0.1", 0))
+    await sock_b.bind(("127.0.0.1", 0))
+    with sock_a, sock_b:
+        transport_a = UdpDatagramTransport(sock_a, sock_b.getsockname())
+        transport_b = UdpDatagramTransport(sock_b, sock_a.getsockname())
+        a = MuxConnection(transport_a, is_initiator=True, path=transport_a.path)
+        b = MuxConnection(transport_b, is_initiator=False, path=transport_b.path)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        payload = random.Random(7).randbytes(4 * 1024 * 1024)
+
+        async def send() -> None:
+            stream = await a.open_stream("tcp:22")
+            await stream.send_all(payload)
+            await stream.send_eof()
+
+        digest = hashlib.sha256()
+        total = 0
+        with trio.fail_after(60):
+            async with trio.open_nursery() as group:
+                group.start_soon(send)
+                peer = await b.accept_stream()
+                assert peer.service == "tcp:22"
+                while chunk := await peer.receive_some():
+                    digest.update(chunk)
+                    total += len(chunk)
+        assert total == len(payload)
+        assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
+        assert isinstance(transport_a.path, Path)

@@ -1,0 +1,404 @@
+"""Trio adapter for the mux core: one driver per connection, streams as trio streams.
+
+``MuxConnection.run`` drives a ``tunneld.proto.mux.Connection`` over any
+``DatagramTransport`` (a UDP socket, trio memory channels, later the WireGuard
+overlay): it feeds received payloads in, sends what the core emits and sleeps until
+the core's timer or until a stream has something new. ``MuxStream`` is a
+``trio.abc.HalfCloseableStream``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from tunneld.proto.mux import (
+    Connection,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionState,
+    Event,
+    MuxConfig,
+    Path,
+    StopSending,
+    StreamError,
+    StreamOpened,
+    StreamReset,
+    StreamResetError,
+)
+
+__all__ = [
+    "DEFAULT_RECEIVE_SIZE",
+    "DatagramTransport",
+    "MemoryDatagramTransport",
+    "MuxConnection",
+    "MuxStream",
+    "UdpDatagramTransport",
+]
+
+DEFAULT_RECEIVE_SIZE = 65536
+# The largest UDP payload we accept from the socket (anything larger is not ours).
+_UDP_RECEIVE_SIZE = 65535
+
+
+class DatagramTransport(Protocol):
+    """Carries mux payloads: unreliable, unordered, may drop; never blocks long."""
+
+    async def send(self, data: bytes, path: Path) -> None: ...
+
+    async def receive(self) -> tuple[bytes, Path]: ...
+
+
+class MemoryDatagramTransport:
+    """One end of an in-process datagram link over trio memory channels.
+
+    Sends never block: when the peer's queue (``max_queue`` datagrams) is full the
+    datagram is dropped, like a real network would.
+    """
+
+    def __init__(
+        self,
+        send_channel: trio.MemorySendChannel[bytes],
+        receive_channel: trio.MemoryReceiveChannel[bytes],
+        path: Path,
+    ) -> None:
+        self._send_channel = send_channel
+        self._receive_channel = receive_channel
+        self.path = path
+        self.dropped = 0
+
+    @classmethod
+    def pair(
+        cls, path: Path | None = None, max_queue: int = 1024
+    ) -> tuple[MemoryDatagramTransport, MemoryDatagramTransport]:
+        path = path or Path("memory")
+        a_send, b_receive = trio.open_memory_channel[bytes](max_queue)
+        b_send, a_receive = trio.open_memory_channel[bytes](max_queue)
+        return cls(a_send, a_receive, path), cls(b_send, b_receive, path)
+
+    async def send(self, data: bytes, path: Path) -> None:
+        try:
+            self._send_channel.send_nowait(data)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped += 1
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> tuple[bytes, Path]:
+        return await self._receive_channel.receive(), self.path
+
+
+class UdpDatagramTransport:
+    """A connected-style UDP transport: one trio socket, one peer address.
+
+    Datagrams from other addresses are ignored. Send errors (e.g. ICMP unreachable
+    reported on a later call) count as loss.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType, peer: tuple[str, int]) -> None:
+        self._sock = sock
+        self._peer = peer
+        self.path = Path(("udp", peer), address=f"{peer[0]}:{peer[1]}".encode())
+
+    async def send(self, data: bytes, path: Path) -> None:
+        try:
+            await self._sock.sendto(data, self._peer)
+        except OSError:
+            pass
+
+    async def receive(self) -> tuple[bytes, Path]:
+        while True:
+            try:
+                data, address = await self._sock.recvfrom(_UDP_RECEIVE_SIZE)
+            except OSError:
+                continue
+            if (address[0], address[1]) == self._peer:
+                return data, self.path
+
+
+class MuxConnection:
+    """A mux connection driven by trio over ``transport``.
+
+    Start ``run`` in a nursery (``await nursery.start(conn.run)``); then
+    ``open_stream`` / ``accept_stream`` give ``MuxStream`` objects. ``on_event``, if
+    given, receives the events streams do not consume (PathResponse, CallMeMaybe,
+    ConnectionClosed, ...), synchronously from the driver.
+    """
+
+    def __init__(
+        self,
+        transport: DatagramTransport,
+        *,
+        is_initiator: bool,
+        config: MuxConfig | None = None,
+        path: Path | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.core = Connection(is_initiator=is_initiator, config=config, path=path)
+        self._transport = transport
+        self._on_event = on_event
+        self._streams: dict[int, MuxStream] = {}
+        self._accept_send, self._accept_receive = trio.open_memory_channel[MuxStream](math.inf)
+        self._kicked = trio.Event()
+        self._changed = trio.Event()
+        self.closed: ConnectionClosed | None = None
+
+    # -- driver --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Drive the connection until it is closed (or this task is cancelled).
+
+        Cancellation stops the driver; the core then sends nothing more.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receiver)
+            task_status.started()
+            await self._sender()
+            nursery.cancel_scope.cancel()
+
+    async def _receiver(self) -> None:
+        core = self.core
+        while core.state is not ConnectionState.CLOSED:
+            data, path = await self._transport.receive()
+            core.receive_datagram(data, path, trio.current_time())
+            self._process_events()
+            self._kick()
+
+    async def _sender(self) -> None:
+        core = self.core
+        while True:
+            now = trio.current_time()
+            timer = core.get_timer()
+            if timer is not None and timer <= now:
+                core.handle_timer(now)
+                self._process_events()
+            datagrams = core.datagrams_to_send(now)
+            for data, path in datagrams:
+                await self._transport.send(data, path)
+            self._process_events()
+            if datagrams:
+                continue
+            if core.state is ConnectionState.CLOSED:
+                return
+            timer = core.get_timer()
+            with trio.move_on_at(math.inf if timer is None else timer):
+                await self._kicked.wait()
+            self._kicked = trio.Event()
+
+    def _kick(self) -> None:
+        """Something changed: let the sender look for work."""
+        self._kicked.set()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def _process_events(self) -> None:
+        core = self.core
+        changed = False
+        while (event := core.next_event()) is not None:
+            changed = True
+            if isinstance(event, StreamOpened):
+                stream = MuxStream(self, event.stream_id, event.service)
+                self._streams[event.stream_id] = stream
+                self._accept_send.send_nowait(stream)
+            elif isinstance(event, StopSending):
+                stream_or_none = self._streams.get(event.stream_id)
+                if stream_or_none is not None:
+                    stream_or_none._send_broken = True
+            elif isinstance(event, StreamReset):
+                stream_or_none = self._streams.get(event.stream_id)
+                if stream_or_none is not None:
+                    stream_or_none._receive_broken = True
+            elif isinstance(event, ConnectionClosed):
+                self.closed = event
+                self._accept_send.close()
+            if self._on_event is not None:
+                self._on_event(event)
+        if changed:
+            self._notify()
+
+    # -- streams ------------------------------------------------------------------
+
+    async def open_stream(self, service: str) -> MuxStream:
+        """Open a stream to ``service``, waiting while the peer's stream limit is used up.
+
+        Raises trio.BrokenResourceError once the connection is closed.
+        """
+        await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                if self.core.can_open_stream():
+                    stream_id = self.core.open_stream(service)
+                    break
+            except ConnectionClosedError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if self.closed is not None:
+                raise trio.BrokenResourceError("mux connection closed")
+            await self._wait_changed()
+        stream = MuxStream(self, stream_id, service)
+        self._streams[stream_id] = stream
+        self._kick()
+        return stream
+
+    async def accept_stream(self) -> MuxStream:
+        """The next stream the peer opened; raises trio.EndOfChannel once closed."""
+        return await self._accept_receive.receive()
+
+    async def aclose(self, error_code: int = 0, reason: str = "") -> None:
+        """Close the connection (CLOSE frame); the driver ends shortly after."""
+        self.core.close(error_code, reason)
+        self._process_events()
+        self._kick()
+        await trio.lowlevel.checkpoint()
+
+    def _forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+
+class MuxStream(trio.abc.HalfCloseableStream):
+    """One mux stream as a trio ``HalfCloseableStream``.
+
+    ``send_all`` waits for send-buffer room (backpressure from the peer's reads);
+    ``receive_some`` returns b"" at the peer's FIN. A peer reset or STOP_SENDING, or
+    the connection closing, surfaces as trio.BrokenResourceError; using a stream
+    after ``aclose`` raises trio.ClosedResourceError. ``aclose`` sends FIN after the
+    buffered bytes and STOP_SENDING for the other direction; it does not wait.
+    """
+
+    def __init__(self, connection: MuxConnection, stream_id: int, service: str) -> None:
+        self._connection = connection
+        self._core = connection.core
+        self.stream_id = stream_id
+        self.service = service
+        self._closed = False
+        self._send_closed = False
+        self._eof = False
+        self._send_broken = False
+        self._receive_broken = False
+        self._send_busy = False
+        self._receive_busy = False
+
+    def _connection_broken(self) -> bool:
+        return self._connection.closed is not None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._send_busy = True
+        try:
+            await trio.lowlevel.checkpoint()
+            view = memoryview(data).cast("B")
+            while True:
+                if self._closed or self._send_closed:
+                    raise trio.ClosedResourceError("stream closed for sending")
+                if self._send_broken or self._connection_broken():
+                    raise trio.BrokenResourceError("peer stopped reading or connection closed")
+                if not view:
+                    return
+                try:
+                    accepted = self._core.send_stream_data(self.stream_id, view)
+                except (StreamResetError, StreamError, ConnectionClosedError) as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                if accepted:
+                    self._connection._kick()
+                    view = view[accepted:]
+                if view:
+                    await self._connection._wait_changed()
+        finally:
+            self._send_busy = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._send_busy = True
+        try:
+            await trio.lowlevel.checkpoint()
+            while True:
+                if self._closed or self._send_closed:
+                    raise trio.ClosedResourceError("stream closed for sending")
+                if self._send_broken or self._connection_broken():
+                    return
+                try:
+                    if self._core.stream_send_capacity(self.stream_id) > 0:
+                        return
+                except StreamError:
+                    return
+                await self._connection._wait_changed()
+        finally:
+            self._send_busy = False
+
+    async def send_eof(self) -> None:
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        await trio.lowlevel.checkpoint()
+        if self._send_closed:
+            return
+        self._send_closed = True
+        try:
+            self._core.send_eof(self.stream_id)
+        except (StreamError, ConnectionClosedError):
+            pass
+        self._connection._kick()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        max_bytes = operator.index(max_bytes)
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receive_busy:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receive_busy = True
+        try:
+            await trio.lowlevel.checkpoint()
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream closed")
+                if self._eof:
+                    return b""
+                if self._receive_broken:
+                    raise trio.BrokenResourceError("peer reset the stream")
+                try:
+                    data, eof = self._core.read_stream(self.stream_id, max_bytes)
+                except StreamResetError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                except StreamError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                if eof:
+                    self._eof = True
+                if data:
+                    # Reading frees credit the peer may be waiting for.
+                    self._connection._kick()
+                    return data
+                if eof:
+                    return b""
+                if self._connection_broken():
+                    raise trio.BrokenResourceError("mux connection closed")
+                await self._connection._wait_changed()
+        finally:
+            self._receive_busy = False
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            core = self._core
+            try:
+                if not self._send_closed and not self._send_broken:
+                    core.send_eof(self.stream_id)
+                if not self._eof and not self._receive_broken:
+                    core.stop_sending(self.stream_id, 0)
+            except (StreamError, ConnectionClosedError):
+                pass
+            self._connection._forget(self.stream_id)
+            self._connection._kick()
+            self._connection._notify()
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,292 @@
+"""Loss detection and congestion control (RFC 9002): RTT, PTO, NewReno, pacing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from tunneld.proto.mux._config import (
+    K_GRANULARITY,
+    K_INITIAL_WINDOW_PACKETS,
+    K_LOSS_REDUCTION,
+    K_MIN_WINDOW_PACKETS,
+    K_PACING_BURST_PACKETS,
+    K_PACING_GAIN,
+    K_PACKET_THRESHOLD,
+    K_PERSISTENT_CONGESTION_THRESHOLD,
+    K_TIME_THRESHOLD,
+    MuxConfig,
+)
+from tunneld.proto.mux._events import Path
+
+__all__ = ["LossRecovery", "SentPacket"]
+
+# A retransmittable frame record: (kind, stream_id, offset, length, fin); see _connection.
+FrameRecord = tuple[int, int, int, int, bool]
+
+
+class SentPacket:
+    """What we remember about one sent packet until it is acked or declared lost."""
+
+    __slots__ = ("ack_eliciting", "frames", "in_flight", "is_probe", "path", "pn", "size", "time")
+
+    def __init__(
+        self,
+        pn: int,
+        time: float,
+        size: int,
+        ack_eliciting: bool,
+        in_flight: bool,
+        is_probe: bool,
+        path: Path | None,
+        frames: list[FrameRecord],
+    ) -> None:
+        self.pn = pn
+        self.time = time
+        self.size = size
+        self.ack_eliciting = ack_eliciting
+        self.in_flight = in_flight
+        self.is_probe = is_probe
+        self.path = path
+        self.frames = frames
+
+
+class LossRecovery:
+    """Sent-packet history, RTT estimate, loss/PTO timers and NewReno with pacing.
+
+    ``reliable`` (the current path runs over TCP) turns off time-threshold loss and
+    raises the PTO floor to ``config.reliable_pto_floor``.
+    """
+
+    def __init__(self, config: MuxConfig) -> None:
+        self._config = config
+        self.mss = config.max_datagram_size
+        self.max_ack_delay = config.max_ack_delay
+        self.reliable = False
+        self.sent: dict[int, SentPacket] = {}  # ascending packet numbers (insertion order)
+        self.bytes_in_flight = 0
+        self.probe_bytes_in_flight = 0
+        self.ack_eliciting_in_flight = 0
+        self.largest_acked = -1
+        self.time_of_last_ack_eliciting = 0.0
+        self.loss_time: float | None = None
+        self.pto_count = 0
+        self._reset_rtt()
+        self._reset_congestion()
+
+    # -- RTT (RFC 9002 section 5) ---------------------------------------------------
+
+    def _reset_rtt(self) -> None:
+        initial = self._config.initial_rtt
+        self.has_rtt_sample = False
+        self.latest_rtt = 0.0
+        self.min_rtt = math.inf
+        self.smoothed_rtt = initial
+        self.rttvar = initial / 2
+        self.first_rtt_sample_time = 0.0
+
+    def _update_rtt(self, latest: float, ack_delay: float, now: float) -> None:
+        self.latest_rtt = latest
+        if not self.has_rtt_sample:
+            self.has_rtt_sample = True
+            self.first_rtt_sample_time = now
+            self.min_rtt = latest
+            self.smoothed_rtt = latest
+            self.rttvar = latest / 2
+            return
+        self.min_rtt = min(self.min_rtt, latest)
+        ack_delay = min(ack_delay, self.max_ack_delay)
+        adjusted = latest
+        if latest >= self.min_rtt + ack_delay:
+            adjusted = latest - ack_delay
+        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.smoothed_rtt - adjusted)
+        self.smoothed_rtt = 0.875 * self.smoothed_rtt + 0.125 * adjusted
+
+    def pto_interval(self) -> float:
+        """The PTO without backoff: srtt + max(4 rttvar, granularity) + max ack delay."""
+        pto = self.smoothed_rtt + max(4 * self.rttvar, K_GRANULARITY) + self.max_ack_delay
+        if self.reliable:
+            pto = max(pto, self._config.reliable_pto_floor)
+        return pto
+
+    # -- congestion control (RFC 9002 section 7, NewReno) ---------------------------
+
+    def _reset_congestion(self) -> None:
+        self.cwnd = K_INITIAL_WINDOW_PACKETS * self.mss
+        self.ssthresh = math.inf
+        self.recovery_start: float | None = None
+        self._pacer_tokens = float(K_PACING_BURST_PACKETS * self.mss)
+        self._pacer_time: float | None = None
+
+    def on_path_change(self, reliable: bool) -> None:
+        """A new path: RTT and congestion state start over (RFC 9000 section 9.4)."""
+        self.reliable = reliable
+        self._reset_rtt()
+        self._reset_congestion()
+        self.pto_count = 0
+
+    def _min_window(self) -> int:
+        return K_MIN_WINDOW_PACKETS * self.mss
+
+    def _on_congestion_event(self, sent_time: float, now: float) -> None:
+        # Halve once per recovery period (RFC 9002 section 7.3.2).
+        if self.recovery_start is not None and sent_time <= self.recovery_start:
+            return
+        self.recovery_start = now
+        self.cwnd = max(int(self.cwnd * K_LOSS_REDUCTION), self._min_window())
+        self.ssthresh = self.cwnd
+
+    def _on_acked_cc(self, packet: SentPacket) -> None:
+        if self.recovery_start is not None and packet.time <= self.recovery_start:
+            return
+        if self.cwnd < self.ssthresh:
+            self.cwnd += packet.size
+        else:
+            self.cwnd += self.mss * packet.size // self.cwnd
+        self.cwnd = min(self.cwnd, self._config.max_congestion_window)
+
+    def congestion_room(self) -> int:
+        """Bytes that may still be put in flight without exceeding the window."""
+        return self.cwnd - self.bytes_in_flight
+
+    # -- pacing (RFC 9002 section 7.7) ------------------------------------------------
+
+    def _pacing_rate(self) -> float:
+        return K_PACING_GAIN * self.cwnd / max(self.smoothed_rtt, K_GRANULARITY)
+
+    def _pacer_refill(self, now: float) -> None:
+        burst = K_PACING_BURST_PACKETS * self.mss
+        if self._pacer_time is not None and self._pacer_tokens < burst:
+            self._pacer_tokens = min(
+                burst, self._pacer_tokens + (now - self._pacer_time) * self._pacing_rate()
+            )
+        self._pacer_time = now
+
+    def pacing_delay(self, now: float) -> float | None:
+        """None if a full packet may go now, else the time at which it may."""
+        self._pacer_refill(now)
+        # One byte of slack: float rounding must not leave a timer that never fires.
+        if self._pacer_tokens + 1.0 >= self.mss:
+            return None
+        return now + max((self.mss - self._pacer_tokens) / self._pacing_rate(), 1e-6)
+
+    # -- sending -------------------------------------------------------------------
+
+    def on_packet_sent(self, packet: SentPacket) -> None:
+        if packet.in_flight:
+            self.sent[packet.pn] = packet
+            self.bytes_in_flight += packet.size
+            if packet.is_probe:
+                self.probe_bytes_in_flight += packet.size
+            if packet.ack_eliciting:
+                self.ack_eliciting_in_flight += 1
+                self.time_of_last_ack_eliciting = packet.time
+            self._pacer_tokens -= packet.size
+
+    def _remove(self, packet: SentPacket) -> None:
+        self.bytes_in_flight -= packet.size
+        if packet.is_probe:
+            self.probe_bytes_in_flight -= packet.size
+        if packet.ack_eliciting:
+            self.ack_eliciting_in_flight -= 1
+
+    # -- acknowledgements (RFC 9002 section 6 and appendix A.7) ----------------------
+
+    def on_ack_received(
+        self,
+        ranges: Iterable[tuple[int, int]],
+        largest: int,
+        ack_delay: float,
+        now: float,
+        current_path: Path | None,
+    ) -> tuple[list[SentPacket], list[SentPacket]]:
+        """Process ACK ranges (inclusive ``(low, high)``); returns (newly acked, lost)."""
+        sent = self.sent
+        acked: list[SentPacket] = []
+        if sent:
+            first_outstanding = next(iter(sent))
+            for low, high in ranges:
+                low = max(low, first_outstanding)
+                for pn in range(low, high + 1):
+                    packet = sent.pop(pn, None)
+                    if packet is not None:
+                        acked.append(packet)
+        if largest > self.largest_acked:
+            self.largest_acked = largest
+        if not acked:
+            return acked, []
+        newest = max(acked, key=lambda p: p.pn)
+        if newest.pn == largest and any(p.ack_eliciting for p in acked):
+            self._update_rtt(now - newest.time, ack_delay, now)
+        for packet in acked:
+            self._remove(packet)
+            if packet.path == current_path:
+                self._on_acked_cc(packet)
+        lost = self.detect_lost(now, current_path)
+        self.pto_count = 0
+        return acked, lost
+
+    def detect_lost(self, now: float, current_path: Path | None) -> list[SentPacket]:
+        """Declare packets lost by packet or (unreliable paths only) time threshold."""
+        self.loss_time = None
+        lost: list[SentPacket] = []
+        largest_acked = self.largest_acked
+        loss_delay = max(K_TIME_THRESHOLD * max(self.latest_rtt, self.smoothed_rtt), K_GRANULARITY)
+        for pn, packet in self.sent.items():
+            if pn > largest_acked:
+                break
+            if largest_acked - pn >= K_PACKET_THRESHOLD or (
+                not self.reliable and packet.time + loss_delay <= now
+            ):
+                lost.append(packet)
+            elif not self.reliable:
+                candidate = packet.time + loss_delay
+                if self.loss_time is None or candidate < self.loss_time:
+                    self.loss_time = candidate
+        if lost:
+            self._on_packets_lost(lost, now, current_path)
+        return lost
+
+    def _on_packets_lost(
+        self, lost: list[SentPacket], now: float, current_path: Path | None
+    ) -> None:
+        for packet in lost:
+            del self.sent[packet.pn]
+            self._remove(packet)
+        on_path = [p for p in lost if p.path == current_path and p.ack_eliciting]
+        if not on_path:
+            return
+        self._on_congestion_event(on_path[-1].time, now)
+        # Persistent congestion (RFC 9002 section 7.6), simplified: the lost packets
+        # span more than 3 PTOs and were sent after the first RTT sample.
+        if self.has_rtt_sample:
+            eligible = [p for p in on_path if p.time > self.first_rtt_sample_time]
+            if len(eligible) >= 2:
+                span = eligible[-1].time - eligible[0].time
+                if span > self.pto_interval() * K_PERSISTENT_CONGESTION_THRESHOLD:
+                    self.cwnd = self._min_window()
+                    self.recovery_start = now
+
+    # -- timers -------------------------------------------------------------------
+
+    def loss_detection_timer(self) -> float | None:
+        """When ``on_loss_detection_timeout`` must run (None: nothing to wait for)."""
+        if self.loss_time is not None:
+            return self.loss_time
+        if not self.ack_eliciting_in_flight:
+            return None
+        backoff: int = 2**self.pto_count
+        return self.time_of_last_ack_eliciting + self.pto_interval() * backoff
+
+    def on_loss_detection_timeout(
+        self, now: float, current_path: Path | None
+    ) -> tuple[list[SentPacket], bool]:
+        """Run the loss timer; returns (lost packets, whether to send PTO probes)."""
+        if self.loss_time is not None and now >= self.loss_time:
+            return self.detect_lost(now, current_path), False
+        timer = self.loss_detection_timer()
+        if timer is None or now < timer:
+            return [], False
+        # Cap the exponent so backoff arithmetic stays bounded; idle timeout ends it.
+        self.pto_count = min(self.pto_count + 1, 16)
+        return [], True
