@@ -7,6 +7,7 @@ thin adapter.
 
 from __future__ import annotations
 
+from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import (
     DIAL_PROTOCOL,
     DaemonRunningError,
@@ -14,6 +15,8 @@ from tunneld.daemon._local_api import (
     default_socket_path,
     open_api_listener,
 )
+from tunneld.daemon._overlay_backend import OverlayTunnels
+from tunneld.daemon._run import Daemon
 from tunneld.daemon._systemd import (
     SD_LISTEN_FDS_START,
     ActivatedListener,
@@ -45,11 +48,14 @@ __all__ = [
     "SD_LISTEN_FDS_START",
     "ActivatedListener",
     "AgentOfflineError",
+    "Daemon",
     "DaemonRunningError",
+    "EventHub",
     "Lease",
     "LocalApi",
     "NotPermittedError",
     "Notifier",
+    "OverlayTunnels",
     "TunnelBackend",
     "TunnelBackendError",
     "TunnelError",

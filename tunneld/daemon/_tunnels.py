@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -181,6 +181,7 @@ class TunnelTable:
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        on_event: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         if idle_timeout < 0 or connect_timeout <= 0:
             raise ValueError("idle_timeout must be >= 0 and connect_timeout > 0")
@@ -191,6 +192,12 @@ class TunnelTable:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._next_lease = 0
+        self._on_event = on_event
+
+    def _emit(self, event: str, entry: _Entry, **fields: object) -> None:
+        # Events for /v0/watch: {"event": "tunnel.up", "agent": ..., "peer": ...}.
+        if self._on_event is not None:
+            self._on_event({"event": event, "agent": entry.agent, "peer": entry.peer, **fields})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; then every tracked tunnel is removed (best effort,
@@ -315,6 +322,7 @@ class TunnelTable:
         entry.state = TunnelState.REMOVING
         entry.idle_scope = None
         log.info("tunnel.idle_expired", agent=entry.agent, peer=entry.peer)
+        self._emit("tunnel.removed", entry, reason="idle")
         try:
             if entry.peer is not None:
                 with trio.move_on_after(_REMOVE_TIMEOUT):
@@ -337,7 +345,8 @@ class TunnelTable:
     async def _connect(self, entry: _Entry, deadline: float) -> None:
         agent = entry.agent
         try:
-            with trio.fail_after(max(0.0, deadline - trio.current_time())):
+            # A second of slack: the backend's own deadline error says more than ours.
+            with trio.fail_after(max(0.0, deadline - trio.current_time()) + 1.0):
                 entry.peer = await self._backend.add_tunnel(agent)
                 await self._backend.wait_reachable(entry.peer, deadline)
         except TunnelError as exc:
@@ -353,6 +362,7 @@ class TunnelTable:
             )
         if entry.error is not None:
             log.info("tunnel.connect_failed", agent=agent, code=entry.error.code)
+            self._emit("tunnel.failed", entry, code=entry.error.code, message=entry.error.message)
             if not entry.error.agent:
                 entry.error.agent = agent
             entry.state = TunnelState.REMOVING
@@ -364,6 +374,7 @@ class TunnelTable:
                 self._forget(entry)
             return
         log.info("tunnel.connected", agent=agent, peer=entry.peer)
+        self._emit("tunnel.up", entry)
         entry.ready.set()
         # Nobody may be waiting any more (all acquirers cancelled): idle it out.
         if entry.leases == 0 and entry.state is TunnelState.CONNECTING:

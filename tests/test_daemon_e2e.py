@@ -1,0 +1,156 @@
+"""End to end: a real control server, a real agent node, the daemon and its local API.
+
+A local client dials an agent's service through the daemon's Unix socket; the bytes
+cross the overlay (WireGuard + mux over the DERP relay or UDP) to the agent's
+service and back. The lease is released when the client closes, and the tunnel
+idles out after ``idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests._control_support import Harness, running_server
+from tunneld.config import DaemonConfig, Duration
+from tunneld.daemon import Daemon, Notifier, open_api_listener
+from tunneld.daemon._client import ApiError, LocalApiClient
+from tunneld.keys import generate_private_key
+from tunneld.net.mux import MuxStream
+from tunneld.net.overlay import Overlay, OverlayConfig
+
+WAIT = 20.0
+
+
+async def echo_service(peer: str, service: str, stream: MuxStream) -> None:
+    async with stream:
+        if service == "echo":
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+            await stream.send_eof()
+
+
+def make_overlay(h: Harness, name: str, token: str, *, serve: bool) -> Overlay:
+    config = OverlayConfig(
+        name=name,
+        private_key=generate_private_key(),
+        coordinate_url=h.info.coordinate_url,
+        derp_url=h.info.derp_url,
+        udp_host="127.0.0.1",
+    )
+
+    async def token_provider() -> str:
+        return token
+
+    return Overlay(config, token_provider, on_stream=echo_service if serve else None)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tunneld-e2e-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def world(
+    nursery: trio.Nursery, tmp_path: Path, socket_dir: Path
+) -> AsyncIterator[tuple[Daemon, Path, socket.socket]]:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(socket_dir / "notify"))
+    notify.setblocking(False)
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"), serve=True)
+        await nursery.start(agent.serve)
+        laptop = make_overlay(h, "laptop", await h.token("alice"), serve=False)
+        settings = DaemonConfig(socket_group="", idle_timeout=Duration(1.0))
+        daemon = Daemon(
+            laptop,
+            settings,
+            notifier=Notifier({"NOTIFY_SOCKET": str(socket_dir / "notify")}),
+            reload_settings=lambda: DaemonConfig(socket_group="", idle_timeout=Duration(2.0)),
+        )
+        path = socket_dir / "tunneld.sock"
+        listener = await open_api_listener(path, mode=0o600)
+        with trio.CancelScope() as scope:
+            await nursery.start(daemon.run, [listener])
+            try:
+                yield daemon, path, notify
+            finally:
+                scope.cancel()
+    notify.close()
+
+
+async def test_dial_through_the_daemon_to_an_agent(
+    world: tuple[Daemon, Path, socket.socket],
+) -> None:
+    daemon, path, notify = world
+    assert notify.recv(4096).startswith(b"READY=1\nSTATUS=serving the local API")
+    client = LocalApiClient(path)
+    payload = os.urandom(1_000_000)
+    with trio.fail_after(WAIT):
+        stream = await client.dial("web1", "echo")
+        assert daemon.tunnels.leases("web1") == 1
+        received = bytearray()
+
+        async def send() -> None:
+            await stream.send_all(payload)
+            await stream.send_eof()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            while data := await stream.receive_some(65536):
+                received += data
+        await stream.aclose()
+    assert bytes(received) == payload
+
+    status = await client.request("GET", "/v0/status")
+    assert isinstance(status, dict)
+    [peer] = status["node"]["peers"]
+    assert peer["name"] == "web1"
+    assert peer["handshake"] is True
+    agents = await client.request("GET", "/v0/agents")
+    assert isinstance(agents, dict)
+    assert [a["name"] for a in agents["agents"]] == ["web1"]
+
+    # Closing the stream releases the lease; the tunnel idles out after 1 s.
+    with trio.fail_after(WAIT):
+        while daemon.tunnels.tunnels():  # noqa: ASYNC110 (the table's own state)
+            await trio.sleep(0.05)
+
+
+async def test_unknown_agent_and_reload(world: tuple[Daemon, Path, socket.socket]) -> None:
+    daemon, path, _notify = world
+    client = LocalApiClient(path)
+    with trio.fail_after(WAIT), pytest.raises(ApiError) as info:
+        await client.dial("nobody-here", "echo")
+    assert info.value.code == "unknown_agent"
+    assert info.value.status == 404
+    assert daemon.tunnels.tunnels() == []
+    assert await client.request("POST", "/v0/reload") == {"reloaded": True}
+    assert daemon.tunnels.idle_timeout == 2.0
+
+
+async def test_cli_status_against_running_daemon(
+    world: tuple[Daemon, Path, socket.socket],
+) -> None:
+    _daemon, path, _notify = world
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "tunneld", "status", "--json", "--socket", str(path)],
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+    status = json.loads(result.stdout)
+    assert status["node"]["name"] == "laptop"
+    assert status["node"]["coordinator"] in ("connected", "connecting")
