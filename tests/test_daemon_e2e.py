@@ -8,10 +8,13 @@ idles out after ``idle_timeout``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -154,3 +157,86 @@ async def test_cli_status_against_running_daemon(
     status = json.loads(result.stdout)
     assert status["node"]["name"] == "laptop"
     assert status["node"]["coordinator"] in ("connected", "connecting")
+
+
+async def recv_notify(notify: socket.socket, wanted: bytes) -> list[bytes]:
+    """Datagrams from the notify socket until one contains ``wanted``."""
+    seen: list[bytes] = []
+    sock = trio.socket.from_stdlib_socket(notify)
+    with trio.fail_after(WAIT):
+        while True:
+            message = await sock.recv(4096)
+            seen.append(message)
+            if wanted in message:
+                return seen
+
+
+async def test_tunneld_run_process(nursery: trio.Nursery, tmp_path: Path, socket_dir: Path) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(socket_dir / "notify"))
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"), serve=True)
+        await nursery.start(agent.serve)
+        token_file = socket_dir / "token"
+        token_file.write_text(await h.token("alice") + "\n")
+        control_url = h.info.coordinate_url.replace("ws://", "http://").removesuffix(
+            "/api/v1/coordinate"
+        )
+        api_socket = socket_dir / "api.sock"
+        config = socket_dir / "config.toml"
+        config.write_text(
+            "[daemon]\n"
+            f'socket = "{api_socket}"\n'
+            'socket_group = ""\n'
+            'name = "laptop"\n'
+            f'key_file = "{socket_dir / "daemon.key"}"\n'
+            f'control_url = "{control_url}"\n'
+            f'token_file = "{token_file}"\n'
+            'udp_listen = "127.0.0.1:0"\n'
+        )
+        env = {**os.environ, "NOTIFY_SOCKET": str(socket_dir / "notify")}
+        process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-m", "tunneld", "run", "--config", str(config)],
+                env=env,
+                check=False,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        try:
+            await recv_notify(notify, b"READY=1")
+            assert (socket_dir / "daemon.key").stat().st_mode & 0o777 == 0o600
+            payload = os.urandom(100_000)
+            with trio.fail_after(WAIT * 2):
+                dial = await trio.run_process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tunneld",
+                        "dial",
+                        "--socket",
+                        str(api_socket),
+                        "web1",
+                        "echo",
+                    ],
+                    stdin=payload,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            assert dial.returncode == 0, dial.stderr
+            assert dial.stdout == payload
+            process.send_signal(signal.SIGHUP)
+            seen = await recv_notify(notify, b"READY=1")
+            assert any(m.startswith(b"RELOADING=1") for m in seen)
+            process.send_signal(signal.SIGTERM)
+            await recv_notify(notify, b"STOPPING=1")
+            with trio.fail_after(WAIT):
+                await process.wait()
+            assert process.returncode == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+            notify.close()

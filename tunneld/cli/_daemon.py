@@ -5,14 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
 from tunneld.cli._common import CliError, Subparsers
-from tunneld.daemon import default_socket_path
+from tunneld.config import DaemonConfig, load_config
+from tunneld.daemon import (
+    Daemon,
+    DaemonRunningError,
+    Notifier,
+    default_socket_path,
+    listen_fds,
+    open_api_listener,
+)
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+from tunneld.keys import generate_private_key, read_key_file, write_key_file
+from tunneld.net.overlay import Overlay, OverlayConfig
 
 __all__ = ["register"]
 
@@ -32,6 +44,24 @@ def _add_socket(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Subparsers) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the daemon: the overlay node and its local API",
+        description=(
+            "Run this machine's overlay node and serve the local API on a Unix socket"
+            " (socket-activated under systemd). SIGHUP reloads [daemon] timeouts, SIGTERM"
+            " stops gracefully."
+        ),
+    )
+    run.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    run.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help="local API socket (default: [daemon].socket, else the per-user default)",
+    )
+    run.set_defaults(func=_run)
     status = sub.add_parser(
         "status",
         help="show the daemon's state and its tunnels",
@@ -171,3 +201,86 @@ async def _dial_async(client: LocalApiClient, agent: str, port: str) -> None:
             pass
         # The service closed its side: we are done, whatever stdin still holds.
         nursery.cancel_scope.cancel()
+
+
+def _ws_base(control_url: str) -> str:
+    url = control_url.rstrip("/")
+    if url.startswith("https://"):
+        return "wss://" + url.removeprefix("https://")
+    if url.startswith("http://"):
+        return "ws://" + url.removeprefix("http://")
+    raise CliError(f"[daemon].control_url must start with http:// or https://: {control_url!r}")
+
+
+def _token_provider(settings: DaemonConfig) -> Callable[[], Awaitable[str]]:
+    token_file = settings.token_file
+    env_token = os.environ.get("TUNNELD_TOKEN", "")
+    if not token_file and not env_token:
+        raise CliError("no token: set [daemon].token_file or the TUNNELD_TOKEN variable")
+
+    async def provide() -> str:
+        if token_file:
+            text = await trio.Path(token_file).read_text()
+            return text.strip()
+        return env_token
+
+    return provide
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    settings = config.daemon
+    key_path = settings.key_file
+    if key_path.exists():
+        key = read_key_file(key_path)
+    else:
+        key = generate_private_key()
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        write_key_file(key_path, key)
+    base = _ws_base(settings.control_url)
+    overlay = Overlay(
+        OverlayConfig(
+            name=settings.name or socket.gethostname(),
+            private_key=key,
+            coordinate_url=f"{base}/api/v1/coordinate",
+            derp_url=f"{base}/derp",
+            derp_region=settings.derp_region,
+            udp_host=settings.udp_listen.host,
+            udp_port=settings.udp_listen.port,
+        ),
+        _token_provider(settings),
+    )
+
+    def reload_settings() -> DaemonConfig:
+        return load_config(args.config).daemon
+
+    daemon = Daemon(
+        overlay,
+        settings,
+        notifier=Notifier(),
+        reload_settings=reload_settings if args.config else None,
+        shutdown_grace=settings.shutdown_grace.seconds,
+    )
+    activated = listen_fds()
+    path = args.socket or (Path(settings.socket) if settings.socket else default_socket_path())
+
+    async def main() -> None:
+        if activated:
+            listeners: list[trio.abc.Listener[trio.abc.Stream]] = [a.listener for a in activated]
+        else:
+            try:
+                listeners = [
+                    await open_api_listener(
+                        path, mode=settings.socket_mode, group=settings.socket_group or None
+                    )
+                ]
+            except DaemonRunningError as exc:
+                raise CliError(str(exc.strerror)) from None
+            except LookupError as exc:
+                raise CliError(
+                    f'{exc.args[0]} (create it, or set [daemon].socket_group = "")'
+                ) from None
+        await daemon.run(listeners)
+
+    trio.run(main)
+    return 0

@@ -86,6 +86,14 @@ class DaemonConfig:
     connect_timeout: Duration = field(
         default=Duration(15.0), metadata={"check": _positive_duration}
     )
+    # The overlay node: our name ("" = the host name), key, control plane and token.
+    name: str = ""
+    key_file: Path = Path("/var/lib/tunneld/daemon.key")
+    control_url: str = "http://127.0.0.1:7420"
+    token_file: str = ""
+    derp_region: int = field(default=1, metadata={"check": _region})
+    udp_listen: HostPort = HostPort("0.0.0.0", 0)
+    shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
 
 
 @dataclass(frozen=True, slots=True)
