@@ -100,7 +100,7 @@ async def test_dial_through_the_daemon_to_an_agent(
     daemon, path, notify = world
     assert notify.recv(4096).startswith(b"READY=1\nSTATUS=serving the local API")
     client = LocalApiClient(path)
-    payload = os.urandom(1_000_000)
+    payload = os.urandom(300_000)
     with trio.fail_after(WAIT):
         stream = await client.dial("web1", "echo")
         assert daemon.tunnels.leases("web1") == 1

@@ -100,8 +100,10 @@ class Daemon:
     ) -> None:
         try:
             await self.api.serve(listeners, task_status=task_status)
+            # Graceful: tell the coordinator our tunnels are gone while it still hears us.
+            await self.tunnels.aclose()
         finally:
-            # The API finished its graceful shutdown: the rest goes with it.
+            # The API finished its shutdown: the rest goes with it.
             scope.cancel()
 
     def stop(self) -> None:

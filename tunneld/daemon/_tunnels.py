@@ -208,15 +208,28 @@ class TunnelTable:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            self._closed = True
             self._nursery = None
-            entries = list(self._entries.values())
-            self._entries.clear()
-            with trio.CancelScope(shield=True), trio.move_on_after(_REMOVE_TIMEOUT):
-                for entry in entries:
-                    entry.gone.set()
-                    if entry.peer is not None:
-                        await self._remove_quietly(entry.agent, entry.peer)
+            with trio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """Refuse new acquires and remove every tracked tunnel (best effort, bounded).
+
+        Call it while the backend still runs (e.g. before cancelling the overlay) so
+        the removals reach the coordinator; :meth:`run` calls it on exit too.
+        """
+        self._closed = True
+        entries = list(self._entries.values())
+        self._entries.clear()
+        for entry in entries:
+            entry.gone.set()
+            entry.ready.set()
+            if entry.idle_scope is not None:
+                entry.idle_scope.cancel()
+        with trio.move_on_after(_REMOVE_TIMEOUT):
+            for entry in entries:
+                if entry.peer is not None:
+                    await self._remove_quietly(entry.agent, entry.peer)
 
     def tunnels(self) -> list[TunnelInfo]:
         """The tracked tunnels, sorted by agent name."""
