@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,28 @@ async def world(
 
 
 async def test_dial_through_the_daemon_to_an_agent(
-    world: tuple[Daemon, Path, socket.socket],
+    world: tuple[Daemon, Path, socket.socket], nursery: trio.Nursery
 ) -> None:
     daemon, path, notify = world
     assert notify.recv(4096).startswith(b"READY=1\nSTATUS=serving the local API")
     client = LocalApiClient(path)
+    events: list[dict[str, object]] = []
+    watching = trio.Event()
+    removed = trio.Event()
+
+    async def watch() -> None:
+        async with aclosing(client.watch()) as stream:
+            async for event in stream:
+                events.append(event)
+                if event["event"] == "watch.started":
+                    watching.set()
+                if event["event"] == "tunnel.removed":
+                    removed.set()
+                    return
+
+    nursery.start_soon(watch)
+    with trio.fail_after(WAIT):
+        await watching.wait()
     payload = os.urandom(300_000)
     with trio.fail_after(WAIT):
         stream = await client.dial("web1", "echo")
@@ -128,8 +146,11 @@ async def test_dial_through_the_daemon_to_an_agent(
 
     # Closing the stream releases the lease; the tunnel idles out after 1 s.
     with trio.fail_after(WAIT):
-        while daemon.tunnels.tunnels():  # noqa: ASYNC110 (the table's own state)
-            await trio.sleep(0.05)
+        await removed.wait()
+    assert daemon.tunnels.tunnels() == []
+    assert [e["event"] for e in events] == ["watch.started", "tunnel.up", "tunnel.removed"]
+    assert events[1]["agent"] == "web1"
+    assert events[2]["reason"] == "idle"
 
 
 async def test_unknown_agent_and_reload(world: tuple[Daemon, Path, socket.socket]) -> None:

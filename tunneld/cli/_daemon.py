@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
 
 import trio
@@ -78,6 +79,13 @@ def register(sub: Subparsers) -> None:
     _add_socket(agents)
     agents.add_argument("--json", action="store_true", help="print the raw JSON answer")
     agents.set_defaults(func=_agents)
+    watch = sub.add_parser(
+        "watch",
+        help="print the daemon's events as JSON lines",
+        description="Print the daemon's events (tunnels up, idle, removed, failed) as they happen.",
+    )
+    _add_socket(watch)
+    watch.set_defaults(func=_watch)
     dial = sub.add_parser(
         "dial",
         help="connect stdin/stdout to a service on an agent",
@@ -165,6 +173,23 @@ def _agents(args: argparse.Namespace) -> int:
     rows = [["NAME", *(c.upper() for c in columns)]]
     rows.extend([str(a.get("name")), *(str(a.get(c, "-")) for c in columns)] for a in agents)
     print(_table(rows))
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    client = _client(args)
+
+    async def main() -> None:
+        async with aclosing(client.watch()) as events:
+            async for event in events:
+                print(json.dumps(event, sort_keys=True), flush=True)
+
+    try:
+        trio.run(main)
+    except DaemonUnavailableError as exc:
+        raise CliError(str(exc)) from None
+    except ApiError as exc:
+        raise CliError(_api_message(exc)) from None
     return 0
 
 

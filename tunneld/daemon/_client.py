@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import socket
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Final
 
@@ -105,6 +106,50 @@ class LocalApiClient:
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                     break
         return _decode(status, bytes(body))
+
+    async def watch(self) -> AsyncGenerator[dict[str, object], None]:
+        """The daemon's events (``GET /v0/watch``) as they happen, until it ends them.
+
+        Raises:
+            DaemonUnavailableError: the socket cannot be reached.
+            ApiError: the daemon refused.
+        """
+        stream = await self._connect()
+        async with stream:
+            conn = h11.Connection(h11.CLIENT)
+            await stream.send_all(
+                conn.send(
+                    h11.Request(
+                        method="GET",
+                        target="/v0/watch",
+                        headers=[("Host", "localhost"), ("Connection", "close")],
+                    )
+                )
+                + conn.send(h11.EndOfMessage())
+            )
+            status = 0
+            pending = bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    pending += event.data
+                    if status >= 400:
+                        continue
+                    while b"\n" in pending:
+                        line, _, rest = bytes(pending).partition(b"\n")
+                        pending = bytearray(rest)
+                        decoded = json.loads(line)
+                        if isinstance(decoded, dict):
+                            yield decoded
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+            if status >= 400:
+                _decode(status, bytes(pending))
 
     async def dial(self, agent: str, service: str) -> trio.abc.HalfCloseableStream:
         """A raw byte stream to ``service`` on ``agent``, through the daemon.

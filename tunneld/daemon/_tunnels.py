@@ -335,13 +335,13 @@ class TunnelTable:
         entry.state = TunnelState.REMOVING
         entry.idle_scope = None
         log.info("tunnel.idle_expired", agent=entry.agent, peer=entry.peer)
-        self._emit("tunnel.removed", entry, reason="idle")
         try:
             if entry.peer is not None:
                 with trio.move_on_after(_REMOVE_TIMEOUT):
                     await self._remove_quietly(entry.agent, entry.peer)
         finally:
             self._forget(entry)
+            self._emit("tunnel.removed", entry, reason="idle")
 
     def _forget(self, entry: _Entry) -> None:
         if self._entries.get(entry.agent) is entry:
