@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -106,6 +107,7 @@ async def daemon(socket_dir: Path, nursery: trio.Nursery) -> Daemon:
         events=event_source,
         reload=reload,
         write_group=WRITE_GID,
+        claim_timeout=0.5,
     )
     path = socket_dir / "tunneld.sock"
     listener = await open_api_listener(path, mode=0o666, group=WRITE_GID)
@@ -308,6 +310,21 @@ async def test_client_disconnect_mid_stream_releases_lease(daemon: Daemon) -> No
     await wait_released(daemon.table, "web1")
     # The tunnel idles (not removed at once): closing a stream never tears it down.
     assert daemon.table.tunnels()[0].state.value == "idle"
+
+
+async def test_client_gone_before_the_101_releases_lease(daemon: Daemon) -> None:
+    daemon.backend.connect_delay = 0.5
+    stream = await connect(daemon)
+    await stream.send_all(dial_request())
+    await trio.sleep(0.1)  # the daemon is still setting up the tunnel
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+    # The connect finishes, the 101 cannot go out, the unclaimed dial is dropped.
+    with trio.fail_after(TIMEOUT):
+        while not (tunnels := daemon.table.tunnels()) or tunnels[0].state.value != "idle":  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    assert daemon.table.leases("web1") == 0
+    assert not daemon.api._dials
 
 
 @pytest.mark.parametrize(

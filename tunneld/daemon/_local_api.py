@@ -181,6 +181,9 @@ class _Dial:
 class LocalApi:
     """The local API's routes over injected providers; serve it with :meth:`serve`.
 
+    ``claim_timeout``: how long a dial's lease and stream wait for the 101 to go out
+    (a client that left during the tunnel setup leaves nothing behind after it).
+
     ``write_group`` (name or gid, None for nobody extra) is the group whose members,
     besides root and ``daemon_uid`` (default: this process's uid), may use write
     endpoints. Membership counts the caller's primary gid, its process's
@@ -199,8 +202,10 @@ class LocalApi:
         write_group: str | int | None = None,
         daemon_uid: int | None = None,
         limits: HttpLimits | None = None,
+        claim_timeout: float = _CLAIM_SECONDS,
     ) -> None:
         self.tunnels = tunnels
+        self.claim_timeout = claim_timeout
         self._open_stream = open_stream
         self._status = status
         self._agents = agents
@@ -340,7 +345,7 @@ class LocalApi:
         if self._nursery is None:
             raise HttpError(503, "the daemon is shutting down", code="shutting_down")
         try:
-            dial: _Dial = await self._nursery.start(self._hold_dial, agent, service)
+            await self._nursery.start(self._hold_dial, request.request_id, agent, service)
         except TunnelError as exc:
             status = {"unknown_agent": 404, "not_permitted": 403}.get(exc.code, 502)
             if exc.code == "shutting_down":
@@ -352,11 +357,10 @@ class LocalApi:
                 f"agent {agent!r} refused service {service!r}: {exc}",
                 code="service_unavailable",
             ) from None
-        self._dials[request.request_id] = dial
         return None
 
     async def _hold_dial(
-        self, agent: str, service: str, *, task_status: trio.TaskStatus[_Dial]
+        self, request_id: str, agent: str, service: str, *, task_status: trio.TaskStatus[None]
     ) -> None:
         # Runs in the API's nursery, not the connection's: the lease must outlive the
         # authorize step and is released when the upgrade handler is done with it, or
@@ -364,13 +368,16 @@ class LocalApi:
         async with self.tunnels.acquire(agent) as lease:
             remote = await self._open_stream(lease.peer, service)
             dial = _Dial(remote, agent, service)
+            self._dials[request_id] = dial
             try:
-                task_status.started(dial)
-                with trio.move_on_after(_CLAIM_SECONDS):
+                task_status.started()
+                with trio.move_on_after(self.claim_timeout):
                     await dial.claimed.wait()
                 if dial.claimed.is_set():
                     await dial.done.wait()
             finally:
+                # Unclaimed when the 101 could not be sent (the client left).
+                self._dials.pop(request_id, None)
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     try:
                         await remote.aclose()
