@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -192,7 +193,10 @@ async def recv_notify(notify: socket.socket, wanted: bytes) -> list[bytes]:
                 return seen
 
 
-async def test_tunneld_run_process(nursery: trio.Nursery, tmp_path: Path, socket_dir: Path) -> None:
+@pytest.mark.parametrize("activated", [False, True], ids=["own-socket", "socket-activated"])
+async def test_tunneld_run_process(
+    nursery: trio.Nursery, tmp_path: Path, socket_dir: Path, activated: bool
+) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(socket_dir / "notify"))
     async with running_server(nursery, tmp_path, relay=True) as h:
@@ -217,15 +221,29 @@ async def test_tunneld_run_process(nursery: trio.Nursery, tmp_path: Path, socket
             'udp_listen = "127.0.0.1:0"\n'
         )
         env = {**os.environ, "NOTIFY_SOCKET": str(socket_dir / "notify")}
+        command = [sys.executable, "-m", "tunneld", "run", "--config", str(config)]
+        pass_fds: tuple[int, ...] = ()
+        if activated:
+            # As systemd does: the socket is bound by someone else and passed as fd 3,
+            # with LISTEN_PID naming the daemon (bash sets it, then execs in place).
+            passed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            passed.bind(str(api_socket))
+            passed.listen()
+            pass_fds = (passed.fileno(),)
+            env |= {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "api", "COMMAND": shlex.join(command)}
+            command = ["bash", "-c", f"LISTEN_PID=$$ exec $COMMAND 3<&{passed.fileno()}"]
         process = await nursery.start(
             functools.partial(
                 trio.run_process,
-                [sys.executable, "-m", "tunneld", "run", "--config", str(config)],
+                command,
                 env=env,
                 check=False,
                 stderr=subprocess.DEVNULL,
+                pass_fds=pass_fds,
             )
         )
+        if activated:
+            passed.close()
         try:
             await recv_notify(notify, b"READY=1")
             assert (socket_dir / "daemon.key").stat().st_mode & 0o777 == 0o600
