@@ -250,12 +250,12 @@ async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
             box_port = await nursery.start(box.serve)
             await agent.set_endpoints((f"127.0.0.1:{box_port}",))
             await laptop.add_tunnel("web1")
-            payload = bytes(range(251)) * (3 * 1024 * 1024 // 251)
+            payload = bytes(range(251)) * (2 * 1024 * 1024 // 251)
             with trio.fail_after(WAIT * 2):
                 stream = await laptop.open_stream("web1", "sha256")
                 await laptop.wait_direct("web1")
                 assert peer_status(laptop).direct_endpoint == f"127.0.0.1:{box_port}"
-                half = len(payload) // 2
+                half = len(payload) * 3 // 4
                 await stream.send_all(payload[:half])
                 box.blackhole = True
                 async with trio.open_nursery() as inner:

@@ -670,11 +670,12 @@ class Overlay:
         if path == RELAY_PATH:
             # Never wait on the relay's TCP here (the receive path calls this too): a
             # full queue is a lost datagram, which the mux and WireGuard recover from.
-            if self._derp is not None:
-                try:
-                    self._relay_send.send_nowait((key, data))
-                except trio.WouldBlock:
-                    self.relay_dropped += 1
+            # While the relay is away the queue holds what it can: above all the first
+            # handshake initiation, which WireGuard would otherwise repeat only in 5 s.
+            try:
+                self._relay_send.send_nowait((key, data))
+            except trio.WouldBlock:
+                self.relay_dropped += 1
             return
         key_parts: tuple[str, str, int] = path.key  # type: ignore[assignment]
         await self._sendto(data, (key_parts[1], key_parts[2]))
