@@ -2,9 +2,10 @@
 
 Usage: python _noise_interop_driver.py ROLE OUR_PRIVATE_HEX PEER_PUBLIC_HEX OUR_PORT PEER_PORT
 ROLE is ``initiator`` (we ping 10.200.0.1 through the tunnel and wait for the echo
-reply) or ``responder`` (wireguard-go starts the handshake for a ping to 10.200.0.2;
-we answer the echo request). Prints READY once bound, then one JSON line with what
-happened.
+reply), ``rekey`` (the same, then a second handshake after RekeyTimeout and a second
+ping under the new keys) or ``responder`` (wireguard-go starts the handshake for a
+ping to 10.200.0.2; we answer the echo request). Prints READY once bound, then one
+JSON line with what happened.
 """
 
 from __future__ import annotations
@@ -64,11 +65,21 @@ def main() -> None:
         for out in core.datagrams_to_send(time.monotonic()):
             sock.sendto(out.data, peer_addr)
 
-    if role == "initiator":
-        ping = icmp_echo(8, 0x1234, 1, b"tunneld-interop-ping")
-        core.send(peer, ipv4(OURS, THEIRS, ping, 7), time.monotonic(), time.time())
+    def ping(seq: int) -> None:
+        echo = icmp_echo(8, 0x1234, seq, b"tunneld-interop-ping")
+        core.send(peer, ipv4(OURS, THEIRS, echo, 7), time.monotonic(), time.time())
+
+    if role in ("initiator", "rekey"):
+        ping(1)
     replied = False
-    while time.monotonic() - start < 8.0:
+    replies: list[int] = []
+    result["replies"] = replies
+    handshakes = 0
+    rekey_at: float | None = None
+    while time.monotonic() - start < 15.0:
+        if rekey_at is not None and time.monotonic() >= rekey_at:
+            core.initiate(peer, time.monotonic(), time.time())
+            rekey_at = None
         flush()
         try:
             data, _ = sock.recvfrom(65535)
@@ -84,19 +95,29 @@ def main() -> None:
         while (event := core.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
                 events.append(f"handshake initiator={event.initiator}")
+                handshakes += 1
+                if role == "rekey" and handshakes == 2:
+                    ping(2)
             elif isinstance(event, DataReceived):
                 packet = event.payload
                 icmp = packet[20:]
                 events.append(f"data icmp type {icmp[0]} from {packet[12:16].hex()}")
-                if role == "initiator" and icmp[0] == 0:
-                    result["ok"] = icmp[4:8] == struct.pack("!HH", 0x1234, 1)
+                if role in ("initiator", "rekey") and icmp[0] == 0:
+                    ident, seq = struct.unpack("!HH", icmp[4:8])
+                    if ident == 0x1234:
+                        replies.append(seq)
+                    if role == "rekey" and seq == 1:
+                        # wireguard-go, like us, refuses a new initiation within
+                        # RekeyTimeout (5 s) of the last one.
+                        rekey_at = start + 5.2
                 if role == "responder" and icmp[0] == 8 and not replied:
                     length = struct.unpack("!H", packet[2:4])[0]
                     request = packet[20:length]
                     reply = icmp_echo(0, *struct.unpack("!HH", request[4:8]), request[8:])
                     core.send(peer, ipv4(OURS, THEIRS, reply, 9), time.monotonic(), time.time())
                     replied = True
-        if role == "initiator" and "ok" in result:
+        if (role == "initiator" and 1 in replies) or (role == "rekey" and 2 in replies):
+            result["ok"] = True
             break
         if role == "responder" and replied:
             flush()

@@ -125,3 +125,40 @@ def test_token_bucket_rate_and_burst() -> None:
     assert bucket.allow(b"s", 0.05)
     assert not bucket.allow(b"s", 0.05)
     assert [bucket.allow(b"s", 10.0) for _ in range(6)] == [True] * 5 + [False]
+
+
+def test_cookie_secret_rotates_and_cookies_expire_after_120_s() -> None:
+    p = Pair()
+    p.b.force_under_load = True
+    p.a.initiate(p.b_pub, p.now, p.wall)
+    (initiation,) = p.a.datagrams_to_send(p.now)
+    p.b.receive_datagram(initiation.data, Pair.A_ADDR, p.now, p.wall)
+    (reply,) = p.b.datagrams_to_send(p.now)
+    p.a.receive_datagram(reply.data, Pair.B_ADDR, p.now, p.wall)
+    p.now += 121.0  # a's cookie is stale (mac2 zero again) and b's secret rotates
+    p.a.initiate(p.b_pub, p.now, p.wall)
+    (late,) = p.a.datagrams_to_send(p.now)
+    assert late.data[-16:] == bytes(16)
+    p.b.receive_datagram(late.data, Pair.A_ADDR, p.now, p.wall)
+    (again,) = p.b.datagrams_to_send(p.now)
+    assert again.data[0] == 3
+    p.a.receive_datagram(again.data, Pair.B_ADDR, p.now, p.wall)
+    p.advance(REKEY_TIMEOUT + 0.4, deliver=True)
+    assert HandshakeCompleted(p.b_pub, True) in p.events(p.a)
+
+
+def test_initiator_under_load_demands_mac2_on_the_response() -> None:
+    p = Pair()
+    p.a.force_under_load = True  # a is loaded: b's response needs a cookie from a
+    p.a.initiate(p.b_pub, p.now, p.wall)
+    (initiation,) = p.a.datagrams_to_send(p.now)
+    p.b.receive_datagram(initiation.data, Pair.A_ADDR, p.now, p.wall)
+    (response,) = p.b.datagrams_to_send(p.now)
+    p.a.receive_datagram(response.data, Pair.B_ADDR, p.now, p.wall)
+    (reply,) = p.a.datagrams_to_send(p.now)
+    assert reply.destination == Pair.B_ADDR
+    assert reply.data[0] == 3
+    p.b.receive_datagram(reply.data, Pair.A_ADDR, p.now, p.wall)  # b stores a's cookie
+    p.advance(REKEY_TIMEOUT + 0.4, deliver=True)  # a retries; b's response now has mac2
+    assert HandshakeCompleted(p.b_pub, True) in p.events(p.a)
+    assert HandshakeCompleted(p.a_pub, False) in p.events(p.b)

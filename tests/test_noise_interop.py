@@ -36,8 +36,9 @@ def run(*args: str) -> str:
 
 
 class WireguardGo:
-    def __init__(self, ns: str, private: bytes) -> None:
+    def __init__(self, ns: str, ifname: str, private: bytes) -> None:
         self.ns = ns
+        self.ifname = ifname
         self.private = private
         self.public = public_key(private)
 
@@ -45,27 +46,32 @@ class WireguardGo:
 @pytest.fixture
 def wireguard_go(tmp_path: Path) -> Iterator[WireguardGo]:
     ns = f"tunneld-noise-{os.getpid()}-{secrets.token_hex(3)}"
+    # wireguard-go's control socket is /var/run/wireguard/IFNAME.sock, shared across
+    # namespaces: a unique name keeps parallel runs (and `wg set`) apart.
+    ifname = f"wgn{secrets.token_hex(4)}"
     run("ip", "netns", "add", ns)
     proc: subprocess.Popen[bytes] | None = None
     try:
         run("ip", "-n", ns, "link", "set", "lo", "up")
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "wireguard-go", "-f", "wg0"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log = tmp_path / "wireguard-go.log"
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, "wireguard-go", "-f", ifname],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 10
         while subprocess.run(
-            ["ip", "-n", ns, "link", "show", "wg0"], capture_output=True
+            ["ip", "-n", ns, "link", "show", ifname], capture_output=True
         ).returncode:
-            assert time.monotonic() < deadline, "wireguard-go did not create wg0"
-            assert proc.poll() is None, "wireguard-go exited"
+            assert time.monotonic() < deadline, "wireguard-go did not create its interface"
+            assert proc.poll() is None, f"wireguard-go exited: {log.read_text()}"
             time.sleep(0.05)
         private = generate_private_key()
         key_file = tmp_path / "wg.key"
         key_file.write_text(encode_key(private))
         key_file.chmod(0o600)
-        yield WireguardGo(ns, private)
+        yield WireguardGo(ns, ifname, private)
     finally:
         if proc is not None:
             proc.terminate()
@@ -79,13 +85,13 @@ def wireguard_go(tmp_path: Path) -> Iterator[WireguardGo]:
 
 def configure(wg: WireguardGo, ours: bytes, tmp_path: Path) -> None:
     run(
-        "ip", "netns", "exec", wg.ns, "wg", "set", "wg0",
+        "ip", "netns", "exec", wg.ns, "wg", "set", wg.ifname,
         "private-key", str(tmp_path / "wg.key"), "listen-port", str(WG_PORT),
         "peer", encode_key(public_key(ours)), "allowed-ips", "10.200.0.2/32",
         "endpoint", f"127.0.0.1:{OUR_PORT}",
     )  # fmt: skip
-    run("ip", "-n", wg.ns, "addr", "add", "10.200.0.1/24", "dev", "wg0")
-    run("ip", "-n", wg.ns, "link", "set", "wg0", "up")
+    run("ip", "-n", wg.ns, "addr", "add", "10.200.0.1/24", "dev", wg.ifname)
+    run("ip", "-n", wg.ns, "link", "set", wg.ifname, "up")
 
 
 def driver(wg: WireguardGo, role: str, ours: bytes) -> subprocess.Popen[str]:
@@ -106,11 +112,22 @@ def driver(wg: WireguardGo, role: str, ours: bytes) -> subprocess.Popen[str]:
 def test_our_initiator_against_wireguard_go(wireguard_go: WireguardGo, tmp_path: Path) -> None:
     ours = generate_private_key()
     configure(wireguard_go, ours, tmp_path)
-    out, _ = driver(wireguard_go, "initiator", ours).communicate(timeout=20)
+    out, _ = driver(wireguard_go, "initiator", ours).communicate(timeout=30)
     result = json.loads(out)
     assert result["events"][0] == "handshake initiator=True"
     assert "data icmp type 0 from 0ac80001" in result["events"]
     assert result.get("ok") is True
+    assert result["replies"] == [1]
+    assert result["rejected"] == []
+
+
+def test_second_session_with_wireguard_go(wireguard_go: WireguardGo, tmp_path: Path) -> None:
+    ours = generate_private_key()
+    configure(wireguard_go, ours, tmp_path)
+    out, _ = driver(wireguard_go, "rekey", ours).communicate(timeout=30)
+    result = json.loads(out)
+    assert result["events"].count("handshake initiator=True") == 2
+    assert result["replies"] == [1, 2]
     assert result["rejected"] == []
 
 

@@ -220,3 +220,32 @@ def test_simultaneous_initiations_converge() -> None:
     got_a = [e for e in p.events(p.a) if isinstance(e, DataReceived)]
     assert [e.payload.rstrip(b"\0") for e in got_b] == [b"from a", b"again a"]
     assert [e.payload.rstrip(b"\0") for e in got_a] == [b"from b", b"again b"]
+
+
+def test_close_zeroes_everything() -> None:
+    p = Pair()
+    p.handshake()
+    keypair = p.a._peers[p.b_pub].current
+    assert keypair is not None
+    p.a.close()
+    assert p.a.peers() == []
+    assert keypair.send_key == bytearray(32)
+    assert p.a._private == bytearray(32)
+    assert p.a.get_timer() is None
+
+
+def test_one_way_traffic_is_kept_alive_by_passive_keepalives_without_rehandshakes() -> None:
+    p = Pair()
+    p.handshake()
+    first = p.a.peer_status(p.b_pub).last_handshake
+    b_sent: list[int] = []
+    for _ in range(100):  # a streams data once a second; b has nothing to say
+        p.a.send(p.b_pub, b"stream", p.now, p.wall)
+        p.advance(1.0, deliver=False)
+        for who, out in p.deliver():
+            if who == "b":
+                b_sent.append(len(out.data))
+    # b's keepalive (10 s after data with nothing sent) beats a's 15 s new-handshake timer.
+    assert b_sent
+    assert set(b_sent) == {32}
+    assert p.a.peer_status(p.b_pub).last_handshake == first

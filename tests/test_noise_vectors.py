@@ -35,9 +35,8 @@ from tunneld.proto.noise import (
     tai64n_decode,
 )
 
-VECTORS = Path("/work/shared/vectors")
-if not VECTORS.is_dir():
-    VECTORS = Path(__file__).resolve().parent / "vectors"
+# Copies of the project's shared known answers (SPECS.md), kept with the tests so CI has them.
+VECTORS = Path(__file__).resolve().parent / "vectors"
 KDF = json.loads((VECTORS / "kdf.json").read_text())
 EXCHANGE = json.loads((VECTORS / "wireguard-go-exchange.json").read_text())
 

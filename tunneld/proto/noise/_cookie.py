@@ -29,13 +29,14 @@ __all__ = [
     "COOKIE_REFRESH_TIME",
     "CookieChecker",
     "CookieGenerator",
+    "LoadTracker",
     "TokenBucket",
     "compute_mac1",
     "compute_mac2",
     "mac1_key",
 ]
 
-from tunneld.proto.noise._constants import COOKIE_REFRESH_TIME
+from tunneld.proto.noise._constants import COOKIE_REFRESH_TIME, UNDER_LOAD_AFTER_TIME
 
 
 def mac1_key(static_public: bytes) -> bytes:
@@ -178,3 +179,38 @@ class TokenBucket:
             return False
         self._buckets[source] = (tokens - 1.0, now)
         return True
+
+
+class LoadTracker:
+    """Decides when the node is "under load" and must demand mac2 (whitepaper 5.3).
+
+    wireguard-go is under load while its handshake queue is at least 1/8 full, and
+    stays so for a second after. A sans-IO core has no queue, so any of these turns
+    it on: ``force`` (set by the caller), ``note_backlog`` (the adapter reports its
+    queue), or ``threshold`` handshake messages with a valid mac1 within a second.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.force = False
+        self.threshold = threshold
+        self._until: float | None = None
+        self._window_start = 0.0
+        self._window_count = 0
+
+    def note_message(self, now: float) -> None:
+        """Count one handshake message with a valid mac1."""
+        if now - self._window_start >= 1.0 or now < self._window_start:
+            self._window_start = now
+            self._window_count = 0
+        self._window_count += 1
+        if self._window_count >= self.threshold:
+            self._until = now + UNDER_LOAD_AFTER_TIME
+
+    def note_backlog(self, queued: int, capacity: int, now: float) -> None:
+        """An adapter's handshake queue holds ``queued`` of ``capacity``."""
+        if capacity > 0 and queued * 8 >= capacity:
+            self._until = now + UNDER_LOAD_AFTER_TIME
+
+    def active(self, now: float) -> bool:
+        """Whether handshake messages must carry a valid mac2 at ``now``."""
+        return self.force or (self._until is not None and now < self._until)

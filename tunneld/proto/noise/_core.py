@@ -42,9 +42,8 @@ from tunneld.proto.noise._constants import (
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
-    UNDER_LOAD_AFTER_TIME,
 )
-from tunneld.proto.noise._cookie import CookieChecker, TokenBucket
+from tunneld.proto.noise._cookie import CookieChecker, LoadTracker, TokenBucket
 from tunneld.proto.noise._crypto import (
     KEY_SIZE,
     AuthenticationFailed,
@@ -75,7 +74,6 @@ from tunneld.proto.noise._messages import (
     MESSAGE_TRANSPORT,
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
-    build_transport,
     message_type,
     parse_cookie_reply,
     parse_initiation,
@@ -131,11 +129,7 @@ class WireGuardCore:
         self._rate_limiter = TokenBucket()
         self._outgoing: list[Outgoing] = []
         self._events: deque[Event] = deque()
-        self.force_under_load = False
-        self.handshake_load_threshold = handshake_load_threshold
-        self._load_until: float | None = None
-        self._load_window_start = 0.0
-        self._load_window_count = 0
+        self._load = LoadTracker(handshake_load_threshold)
 
     # ------------------------------------------------------------------ configuration
 
@@ -184,6 +178,14 @@ class WireGuardCore:
         zero(peer.static_static)
         zero(peer.preshared_key)
 
+    def close(self) -> None:
+        """Forget every peer and zero our private key (best effort); the core is then unusable."""
+        for key in list(self._peers):
+            self.remove_peer(key)
+        zero(self._private)
+        self._outgoing.clear()
+        self._events.clear()
+
     def peers(self) -> list[bytes]:
         """Public keys of the configured peers."""
         return list(self._peers)
@@ -204,18 +206,35 @@ class WireGuardCore:
         """Set where packets for a peer go (authenticated packets update it too)."""
         self._peer(public_key).endpoint = endpoint
 
+    @property
+    def force_under_load(self) -> bool:
+        """Set to demand mac2 from every handshake message (e.g. from an operator switch)."""
+        return self._load.force
+
+    @force_under_load.setter
+    def force_under_load(self, value: bool) -> None:
+        self._load.force = value
+
+    @property
+    def handshake_load_threshold(self) -> int:
+        """Handshake messages per second (valid mac1) that put the core under load."""
+        return self._load.threshold
+
+    @handshake_load_threshold.setter
+    def handshake_load_threshold(self, value: int) -> None:
+        self._load.threshold = value
+
     def note_handshake_backlog(self, queued: int, capacity: int, now: float) -> None:
         """Tell the core how many handshake datagrams wait in the adapter's queue.
 
         At 1/8 of ``capacity`` or more the core is under load for the next second
         (wireguard-go's rule), requiring mac2 from every handshake message.
         """
-        if capacity > 0 and queued * 8 >= capacity:
-            self._load_until = now + UNDER_LOAD_AFTER_TIME
+        self._load.note_backlog(queued, capacity, now)
 
     def under_load(self, now: float) -> bool:
         """Whether handshake messages must carry a valid mac2 right now."""
-        return self.force_under_load or (self._load_until is not None and now < self._load_until)
+        return self._load.active(now)
 
     # ------------------------------------------------------------------ sans-IO surface
 
@@ -241,6 +260,17 @@ class WireGuardCore:
             NoiseError: unknown peer.
         """
         state = self._peer(peer)
+        kp = state.current
+        if (
+            kp is not None
+            and not state.staged
+            and kp.send_counter < REJECT_AFTER_MESSAGES
+            and now - kp.created < REJECT_AFTER_TIME
+        ):
+            # Fast path (the data plane): a usable session and nothing queued before us.
+            self._transmit(state, kp, payload, now)
+            self._keep_key_fresh_sending(state, now, wall)
+            return
         self._stage(state, payload)
         self._send_staged(state, now, wall)
 
@@ -250,7 +280,11 @@ class WireGuardCore:
         Raises:
             RemoteProtocolError: the datagram is malformed, unauthenticated, replayed,
                 from an unknown peer or not acceptable now; the core's state is then
-                unchanged (except a rate-limiter token spent under load).
+                unchanged, except the under-load accounting (handshake messages with a
+                valid mac1 are counted, and under load charge the source's token bucket).
+
+        Under load, a handshake message without a valid mac2 is not an error: it is
+        answered with a cookie reply (``Outgoing.destination`` = ``source``).
         """
         if len(data) >= TRANSPORT_MIN_SIZE and data[:4] == _TRANSPORT_TYPE:
             # The hot path: skip the general dispatch for transport packets.
@@ -341,23 +375,23 @@ class WireGuardCore:
         ):
             self._send_initiation(peer, now, wall, retry=False)
             return
-        staged, timers, outgoing = peer.staged, peer.timers, self._outgoing
+        staged = peer.staged
         while staged and kp.send_counter < REJECT_AFTER_MESSAGES:
-            payload = staged.popleft()
-            counter = kp.send_counter
-            kp.send_counter = counter + 1
-            padding = -len(payload) % 16  # whitepaper 5.4.6: pad to a multiple of 16
-            plaintext = payload + bytes(padding) if padding else payload
-            packet = build_transport(kp.remote_index, counter, kp.seal(counter, plaintext))
-            peer.tx_bytes += len(packet)
-            outgoing.append(Outgoing(peer.public_key, None, packet))
-            # Inlined timer hooks (hot path): any authenticated packet traversal / sent.
-            if peer.persistent_keepalive:
-                timers.persistent_keepalive = now + peer.persistent_keepalive
-            timers.send_keepalive = None
-            if payload and timers.new_handshake is None:
-                self._timers_data_sent(peer, now)
+            self._transmit(peer, kp, staged.popleft(), now)
         self._keep_key_fresh_sending(peer, now, wall)
+
+    def _transmit(self, peer: PeerState, kp: Keypair, payload: bytes, now: float) -> None:
+        padding = -len(payload) % 16  # whitepaper 5.4.6: pad to a multiple of 16
+        packet = kp.seal_transport(payload + bytes(padding) if padding else payload)
+        peer.tx_bytes += len(packet)
+        self._outgoing.append(Outgoing(peer.public_key, None, packet))
+        # Inlined timer hooks (hot path): any authenticated packet traversal / sent.
+        timers = peer.timers
+        if peer.persistent_keepalive:
+            timers.persistent_keepalive = now + peer.persistent_keepalive
+        timers.send_keepalive = None
+        if payload and timers.new_handshake is None:
+            self._timers_data_sent(peer, now)
 
     def _keep_key_fresh_sending(self, peer: PeerState, now: float, wall: float) -> None:
         kp = peer.current
@@ -402,6 +436,7 @@ class WireGuardCore:
         hs.last_sent = now
         packet = peer.cookies.add_macs(out.message.to_bytes(), now)
         self._outgoing.append(Outgoing(peer.public_key, None, packet))
+        peer.tx_bytes += len(packet)
         self._timers_any_authenticated_packet_traversal(peer, now)
         self._timers_any_authenticated_packet_sent(peer)
         peer.timers.retransmit_handshake = now + REKEY_TIMEOUT + self._jitter()
@@ -422,8 +457,8 @@ class WireGuardCore:
         what = "initiation" if kind == MESSAGE_INITIATION else "response"
         if not self._cookie_checker.check_mac1(data):
             raise RemoteProtocolError(f"{what}: mac1 invalid")
-        self._count_handshake_for_load(now)
-        if self.under_load(now):
+        self._load.note_message(now)
+        if self._load.active(now):
             if not self._cookie_checker.check_mac2(data, source, now):
                 sender = int.from_bytes(data[4:8], "little")
                 reply = self._cookie_checker.create_reply(data, sender, source, now)
@@ -435,14 +470,6 @@ class WireGuardCore:
             self._receive_initiation(data, source, now, wall)
         else:
             self._receive_response(data, source, now, wall)
-
-    def _count_handshake_for_load(self, now: float) -> None:
-        if now - self._load_window_start >= 1.0 or now < self._load_window_start:
-            self._load_window_start = now
-            self._load_window_count = 0
-        self._load_window_count += 1
-        if self._load_window_count >= self.handshake_load_threshold:
-            self._load_until = now + UNDER_LOAD_AFTER_TIME
 
     def _receive_initiation(self, data: bytes, source: bytes, now: float, wall: float) -> None:
         message = parse_initiation(data)

@@ -11,6 +11,7 @@ guarantee is that the core drops every reference to retired keys.
 from __future__ import annotations
 
 import enum
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -22,6 +23,9 @@ from tunneld.proto.noise._crypto import AuthenticationFailed, nonce_for_counter,
 from tunneld.proto.noise._replay import ReplayWindow
 
 __all__ = ["HandshakeState", "Keypair", "PeerState", "PeerStatus", "Timers"]
+
+_TRANSPORT_HEADER = struct.Struct("<IIQ")  # type 4, receiver index, counter
+_NONCE = struct.Struct("<4xQ")
 
 
 class HandshakeState(enum.Enum):
@@ -104,6 +108,18 @@ class Keypair:
         """Encrypt ``plaintext`` under the sending key with ``counter`` as the nonce."""
         assert self._send_cipher is not None, "keypair was destroyed"
         return self._send_cipher.encrypt(nonce_for_counter(counter), plaintext, None)
+
+    def seal_transport(self, plaintext: bytes) -> bytes:
+        """Message 4 carrying ``plaintext`` (already padded) under the next counter.
+
+        The caller checks ``send_counter < REJECT_AFTER_MESSAGES`` first.
+        """
+        assert self._send_cipher is not None, "keypair was destroyed"
+        counter = self.send_counter
+        self.send_counter = counter + 1
+        return _TRANSPORT_HEADER.pack(4, self.remote_index, counter) + self._send_cipher.encrypt(
+            _NONCE.pack(counter), plaintext, None
+        )
 
     def open(self, counter: int, ciphertext: bytes | memoryview) -> bytes:
         """Decrypt under the receiving key; raises AuthenticationFailed on a bad tag."""
