@@ -616,7 +616,7 @@ class Overlay:
             link.rtt = event.rtt
             if link.direct != event.path:
                 link.direct = event.path
-                link.mux.core.set_path(event.path)
+                link.mux.set_path(event.path)
                 log.info("overlay.path_direct", peer=link.id, endpoint=event.path.address.decode())
                 self._notify()
         elif isinstance(event, ConnectionClosed):
@@ -801,15 +801,14 @@ class Overlay:
                 ):
                     log.info("overlay.path_relay", peer=link.id, reason="direct path silent")
                     link.direct = None
-                    link.mux.core.set_path(RELAY_PATH)
+                    link.mux.set_path(RELAY_PATH)
                     self._notify()
                 paths = [link.direct] if link.direct is not None else link.candidate_paths()
                 for path in paths:
                     try:
-                        link.mux.core.send_path_probe(path, secrets.token_bytes(8), now)
+                        link.mux.send_path_probe(path, secrets.token_bytes(8))
                     except ConnectionClosedError:  # nothing to probe on a closed mux
                         break
-                link.mux._kick()
 
     async def _coordinator_loop(self) -> NoReturn:
         attempt = 0
