@@ -133,3 +133,102 @@ async def test_multi_megabyte_transfer_over_real_udp_sockets(nursery: trio.Nurse
         assert total == len(payload)
         assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
         assert isinstance(transport_a.path, Path)
+
+
+class LossyTransport(MemoryDatagramTransport):
+    """A memory link that loses, duplicates and reorders (seeded)."""
+
+    def __init__(self, inner: MemoryDatagramTransport, seed: int) -> None:
+        super().__init__(inner._send_channel, inner._receive_channel, inner.path)
+        self._rng = random.Random(seed)
+        self._held: list[bytes] = []
+
+    async def send(self, data: bytes, path: Path) -> None:
+        roll = self._rng.random()
+        if roll < 0.05:
+            await trio.lowlevel.checkpoint()
+            return
+        if roll < 0.10:
+            self._held.append(data)  # delivered after the next one: reordered
+            await trio.lowlevel.checkpoint()
+            return
+        await super().send(data, path)
+        if roll < 0.13:
+            await super().send(data, path)
+        while self._held:
+            await super().send(self._held.pop(), path)
+
+
+async def test_transfer_over_a_lossy_reordering_link(nursery: trio.Nursery) -> None:
+    left, right = MemoryDatagramTransport.pair()
+    a = MuxConnection(LossyTransport(left, 1), is_initiator=True, path=left.path)
+    b = MuxConnection(LossyTransport(right, 2), is_initiator=False, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    payload = random.Random(3).randbytes(1024 * 1024)
+
+    async def send() -> None:
+        stream = await a.open_stream("rpc")
+        await stream.send_all(payload)
+        await stream.send_eof()
+
+    got = bytearray()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as group:
+            group.start_soon(send)
+            peer = await b.accept_stream()
+            while chunk := await peer.receive_some():
+                got += chunk
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_path_probe_and_call_me_maybe_reach_on_event(nursery: trio.Nursery) -> None:
+    left, right = MemoryDatagramTransport.pair(Path("relay", reliable=True))
+    seen: list[object] = []
+    both = trio.Event()
+
+    def record(event: object) -> None:
+        seen.append(event)
+        if len(seen) == 2:
+            both.set()
+
+    a = MuxConnection(left, is_initiator=True, path=left.path, on_event=record)
+    b = MuxConnection(right, is_initiator=False, path=right.path, on_event=record)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    a.send_path_probe(Path("relay", reliable=True), b"probe123")
+    b.send_call_me_maybe([b"192.0.2.1:41641"])
+    with trio.fail_after(5):
+        await both.wait()
+    kinds = {type(event).__name__ for event in seen}
+    assert kinds == {"PathResponse", "CallMeMaybe"}
+
+
+async def test_slow_reader_backpressures_send_all(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery)
+    stream = await a.open_stream("bulk")
+    peer = await b.accept_stream()
+    sent = 0
+
+    async def writer() -> None:
+        nonlocal sent
+        while True:
+            await stream.send_all(bytes(65536))
+            sent += 65536
+
+    async with trio.open_nursery() as group:
+        group.start_soon(writer)
+        await trio.sleep(0.5)
+        # Nobody reads: the writer is stuck once the window and send buffer are full.
+        stuck_at = sent
+        await trio.sleep(0.3)
+        assert sent == stuck_at
+        config = b.core.config
+        assert b.core.receive_buffered(peer.stream_id) <= config.initial_stream_window
+        assert sent <= config.initial_stream_window + config.stream_send_buffer + 65536
+        # Reading releases it.
+        received = 0
+        while received < 4 * 1024 * 1024:
+            received += len(await peer.receive_some())
+        assert sent > stuck_at
+        group.cancel_scope.cancel()

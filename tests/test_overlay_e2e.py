@@ -43,9 +43,9 @@ async def sha256_service(peer: str, service: str, stream: MuxStream) -> None:
 
 
 def make_overlay(h: Harness, name: str, token: str, **changes: object) -> Overlay:
+    changes.setdefault("private_key", generate_private_key())
     config = OverlayConfig(
         name=name,
-        private_key=generate_private_key(),
         coordinate_url=h.info.coordinate_url,
         derp_url=h.info.derp_url,
         udp_host="127.0.0.1",
@@ -60,12 +60,12 @@ def make_overlay(h: Harness, name: str, token: str, **changes: object) -> Overla
 
 @asynccontextmanager
 async def running(nursery: trio.Nursery, overlay: Overlay) -> AsyncIterator[Overlay]:
-    with trio.CancelScope() as scope:
-        await nursery.start(overlay.serve)
+    async with trio.open_nursery() as own:
+        await own.start(overlay.serve)
         try:
             yield overlay
         finally:
-            scope.cancel()
+            own.cancel_scope.cancel()
 
 
 async def wait_until(overlay: Overlay, predicate: object) -> None:
@@ -250,12 +250,12 @@ async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
             box_port = await nursery.start(box.serve)
             await agent.set_endpoints((f"127.0.0.1:{box_port}",))
             await laptop.add_tunnel("web1")
-            payload = bytes(range(251)) * (3 * 1024 * 1024 // 251)
+            payload = bytes(range(251)) * (2 * 1024 * 1024 // 251)
             with trio.fail_after(WAIT * 2):
                 stream = await laptop.open_stream("web1", "sha256")
                 await laptop.wait_direct("web1")
                 assert peer_status(laptop).direct_endpoint == f"127.0.0.1:{box_port}"
-                half = len(payload) // 2
+                half = len(payload) * 3 // 4
                 await stream.send_all(payload[:half])
                 box.blackhole = True
                 async with trio.open_nursery() as inner:
@@ -278,3 +278,36 @@ async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
             with trio.fail_after(WAIT):
                 await laptop.wait_direct("web1")
             await stream.aclose()
+
+
+async def test_a_restarted_agent_is_reached_on_a_fresh_connection(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent_token = await h.token("alice", agent="web1")
+        agent_key = generate_private_key()
+        laptop = make_overlay(h, "laptop", await h.token("alice"))
+        async with running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            async with running(
+                nursery, make_overlay(h, "web1", agent_token, private_key=agent_key)
+            ):
+                with trio.fail_after(WAIT):
+                    stream = await laptop.open_stream("web1", "echo")
+                    await stream.send_all(b"first life")
+                    assert await stream.receive_some() == b"first life"
+                before = peer_status(laptop).connection
+            # The agent process is gone; a new one with the same key starts (its
+            # mux connection is new): the laptop notices the new connection id and
+            # replaces its own, so new streams work and the old one is broken.
+            async with running(
+                nursery, make_overlay(h, "web1", agent_token, private_key=agent_key)
+            ):
+                await wait_until(laptop, lambda: peer_status(laptop).connection != before)
+                with trio.fail_after(WAIT):
+                    second = await laptop.open_stream("web1", "echo")
+                    await second.send_all(b"second life")
+                    assert await second.receive_some() == b"second life"
+                    with pytest.raises(trio.BrokenResourceError):
+                        await stream.send_all(b"to the old agent")

@@ -258,6 +258,23 @@ class MuxConnection:
         self._kick()
         await trio.lowlevel.checkpoint()
 
+    # -- paths (the overlay decides; the core only carries the frames) ---------------
+
+    def set_path(self, path: Path) -> None:
+        """Send on ``path`` from now on (see ``Connection.set_path``)."""
+        self.core.set_path(path)
+        self._kick()
+
+    def send_path_probe(self, path: Path, challenge: bytes) -> None:
+        """Probe ``path``; the answer reaches ``on_event`` as a ``PathResponse``."""
+        self.core.send_path_probe(path, challenge, trio.current_time())
+        self._kick()
+
+    def send_call_me_maybe(self, endpoints: list[bytes]) -> None:
+        """Tell the peer our candidate endpoints (reliably; latest set wins)."""
+        self.core.send_call_me_maybe(endpoints)
+        self._kick()
+
     def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
 

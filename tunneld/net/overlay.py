@@ -616,7 +616,7 @@ class Overlay:
             link.rtt = event.rtt
             if link.direct != event.path:
                 link.direct = event.path
-                link.mux.core.set_path(event.path)
+                link.mux.set_path(event.path)
                 log.info("overlay.path_direct", peer=link.id, endpoint=event.path.address.decode())
                 self._notify()
         elif isinstance(event, ConnectionClosed):
@@ -670,11 +670,12 @@ class Overlay:
         if path == RELAY_PATH:
             # Never wait on the relay's TCP here (the receive path calls this too): a
             # full queue is a lost datagram, which the mux and WireGuard recover from.
-            if self._derp is not None:
-                try:
-                    self._relay_send.send_nowait((key, data))
-                except trio.WouldBlock:
-                    self.relay_dropped += 1
+            # While the relay is away the queue holds what it can: above all the first
+            # handshake initiation, which WireGuard would otherwise repeat only in 5 s.
+            try:
+                self._relay_send.send_nowait((key, data))
+            except trio.WouldBlock:
+                self.relay_dropped += 1
             return
         key_parts: tuple[str, str, int] = path.key  # type: ignore[assignment]
         await self._sendto(data, (key_parts[1], key_parts[2]))
@@ -758,11 +759,16 @@ class Overlay:
                 continue
             await self._receive_wg(data, source, _udp_path(udp))
 
+    def _wake_pump(self) -> None:
+        self._wakeup.set()
+
     async def _wg_pump(self) -> NoReturn:
         """WireGuard timers (retransmitted handshakes, keepalives, rekeys)."""
         while True:
             deadline = self._core.get_timer()
-            await trio.sleep_until(min(deadline or math.inf, trio.current_time() + 0.5))
+            with trio.move_on_at(min(deadline or math.inf, trio.current_time() + 0.5)):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
             now = trio.current_time()
             deadline = self._core.get_timer()
             if deadline is not None and now >= deadline:
@@ -781,7 +787,13 @@ class Overlay:
                 if link.gone_at is not None and now - link.gone_at > self.config.forget_after:
                     self._drop_peer(link)
                     continue
-                if not link.handshake_done or link.mux.closed is not None:
+                if not link.handshake_done and link.online:
+                    # The first initiation often meets a relay the peer has not joined
+                    # yet; retry every probe interval rather than WireGuard's 5 s.
+                    self._core.initiate(link.key, now, self._wall())
+                    self._wake_pump()
+                    continue
+                if link.mux.closed is not None:
                     continue
                 if (
                     link.direct is not None
@@ -789,15 +801,14 @@ class Overlay:
                 ):
                     log.info("overlay.path_relay", peer=link.id, reason="direct path silent")
                     link.direct = None
-                    link.mux.core.set_path(RELAY_PATH)
+                    link.mux.set_path(RELAY_PATH)
                     self._notify()
                 paths = [link.direct] if link.direct is not None else link.candidate_paths()
                 for path in paths:
                     try:
-                        link.mux.core.send_path_probe(path, secrets.token_bytes(8), now)
+                        link.mux.send_path_probe(path, secrets.token_bytes(8))
                     except ConnectionClosedError:  # nothing to probe on a closed mux
                         break
-                link.mux._kick()
 
     async def _coordinator_loop(self) -> NoReturn:
         attempt = 0
@@ -835,8 +846,10 @@ class Overlay:
             await self._add_peer(message.node)
             await self._coord_send(self._coord.ready_for_handshake(message.id))
         elif message.kind is PeerUpdateKind.READY_FOR_HANDSHAKE:
+            # "The peer has our node now; start (or retry) the handshake": it may be a
+            # new process whose keys our current session no longer matches.
             link = self._peers.get(message.id)
-            if link is not None and not link.handshake_done and link.initiator:
+            if link is not None:
                 self._core.initiate(link.key, trio.current_time(), self._wall())
                 await self._transmit(self._core.datagrams_to_send(trio.current_time()), None)
         elif message.kind is PeerUpdateKind.LOST:
@@ -891,8 +904,13 @@ class Overlay:
             await trio.sleep(backoff_delay(attempt, self._rng, self.config.backoff_cap))
 
     def _nudge_peers(self) -> None:
-        """A path came back: ping every peer so lost data is found without a long PTO."""
+        """A path came back: ping every peer so lost data is found without a long PTO,
+        and retry handshakes that were dropped while the relay was away."""
+        now = trio.current_time()
         for link in self._peers.values():
+            if not link.handshake_done:
+                self._core.initiate(link.key, now, self._wall())
+                self._wake_pump()
             try:
                 link.mux.core.send_ping()
             except ConnectionClosedError:

@@ -29,6 +29,7 @@ class Stream:
     """
 
     __slots__ = (
+        "eof_delivered",
         "fin_acked",
         "fin_lost",
         "fin_requested",
@@ -90,6 +91,7 @@ class Stream:
         self.received = RangeSet()
         self.highest_received = 0
         self.final_size: int | None = None
+        self.eof_delivered = False
         self.max_data_local = max_data_local
         self.window = max_data_local
         self.window_updated_at: float | None = None
@@ -158,7 +160,11 @@ class Stream:
     def recv_terminal(self) -> bool:
         if self.recv_reset_code is not None:
             return True
-        return self.final_size is not None and self.read_offset == self.final_size
+        if self.final_size is None or self.read_offset != self.final_size:
+            return False
+        # The application must have seen the end (read_stream said so), unless it
+        # stopped reading; otherwise a stream could vanish under a StreamReadable.
+        return self.eof_delivered or self.stop_code is not None
 
     def receive(self, offset: int, data: memoryview, fin: bool) -> int:
         """Store a STREAM frame; returns by how much the highest offset grew.
