@@ -178,6 +178,16 @@ async def test_cli_status_against_running_daemon(
         )
     status = json.loads(result.stdout)
     assert status["node"]["name"] == "laptop"
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "tunneld", "status", "--socket", str(path)],
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+    lines = result.stdout.decode().splitlines()
+    assert "name: laptop" in lines
+    assert any(line.startswith("coordinator: ") for line in lines)
+    assert lines[-1] == "tunnels: none"
     assert status["node"]["coordinator"] in ("connected", "connecting")
 
 

@@ -136,9 +136,31 @@ def _status(args: argparse.Namespace) -> int:
     if not isinstance(answer, dict):
         raise CliError("the daemon sent a malformed status")
     tunnels = answer.get("tunnels") or []
+    node = answer.get("node")
     for key, value in sorted(answer.items()):
-        if key != "tunnels":
+        if key not in ("tunnels", "node"):
             print(f"{key}: {value}")
+    if node is not None and not isinstance(node, dict):
+        print(f"node: {node}")
+    if isinstance(node, dict):
+        for key in ("name", "udp", "coordinator", "coordinator_error", "relay", "relay_error"):
+            if node.get(key) is not None:
+                print(f"{key}: {node[key]}")
+        peers = node.get("peers") or []
+        if peers:
+            rows = [["PEER", "ONLINE", "HANDSHAKE", "PATH", "RTT"]]
+            for peer in peers:
+                rtt = peer.get("rtt")
+                rows.append(
+                    [
+                        f"{peer.get('owner')}/{peer.get('name')}",
+                        str(peer.get("online")),
+                        str(peer.get("handshake")),
+                        str(peer.get("direct_endpoint") or peer.get("path")),
+                        "-" if not isinstance(rtt, int | float) else f"{rtt * 1000:.1f}ms",
+                    ]
+                )
+            print(_table(rows))
     if not tunnels:
         print("tunnels: none")
         return 0
