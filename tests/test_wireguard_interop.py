@@ -1,6 +1,6 @@
 """Interop with a real WireGuard: wireguard-go and wireguard-tools as the oracle.
 
-Each test makes its own network namespace, runs ``wireguard-go -f wg0`` inside it, and
+Each test makes its own network namespace, runs ``wireguard-go -f IFNAME`` inside it, and
 runs ``tunneld debug wg-probe`` as a real subprocess in the same namespace, so all
 traffic (UDP on 127.0.0.1 and the tunnel's 10.200.0.0/24) stays inside it. Without root,
 ``ip netns``, /dev/net/tun, wireguard-go or wg these tests are skipped and say why.
@@ -79,11 +79,14 @@ class WireGuardGo:
     private_key_file: Path
     public_key: str
     log_file: Path
+    # Unique per test: wireguard-go's control socket /var/run/wireguard/IFNAME.sock is
+    # shared by every namespace, so two runs both named wg0 would fight over it.
+    ifname: str
 
     def configure(self, peer: str, *, endpoint: str | None = None, psk: Path | None = None) -> None:
         """wg set + address + link up, as an operator would."""
         argv = [
-            "wg", "set", "wg0",
+            "wg", "set", self.ifname,
             "private-key", str(self.private_key_file),
             "listen-port", str(WG_PORT),
             "peer", peer,
@@ -94,11 +97,11 @@ class WireGuardGo:
         if psk is not None:
             argv += ["preshared-key", str(psk)]
         _run(*self.namespace.exec(*argv))
-        _run("ip", "-n", self.namespace.name, "addr", "add", f"{WG_ADDRESS}/24", "dev", "wg0")
-        _run("ip", "-n", self.namespace.name, "link", "set", "wg0", "up")
+        _run("ip", "-n", self.namespace.name, "addr", "add", f"{WG_ADDRESS}/24", "dev", self.ifname)
+        _run("ip", "-n", self.namespace.name, "link", "set", self.ifname, "up")
 
     def show(self, field: str) -> str:
-        return _run(*self.namespace.exec("wg", "show", "wg0", field)).stdout
+        return _run(*self.namespace.exec("wg", "show", self.ifname, field)).stdout
 
 
 @pytest.fixture
@@ -129,18 +132,21 @@ def wireguard_go(namespace: Namespace, tmp_path: Path) -> Iterator[WireGuardGo]:
     key_file = tmp_path / "wg-go.key"
     write_key_file(key_file, key)
     log_file = tmp_path / "wireguard-go.log"
+    ifname = f"wgp{secrets.token_hex(4)}"
     with log_file.open("w") as log:
         # -f: stay in the foreground (daemonized, it dies with the namespace exec here).
         process = subprocess.Popen(
-            namespace.exec("wireguard-go", "-f", "wg0"), stdout=log, stderr=subprocess.STDOUT
+            namespace.exec("wireguard-go", "-f", ifname), stdout=log, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 10
-        while _run("ip", "-n", namespace.name, "link", "show", "wg0", check=False).returncode:
+        while _run("ip", "-n", namespace.name, "link", "show", ifname, check=False).returncode:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"wireguard-go did not create wg0: {log_file.read_text()}")
+                raise AssertionError(
+                    f"wireguard-go did not create {ifname}: {log_file.read_text()}"
+                )
             time.sleep(0.05)
-        yield WireGuardGo(namespace, key_file, encode_key(public_key(key)), log_file)
+        yield WireGuardGo(namespace, key_file, encode_key(public_key(key)), log_file, ifname)
     finally:
         process.terminate()
         try:
@@ -293,7 +299,7 @@ def test_wireguard_go_initiates_to_our_responder(
         else:
             raise AssertionError(f"responder exited before listening: {''.join(seen)}")
         wireguard_go.configure(our_key.public, endpoint=f"127.0.0.1:{PROBE_PORT}")
-        # The kernel's ping over wg0 makes wireguard-go initiate the handshake to us.
+        # The kernel's ping over the interface makes wireguard-go initiate the handshake to us.
         ping = _run(*namespace.exec(*_ping_argv(OUR_ADDRESS, count=3, wait=2)), check=False)
         stdout, stderr = responder.communicate(timeout=30)
     finally:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tunneld.config._units import Duration, HostPort
+from tunneld.config._units import ByteSize, Duration, HostPort
 
-__all__ = ["Config", "ControlConfig", "DaemonConfig", "LogConfig"]
+__all__ = ["AgentConfig", "Config", "ControlConfig", "DaemonConfig", "LogConfig"]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "text", "json"]
@@ -68,6 +68,40 @@ class ControlConfig:
     shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
 
 
+def _tcp_ports(ports: tuple[int, ...]) -> None:
+    if not all(1 <= p <= 65535 for p in ports):
+        raise ValueError("expected TCP port numbers in 1-65535")
+
+
+def _read_size(value: ByteSize) -> None:
+    # A read_file answer travels in one agentrpc frame (16 MiB); leave room for the map.
+    if not 1 <= value.bytes <= 15 * 2**20:
+        raise ValueError('expected a size between 1 and "15MiB"')
+
+
+def _non_negative_int(value: int) -> None:
+    if value < 0:
+        raise ValueError("expected a non-negative integer")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """``[agent]``: what ``tunneld agent`` lets callers do on this host.
+
+    Everything is off by default: no file roots, no exec, no writes, no TCP ports.
+    """
+
+    # File operations (and exec working directories) are confined to these directories.
+    roots: tuple[Path, ...] = ()
+    allow_exec: bool = False
+    allow_write: bool = False
+    allowed_tcp_ports: tuple[int, ...] = field(default=(), metadata={"check": _tcp_ports})
+    # Default and maximum time a foreground command may run before its group is killed.
+    exec_timeout: Duration = field(default=Duration(300), metadata={"check": _positive_duration})
+    max_read_size: ByteSize = field(default=ByteSize(4 * 2**20), metadata={"check": _read_size})
+    max_background_processes: int = field(default=16, metadata={"check": _non_negative_int})
+
+
 def _socket_mode(value: int) -> None:
     if not 0 <= value <= 0o777:
         raise ValueError("expected a permission mode 0..0o777, e.g. 0o660")
@@ -102,4 +136,5 @@ class Config:
 
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)

@@ -1,0 +1,159 @@
+"""File operations (blocking; the services run them in a worker thread).
+
+Each returns the ``result`` value map documented in docs/agentrpc.md, or raises
+``OperationError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as stat_module
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tunneld.agent._errors import OperationError, from_os_error
+from tunneld.agent._paths import PathPolicy
+from tunneld.proto.agentrpc import ErrorCode, FileEdit
+
+__all__ = ["edit_file", "list_dir", "read_file", "stat_path", "write_file"]
+
+
+def _kind(mode: int) -> str:
+    if stat_module.S_ISREG(mode):
+        return "file"
+    if stat_module.S_ISDIR(mode):
+        return "dir"
+    if stat_module.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def _describe(st: os.stat_result) -> dict[str, Any]:
+    return {
+        "type": _kind(st.st_mode),
+        "size": st.st_size,
+        "mode": stat_module.S_IMODE(st.st_mode),
+        "mtime": st.st_mtime,
+    }
+
+
+def read_file(
+    policy: PathPolicy, path: str, offset: int, limit: int | None, max_read: int
+) -> dict[str, Any]:
+    """``{data, offset, size, eof}``; at most ``max_read`` bytes (longer reads page)."""
+    target = policy.resolve(path)
+    want = max_read if limit is None else min(limit, max_read)
+    try:
+        with open(target, "rb") as f:  # a directory fails here with EISDIR
+            size = os.fstat(f.fileno()).st_size
+            f.seek(offset)
+            data = f.read(want)
+    except OSError as exc:
+        raise from_os_error(exc, f"read_file {path}") from None
+    return {"data": data, "offset": offset, "size": size, "eof": offset + len(data) >= size}
+
+
+def _atomic_replace(target: Path, data: bytes, mode: int) -> None:
+    """Write a temp file beside ``target``, fsync it, then rename over (POSIX rename is atomic)."""
+    if target.is_dir():
+        raise IsADirectoryError(21, "Is a directory")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_file(policy: PathPolicy, path: str, data: bytes, mode: int | None) -> dict[str, Any]:
+    """``{size, mode}``; keeps the existing file's mode when ``mode`` is not given."""
+    target = policy.resolve(path)
+    try:
+        if mode is None:
+            try:
+                mode = stat_module.S_IMODE(os.stat(target).st_mode)
+            except FileNotFoundError:
+                mode = 0o644
+        _atomic_replace(target, data, mode)
+    except OSError as exc:
+        raise from_os_error(exc, f"write_file {path}") from None
+    return {"size": len(data), "mode": mode}
+
+
+def edit_file(policy: PathPolicy, path: str, edits: tuple[FileEdit, ...]) -> dict[str, Any]:
+    """Apply every edit in order, each to exactly one occurrence; nothing is written on failure.
+
+    Returns ``{size, edits}``.
+    """
+    target = policy.resolve(path)
+    try:
+        raw = target.read_bytes()
+        mode = stat_module.S_IMODE(os.stat(target).st_mode)
+    except OSError as exc:
+        raise from_os_error(exc, f"edit_file {path}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OperationError(
+            ErrorCode.INVALID_REQUEST, f"edit_file {path}: not UTF-8 text (byte {exc.start})"
+        ) from None
+    for i, edit in enumerate(edits):
+        count = text.count(edit.search)
+        if count == 0:
+            raise OperationError(
+                ErrorCode.SEARCH_NOT_FOUND,
+                f"edit_file {path}: edit {i}: search string not found: {_preview(edit.search)}",
+            )
+        if count > 1:
+            raise OperationError(
+                ErrorCode.AMBIGUOUS_EDIT,
+                f"edit_file {path}: edit {i}: search string occurs {count} times "
+                f"(must be unique): {_preview(edit.search)}",
+            )
+        text = text.replace(edit.search, edit.replace, 1)
+    data = text.encode("utf-8")
+    try:
+        _atomic_replace(target, data, mode)
+    except OSError as exc:
+        raise from_os_error(exc, f"edit_file {path}") from None
+    return {"size": len(data), "edits": len(edits)}
+
+
+def _preview(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def list_dir(policy: PathPolicy, path: str) -> dict[str, Any]:
+    """``{path, entries: [{name, type, size, mode, mtime}]}`` sorted by name."""
+    target = policy.resolve(path)
+    entries = []
+    try:
+        with os.scandir(target) as it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # vanished while listing
+                entries.append({"name": entry.name, **_describe(st)})
+    except OSError as exc:
+        raise from_os_error(exc, f"list_dir {path}") from None
+    entries.sort(key=lambda e: str(e["name"]))
+    return {"path": str(target), "entries": entries}
+
+
+def stat_path(policy: PathPolicy, path: str) -> dict[str, Any]:
+    """``{path, type, size, mode, mtime}`` of the resolved path."""
+    target = policy.resolve(path)
+    try:
+        st = os.stat(target)
+    except OSError as exc:
+        raise from_os_error(exc, f"stat {path}") from None
+    return {"path": str(target), **_describe(st)}

@@ -1,0 +1,46 @@
+"""An agentrpc frame reader/writer over any trio byte stream."""
+
+from __future__ import annotations
+
+import trio
+
+from tunneld.proto.agentrpc import MAX_FRAME_SIZE, ClientFrame, FrameDecoder, Response, encode
+
+__all__ = ["RECEIVE_SIZE", "FramedStream"]
+
+RECEIVE_SIZE = 65536
+
+
+class FramedStream:
+    """Frames on ``stream``: ``receive_payload`` for whole frames, ``send`` under a lock.
+
+    The decoder's buffer lives here, so cancelling ``receive_payload`` loses no bytes:
+    a later call continues where it left off. ``send`` may be called from several tasks
+    (stdout and stderr pumps); the lock keeps frames whole.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, *, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder(max_frame_size=max_frame_size)
+        self._send_lock = trio.Lock()
+
+    async def receive_payload(self) -> bytes | None:
+        """The next frame's payload, or ``None`` at a clean end of stream.
+
+        Raises:
+            RemoteProtocolError: oversized frame, or the stream ended inside a frame.
+            trio.BrokenResourceError: the transport failed.
+        """
+        while True:
+            payload = self._decoder.next_frame()
+            if payload is not None:
+                return payload
+            if self._decoder.at_eof:
+                return None
+            self._decoder.receive_data(bytes(await self.stream.receive_some(RECEIVE_SIZE)))
+
+    async def send(self, message: Response | ClientFrame) -> None:
+        """Send one whole frame; raises what the stream's ``send_all`` raises."""
+        data = encode(message)
+        async with self._send_lock:
+            await self.stream.send_all(data)
