@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunneld.config._load import ConfigError, from_mapping, read_toml
-from tunneld.config._sections import AgentConfig, Config, LogConfig
+from tunneld.config._sections import AgentConfig, Config, DaemonConfig, LogConfig
 from tunneld.config._units import (
     ByteSize,
     Duration,
@@ -25,6 +25,7 @@ __all__ = [
     "ByteSize",
     "Config",
     "ConfigError",
+    "DaemonConfig",
     "Duration",
     "HostPort",
     "LogConfig",

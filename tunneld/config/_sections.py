@@ -12,7 +12,7 @@ from typing import Literal
 
 from tunneld.config._units import ByteSize, Duration, HostPort
 
-__all__ = ["AgentConfig", "Config", "ControlConfig", "LogConfig"]
+__all__ = ["AgentConfig", "Config", "ControlConfig", "DaemonConfig", "LogConfig"]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "text", "json"]
@@ -102,6 +102,34 @@ class AgentConfig:
     max_background_processes: int = field(default=16, metadata={"check": _non_negative_int})
 
 
+def _socket_mode(value: int) -> None:
+    if not 0 <= value <= 0o777:
+        raise ValueError("expected a permission mode 0..0o777, e.g. 0o660")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """``[daemon]``: the daemon (``tunneld run``): its local API and tunnel table."""
+
+    # "" means the default: /run/tunneld/tunneld.sock for root, else
+    # $XDG_RUNTIME_DIR/tunneld.sock (a user instance).
+    socket: str = ""
+    socket_group: str = "tunneld"
+    socket_mode: int = field(default=0o660, metadata={"check": _socket_mode})
+    idle_timeout: Duration = field(default=Duration(300.0), metadata={"check": _non_negative})
+    connect_timeout: Duration = field(
+        default=Duration(15.0), metadata={"check": _positive_duration}
+    )
+    # The overlay node: our name ("" = the host name), key, control plane and token.
+    name: str = ""
+    key_file: Path = Path("/var/lib/tunneld/daemon.key")
+    control_url: str = "http://127.0.0.1:7420"
+    token_file: str = ""
+    derp_region: int = field(default=1, metadata={"check": _region})
+    udp_listen: HostPort = HostPort("0.0.0.0", 0)
+    shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole config file. Every table is optional; absent tables take their defaults."""
@@ -109,3 +137,4 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)

@@ -1,0 +1,313 @@
+"""End to end on loopback: a real control server (coordinator + DERP relay) and overlay nodes.
+
+Two nodes of one user (a client and an agent) reach each other first over the relay,
+then over direct UDP, with a multi-megabyte stream hashed on both ends across the
+switch; the control server is stopped mid-transfer and the stream still completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests._control_support import Harness, running_server
+from tunneld.config import HostPort
+from tunneld.keys import generate_private_key
+from tunneld.net.mux import MuxStream
+from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus, backoff_delay
+
+WAIT = 20.0
+CHUNK = 32 * 1024
+
+
+async def sha256_service(peer: str, service: str, stream: MuxStream) -> None:
+    """Agent-side test service: ``sha256`` hashes everything until EOF and answers."""
+    if service == "sha256":
+        digest = hashlib.sha256()
+        total = 0
+        while data := await stream.receive_some():
+            digest.update(data)
+            total += len(data)
+        await stream.send_all(f"{total} {digest.hexdigest()}".encode())
+        await stream.send_eof()
+    elif service == "echo":
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+        await stream.send_eof()
+
+
+def make_overlay(h: Harness, name: str, token: str, **changes: object) -> Overlay:
+    changes.setdefault("private_key", generate_private_key())
+    config = OverlayConfig(
+        name=name,
+        coordinate_url=h.info.coordinate_url,
+        derp_url=h.info.derp_url,
+        udp_host="127.0.0.1",
+        **changes,  # type: ignore[arg-type]
+    )
+
+    async def token_provider() -> str:
+        return token
+
+    return Overlay(config, token_provider, on_stream=sha256_service)
+
+
+@asynccontextmanager
+async def running(nursery: trio.Nursery, overlay: Overlay) -> AsyncIterator[Overlay]:
+    async with trio.open_nursery() as own:
+        await own.start(overlay.serve)
+        try:
+            yield overlay
+        finally:
+            own.cancel_scope.cancel()
+
+
+async def wait_until(overlay: Overlay, predicate: object) -> None:
+    with trio.fail_after(WAIT):
+        # Polling a status snapshot, as a user of Overlay.status() would.
+        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+def peer_status(overlay: Overlay) -> PeerStatus:
+    peers = overlay.status()["peers"]
+    assert isinstance(peers, list)
+    assert len(peers) == 1, peers
+    status = peers[0]
+    assert isinstance(status, PeerStatus)
+    return status
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    assert backoff_delay(0, lambda: 0.5) == 0.0
+    assert backoff_delay(3, lambda: 0.0) == pytest.approx(0.045)
+    assert backoff_delay(1000, lambda: 0.999, cap=30.0) == pytest.approx(30.0 * 1.499)
+
+
+async def test_stream_moves_from_relay_to_direct_without_losing_a_byte(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        laptop_token = await h.token("alice")
+        agent_token = await h.token("alice", agent="web1")
+        # Neither announces endpoints at first: the only way is the relay.
+        agent = make_overlay(h, "web1", agent_token, endpoints=())
+        laptop = make_overlay(h, "laptop", laptop_token, endpoints=())
+        async with running(nursery, agent), running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "sha256")
+            payload = bytes(range(256)) * (6 * 1024 * 1024 // 256)  # 6 MiB
+            third = len(payload) // 3
+
+            with trio.fail_after(WAIT * 2):
+                await stream.send_all(payload[:third])
+                status = peer_status(laptop)
+                assert status.path == "relay", status
+                assert status.handshake, status
+                assert laptop.status()["relay"] == LinkState.CONNECTED.value
+
+                # Now both announce their real UDP endpoints: the peers probe and
+                # move the stream's traffic to the direct path mid-stream.
+                await agent.set_endpoints(None)
+                await laptop.set_endpoints(None)
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(laptop.wait_direct, "web1")
+                    offset = third
+                    while offset < 2 * third:
+                        await stream.send_all(payload[offset : offset + CHUNK])
+                        offset += CHUNK
+                status = peer_status(laptop)
+                assert status.path == "direct", status
+                assert status.direct_endpoint == f"127.0.0.1:{agent.local_address[1]}"  # type: ignore[index]
+
+                # The control server (coordinator and relay) goes away; the direct
+                # path carries the rest.
+                h.server.shutdown()
+                await wait_until(
+                    laptop, lambda: laptop.coordinator_state is not LinkState.CONNECTED
+                )
+                await stream.send_all(payload[offset:])
+                await stream.send_eof()
+                answer = b""
+                while data := await stream.receive_some():
+                    answer += data
+            expected = f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+            assert answer == expected
+            assert peer_status(laptop).path == "direct"
+            await stream.aclose()
+
+
+async def test_overlay_reconnects_after_the_control_server_restarts(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with trio.open_nursery() as nodes:
+        async with running_server(nursery, tmp_path, relay=True) as h:
+            await h.user("alice")
+            laptop_token = await h.token("alice")
+            agent_token = await h.token("alice", agent="web1")
+            agent = make_overlay(h, "web1", agent_token, endpoints=())
+            laptop = make_overlay(h, "laptop", laptop_token, endpoints=())
+            await nodes.start(agent.serve)
+            await nodes.start(laptop.serve)
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "echo")
+                await stream.send_all(b"before")
+                assert await stream.receive_some() == b"before"
+            port = int(h.info.url.rsplit(":", 1)[1].split("/")[0])
+        await wait_until(laptop, lambda: laptop.coordinator_state is not LinkState.CONNECTED)
+        await wait_until(agent, lambda: agent.relay_state is not LinkState.CONNECTED)
+        # A new server on the same port and database: both reconnect (with backoff),
+        # re-announce themselves, the laptop replays its tunnel, and the stream that
+        # was open across the outage carries on over the relay.
+        async with running_server(
+            nursery, tmp_path, relay=True, listen=HostPort("127.0.0.1", port)
+        ):
+            for node in (agent, laptop):
+                await wait_until(node, lambda n=node: n.relay_state is LinkState.CONNECTED)
+                await wait_until(node, lambda n=node: n.coordinator_state is LinkState.CONNECTED)
+            with trio.fail_after(WAIT):
+                await stream.send_all(b"after")
+                assert await stream.receive_some() == b"after"
+                second = await laptop.open_stream("web1", "echo")
+                await second.send_all(b"new stream")
+                assert await second.receive_some() == b"new stream"
+            assert peer_status(laptop).path == "relay"
+            nodes.cancel_scope.cancel()
+
+
+async def test_a_node_of_another_user_cannot_reach_the_agent(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        await h.user("mallory")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"))
+        intruder = make_overlay(h, "evil", await h.token("mallory"))
+        async with running(nursery, agent), running(nursery, intruder):
+            for reference in ("web1", "alice/web1"):
+                await intruder.add_tunnel(reference)
+                await wait_until(intruder, lambda: intruder.last_coordinator_error is not None)
+                error = intruder.last_coordinator_error
+                assert error is not None
+                assert error.code == "not_found", error
+                assert error.peer == reference
+                intruder.last_coordinator_error = None
+            with trio.move_on_after(1.0) as scope:
+                await intruder.open_stream("web1", "echo")
+            assert scope.cancelled_caught
+            assert intruder.status()["peers"] == []
+            assert agent.status()["peers"] == []
+
+
+class UdpMiddlebox:
+    """A UDP forwarder standing in for a NAT's mapping: the agent announces it as its
+    endpoint; ``blackhole`` makes it drop everything (the direct path goes silent)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.blackhole = False
+        self.forwarded = 0
+        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.client: tuple[str, int] | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        with self.sock:
+            await self.sock.bind(("127.0.0.1", 0))
+            task_status.started(self.sock.getsockname()[1])
+            while True:
+                data, address = await self.sock.recvfrom(65535)
+                if self.blackhole:
+                    continue
+                if address == self.target:
+                    if self.client is not None:
+                        await self.sock.sendto(data, self.client)
+                else:
+                    self.client = address
+                    await self.sock.sendto(data, self.target)
+                self.forwarded += 1
+
+
+async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    timings = {"probe_interval": 0.2, "unsure_after": 0.4, "direct_timeout": 1.0}
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"), **timings)
+        laptop = make_overlay(h, "laptop", await h.token("alice"), endpoints=(), **timings)
+        async with running(nursery, agent), running(nursery, laptop):
+            assert agent.local_address is not None
+            box = UdpMiddlebox(agent.local_address)
+            box_port = await nursery.start(box.serve)
+            await agent.set_endpoints((f"127.0.0.1:{box_port}",))
+            await laptop.add_tunnel("web1")
+            payload = bytes(range(251)) * (2 * 1024 * 1024 // 251)
+            with trio.fail_after(WAIT * 2):
+                stream = await laptop.open_stream("web1", "sha256")
+                await laptop.wait_direct("web1")
+                assert peer_status(laptop).direct_endpoint == f"127.0.0.1:{box_port}"
+                half = len(payload) * 3 // 4
+                await stream.send_all(payload[:half])
+                box.blackhole = True
+                async with trio.open_nursery() as inner:
+
+                    async def send_rest() -> None:
+                        offset = half
+                        while offset < len(payload):
+                            await stream.send_all(payload[offset : offset + CHUNK])
+                            offset += CHUNK
+                        await stream.send_eof()
+
+                    inner.start_soon(send_rest)
+                answer = b""
+                while data := await stream.receive_some():
+                    answer += data
+            assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+            assert peer_status(laptop).path == "relay"
+            # The mapping comes back: the next probe finds it and traffic goes direct.
+            box.blackhole = False
+            with trio.fail_after(WAIT):
+                await laptop.wait_direct("web1")
+            await stream.aclose()
+
+
+async def test_a_restarted_agent_is_reached_on_a_fresh_connection(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent_token = await h.token("alice", agent="web1")
+        agent_key = generate_private_key()
+        laptop = make_overlay(h, "laptop", await h.token("alice"))
+        async with running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            async with running(
+                nursery, make_overlay(h, "web1", agent_token, private_key=agent_key)
+            ):
+                with trio.fail_after(WAIT):
+                    stream = await laptop.open_stream("web1", "echo")
+                    await stream.send_all(b"first life")
+                    assert await stream.receive_some() == b"first life"
+                before = peer_status(laptop).connection
+            # The agent process is gone; a new one with the same key starts (its
+            # mux connection is new): the laptop notices the new connection id and
+            # replaces its own, so new streams work and the old one is broken.
+            async with running(
+                nursery, make_overlay(h, "web1", agent_token, private_key=agent_key)
+            ):
+                await wait_until(laptop, lambda: peer_status(laptop).connection != before)
+                with trio.fail_after(WAIT):
+                    second = await laptop.open_stream("web1", "echo")
+                    await second.send_all(b"second life")
+                    assert await second.receive_some() == b"second life"
+                    with pytest.raises(trio.BrokenResourceError):
+                        await stream.send_all(b"to the old agent")

@@ -1,0 +1,333 @@
+"""``tunneld status``, ``tunneld agents``, ``tunneld dial``: clients of the daemon's local API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from pathlib import Path
+
+import trio
+
+from tunneld.cli._common import CliError, Subparsers
+from tunneld.config import DaemonConfig, load_config
+from tunneld.daemon import (
+    Daemon,
+    DaemonRunningError,
+    Notifier,
+    default_socket_path,
+    listen_fds,
+    open_api_listener,
+)
+from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+from tunneld.keys import generate_private_key, read_key_file, write_key_file
+from tunneld.net.overlay import Overlay, OverlayConfig
+
+__all__ = ["register"]
+
+
+def _add_socket(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help=(
+            "the daemon's local API socket (default: $TUNNELD_SOCKET, else"
+            " /run/tunneld/tunneld.sock as root, $XDG_RUNTIME_DIR/tunneld.sock otherwise)"
+        ),
+    )
+    parser.set_defaults(default_log_level="warning")
+
+
+def register(sub: Subparsers) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the daemon: the overlay node and its local API",
+        description=(
+            "Run this machine's overlay node and serve the local API on a Unix socket"
+            " (socket-activated under systemd). SIGHUP reloads [daemon] timeouts, SIGTERM"
+            " stops gracefully."
+        ),
+    )
+    run.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    run.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help="local API socket (default: [daemon].socket, else the per-user default)",
+    )
+    run.set_defaults(func=_run)
+    status = sub.add_parser(
+        "status",
+        help="show the daemon's state and its tunnels",
+        description="Ask the running daemon (`tunneld run`) for its state and tunnels.",
+    )
+    _add_socket(status)
+    status.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    status.set_defaults(func=_status)
+    agents = sub.add_parser(
+        "agents",
+        help="list the agents this node may reach",
+        description="Ask the running daemon which agents it knows and whether they are online.",
+    )
+    _add_socket(agents)
+    agents.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    agents.set_defaults(func=_agents)
+    watch = sub.add_parser(
+        "watch",
+        help="print the daemon's events as JSON lines",
+        description="Print the daemon's events (tunnels up, idle, removed, failed) as they happen.",
+    )
+    _add_socket(watch)
+    watch.set_defaults(func=_watch)
+    dial = sub.add_parser(
+        "dial",
+        help="connect stdin/stdout to a service on an agent",
+        description=(
+            "Open a stream to PORT on AGENT through the daemon and copy stdin to it and it"
+            " to stdout, e.g. ssh -o ProxyCommand='tunneld dial %h 22' HOST."
+        ),
+    )
+    _add_socket(dial)
+    dial.add_argument("agent", metavar="AGENT", help="agent name")
+    dial.add_argument("port", metavar="PORT", help="service port (or name) on the agent")
+    dial.set_defaults(func=_dial)
+
+
+def _client(args: argparse.Namespace) -> LocalApiClient:
+    path = args.socket or os.environ.get("TUNNELD_SOCKET") or default_socket_path()
+    return LocalApiClient(path)
+
+
+def _call(client: LocalApiClient, method: str, target: str) -> object:
+    try:
+        return trio.run(client.request, method, target)
+    except DaemonUnavailableError as exc:
+        raise CliError(str(exc)) from None
+    except ApiError as exc:
+        raise CliError(_api_message(exc)) from None
+
+
+def _api_message(exc: ApiError) -> str:
+    if exc.code == "read_only":
+        return f"permission denied: {exc.message}"
+    return f"{exc.message} ({exc.code})"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _call(_client(args), "GET", "/v0/status")
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+        return 0
+    if not isinstance(answer, dict):
+        raise CliError("the daemon sent a malformed status")
+    tunnels = answer.get("tunnels") or []
+    node = answer.get("node")
+    for key, value in sorted(answer.items()):
+        if key not in ("tunnels", "node"):
+            print(f"{key}: {value}")
+    if node is not None and not isinstance(node, dict):
+        print(f"node: {node}")
+    if isinstance(node, dict):
+        for key in ("name", "udp", "coordinator", "coordinator_error", "relay", "relay_error"):
+            if node.get(key) is not None:
+                print(f"{key}: {node[key]}")
+        peers = node.get("peers") or []
+        if peers:
+            rows = [["PEER", "ONLINE", "HANDSHAKE", "PATH", "RTT"]]
+            for peer in peers:
+                rtt = peer.get("rtt")
+                rows.append(
+                    [
+                        f"{peer.get('owner')}/{peer.get('name')}",
+                        str(peer.get("online")),
+                        str(peer.get("handshake")),
+                        str(peer.get("direct_endpoint") or peer.get("path")),
+                        "-" if not isinstance(rtt, int | float) else f"{rtt * 1000:.1f}ms",
+                    ]
+                )
+            print(_table(rows))
+    if not tunnels:
+        print("tunnels: none")
+        return 0
+    rows = [["AGENT", "STATE", "LEASES", "IDLE", "PEER"]]
+    for tunnel in tunnels:
+        idle = tunnel.get("idle_seconds")
+        rows.append(
+            [
+                str(tunnel.get("agent")),
+                str(tunnel.get("state")),
+                str(tunnel.get("leases")),
+                "-" if idle is None else f"{idle:.0f}s",
+                str(tunnel.get("peer") or "-"),
+            ]
+        )
+    print(_table(rows))
+    return 0
+
+
+def _agents(args: argparse.Namespace) -> int:
+    answer = _call(_client(args), "GET", "/v0/agents")
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+        return 0
+    agents = answer.get("agents") if isinstance(answer, dict) else None
+    if not isinstance(agents, list):
+        raise CliError("the daemon sent a malformed agent list")
+    if not agents:
+        print("no agents")
+        return 0
+    columns = sorted({key for agent in agents for key in agent} - {"name"})
+    rows = [["NAME", *(c.upper() for c in columns)]]
+    rows.extend([str(a.get("name")), *(str(a.get(c, "-")) for c in columns)] for a in agents)
+    print(_table(rows))
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    client = _client(args)
+
+    async def main() -> None:
+        async with aclosing(client.watch()) as events:
+            async for event in events:
+                print(json.dumps(event, sort_keys=True), flush=True)
+
+    try:
+        trio.run(main)
+    except DaemonUnavailableError as exc:
+        raise CliError(str(exc)) from None
+    except ApiError as exc:
+        raise CliError(_api_message(exc)) from None
+    return 0
+
+
+def _dial(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        trio.run(_dial_async, client, args.agent, args.port)
+    except DaemonUnavailableError as exc:
+        raise CliError(str(exc)) from None
+    except ApiError as exc:
+        raise CliError(f"dial {args.agent}:{args.port}: {_api_message(exc)}") from None
+    return 0
+
+
+async def _dial_async(client: LocalApiClient, agent: str, port: str) -> None:
+    remote = await client.dial(agent, port)
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+    async with remote, stdin, stdout, trio.open_nursery() as nursery:
+
+        async def upload() -> None:
+            try:
+                while data := await stdin.receive_some(65536):
+                    await remote.send_all(data)
+                await remote.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(upload)
+        try:
+            while data := await remote.receive_some(65536):
+                await stdout.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        # The service closed its side: we are done, whatever stdin still holds.
+        nursery.cancel_scope.cancel()
+
+
+def _ws_base(control_url: str) -> str:
+    url = control_url.rstrip("/")
+    if url.startswith("https://"):
+        return "wss://" + url.removeprefix("https://")
+    if url.startswith("http://"):
+        return "ws://" + url.removeprefix("http://")
+    raise CliError(f"[daemon].control_url must start with http:// or https://: {control_url!r}")
+
+
+def _token_provider(settings: DaemonConfig) -> Callable[[], Awaitable[str]]:
+    token_file = settings.token_file
+    env_token = os.environ.get("TUNNELD_TOKEN", "")
+    if not token_file and not env_token:
+        raise CliError("no token: set [daemon].token_file or the TUNNELD_TOKEN variable")
+
+    async def provide() -> str:
+        if token_file:
+            text = await trio.Path(token_file).read_text()
+            return text.strip()
+        return env_token
+
+    return provide
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    settings = config.daemon
+    key_path = settings.key_file
+    if key_path.exists():
+        key = read_key_file(key_path)
+    else:
+        key = generate_private_key()
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        write_key_file(key_path, key)
+    base = _ws_base(settings.control_url)
+    overlay = Overlay(
+        OverlayConfig(
+            name=settings.name or socket.gethostname(),
+            private_key=key,
+            coordinate_url=f"{base}/api/v1/coordinate",
+            derp_url=f"{base}/derp",
+            derp_region=settings.derp_region,
+            udp_host=settings.udp_listen.host,
+            udp_port=settings.udp_listen.port,
+        ),
+        _token_provider(settings),
+    )
+
+    def reload_settings() -> DaemonConfig:
+        return load_config(args.config).daemon
+
+    daemon = Daemon(
+        overlay,
+        settings,
+        notifier=Notifier(),
+        reload_settings=reload_settings if args.config else None,
+        shutdown_grace=settings.shutdown_grace.seconds,
+    )
+    activated = listen_fds()
+    path = args.socket or (Path(settings.socket) if settings.socket else default_socket_path())
+
+    async def main() -> None:
+        if activated:
+            listeners: list[trio.abc.Listener[trio.abc.Stream]] = [a.listener for a in activated]
+        else:
+            try:
+                listeners = [
+                    await open_api_listener(
+                        path, mode=settings.socket_mode, group=settings.socket_group or None
+                    )
+                ]
+            except DaemonRunningError as exc:
+                raise CliError(str(exc.strerror)) from None
+            except LookupError as exc:
+                raise CliError(
+                    f'{exc.args[0]} (create it, or set [daemon].socket_group = "")'
+                ) from None
+        await daemon.run(listeners)
+
+    trio.run(main)
+    return 0

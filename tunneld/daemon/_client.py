@@ -1,0 +1,214 @@
+"""A client of the daemon's local API, for the ``tunneld status|agents|dial`` commands."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Final
+
+import h11
+import trio
+
+from tunneld.daemon._local_api import DIAL_PROTOCOL
+from tunneld.http import HalfCloseableReplayStream
+
+__all__ = ["ApiError", "DaemonUnavailableError", "LocalApiClient"]
+
+_MAX_RESPONSE: Final = 16 * 1024 * 1024
+
+
+class DaemonUnavailableError(Exception):
+    """The daemon's socket cannot be reached; the message says why and what to do."""
+
+
+class ApiError(Exception):
+    """The daemon answered with an error: HTTP ``status``, its stable ``code``, a message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code})")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class LocalApiClient:
+    """Talks HTTP/1.1 to the daemon's Unix socket at ``path`` (one connection per call)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    async def _connect(self) -> trio.SocketStream:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.connect(os.fspath(self.path))
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnavailableError(self._explain(exc)) from None
+        return trio.SocketStream(sock)
+
+    def _explain(self, exc: OSError) -> str:
+        where = str(self.path)
+        if exc.errno == errno.ENOENT:
+            return (
+                f"the tunneld daemon is not running (no socket at {where}); start it with"
+                " `systemctl start tunneld` or `tunneld run`"
+            )
+        if exc.errno == errno.ECONNREFUSED:
+            return f"the tunneld daemon is not running (nothing answers on {where})"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return (
+                f"permission denied connecting to {where}: ask an administrator to add you"
+                " to the socket's group (default `tunneld`)"
+            )
+        return f"cannot connect to the tunneld daemon at {where}: {exc.strerror or exc}"
+
+    async def request(self, method: str, target: str) -> object:
+        """One request; the decoded JSON answer.
+
+        Raises:
+            DaemonUnavailableError: the socket cannot be reached.
+            ApiError: the daemon answered with an error status.
+        """
+        stream = await self._connect()
+        async with stream:
+            conn = h11.Connection(h11.CLIENT)
+            await stream.send_all(
+                conn.send(
+                    h11.Request(
+                        method=method,
+                        target=target,
+                        headers=[
+                            ("Host", "localhost"),
+                            ("Content-Length", "0"),
+                            ("Connection", "close"),
+                        ],
+                    )
+                )
+                + conn.send(h11.EndOfMessage())
+            )
+            status = 0
+            body = bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > _MAX_RESPONSE:
+                        raise ApiError(status, "response_too_large", "response too large")
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+        return _decode(status, bytes(body))
+
+    async def watch(self) -> AsyncGenerator[dict[str, object], None]:
+        """The daemon's events (``GET /v0/watch``) as they happen, until it ends them.
+
+        Raises:
+            DaemonUnavailableError: the socket cannot be reached.
+            ApiError: the daemon refused.
+        """
+        stream = await self._connect()
+        async with stream:
+            conn = h11.Connection(h11.CLIENT)
+            await stream.send_all(
+                conn.send(
+                    h11.Request(
+                        method="GET",
+                        target="/v0/watch",
+                        headers=[("Host", "localhost"), ("Connection", "close")],
+                    )
+                )
+                + conn.send(h11.EndOfMessage())
+            )
+            status = 0
+            pending = bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    pending += event.data
+                    if status >= 400:
+                        continue
+                    while b"\n" in pending:
+                        line, _, rest = bytes(pending).partition(b"\n")
+                        pending = bytearray(rest)
+                        decoded = json.loads(line)
+                        if isinstance(decoded, dict):
+                            yield decoded
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+            if status >= 400:
+                _decode(status, bytes(pending))
+
+    async def dial(self, agent: str, service: str) -> trio.abc.HalfCloseableStream:
+        """A raw byte stream to ``service`` on ``agent``, through the daemon.
+
+        Raises:
+            DaemonUnavailableError: the socket cannot be reached.
+            ApiError: the daemon refused (``unknown_agent``, ``read_only``, ...).
+        """
+        stream = await self._connect()
+        try:
+            conn = h11.Connection(h11.CLIENT)
+            await stream.send_all(
+                conn.send(
+                    h11.Request(
+                        method="POST",
+                        target="/v0/dial",
+                        headers=[
+                            ("Host", "localhost"),
+                            ("Connection", "Upgrade"),
+                            ("Upgrade", DIAL_PROTOCOL),
+                            ("Tunneld-Agent", agent),
+                            ("Tunneld-Service", service),
+                            ("Content-Length", "0"),
+                        ],
+                    )
+                )
+                + conn.send(h11.EndOfMessage())
+            )
+            status = 0
+            body = bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                    trailing, _closed = conn.trailing_data
+                    return HalfCloseableReplayStream(stream, trailing)
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+            _decode(status or 502, bytes(body))
+            raise ApiError(status, "upgrade_refused", "the daemon did not switch protocols")
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+
+
+def _decode(status: int, body: bytes) -> object:
+    try:
+        decoded: object = json.loads(body) if body else None
+    except ValueError:
+        decoded = None
+    if status >= 400:
+        error = decoded.get("error") if isinstance(decoded, dict) else None
+        if isinstance(error, dict):
+            raise ApiError(status, str(error.get("code")), str(error.get("message")))
+        raise ApiError(status, f"http_{status}", body.decode("utf-8", "replace")[:200])
+    return decoded

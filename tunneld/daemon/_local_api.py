@@ -1,0 +1,418 @@
+"""The daemon's local API: HTTP/1.1 on a Unix socket (DESIGN.md, "Local API").
+
+Who may do what comes from the kernel: ``SO_PEERCRED`` gives the caller's uid/gid.
+Root, the daemon's own uid and members of the configured write group may use write
+endpoints (``POST /v0/dial``, ``POST /v0/reload``); anyone else who can connect is
+read-only (403 ``read_only``). Requests carrying ``Origin`` or ``Referer`` come from a
+browser and are refused (403 ``browser_request``): a web page must not reach the
+daemon through a forwarded socket or a DNS-rebound proxy.
+
+Endpoints:
+
+- ``GET /v0/status``: the injected status plus the tunnel table.
+- ``GET /v0/agents``: the injected agent list.
+- ``GET /v0/watch``: newline-delimited JSON events, streamed until the client leaves.
+- ``POST /v0/dial`` with ``Upgrade: tunneld-stream``, ``Tunneld-Agent`` and
+  ``Tunneld-Service``: a lease on the agent's tunnel and a stream to the service,
+  then ``101`` and raw bytes both ways. Failures before the 101 are JSON errors whose
+  ``code`` is the tunnel error's (``unknown_agent``, ``unreachable``, ...).
+- ``POST /v0/reload``: the injected reload action.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import inspect
+import json
+import os
+import pwd
+import socket
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TypeVar
+
+import trio
+
+from tunneld.daemon._tunnels import TunnelError, TunnelTable
+from tunneld.http import (
+    HttpError,
+    HttpLimits,
+    HttpServer,
+    PeerCredentials,
+    Request,
+    Response,
+    Router,
+    open_unix_listener,
+)
+from tunneld.log import get_logger
+
+__all__ = [
+    "DIAL_PROTOCOL",
+    "DaemonRunningError",
+    "LocalApi",
+    "default_socket_path",
+    "open_api_listener",
+]
+
+log = get_logger(__name__)
+
+DIAL_PROTOCOL: Final = "tunneld-stream"
+SYSTEM_SOCKET_PATH: Final = Path("/run/tunneld/tunneld.sock")
+# How long a dial's opened stream waits for the 101 to be sent before it is dropped.
+_CLAIM_SECONDS: Final = 10.0
+_PIPE_CHUNK: Final = 65536
+
+JsonObject = Mapping[str, object]
+StatusProvider = Callable[[], JsonObject | Awaitable[JsonObject]]
+AgentsProvider = Callable[[], Sequence[JsonObject] | Awaitable[Sequence[JsonObject]]]
+EventSource = Callable[[], AsyncIterator[JsonObject]]
+StreamOpener = Callable[[str, str], Awaitable[trio.abc.HalfCloseableStream]]
+ReloadAction = Callable[[], Awaitable[JsonObject]]
+
+
+class DaemonRunningError(OSError):
+    """A live daemon already answers on the socket path."""
+
+
+def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
+    """``/run/tunneld/tunneld.sock`` for root (the system instance), else
+    ``$XDG_RUNTIME_DIR/tunneld.sock`` when set (a user instance)."""
+    environ = os.environ if env is None else env
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if os.getuid() != 0 and runtime:
+        return Path(runtime) / "tunneld.sock"
+    return SYSTEM_SOCKET_PATH
+
+
+async def open_api_listener(
+    path: str | os.PathLike[str], *, mode: int = 0o660, group: str | int | None = None
+) -> trio.SocketListener:
+    """Listen on ``path``; a socket file left there is replaced only if nothing answers.
+
+    Creates the parent directory (0755) when missing.
+
+    Raises:
+        DaemonRunningError: another daemon accepts connections on ``path``.
+        FileExistsError: ``path`` exists and is not a socket.
+        LookupError: ``group`` names no group.
+        OSError: binding failed.
+    """
+    target = Path(path)
+    try:
+        existing = os.lstat(target)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and stat.S_ISSOCK(existing.st_mode):
+        probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await probe.connect(os.fspath(target))
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise
+            log.info("local_api.stale_socket_replaced", path=str(target))
+        else:
+            raise DaemonRunningError(
+                errno.EADDRINUSE, f"a tunneld daemon is already serving on {target}"
+            )
+        finally:
+            probe.close()
+    os.makedirs(target.parent, mode=0o755, exist_ok=True)
+    return await open_unix_listener(target, mode=mode, group=group)
+
+
+def _group_id(group: str | int | None) -> int | None:
+    if group is None or group == "":
+        return None
+    if isinstance(group, int):
+        return group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise LookupError(f"no such group: {group!r}") from None
+
+
+def _process_groups(pid: int) -> set[int]:
+    """The supplementary groups of ``pid`` (``/proc/PID/status``), empty if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+def _user_in_group(uid: int, gid: int) -> bool:
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        return name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+
+
+def _json_line(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+_T = TypeVar("_T")
+
+
+async def _maybe_await(value: _T | Awaitable[_T]) -> _T:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+@dataclass(slots=True)
+class _Dial:
+    """A dial's opened stream, held by its lease task until the upgrade handler runs."""
+
+    remote: trio.abc.HalfCloseableStream
+    agent: str
+    service: str
+    claimed: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class LocalApi:
+    """The local API's routes over injected providers; serve it with :meth:`serve`.
+
+    ``claim_timeout``: how long a dial's lease and stream wait for the 101 to go out
+    (a client that left during the tunnel setup leaves nothing behind after it).
+
+    ``write_group`` (name or gid, None for nobody extra) is the group whose members,
+    besides root and ``daemon_uid`` (default: this process's uid), may use write
+    endpoints. Membership counts the caller's primary gid, its process's
+    supplementary groups and the group database.
+    """
+
+    def __init__(
+        self,
+        *,
+        tunnels: TunnelTable,
+        open_stream: StreamOpener,
+        status: StatusProvider,
+        agents: AgentsProvider,
+        events: EventSource,
+        reload: ReloadAction,
+        write_group: str | int | None = None,
+        daemon_uid: int | None = None,
+        limits: HttpLimits | None = None,
+        claim_timeout: float = _CLAIM_SECONDS,
+    ) -> None:
+        self.tunnels = tunnels
+        self.claim_timeout = claim_timeout
+        self._open_stream = open_stream
+        self._status = status
+        self._agents = agents
+        self._events = events
+        self._reload = reload
+        self.write_gid = _group_id(write_group)
+        self.daemon_uid = os.getuid() if daemon_uid is None else daemon_uid
+        self._dials: dict[str, _Dial] = {}
+        self._nursery: trio.Nursery | None = None
+        self.router = Router()
+        self.router.route("GET", "/v0/status", self._get_status, max_body_bytes=0)
+        self.router.route("GET", "/v0/agents", self._get_agents, max_body_bytes=0)
+        self.router.route("GET", "/v0/watch", self._get_watch, max_body_bytes=0)
+        self.router.route("POST", "/v0/reload", self._post_reload, max_body_bytes=4096)
+        self.router.upgrade(
+            "/v0/dial", DIAL_PROTOCOL, self._dial_stream, authorize=self._authorize_dial
+        )
+        self.server = HttpServer(self.router, limits=limits)
+
+    async def serve(
+        self,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+        *,
+        task_status: trio.TaskStatus[list[object]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on ``listeners`` (Unix sockets) until cancelled or :meth:`shutdown`.
+
+        Reports the listeners' addresses like :meth:`HttpServer.serve`. Dials' lease
+        tasks run in a nursery of this call, so none outlives it.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self.server.serve(listeners, task_status=task_status)
+            finally:
+                self._nursery = None
+                nursery.cancel_scope.cancel()
+
+    def shutdown(self, grace: float) -> None:
+        """Stop accepting; in-flight requests and dials get ``grace`` seconds."""
+        self.server.shutdown(grace)
+
+    # -- access -------------------------------------------------------------------
+
+    def can_write(self, credentials: PeerCredentials | None) -> bool:
+        """Whether the caller with these credentials may use write endpoints."""
+        if credentials is None:
+            return False
+        if credentials.uid in (0, self.daemon_uid):
+            return True
+        gid = self.write_gid
+        if gid is None:
+            return False
+        return (
+            credentials.gid == gid
+            or gid in _process_groups(credentials.pid)
+            or _user_in_group(credentials.uid, gid)
+        )
+
+    def _check(self, request: Request, *, write: bool) -> None:
+        for header in ("origin", "referer"):
+            if header in request.headers:
+                raise HttpError(
+                    403,
+                    f"requests with a {header.title()} header are refused:"
+                    " browsers may not use the local API",
+                    code="browser_request",
+                )
+        if write and not self.can_write(request.peer_credentials):
+            uid = request.peer_credentials.uid if request.peer_credentials else None
+            raise HttpError(
+                403,
+                f"uid {uid} may only read: {request.method} {request.path} needs root,"
+                " the daemon's user or membership in its group",
+                code="read_only",
+            )
+
+    # -- read endpoints -----------------------------------------------------------
+
+    async def _get_status(self, request: Request) -> Response:
+        self._check(request, write=False)
+        status = dict(await _maybe_await(self._status()))
+        status["tunnels"] = [
+            {
+                "agent": t.agent,
+                "peer": t.peer,
+                "state": t.state.value,
+                "leases": t.leases,
+                "idle_seconds": None
+                if t.idle_since is None
+                else round(trio.current_time() - t.idle_since, 3),
+            }
+            for t in self.tunnels.tunnels()
+        ]
+        return Response.json(status)
+
+    async def _get_agents(self, request: Request) -> Response:
+        self._check(request, write=False)
+        agents = await _maybe_await(self._agents())
+        return Response.json({"agents": [dict(a) for a in agents]})
+
+    async def _get_watch(self, request: Request) -> Response:
+        self._check(request, write=False)
+        source = self._events()
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for event in source:
+                    yield _json_line(event)
+            finally:
+                closer = getattr(source, "aclose", None)
+                if closer is not None:
+                    await closer()
+
+        return Response.stream(lines(), content_type="application/x-ndjson")
+
+    # -- write endpoints ----------------------------------------------------------
+
+    async def _post_reload(self, request: Request) -> Response:
+        self._check(request, write=True)
+        result = await self._reload()
+        return Response.json(dict(result))
+
+    async def _authorize_dial(self, request: Request) -> Response | None:
+        self._check(request, write=True)
+        agent = (request.headers.get("tunneld-agent") or "").strip()
+        service = (request.headers.get("tunneld-service") or "").strip()
+        missing = [
+            name
+            for name, value in (("Tunneld-Agent", agent), ("Tunneld-Service", service))
+            if not value
+        ]
+        if missing:
+            raise HttpError(
+                400, "dial needs the header(s) " + ", ".join(missing), code="missing_header"
+            )
+        if self._nursery is None:
+            raise HttpError(503, "the daemon is shutting down", code="shutting_down")
+        try:
+            await self._nursery.start(self._hold_dial, request.request_id, agent, service)
+        except TunnelError as exc:
+            status = {"unknown_agent": 404, "not_permitted": 403}.get(exc.code, 502)
+            if exc.code == "shutting_down":
+                status = 503
+            raise HttpError(status, exc.message, code=exc.code) from None
+        except OSError as exc:
+            raise HttpError(
+                502,
+                f"agent {agent!r} refused service {service!r}: {exc}",
+                code="service_unavailable",
+            ) from None
+        return None
+
+    async def _hold_dial(
+        self, request_id: str, agent: str, service: str, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        # Runs in the API's nursery, not the connection's: the lease must outlive the
+        # authorize step and is released when the upgrade handler is done with it, or
+        # when it never claims it (the client left before the 101).
+        async with self.tunnels.acquire(agent) as lease:
+            remote = await self._open_stream(lease.peer, service)
+            dial = _Dial(remote, agent, service)
+            self._dials[request_id] = dial
+            try:
+                task_status.started()
+                with trio.move_on_after(self.claim_timeout):
+                    await dial.claimed.wait()
+                if dial.claimed.is_set():
+                    await dial.done.wait()
+            finally:
+                # Unclaimed when the 101 could not be sent (the client left).
+                self._dials.pop(request_id, None)
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    try:
+                        await remote.aclose()
+                    except (trio.BrokenResourceError, OSError) as exc:
+                        log.info("local_api.dial_close_failed", agent=agent, error=str(exc))
+
+    async def _dial_stream(self, request: Request, client: trio.abc.Stream) -> None:
+        dial = self._dials.pop(request.request_id, None)
+        if dial is None:
+            return
+        dial.claimed.set()
+        log.info("local_api.dial_open", agent=dial.agent, service=dial.service)
+        try:
+            await _pipe(client, dial.remote)
+        finally:
+            dial.done.set()
+            log.info("local_api.dial_closed", agent=dial.agent, service=dial.service)
+
+
+async def _pipe(client: trio.abc.Stream, remote: trio.abc.HalfCloseableStream) -> None:
+    """Copy both ways until both sides sent EOF, or either side breaks (then stop)."""
+
+    async def copy(
+        source: trio.abc.Stream, sink: trio.abc.Stream, cancel: trio.CancelScope
+    ) -> None:
+        try:
+            while data := await source.receive_some(_PIPE_CHUNK):
+                await sink.send_all(data)
+            if isinstance(sink, trio.abc.HalfCloseableStream):
+                await sink.send_eof()
+            else:
+                cancel.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(copy, client, remote, nursery.cancel_scope)
+        nursery.start_soon(copy, remote, client, nursery.cancel_scope)

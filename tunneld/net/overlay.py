@@ -1,0 +1,929 @@
+"""One overlay node: UDP socket, home DERP relay, coordinator session, per-peer mux.
+
+An :class:`Overlay` owns everything one node needs to reach its peers:
+
+* one WireGuard core (all peers) whose datagrams travel over the home DERP relay
+  (``SendPacket`` to the peer's node key) or straight over our UDP socket;
+* one coordinator session (``/api/v1/coordinate``), reconnected with capped
+  exponential backoff and jitter; a fresh session replays our node and tunnels;
+* per peer, one mux connection carried inside WireGuard transport payloads, and the
+  peer's current path: the relay (reliable, over TCP) or a direct UDP endpoint that
+  answered a mux PATH_PROBE inside the WireGuard session.
+
+Path rules (docs/overlay.md has the full story):
+
+* The mux starts on the relay. After the handshake each side probes every endpoint
+  the peer announced, every ``probe_interval``; the first endpoint whose
+  PATH_RESPONSE comes back becomes the peer's direct path and the mux moves there
+  (its packet numbers and streams carry on; congestion state restarts).
+* The direct path is kept alive by probing it; when nothing arrived on it for
+  ``unsure_after`` the overlay sends on both paths, and after ``direct_timeout`` of
+  silence it falls back to the relay and starts probing all endpoints again.
+
+Mux initiator: the side with the lower node key (bytewise), so both sides agree on
+stream-id parity without talking.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import trio
+
+from tunneld.keys import public_key
+from tunneld.log import Secret, get_logger
+from tunneld.net.coord import (
+    CoordinatorClosed,
+    CoordinatorConnectError,
+    CoordinatorConnection,
+    connect_coordinator,
+)
+from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
+from tunneld.net.mux import MuxConnection, MuxStream
+from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
+from tunneld.proto.coord import (
+    CoordinatorClient,
+    Error,
+    HomeRelay,
+    Node,
+    PeerUpdate,
+    PeerUpdateKind,
+)
+from tunneld.proto.derp import RecvPacket
+from tunneld.proto.mux import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    Event,
+    MuxConfig,
+    Path,
+    PathResponse,
+)
+from tunneld.proto.noise import (
+    DataReceived,
+    HandshakeCompleted,
+    HandshakeTimedOut,
+    Outgoing,
+    RemoteProtocolError,
+    WireGuardCore,
+)
+
+__all__ = [
+    "RELAY_PATH",
+    "LinkState",
+    "Overlay",
+    "OverlayConfig",
+    "PeerStatus",
+    "StreamHandler",
+    "TokenProvider",
+    "backoff_delay",
+]
+
+log = get_logger(__name__)
+
+TokenProvider = Callable[[], Awaitable[str]]
+StreamHandler = Callable[[str, str, MuxStream], Awaitable[None]]
+
+# The relay path: DERP runs over TCP, so the mux must not retransmit on top of it.
+RELAY_PATH = Path("relay", reliable=True, address=b"relay")
+
+# Opaque WireGuard ``source`` for packets that came through the relay: a marker and the
+# sender's node key (34 bytes, so it can never be mistaken for a packed UDP address).
+_DERP_SOURCE = b"D:"
+_MAX_DATAGRAM = 65535
+_WG_HANDSHAKE_TYPES = (1, 2, 3)
+# Every mux packet inside WireGuard starts with a version byte and the two sides' mux
+# connection ids (initiator's, responder's; zero = not known yet), so a peer that
+# restarts or replaces its connection is noticed at once (docs/overlay.md).
+_MUX_VERSION = b"\x01"
+_ID_SIZE = 8
+_NO_ID = bytes(_ID_SIZE)
+_HEADER_SIZE = 1 + 2 * _ID_SIZE
+_PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
+_PATH_RESPONSE = 0x31
+
+
+class LinkState(enum.Enum):
+    """State of the coordinator or relay connection."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+
+
+def backoff_delay(attempt: int, rng: Callable[[], float], cap: float = 30.0) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based).
+
+    SPECS.md: ``min(n^2 * 10 ms, cap) * random[0.5, 1.5)``; ``rng`` returns [0, 1).
+    """
+    return min(attempt * attempt * 0.01, cap) * (0.5 + rng())
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayConfig:
+    """What one node needs.
+
+    Args:
+        name: our node name (agents: the coordinator replaces it by the token's agent).
+        private_key: our 32-byte Curve25519 key (WireGuard static key and DERP identity).
+        coordinate_url: ``ws(s)://host:port/api/v1/coordinate``.
+        derp_url: our home relay, ``ws(s)://host:port/derp``.
+        derp_region: the home relay's region number announced to peers.
+        udp_host: address the UDP socket binds to.
+        udp_port: port to bind (0: any).
+        endpoints: endpoints to announce (``host:port``); None: the bound address, or
+            the host's addresses when bound to the wildcard; empty: none (relay only,
+            unless the peer's endpoints reach us).
+        mux: mux tunables (both sides should agree).
+        probe_interval: seconds between path probes.
+        unsure_after: silence on the direct path after which we send on both paths.
+        direct_timeout: silence on the direct path after which we fall back to relay.
+        backoff_cap: the longest reconnect delay.
+        forget_after: how long a peer the coordinator called disconnected is kept (with
+            its mux and streams) in case it comes back with the same key.
+    """
+
+    name: str
+    private_key: bytes
+    coordinate_url: str
+    derp_url: str
+    derp_region: int = 1
+    udp_host: str = "0.0.0.0"
+    udp_port: int = 0
+    endpoints: tuple[str, ...] | None = None
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    probe_interval: float = 1.0
+    unsure_after: float = 1.5
+    direct_timeout: float = 4.0
+    backoff_cap: float = 30.0
+    forget_after: float = 30.0
+
+
+@dataclass(slots=True)
+class PeerStatus:
+    """What :meth:`Overlay.status` says about one peer."""
+
+    id: str
+    name: str
+    owner: str
+    node_key: str
+    online: bool
+    handshake: bool
+    path: str  # "relay" or "direct"
+    direct_endpoint: str | None
+    rtt: float | None
+    bytes_sent: int
+    bytes_received: int
+    streams: int
+    connection: str  # our mux connection id (hex); changes when the connection is replaced
+
+
+class _PeerTransport:
+    """One mux connection's DatagramTransport: WireGuard over relay/UDP to one peer.
+
+    ``local_id`` names the mux connection; packets of a connection that has been
+    replaced are dropped rather than sent with the new connection's ids.
+    """
+
+    def __init__(self, overlay: Overlay, peer: _Peer, local_id: bytes) -> None:
+        self._overlay = overlay
+        self._peer = peer
+        self.local_id = local_id
+        self.send_channel, self._receive = trio.open_memory_channel[tuple[bytes, Path]](1024)
+
+    async def send(self, data: bytes, path: Path) -> None:
+        if self.local_id != self._peer.local_id:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._overlay._send_mux(self._peer, data, path)
+
+    async def receive(self) -> tuple[bytes, Path]:
+        return await self._receive.receive()
+
+
+class _Peer:
+    """Everything about one peer: its node, WireGuard key, mux and path state."""
+
+    def __init__(self, overlay: Overlay, node: Node, now: float) -> None:
+        self.id = node.id
+        self.node = node
+        self.key = node.node_key
+        self.online = True
+        self.handshake_done = False
+        self.direct: Path | None = None
+        self.last_direct_rx = -math.inf
+        self.rtt: float | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.ready = trio.Event()
+        self.initiator = overlay.public_key < self.key
+        self.nursery: trio.Nursery | None = None
+        self.local_id = b""
+        self.remote_id = _NO_ID
+        self.transport, self.mux = self.new_mux(overlay)
+        self.cancel = trio.CancelScope()
+        self.created = now
+        self.gone_at: float | None = None
+
+    def new_mux(self, overlay: Overlay) -> tuple[_PeerTransport, MuxConnection]:
+        """A fresh mux connection (new id; the peer's id is learnt from its packets)."""
+        self.local_id = secrets.token_bytes(_ID_SIZE)
+        self.remote_id = _NO_ID
+        transport = _PeerTransport(overlay, self, self.local_id)
+        mux: MuxConnection = MuxConnection(
+            transport,
+            is_initiator=self.initiator,
+            config=overlay.config.mux,
+            path=self.direct or RELAY_PATH,
+            on_event=lambda event: overlay._on_mux_event(self, mux, event),
+        )
+        # Speak first: the peer learns our new connection id (and drops its stale
+        # connection) without waiting for us to have data.
+        mux.core.send_ping()
+        return transport, mux
+
+    def header(self) -> bytes:
+        """The mux header of our packets: initiator's connection id, responder's."""
+        if self.initiator:
+            return _MUX_VERSION + self.local_id + self.remote_id
+        return _MUX_VERSION + self.remote_id + self.local_id
+
+    def accept_header(self, header: bytes) -> str:
+        """Check a received header: "deliver", "drop" (stale) or "renew" (the peer
+        started a new connection: replace ours, then deliver)."""
+        initiator_id = header[1 : 1 + _ID_SIZE]
+        responder_id = header[1 + _ID_SIZE :]
+        if self.initiator:
+            # Only our current connection id (or none yet) is ours; the responder's id
+            # changing means it restarted or replaced its connection.
+            theirs, ours = responder_id, initiator_id
+        else:
+            theirs, ours = initiator_id, responder_id
+        if theirs == _NO_ID or ours not in (_NO_ID, self.local_id):
+            return "drop"
+        if self.remote_id == _NO_ID:
+            self.remote_id = theirs
+            return "deliver"
+        if theirs == self.remote_id:
+            return "deliver"
+        return "renew"
+
+    def candidate_paths(self) -> list[Path]:
+        paths = []
+        for endpoint in self.node.endpoints:
+            address = _parse_endpoint(endpoint)
+            if address is not None:
+                paths.append(_udp_path(address))
+        return paths
+
+
+def _is_path_packet(packet: bytes) -> bool:
+    """Whether a mux packet starts with PATH_PROBE/PATH_RESPONSE (docs/mux.md): the
+    core sends those alone in a packet, after the packet number (a QUIC varint)."""
+    if not packet:
+        return False
+    offset = 1 << (packet[0] >> 6)
+    return len(packet) > offset and packet[offset] in (_PATH_PROBE, _PATH_RESPONSE)
+
+
+def _udp_path(address: UdpAddress) -> Path:
+    return Path(("udp", address[0], address[1]), reliable=False, address=_format(address).encode())
+
+
+def _format(address: UdpAddress) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_endpoint(text: str) -> UdpAddress | None:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return None
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        return host, int(port)
+    except ValueError:
+        return None
+
+
+class Overlay:
+    """One node of the overlay; start with ``await nursery.start(overlay.serve)``.
+
+    Args:
+        config: the node's configuration.
+        token_provider: returns the bearer token for the coordinator, called before
+            every connection attempt (so a refreshed token is picked up).
+        on_stream: run (in the overlay's handler nursery) for every stream a peer
+            opens: ``await on_stream(peer_id, service, stream)``. The handler owns
+            the stream and should close it. Without one, incoming streams are reset.
+        wall: UNIX time (TAI64N timestamps, ``as_of``).
+        rng: returns a float in [0, 1) for backoff jitter.
+        relay_queue: datagrams queued for the relay before new ones are dropped.
+    """
+
+    def __init__(
+        self,
+        config: OverlayConfig,
+        token_provider: TokenProvider,
+        *,
+        on_stream: StreamHandler | None = None,
+        wall: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        relay_queue: int = 1024,
+    ) -> None:
+        self.config = config
+        self.public_key = public_key(config.private_key)
+        self._token_provider = token_provider
+        self._on_stream = on_stream
+        self._wall = wall
+        self._rng = rng
+        self._core = WireGuardCore(config.private_key)
+        self._coord = CoordinatorClient()
+        self._session: CoordinatorConnection | None = None
+        self._derp: DerpClient | None = None
+        self.coordinator_state = LinkState.CONNECTING
+        self.relay_state = LinkState.CONNECTING
+        self.coordinator_error: str | None = None
+        self.relay_error: str | None = None
+        self._peers: dict[str, _Peer] = {}
+        self._by_key: dict[bytes, _Peer] = {}
+        self._changed = trio.Event()
+        self._wakeup = trio.Event()
+        self._sock: trio.socket.SocketType | None = None
+        self._nursery: trio.Nursery | None = None
+        self._handlers: trio.Nursery | None = None
+        self._send_lock = trio.StrictFIFOLock()
+        self._relay_send, self._relay_receive = trio.open_memory_channel[tuple[bytes, bytes]](
+            relay_queue
+        )
+        self.relay_dropped = 0
+        self.local_address: UdpAddress | None = None
+        self._announced = config.endpoints
+        self.last_coordinator_error: Error | None = None
+
+    # -- public API ---------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[UdpAddress] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Run the node until cancelled; reports the bound UDP address.
+
+        Cancellation closes the UDP socket, the relay and coordinator connections, and
+        every stream (peers see the mux go silent and, after ``direct_timeout``, the relay).
+        """
+        family = socket.AF_INET6 if ":" in self.config.udp_host else socket.AF_INET
+        with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+            await sock.bind((self.config.udp_host, self.config.udp_port))
+            name = sock.getsockname()
+            self._sock = sock
+            self.local_address = (str(name[0]), int(name[1]))
+            self._announce()
+            async with trio.open_nursery() as handlers, trio.open_nursery() as nursery:
+                self._handlers = handlers
+                self._nursery = nursery
+                nursery.start_soon(self._udp_reader)
+                nursery.start_soon(self._wg_pump)
+                nursery.start_soon(self._coordinator_loop)
+                nursery.start_soon(self._relay_loop)
+                nursery.start_soon(self._prober)
+                task_status.started(self.local_address)
+                await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def set_endpoints(self, endpoints: tuple[str, ...] | None) -> None:
+        """Announce other UDP endpoints (None: the automatic ones); peers re-probe."""
+        self._announced = endpoints
+        await self._coord_send(self._announce())
+
+    def _announce(self) -> bytes:
+        return self._coord.update_self(
+            name=self.config.name,
+            node_key=self.public_key,
+            endpoints=self._endpoints(),
+            home_relay=HomeRelay(self.config.derp_region, self.config.derp_url),
+            as_of=self._wall(),
+        )
+
+    async def add_tunnel(self, peer: str) -> None:
+        """Ask the coordinator for a tunnel to ``peer`` (agent name, node id, owner/agent).
+
+        Remembered and replayed on every reconnect; sent now if a session is up.
+        """
+        data = self._coord.add_tunnel(peer)
+        await self._coord_send(data)
+
+    async def remove_tunnel(self, peer: str) -> None:
+        """Stop wanting ``peer``; the coordinator tells it (and us) the tunnel is gone."""
+        data = self._coord.remove_tunnel(peer)
+        await self._coord_send(data)
+
+    async def open_stream(self, peer: str, service: str) -> MuxStream:
+        """Open a stream to ``service`` on ``peer`` (node id, name or ``owner/name``).
+
+        Waits until the coordinator has told us about the peer (use a timeout); the
+        stream's bytes go over the peer's current path.
+
+        Raises:
+            trio.BrokenResourceError: the peer's mux connection is closed.
+        """
+        while (link := self._find(peer)) is None:
+            await self._changed.wait()
+        return await link.mux.open_stream(service)
+
+    async def wait_direct(self, peer: str) -> None:
+        """Return once ``peer`` is reachable over a validated direct UDP path."""
+        while (link := self._find(peer)) is None or link.direct is None:
+            await self._changed.wait()
+
+    def status(self) -> dict[str, object]:
+        """A plain snapshot: our node, coordinator and relay state, and every peer."""
+        now = trio.current_time()
+        peers = []
+        for link in self._peers.values():
+            direct = link.direct is not None and now - link.last_direct_rx < self._unsure()
+            peers.append(
+                PeerStatus(
+                    id=link.id,
+                    name=link.node.name,
+                    owner=link.node.owner,
+                    node_key=link.key.hex(),
+                    online=link.online,
+                    handshake=link.handshake_done,
+                    path="direct" if link.direct is not None else "relay",
+                    direct_endpoint=link.direct.address.decode()
+                    if direct and link.direct
+                    else None,
+                    rtt=link.rtt,
+                    bytes_sent=link.bytes_sent,
+                    bytes_received=link.bytes_received,
+                    streams=len(link.mux.core.stream_ids()),
+                    connection=link.local_id.hex(),
+                )
+            )
+        return {
+            "name": self.config.name,
+            "node_key": self.public_key.hex(),
+            "udp": _format(self.local_address) if self.local_address else None,
+            "endpoints": list(self._endpoints()) if self.local_address else [],
+            "coordinator": self.coordinator_state.value,
+            "coordinator_error": self.coordinator_error,
+            "relay": self.relay_state.value,
+            "relay_error": self.relay_error,
+            "relay_dropped": self.relay_dropped,
+            "last_coordinator_error": (
+                None
+                if self.last_coordinator_error is None
+                else f"{self.last_coordinator_error.code}: {self.last_coordinator_error.message}"
+            ),
+            "peers": peers,
+        }
+
+    # -- peers ----------------------------------------------------------------------
+
+    def _find(self, reference: str) -> _Peer | None:
+        link = self._peers.get(reference)
+        if link is not None:
+            return link
+        for link in self._peers.values():
+            if reference in (link.node.name, f"{link.node.owner}/{link.node.name}"):
+                return link
+        return None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _unsure(self) -> float:
+        return self.config.unsure_after
+
+    def _endpoints(self) -> tuple[str, ...]:
+        if self._announced is not None:
+            return self._announced
+        assert self.local_address is not None
+        host, port = self.local_address
+        if host not in ("0.0.0.0", "::"):
+            return (_format((host, port)),)
+        hosts = {"127.0.0.1"}
+        try:
+            for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+                hosts.add(str(info[4][0]))
+        except OSError:
+            pass
+        return tuple(sorted(_format((h, port)) for h in hosts))[:16]
+
+    async def _add_peer(self, node: Node) -> None:
+        link = self._peers.get(node.id)
+        if link is not None and link.key != node.node_key:
+            self._drop_peer(link)
+            link = None
+        if link is not None:
+            link.node = node
+            link.online = True
+            link.gone_at = None
+            self._notify()
+            return
+        if node.node_key == self.public_key:
+            return
+        link = _Peer(self, node, trio.current_time())
+        self._peers[node.id] = link
+        self._by_key[link.key] = link
+        self._core.add_peer(link.key)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_peer, link)
+        await link.ready.wait()
+        log.info("overlay.peer_added", peer=node.id, name=node.name, owner=node.owner)
+        self._notify()
+
+    def _drop_peer(self, link: _Peer) -> None:
+        self._peers.pop(link.id, None)
+        self._by_key.pop(link.key, None)
+        self._core.remove_peer(link.key)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._close_peer, link)
+        log.info("overlay.peer_removed", peer=link.id)
+        self._notify()
+
+    async def _close_peer(self, link: _Peer) -> None:
+        # Close the mux so every stream user sees BrokenResourceError instead of
+        # waiting forever, give the CLOSE a moment to leave, then stop the driver.
+        await link.mux.aclose(0, "peer removed")
+        with trio.move_on_after(0.5):
+            await trio.sleep(0.1)
+        link.cancel.cancel()
+
+    async def _run_peer(self, link: _Peer) -> None:
+        with link.cancel:
+            async with trio.open_nursery() as nursery:
+                link.nursery = nursery
+                nursery.start_soon(self._drive_mux, link, link.mux)
+                link.ready.set()
+                await trio.sleep_forever()
+        link.ready.set()
+
+    def _renew_mux(self, link: _Peer, reason: str) -> None:
+        """Replace ``link``'s mux connection (its streams break) with a fresh one."""
+        old = link.mux
+        link.transport, link.mux = link.new_mux(self)
+        log.info("overlay.mux_renewed", peer=link.id, reason=reason)
+        if link.nursery is not None:
+            link.nursery.start_soon(self._drive_mux, link, link.mux)
+            link.nursery.start_soon(old.aclose, 0, "replaced")
+        self._notify()
+
+    async def _drive_mux(self, link: _Peer, mux: MuxConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._accept_loop, link, mux)
+            await mux.run()
+            nursery.cancel_scope.cancel()
+
+    async def _accept_loop(self, link: _Peer, mux: MuxConnection) -> None:
+        while True:
+            try:
+                stream = await mux.accept_stream()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            if self._on_stream is None or self._handlers is None:
+                await stream.aclose()
+                continue
+            self._handlers.start_soon(self._run_handler, link.id, stream)
+
+    async def _run_handler(self, peer_id: str, stream: MuxStream) -> None:
+        assert self._on_stream is not None
+        try:
+            await self._on_stream(peer_id, stream.service, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.info("overlay.stream_broken", peer=peer_id, service=stream.service, error=str(exc))
+        finally:
+            await stream.aclose()
+
+    # -- mux over WireGuard ----------------------------------------------------------
+
+    def _on_mux_event(self, link: _Peer, mux: MuxConnection, event: Event) -> None:
+        if mux is not link.mux:
+            return  # a replaced connection winding down
+        if isinstance(event, PathResponse):
+            if event.path == RELAY_PATH:
+                link.rtt = event.rtt
+                return
+            link.last_direct_rx = trio.current_time()
+            link.rtt = event.rtt
+            if link.direct != event.path:
+                link.direct = event.path
+                link.mux.set_path(event.path)
+                log.info("overlay.path_direct", peer=link.id, endpoint=event.path.address.decode())
+                self._notify()
+        elif isinstance(event, ConnectionClosed):
+            log.warning("overlay.mux_closed", peer=link.id, code=event.error_code)
+            if link.id in self._peers:
+                self._renew_mux(link, f"closed ({event.error_code})")
+
+    async def _send_mux(self, link: _Peer, data: bytes, path: Path) -> None:
+        """Encrypt one mux packet for ``link`` and send it on ``path`` or the peer's route."""
+        now = trio.current_time()
+        self._core.send(link.key, link.header() + data, now, self._wall())
+        outgoing = self._core.datagrams_to_send(now)
+        link.bytes_sent += len(data)
+        # A probe or a probe's answer goes on exactly its path (a copy on the relay would
+        # validate a dead direct path); the rest follows the peer's route.
+        if path != link.mux.core.path or _is_path_packet(data):
+            targets = [path]
+        else:
+            targets = self._route(link, now)
+        await self._transmit(outgoing, targets)
+
+    def _route(self, link: _Peer, now: float) -> list[Path]:
+        if link.direct is None:
+            return [RELAY_PATH]
+        if now - link.last_direct_rx > self._unsure():
+            return [link.direct, RELAY_PATH]  # unsure: both until it answers or times out
+        return [link.direct]
+
+    async def _transmit(self, outgoing: list[Outgoing], targets: list[Path] | None) -> None:
+        async with self._send_lock:
+            for packet in outgoing:
+                if packet.destination is not None:
+                    await self._send_to_source(packet.destination, packet.data)
+                    continue
+                if packet.peer is None:
+                    continue
+                link = self._by_key.get(packet.peer)
+                if link is None:
+                    continue
+                paths = targets if targets is not None else self._route(link, trio.current_time())
+                if (
+                    packet.data
+                    and packet.data[0] in _WG_HANDSHAKE_TYPES
+                    and RELAY_PATH not in paths
+                ):
+                    paths = [*paths, RELAY_PATH]
+                for path in paths:
+                    await self._send_path(link.key, path, packet.data)
+
+    async def _send_path(self, key: bytes, path: Path, data: bytes) -> None:
+        if path == RELAY_PATH:
+            # Never wait on the relay's TCP here (the receive path calls this too): a
+            # full queue is a lost datagram, which the mux and WireGuard recover from.
+            # While the relay is away the queue holds what it can: above all the first
+            # handshake initiation, which WireGuard would otherwise repeat only in 5 s.
+            try:
+                self._relay_send.send_nowait((key, data))
+            except trio.WouldBlock:
+                self.relay_dropped += 1
+            return
+        key_parts: tuple[str, str, int] = path.key  # type: ignore[assignment]
+        await self._sendto(data, (key_parts[1], key_parts[2]))
+
+    async def _send_to_source(self, source: bytes, data: bytes) -> None:
+        if source.startswith(_DERP_SOURCE):
+            await self._send_path(source[len(_DERP_SOURCE) :], RELAY_PATH, data)
+            return
+        try:
+            address = unpack_address(source)
+        except ValueError:
+            return
+        await self._sendto(data, address)
+
+    async def _sendto(self, data: bytes, address: UdpAddress) -> None:
+        assert self._sock is not None
+        try:
+            await self._sock.sendto(data, address)
+        except OSError as exc:
+            log.debug("overlay.udp_send_failed", address=_format(address), error=str(exc))
+
+    async def _receive_wg(self, data: bytes, source: bytes, path: Path) -> None:
+        now = trio.current_time()
+        pending = self._core.datagrams_to_send(now)
+        if pending:
+            await self._transmit(pending, None)
+        try:
+            self._core.receive_datagram(data, source, now, self._wall())
+        except RemoteProtocolError as exc:
+            log.debug("overlay.wg_rejected", path=str(path.key), reason=str(exc))
+            return
+        self._drain_events(path)
+        pending = self._core.datagrams_to_send(now)
+        if pending:
+            await self._transmit(pending, None)
+
+    def _drain_events(self, path: Path | None) -> None:
+        while (event := self._core.next_event()) is not None:
+            link = self._by_key.get(event.peer)
+            if link is None:
+                continue
+            if isinstance(event, HandshakeCompleted):
+                if not link.handshake_done:
+                    log.info("overlay.handshake", peer=link.id, initiator=event.initiator)
+                link.handshake_done = True
+                self._notify()
+            elif isinstance(event, HandshakeTimedOut):
+                log.info("overlay.handshake_timed_out", peer=link.id)
+            elif isinstance(event, DataReceived) and path is not None and event.payload:
+                payload = event.payload
+                if len(payload) <= _HEADER_SIZE or payload[:1] != _MUX_VERSION:
+                    continue
+                verdict = link.accept_header(payload[:_HEADER_SIZE])
+                if verdict == "drop":
+                    continue
+                if verdict == "renew":
+                    self._renew_mux(link, "peer started a new connection")
+                    if link.accept_header(payload[:_HEADER_SIZE]) != "deliver":
+                        continue
+                if path == link.direct:
+                    link.last_direct_rx = trio.current_time()
+                link.bytes_received += len(payload)
+                try:
+                    link.transport.send_channel.send_nowait((payload[_HEADER_SIZE:], path))
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the mux is behind: a lost datagram, it will retransmit
+
+    # -- tasks ------------------------------------------------------------------------
+
+    async def _udp_reader(self) -> NoReturn:
+        assert self._sock is not None
+        while True:
+            try:
+                data, address = await self._sock.recvfrom(_MAX_DATAGRAM)
+            except OSError:
+                continue
+            udp = (str(address[0]), int(address[1]))
+            try:
+                source = pack_address(udp)
+            except ValueError:
+                continue
+            await self._receive_wg(data, source, _udp_path(udp))
+
+    def _wake_pump(self) -> None:
+        self._wakeup.set()
+
+    async def _wg_pump(self) -> NoReturn:
+        """WireGuard timers (retransmitted handshakes, keepalives, rekeys)."""
+        while True:
+            deadline = self._core.get_timer()
+            with trio.move_on_at(min(deadline or math.inf, trio.current_time() + 0.5)):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            now = trio.current_time()
+            deadline = self._core.get_timer()
+            if deadline is not None and now >= deadline:
+                self._core.handle_timer(now, self._wall())
+                self._drain_events(None)
+            pending = self._core.datagrams_to_send(now)
+            if pending:
+                await self._transmit(pending, None)
+
+    async def _prober(self) -> NoReturn:
+        """Probe direct paths; fall back to the relay when the direct path goes silent."""
+        while True:
+            await trio.sleep(self.config.probe_interval)
+            now = trio.current_time()
+            for link in list(self._peers.values()):
+                if link.gone_at is not None and now - link.gone_at > self.config.forget_after:
+                    self._drop_peer(link)
+                    continue
+                if not link.handshake_done and link.online:
+                    # The first initiation often meets a relay the peer has not joined
+                    # yet; retry every probe interval rather than WireGuard's 5 s.
+                    self._core.initiate(link.key, now, self._wall())
+                    self._wake_pump()
+                    continue
+                if link.mux.closed is not None:
+                    continue
+                if (
+                    link.direct is not None
+                    and now - link.last_direct_rx > self.config.direct_timeout
+                ):
+                    log.info("overlay.path_relay", peer=link.id, reason="direct path silent")
+                    link.direct = None
+                    link.mux.set_path(RELAY_PATH)
+                    self._notify()
+                paths = [link.direct] if link.direct is not None else link.candidate_paths()
+                for path in paths:
+                    try:
+                        link.mux.send_path_probe(path, secrets.token_bytes(8))
+                    except ConnectionClosedError:  # nothing to probe on a closed mux
+                        break
+
+    async def _coordinator_loop(self) -> NoReturn:
+        attempt = 0
+        while True:
+            self.coordinator_state = LinkState.CONNECTING
+            try:
+                token = await self._token_provider()
+                async with connect_coordinator(
+                    self.config.coordinate_url, Secret(token), self._coord
+                ) as session:
+                    self._session = session
+                    self.coordinator_state = LinkState.CONNECTED
+                    self.coordinator_error = None
+                    attempt = 0
+                    log.info("overlay.coordinator_connected")
+                    while True:
+                        message = await session.receive()
+                        await self._on_coordinator(message)
+            except* (CoordinatorConnectError, CoordinatorClosed, OSError) as group:
+                self.coordinator_error = "; ".join(str(exc) for exc in group.exceptions)
+                log.warning("overlay.coordinator_lost", error=self.coordinator_error)
+            finally:
+                self._session = None
+            self.coordinator_state = LinkState.BACKOFF
+            attempt += 1
+            await trio.sleep(backoff_delay(attempt, self._rng, self.config.backoff_cap))
+
+    async def _on_coordinator(self, message: PeerUpdate | Error) -> None:
+        if isinstance(message, Error):
+            log.info("overlay.coordinator_error", code=message.code, peer=message.peer)
+            self.last_coordinator_error = message
+            self._notify()
+            return
+        if message.kind is PeerUpdateKind.NODE and message.node is not None:
+            await self._add_peer(message.node)
+            await self._coord_send(self._coord.ready_for_handshake(message.id))
+        elif message.kind is PeerUpdateKind.READY_FOR_HANDSHAKE:
+            # "The peer has our node now; start (or retry) the handshake": it may be a
+            # new process whose keys our current session no longer matches.
+            link = self._peers.get(message.id)
+            if link is not None:
+                self._core.initiate(link.key, trio.current_time(), self._wall())
+                await self._transmit(self._core.datagrams_to_send(trio.current_time()), None)
+        elif message.kind is PeerUpdateKind.LOST:
+            link = self._peers.get(message.id)
+            if link is not None:
+                link.online = False  # keep paths: it may be back within the grace period
+                self._notify()
+        elif message.kind is PeerUpdateKind.DISCONNECTED:
+            link = self._peers.get(message.id)
+            if link is not None and link.gone_at is None:
+                # Keep the link (and its mux) for ``forget_after``: "offline" also comes
+                # when our own session reconnects before the peer's, and the peer may
+                # simply be back in a moment with the same key.
+                link.online = False
+                link.gone_at = trio.current_time()
+                self._notify()
+
+    async def _coord_send(self, data: bytes) -> None:
+        session = self._session
+        if session is None:
+            return  # replayed on the next session
+        try:
+            await session.send(data)
+        except CoordinatorClosed:
+            pass
+
+    async def _relay_loop(self) -> NoReturn:
+        attempt = 0
+        while True:
+            self.relay_state = LinkState.CONNECTING
+            try:
+                async with DerpClient.connect(
+                    self.config.derp_url, self.config.private_key
+                ) as derp:
+                    await derp.note_preferred(True)
+                    self._derp = derp
+                    self.relay_state = LinkState.CONNECTED
+                    self.relay_error = None
+                    attempt = 0
+                    log.info("overlay.relay_connected")
+                    self._nudge_peers()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._relay_writer, derp)
+                        await self._relay_reader(derp)
+            except* (DerpConnectError, DerpConnectionClosed, OSError) as group:
+                self.relay_error = "; ".join(str(exc) for exc in group.exceptions)
+                log.warning("overlay.relay_lost", error=self.relay_error)
+            finally:
+                self._derp = None
+            self.relay_state = LinkState.BACKOFF
+            attempt += 1
+            await trio.sleep(backoff_delay(attempt, self._rng, self.config.backoff_cap))
+
+    def _nudge_peers(self) -> None:
+        """A path came back: ping every peer so lost data is found without a long PTO,
+        and retry handshakes that were dropped while the relay was away."""
+        now = trio.current_time()
+        for link in self._peers.values():
+            if not link.handshake_done:
+                self._core.initiate(link.key, now, self._wall())
+                self._wake_pump()
+            try:
+                link.mux.core.send_ping()
+            except ConnectionClosedError:
+                continue
+            link.mux._kick()
+
+    async def _relay_reader(self, derp: DerpClient) -> None:
+        while True:
+            event = await derp.receive()
+            if isinstance(event, RecvPacket):
+                await self._receive_wg(event.data, _DERP_SOURCE + event.src, RELAY_PATH)
+
+    async def _relay_writer(self, derp: DerpClient) -> None:
+        while True:
+            key, data = await self._relay_receive.receive()
+            await derp.send_packet(key, data)
