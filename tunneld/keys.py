@@ -22,6 +22,7 @@ __all__ = [
     "decode_key",
     "encode_key",
     "generate_private_key",
+    "load_or_create_key_file",
     "public_key",
     "read_key_file",
     "write_key_file",
@@ -94,3 +95,19 @@ def read_key_file(path: Path, *, what: str = "private key") -> bytes:
     except (OSError, UnicodeDecodeError) as exc:
         raise BadKeyError(f"{path}: cannot read {what}: {exc}") from None
     return decode_key(text, what=f"{path}")
+
+
+def load_or_create_key_file(path: Path, *, what: str = "private key") -> tuple[bytes, bool]:
+    """The key in ``path``, or a new one written there (0600, parent made) on first use.
+
+    Returns:
+        The private key and whether it was just created.
+
+    Raises:
+        BadKeyError: the file exists but is unreadable, too open or malformed.
+    """
+    created = not path.exists()
+    if created:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_key_file(path, generate_private_key())
+    return read_key_file(path, what=what), created

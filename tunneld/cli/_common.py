@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, Protocol
 
-__all__ = ["CliError", "Subparsers"]
+from tunneld.config import LogConfig
+from tunneld.log import setup_logging
+
+__all__ = ["CliError", "Subparsers", "apply_log_config"]
 
 
 class CliError(Exception):
@@ -20,3 +23,8 @@ class Subparsers(Protocol):
     """What ``ArgumentParser.add_subparsers()`` returns (argparse keeps the class private)."""
 
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+def apply_log_config(args: argparse.Namespace, log: LogConfig) -> None:
+    """Re-install logging from the config's ``[log]``; command-line flags still win."""
+    setup_logging(args.log_level or log.level, args.log_format or log.format)

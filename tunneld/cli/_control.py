@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from tunneld.cli._common import CliError, Subparsers
+from tunneld.cli._common import CliError, Subparsers, apply_log_config
 from tunneld.config import ConfigError, load_config, parse_duration, parse_host_port
 from tunneld.config._sections import ControlConfig
 from tunneld.control import ControlServer, ControlSetupError, SqliteDatabase, SqliteStore
@@ -137,7 +137,9 @@ def register(sub: Subparsers) -> None:
 
 
 def _config(args: argparse.Namespace) -> ControlConfig:
-    config = load_config(args.config).control
+    loaded = load_config(args.config)
+    apply_log_config(args, loaded.log)
+    config = loaded.control
     if args.data_dir is not None:
         config = dataclasses.replace(config, data_dir=args.data_dir)
     return config

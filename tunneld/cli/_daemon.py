@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
-from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 
 import trio
 
-from tunneld.cli._common import CliError, Subparsers
+from tunneld.cli._common import CliError, Subparsers, apply_log_config
+from tunneld.cli._node import build_overlay
 from tunneld.config import DaemonConfig, load_config
 from tunneld.daemon import (
     Daemon,
@@ -24,8 +23,6 @@ from tunneld.daemon import (
     open_api_listener,
 )
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
-from tunneld.keys import generate_private_key, read_key_file, write_key_file
-from tunneld.net.overlay import Overlay, OverlayConfig
 
 __all__ = ["register"]
 
@@ -250,52 +247,18 @@ async def _dial_async(client: LocalApiClient, agent: str, port: str) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _ws_base(control_url: str) -> str:
-    url = control_url.rstrip("/")
-    if url.startswith("https://"):
-        return "wss://" + url.removeprefix("https://")
-    if url.startswith("http://"):
-        return "ws://" + url.removeprefix("http://")
-    raise CliError(f"[daemon].control_url must start with http:// or https://: {control_url!r}")
-
-
-def _token_provider(settings: DaemonConfig) -> Callable[[], Awaitable[str]]:
-    token_file = settings.token_file
-    env_token = os.environ.get("TUNNELD_TOKEN", "")
-    if not token_file and not env_token:
-        raise CliError("no token: set [daemon].token_file or the TUNNELD_TOKEN variable")
-
-    async def provide() -> str:
-        if token_file:
-            text = await trio.Path(token_file).read_text()
-            return text.strip()
-        return env_token
-
-    return provide
-
-
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    apply_log_config(args, config.log)
     settings = config.daemon
-    key_path = settings.key_file
-    if key_path.exists():
-        key = read_key_file(key_path)
-    else:
-        key = generate_private_key()
-        key_path.parent.mkdir(parents=True, exist_ok=True)
-        write_key_file(key_path, key)
-    base = _ws_base(settings.control_url)
-    overlay = Overlay(
-        OverlayConfig(
-            name=settings.name or socket.gethostname(),
-            private_key=key,
-            coordinate_url=f"{base}/api/v1/coordinate",
-            derp_url=f"{base}/derp",
-            derp_region=settings.derp_region,
-            udp_host=settings.udp_listen.host,
-            udp_port=settings.udp_listen.port,
-        ),
-        _token_provider(settings),
+    overlay = build_overlay(
+        section="daemon",
+        name=settings.name,
+        key_file=settings.key_file,
+        control_url=settings.control_url,
+        token_file=settings.token_file,
+        derp_region=settings.derp_region,
+        udp_listen=settings.udp_listen,
     )
 
     def reload_settings() -> DaemonConfig:

@@ -100,6 +100,14 @@ class AgentConfig:
     exec_timeout: Duration = field(default=Duration(300), metadata={"check": _positive_duration})
     max_read_size: ByteSize = field(default=ByteSize(4 * 2**20), metadata={"check": _read_size})
     max_background_processes: int = field(default=16, metadata={"check": _non_negative_int})
+    # The overlay node, as in [daemon]: name ("" = the host name), key, control plane and
+    # token. An agent token fixes the agent name the coordinator announces.
+    name: str = ""
+    key_file: Path = Path("/var/lib/tunneld/agent.key")
+    control_url: str = "http://127.0.0.1:7420"
+    token_file: str = ""
+    derp_region: int = field(default=1, metadata={"check": _region})
+    udp_listen: HostPort = HostPort("0.0.0.0", 0)
 
 
 def _socket_mode(value: int) -> None:

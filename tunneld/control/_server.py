@@ -34,7 +34,7 @@ from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry
 from tunneld.control._store import Store
 from tunneld.control._stun import StunStats
 from tunneld.http import HttpServer, Request, Response, Router
-from tunneld.keys import BadKeyError, generate_private_key, read_key_file, write_key_file
+from tunneld.keys import BadKeyError, load_or_create_key_file
 from tunneld.log import get_logger
 from tunneld.proto.coord import CloseCode
 
@@ -100,10 +100,10 @@ def load_or_create_key(path: Path) -> bytes:
     Raises:
         BadKeyError: the file exists but is unreadable, too open or malformed.
     """
-    if not path.exists():
-        write_key_file(path, generate_private_key())
+    key, created = load_or_create_key_file(path, what="DERP relay private key")
+    if created:
         log.info("control.derp_key_created", path=str(path))
-    return read_key_file(path, what="DERP relay private key")
+    return key
 
 
 def _ssl_context(config: ControlConfig) -> ssl.SSLContext | None:
