@@ -11,8 +11,8 @@ import trio
 from tunneld.cli._common import CliError, Subparsers
 
 NOT_BUILT_YET = (
-    "Not built yet: the overlay node with direct UDP paths and mux streams, "
-    "`tunneld agent`, the daemon (`tunneld run`) and its MCP tools."
+    "Built, not yet in this demo: the overlay node's direct paths and mux streams, "
+    "`tunneld agent` and the daemon (`tunneld run`). Not built yet: MCP tools and OAuth."
 )
 
 
