@@ -1,4 +1,4 @@
-"""`tunneld demo` runs the built pieces end to end as a real process."""
+"""`tunneld demo` runs the system end to end as a real process."""
 
 from __future__ import annotations
 
@@ -17,21 +17,23 @@ def _demo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_json_reports_a_handshake_and_ping_replies_through_the_relay() -> None:
-    result = _demo("--json", "--pings", "3")
+def test_demo_json_reports_agent_calls_through_the_overlay() -> None:
+    result = _demo("--json", "--calls", "3")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True
-    assert report["ping_replies"] == 3
-    assert report["handshake_ms"] > 0
-    assert report["reflexive_address"].startswith("127.0.0.1:")
+    assert report["first_path"] == "relay"
+    assert report["exec_output"].startswith("Linux")
+    assert report["calls"] == 3
+    assert report["warm_stream_p50_ms"] > 0
     assert report["control_url"].startswith("http://127.0.0.1:")
 
 
 def test_demo_text_walks_through_each_step_quietly() -> None:
-    result = _demo()
+    result = _demo("--calls", "2")
     assert result.returncode == 0, result.stderr
-    for step in ("control plane", "coordinator", "relay", "handshake", "5/5 ICMP echo replies"):
-        assert step in result.stdout
+    for step in ("control plane", "agent", "tunnel", "exec", "read_file", "shared tunnel"):
+        assert f"  {step} " in result.stdout
+    assert "direct UDP 127.0.0.1:" in result.stdout
     # Component logs stay quiet unless asked for (--log-level info).
-    assert "http.request" not in result.stderr
+    assert result.stderr == ""

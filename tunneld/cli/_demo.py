@@ -11,8 +11,8 @@ import trio
 from tunneld.cli._common import CliError, Subparsers
 
 NOT_BUILT_YET = (
-    "Built, not yet in this demo: the overlay node's direct paths and mux streams, "
-    "`tunneld agent` and the daemon (`tunneld run`). Not built yet: MCP tools and OAuth."
+    "Not built yet: the MCP server with its tool plugins, and OAuth; the next demo will "
+    "make its calls as MCP tool calls through `tunneld run`."
 )
 
 
@@ -22,16 +22,20 @@ def register(sub: Subparsers) -> None:
         help="run the system on loopback with temporary state and show it working",
         description=(
             "Start a real control plane (coordinator, DERP relay, STUN) on loopback with "
-            "temporary state, let two nodes find each other, complete a WireGuard "
-            "handshake over the relay and ping through the tunnel; then clean up. "
+            "temporary state, an agent with a temporary workspace and a laptop node; "
+            "drive the agent from the laptop through the overlay (relay first, then "
+            "direct UDP), every call a stream on one shared tunnel; then clean up. "
             "Exits 0 only if every step worked."
         ),
     )
-    demo.add_argument("--pings", type=int, default=5, help="echo requests to send (default: 5)")
+    demo.add_argument(
+        "--calls", type=int, default=20, help="calls on the warm tunnel to time (default: 20)"
+    )
     demo.add_argument(
         "--json", action="store_true", help="print one JSON object with the results instead"
     )
-    demo.set_defaults(func=_demo, default_log_level="warning")
+    # Teardown makes the nodes log lost sessions; a failed step is reported as an error.
+    demo.set_defaults(func=_demo, default_log_level="error")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -42,9 +46,9 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"  {line}", flush=True)
 
     if not args.json:
-        print("tunneld demo — the pieces built so far, on loopback, with temporary state\n")
+        print("tunneld demo — control plane, an agent and a laptop node on loopback\n")
     try:
-        result = trio.run(lambda: run_demo(pings=args.pings, progress=progress))
+        result = trio.run(lambda: run_demo(calls=args.calls, progress=progress))
     except (DemoError, OSError) as exc:
         raise CliError(f"demo failed: {exc}") from None
     if args.json:
