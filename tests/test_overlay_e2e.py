@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from tunneld.config import HostPort
 from tunneld.keys import generate_private_key
 from tunneld.net.mux import MuxStream
 from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus, backoff_delay
+from tunneld.proto.noise import WireGuardCore
 
 WAIT = 20.0
 CHUNK = 32 * 1024
@@ -311,3 +313,26 @@ async def test_a_restarted_agent_is_reached_on_a_fresh_connection(
                     assert await second.receive_some() == b"second life"
                     with pytest.raises(trio.BrokenResourceError):
                         await stream.send_all(b"to the old agent")
+
+
+async def test_the_agent_ignores_handshakes_from_keys_the_coordinator_never_announced(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"))
+        async with running(nursery, agent):
+            assert agent.local_address is not None
+            # Someone who knows the agent's key and UDP endpoint, but whom the
+            # coordinator never introduced: the initiation gets no answer at all.
+            stranger = WireGuardCore(generate_private_key())
+            stranger.add_peer(agent.public_key)
+            stranger.initiate(agent.public_key, trio.current_time(), time.time())
+            [initiation] = stranger.datagrams_to_send(trio.current_time())
+            with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                await sock.bind(("127.0.0.1", 0))
+                await sock.sendto(initiation.data, agent.local_address)
+                with trio.move_on_after(1.0) as scope:
+                    await sock.recvfrom(65535)
+                assert scope.cancelled_caught
+            assert agent.status()["peers"] == []
