@@ -76,13 +76,17 @@ from tunneld.proto.noise import (
 )
 
 __all__ = [
+    "HEADER_SIZE",
+    "ID_SIZE",
     "RELAY_PATH",
+    "ConnectionIds",
     "LinkState",
     "Overlay",
     "OverlayConfig",
     "PeerStatus",
     "StreamHandler",
     "TokenProvider",
+    "Verdict",
     "backoff_delay",
 ]
 
@@ -103,9 +107,9 @@ _WG_HANDSHAKE_TYPES = (1, 2, 3)
 # connection ids (initiator's, responder's; zero = not known yet), so a peer that
 # restarts or replaces its connection is noticed at once (docs/overlay.md).
 _MUX_VERSION = b"\x01"
-_ID_SIZE = 8
-_NO_ID = bytes(_ID_SIZE)
-_HEADER_SIZE = 1 + 2 * _ID_SIZE
+ID_SIZE = 8
+_NO_ID = bytes(ID_SIZE)
+HEADER_SIZE = 1 + 2 * ID_SIZE
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
 
@@ -185,6 +189,61 @@ class PeerStatus:
     connection: str  # our mux connection id (hex); changes when the connection is replaced
 
 
+class Verdict(enum.Enum):
+    """What to do with a received mux packet, from its connection-id header."""
+
+    DELIVER = "deliver"
+    DROP = "drop"  # addressed to a connection of ours that has been replaced, or malformed
+    RENEW = "renew"  # the peer has a new connection: replace ours, then check again
+
+
+class ConnectionIds:
+    """The connection-id header of mux packets inside WireGuard (docs/overlay.md).
+
+    Header: version ``0x01``, the initiator's connection id, the responder's (8 bytes
+    each; zero = not known yet). ``initiator`` says which of the two is ours.
+    """
+
+    def __init__(self, initiator: bool) -> None:
+        self.initiator = initiator
+        self.local_id = _NO_ID
+        self.remote_id = _NO_ID
+
+    def renew(self, local_id: bytes) -> None:
+        """A new connection of ours (``local_id``: 8 random non-zero bytes)."""
+        if len(local_id) != ID_SIZE or local_id == _NO_ID:
+            raise ValueError(f"a connection id is {ID_SIZE} bytes, not all zero")
+        self.local_id = local_id
+        self.remote_id = _NO_ID
+
+    def header(self) -> bytes:
+        """The header of our packets."""
+        if self.initiator:
+            return _MUX_VERSION + self.local_id + self.remote_id
+        return _MUX_VERSION + self.remote_id + self.local_id
+
+    def accept(self, header: bytes) -> Verdict:
+        """Check a received header; learns the peer's id the first time."""
+        if len(header) != HEADER_SIZE or header[:1] != _MUX_VERSION:
+            return Verdict.DROP
+        initiator_id = header[1 : 1 + ID_SIZE]
+        responder_id = header[1 + ID_SIZE :]
+        if self.initiator:
+            theirs, ours = responder_id, initiator_id
+        else:
+            theirs, ours = initiator_id, responder_id
+        # Only our current id (or "not known yet") is ours: anything else was meant
+        # for a connection we have replaced.
+        if theirs == _NO_ID or ours not in (_NO_ID, self.local_id):
+            return Verdict.DROP
+        if self.remote_id == _NO_ID:
+            self.remote_id = theirs
+            return Verdict.DELIVER
+        if theirs == self.remote_id:
+            return Verdict.DELIVER
+        return Verdict.RENEW
+
+
 class _PeerTransport:
     """One mux connection's DatagramTransport: WireGuard over relay/UDP to one peer.
 
@@ -199,7 +258,7 @@ class _PeerTransport:
         self.send_channel, self._receive = trio.open_memory_channel[tuple[bytes, Path]](1024)
 
     async def send(self, data: bytes, path: Path) -> None:
-        if self.local_id != self._peer.local_id:
+        if self.local_id != self._peer.ids.local_id:
             await trio.lowlevel.checkpoint()
             return
         await self._overlay._send_mux(self._peer, data, path)
@@ -225,8 +284,7 @@ class _Peer:
         self.ready = trio.Event()
         self.initiator = overlay.public_key < self.key
         self.nursery: trio.Nursery | None = None
-        self.local_id = b""
-        self.remote_id = _NO_ID
+        self.ids = ConnectionIds(self.initiator)
         self.transport, self.mux = self.new_mux(overlay)
         self.cancel = trio.CancelScope()
         self.created = now
@@ -234,9 +292,8 @@ class _Peer:
 
     def new_mux(self, overlay: Overlay) -> tuple[_PeerTransport, MuxConnection]:
         """A fresh mux connection (new id; the peer's id is learnt from its packets)."""
-        self.local_id = secrets.token_bytes(_ID_SIZE)
-        self.remote_id = _NO_ID
-        transport = _PeerTransport(overlay, self, self.local_id)
+        self.ids.renew(secrets.token_bytes(ID_SIZE))
+        transport = _PeerTransport(overlay, self, self.ids.local_id)
         mux: MuxConnection = MuxConnection(
             transport,
             is_initiator=self.initiator,
@@ -248,32 +305,6 @@ class _Peer:
         # connection) without waiting for us to have data.
         mux.core.send_ping()
         return transport, mux
-
-    def header(self) -> bytes:
-        """The mux header of our packets: initiator's connection id, responder's."""
-        if self.initiator:
-            return _MUX_VERSION + self.local_id + self.remote_id
-        return _MUX_VERSION + self.remote_id + self.local_id
-
-    def accept_header(self, header: bytes) -> str:
-        """Check a received header: "deliver", "drop" (stale) or "renew" (the peer
-        started a new connection: replace ours, then deliver)."""
-        initiator_id = header[1 : 1 + _ID_SIZE]
-        responder_id = header[1 + _ID_SIZE :]
-        if self.initiator:
-            # Only our current connection id (or none yet) is ours; the responder's id
-            # changing means it restarted or replaced its connection.
-            theirs, ours = responder_id, initiator_id
-        else:
-            theirs, ours = initiator_id, responder_id
-        if theirs == _NO_ID or ours not in (_NO_ID, self.local_id):
-            return "drop"
-        if self.remote_id == _NO_ID:
-            self.remote_id = theirs
-            return "deliver"
-        if theirs == self.remote_id:
-            return "deliver"
-        return "renew"
 
     def candidate_paths(self) -> list[Path]:
         paths = []
@@ -464,7 +495,7 @@ class Overlay:
                     bytes_sent=link.bytes_sent,
                     bytes_received=link.bytes_received,
                     streams=len(link.mux.core.stream_ids()),
-                    connection=link.local_id.hex(),
+                    connection=link.ids.local_id.hex(),
                 )
             )
         return {
@@ -627,7 +658,7 @@ class Overlay:
     async def _send_mux(self, link: _Peer, data: bytes, path: Path) -> None:
         """Encrypt one mux packet for ``link`` and send it on ``path`` or the peer's route."""
         now = trio.current_time()
-        self._core.send(link.key, link.header() + data, now, self._wall())
+        self._core.send(link.key, link.ids.header() + data, now, self._wall())
         outgoing = self._core.datagrams_to_send(now)
         link.bytes_sent += len(data)
         # A probe or a probe's answer goes on exactly its path (a copy on the relay would
@@ -726,20 +757,20 @@ class Overlay:
                 log.info("overlay.handshake_timed_out", peer=link.id)
             elif isinstance(event, DataReceived) and path is not None and event.payload:
                 payload = event.payload
-                if len(payload) <= _HEADER_SIZE or payload[:1] != _MUX_VERSION:
+                if len(payload) <= HEADER_SIZE:
                     continue
-                verdict = link.accept_header(payload[:_HEADER_SIZE])
-                if verdict == "drop":
+                verdict = link.ids.accept(payload[:HEADER_SIZE])
+                if verdict is Verdict.DROP:
                     continue
-                if verdict == "renew":
+                if verdict is Verdict.RENEW:
                     self._renew_mux(link, "peer started a new connection")
-                    if link.accept_header(payload[:_HEADER_SIZE]) != "deliver":
+                    if link.ids.accept(payload[:HEADER_SIZE]) is not Verdict.DELIVER:
                         continue
                 if path == link.direct:
                     link.last_direct_rx = trio.current_time()
                 link.bytes_received += len(payload)
                 try:
-                    link.transport.send_channel.send_nowait((payload[_HEADER_SIZE:], path))
+                    link.transport.send_channel.send_nowait((payload[HEADER_SIZE:], path))
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the mux is behind: a lost datagram, it will retransmit
 
