@@ -336,3 +336,33 @@ async def test_the_agent_ignores_handshakes_from_keys_the_coordinator_never_anno
                     await sock.recvfrom(65535)
                 assert scope.cancelled_caught
             assert agent.status()["peers"] == []
+
+
+async def test_stun_reflexive_addresses_make_a_direct_path(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        assert h.info.stun is not None
+        host, _, port = h.info.stun.rpartition(":")
+        stun = (host, int(port))
+        await h.user("alice")
+        # No local endpoints announced: only what the STUN server saw.
+        agent = make_overlay(
+            h, "web1", await h.token("alice", agent="web1"), endpoints=(), stun=stun
+        )
+        laptop = make_overlay(h, "laptop", await h.token("alice"), endpoints=(), stun=stun)
+        async with running(nursery, agent), running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                await laptop.wait_direct("web1")
+                await agent.wait_direct("laptop")
+            assert agent.local_address is not None
+            mapped = f"127.0.0.1:{agent.local_address[1]}"
+            assert agent.status()["reflexive"] == mapped
+            assert agent.status()["endpoints"] == [mapped]
+            assert peer_status(laptop).direct_endpoint == mapped
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "echo")
+                await stream.send_all(b"via the mapped address")
+                assert await stream.receive_some() == b"via the mapped address"
+                await stream.aclose()

@@ -26,6 +26,7 @@ stream-id parity without talking.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import random
@@ -74,6 +75,8 @@ from tunneld.proto.noise import (
     RemoteProtocolError,
     WireGuardCore,
 )
+from tunneld.proto.stun import RemoteProtocolError as StunRemoteProtocolError
+from tunneld.proto.stun import build_binding_request, looks_like_stun, parse_binding_response
 
 __all__ = [
     "HEADER_SIZE",
@@ -150,6 +153,9 @@ class OverlayConfig:
         unsure_after: silence on the direct path after which we send on both paths.
         direct_timeout: silence on the direct path after which we fall back to relay.
         backoff_cap: the longest reconnect delay.
+        stun: a STUN server ``(host, port)``; our reflexive address (as it sees our UDP
+            socket) is announced first among our endpoints. None: no STUN.
+        stun_interval: seconds between STUN queries.
         forget_after: how long a peer the coordinator called disconnected is kept (with
             its mux and streams) in case it comes back with the same key.
     """
@@ -168,6 +174,8 @@ class OverlayConfig:
     direct_timeout: float = 4.0
     backoff_cap: float = 30.0
     forget_after: float = 30.0
+    stun: tuple[str, int] | None = None
+    stun_interval: float = 30.0
 
 
 @dataclass(slots=True)
@@ -397,6 +405,8 @@ class Overlay:
         self.relay_dropped = 0
         self.local_address: UdpAddress | None = None
         self._announced = config.endpoints
+        self.reflexive: UdpAddress | None = None
+        self._stun_pending: dict[bytes, trio.MemorySendChannel[UdpAddress]] = {}
         self.last_coordinator_error: Error | None = None
 
     # -- public API ---------------------------------------------------------------
@@ -424,6 +434,8 @@ class Overlay:
                 nursery.start_soon(self._coordinator_loop)
                 nursery.start_soon(self._relay_loop)
                 nursery.start_soon(self._prober)
+                if self.config.stun is not None:
+                    nursery.start_soon(self._stun_loop, self.config.stun)
                 task_status.started(self.local_address)
                 await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -503,6 +515,7 @@ class Overlay:
             "node_key": self.public_key.hex(),
             "udp": _format(self.local_address) if self.local_address else None,
             "endpoints": list(self._endpoints()) if self.local_address else [],
+            "reflexive": _format(self.reflexive) if self.reflexive else None,
             "coordinator": self.coordinator_state.value,
             "coordinator_error": self.coordinator_error,
             "relay": self.relay_state.value,
@@ -535,6 +548,14 @@ class Overlay:
         return self.config.unsure_after
 
     def _endpoints(self) -> tuple[str, ...]:
+        endpoints = self._local_endpoints()
+        if self.reflexive is not None:
+            mapped = _format(self.reflexive)
+            if mapped not in endpoints:
+                endpoints = (mapped, *endpoints)
+        return endpoints[:16]
+
+    def _local_endpoints(self) -> tuple[str, ...]:
         if self._announced is not None:
             return self._announced
         assert self.local_address is not None
@@ -784,6 +805,9 @@ class Overlay:
             except OSError:
                 continue
             udp = (str(address[0]), int(address[1]))
+            if looks_like_stun(data):
+                self._stun_answer(data)
+                continue
             try:
                 source = pack_address(udp)
             except ValueError:
@@ -792,6 +816,58 @@ class Overlay:
 
     def _wake_pump(self) -> None:
         self._wakeup.set()
+
+    def _stun_answer(self, data: bytes) -> None:
+        try:
+            response = parse_binding_response(data)
+        except StunRemoteProtocolError:
+            return
+        channel = self._stun_pending.get(response.transaction_id)
+        if channel is not None:
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                channel.send_nowait(response.address)
+
+    async def _stun_query(self, server: UdpAddress) -> UdpAddress | None:
+        """Our address as ``server`` sees our UDP socket (RFC 5389 Binding), or None.
+
+        Sent from the overlay's own socket (its mapping is what peers can reach); the
+        reader task hands the answer over by transaction id.
+        """
+        assert self._sock is not None
+        transaction_id = secrets.token_bytes(12)
+        request = build_binding_request(transaction_id, software="tunneld")
+        send, receive = trio.open_memory_channel[UdpAddress](1)
+        self._stun_pending[transaction_id] = send
+        try:
+            rto = 0.5  # RFC 5389 section 7.2.1: RTO 500 ms, doubling
+            for _ in range(4):
+                await self._sendto(request, server)
+                with trio.move_on_after(rto):
+                    return await receive.receive()
+                rto *= 2
+            return None
+        finally:
+            del self._stun_pending[transaction_id]
+
+    async def _stun_loop(self, server: tuple[str, int]) -> NoReturn:
+        """Learn our reflexive address now and every ``stun_interval``; re-announce when
+        it changes."""
+        while True:
+            try:
+                infos = await trio.socket.getaddrinfo(server[0], server[1], type=socket.SOCK_DGRAM)
+                target = (str(infos[0][4][0]), int(infos[0][4][1]))
+                mapped = await self._stun_query(target)
+            except OSError as exc:
+                log.warning(
+                    "overlay.stun_failed", server=f"{server[0]}:{server[1]}", error=str(exc)
+                )
+                mapped = None
+            if mapped is not None and mapped != self.reflexive:
+                self.reflexive = mapped
+                log.info("overlay.reflexive", address=_format(mapped))
+                await self._coord_send(self._announce())
+                self._notify()
+            await trio.sleep(self.config.stun_interval)
 
     async def _wg_pump(self) -> NoReturn:
         """WireGuard timers (retransmitted handshakes, keepalives, rekeys)."""
