@@ -366,3 +366,27 @@ async def test_stun_reflexive_addresses_make_a_direct_path(
                 await stream.send_all(b"via the mapped address")
                 assert await stream.receive_some() == b"via the mapped address"
                 await stream.aclose()
+
+
+async def test_remove_tunnel_forgets_the_peer_and_breaks_its_streams(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"))
+        laptop = make_overlay(h, "laptop", await h.token("alice"))
+        async with running(nursery, agent), running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "echo")
+                await stream.send_all(b"hello")
+                assert await stream.receive_some() == b"hello"
+            node = laptop.peer_node("web1")
+            assert node is not None
+            assert (node.name, node.owner) == ("web1", "alice")
+            assert laptop.peer_node(node.id) == node
+            await laptop.remove_tunnel("web1")
+            await wait_until(laptop, lambda: laptop.status()["peers"] == [])
+            await wait_until(agent, lambda: agent.status()["peers"] == [])
+            with trio.fail_after(WAIT), pytest.raises(trio.BrokenResourceError):
+                await stream.send_all(b"anyone?")

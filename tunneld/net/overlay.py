@@ -463,9 +463,13 @@ class Overlay:
         await self._coord_send(data)
 
     async def remove_tunnel(self, peer: str) -> None:
-        """Stop wanting ``peer``; the coordinator tells it (and us) the tunnel is gone."""
+        """Stop wanting ``peer``: the coordinator forgets the tunnel and tells the peer;
+        we drop the peer at once (its streams break)."""
         data = self._coord.remove_tunnel(peer)
         await self._coord_send(data)
+        link = self._find(peer)
+        if link is not None:
+            self._drop_peer(link)
 
     async def open_stream(self, peer: str, service: str) -> MuxStream:
         """Open a stream to ``service`` on ``peer`` (node id, name or ``owner/name``).
@@ -479,6 +483,12 @@ class Overlay:
         while (link := self._find(peer)) is None:
             await self._changed.wait()
         return await link.mux.open_stream(service)
+
+    def peer_node(self, peer: str) -> Node | None:
+        """The coordinator's last word on ``peer`` (node id, name or ``owner/name``):
+        its name, owner (user), node key, endpoints; None if unknown."""
+        link = self._find(peer)
+        return None if link is None else link.node
 
     async def wait_direct(self, peer: str) -> None:
         """Return once ``peer`` is reachable over a validated direct UDP path."""
@@ -583,6 +593,10 @@ class Overlay:
             return
         if node.node_key == self.public_key:
             return
+        old = self._by_key.get(node.node_key)
+        if old is not None:  # the same key back while its old link is still closing
+            self._by_key.pop(node.node_key)
+            self._core.remove_peer(node.node_key)
         link = _Peer(self, node, trio.current_time())
         self._peers[node.id] = link
         self._by_key[link.key] = link
@@ -594,9 +608,9 @@ class Overlay:
         self._notify()
 
     def _drop_peer(self, link: _Peer) -> None:
+        # Out of the id table at once (no new streams); the key stays known to
+        # WireGuard until the mux's CLOSE has gone out (_close_peer).
         self._peers.pop(link.id, None)
-        self._by_key.pop(link.key, None)
-        self._core.remove_peer(link.key)
         assert self._nursery is not None
         self._nursery.start_soon(self._close_peer, link)
         log.info("overlay.peer_removed", peer=link.id)
@@ -606,9 +620,11 @@ class Overlay:
         # Close the mux so every stream user sees BrokenResourceError instead of
         # waiting forever, give the CLOSE a moment to leave, then stop the driver.
         await link.mux.aclose(0, "peer removed")
-        with trio.move_on_after(0.5):
-            await trio.sleep(0.1)
+        await trio.sleep(0.1)
         link.cancel.cancel()
+        if self._by_key.get(link.key) is link:
+            del self._by_key[link.key]
+            self._core.remove_peer(link.key)
 
     async def _run_peer(self, link: _Peer) -> None:
         with link.cancel:
@@ -679,6 +695,8 @@ class Overlay:
     async def _send_mux(self, link: _Peer, data: bytes, path: Path) -> None:
         """Encrypt one mux packet for ``link`` and send it on ``path`` or the peer's route."""
         now = trio.current_time()
+        if self._by_key.get(link.key) is not link:
+            return  # the peer is gone (or replaced): nothing to send to
         self._core.send(link.key, link.ids.header() + data, now, self._wall())
         outgoing = self._core.datagrams_to_send(now)
         link.bytes_sent += len(data)
@@ -966,7 +984,9 @@ class Overlay:
                 self._notify()
         elif message.kind is PeerUpdateKind.DISCONNECTED:
             link = self._peers.get(message.id)
-            if link is not None and link.gone_at is None:
+            if link is not None and message.reason == "tunnel removed":
+                self._drop_peer(link)  # on purpose: no coming back to wait for
+            elif link is not None and link.gone_at is None:
                 # Keep the link (and its mux) for ``forget_after``: "offline" also comes
                 # when our own session reconnects before the peer's, and the peer may
                 # simply be back in a moment with the same key.
