@@ -297,6 +297,7 @@ class _Peer:
         self.cancel = trio.CancelScope()
         self.created = now
         self.gone_at: float | None = None
+        self.last_initiation: bytes | None = None
 
     def new_mux(self, overlay: Overlay) -> tuple[_PeerTransport, MuxConnection]:
         """A fresh mux connection (new id; the peer's id is learnt from its packets)."""
@@ -727,6 +728,8 @@ class Overlay:
                 if link is None:
                     continue
                 paths = targets if targets is not None else self._route(link, trio.current_time())
+                if packet.data[:1] == b"\x01":
+                    link.last_initiation = packet.data
                 if (
                     packet.data
                     and packet.data[0] in _WG_HANDSHAKE_TYPES
@@ -914,9 +917,14 @@ class Overlay:
                     continue
                 if not link.handshake_done and link.online:
                     # The first initiation often meets a relay the peer has not joined
-                    # yet; retry every probe interval rather than WireGuard's 5 s.
+                    # yet. WireGuard makes a new one only every 5 s; in between we
+                    # repeat the last one byte for byte (a duplicate the responder
+                    # rejects as a replay if the first did arrive).
                     self._core.initiate(link.key, now, self._wall())
                     self._wake_pump()
+                    if link.last_initiation is not None:
+                        again = Outgoing(link.key, None, link.last_initiation)
+                        await self._transmit([again], None)
                     continue
                 if link.mux.closed is not None:
                     continue
