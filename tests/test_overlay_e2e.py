@@ -270,6 +270,7 @@ async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
                         await stream.send_eof()
 
                     inner.start_soon(send_rest)
+                    await wait_until(laptop, lambda: peer_status(laptop).path == "relay")
                 answer = b""
                 while data := await stream.receive_some():
                     answer += data
