@@ -27,14 +27,12 @@ stream-id parity without talking.
 from __future__ import annotations
 
 import contextlib
-import enum
 import math
 import random
 import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 import trio
@@ -49,6 +47,13 @@ from tunneld.net.coord import (
 )
 from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
 from tunneld.net.mux import MuxConnection, MuxStream
+from tunneld.net.overlay._config import LinkState, OverlayConfig, PeerStatus, backoff_delay
+from tunneld.net.overlay._ids import (
+    HEADER_SIZE,
+    ID_SIZE,
+    ConnectionIds,
+    Verdict,
+)
 from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
 from tunneld.proto.coord import (
     CoordinatorClient,
@@ -63,7 +68,6 @@ from tunneld.proto.mux import (
     ConnectionClosed,
     ConnectionClosedError,
     Event,
-    MuxConfig,
     Path,
     PathResponse,
 )
@@ -78,20 +82,7 @@ from tunneld.proto.noise import (
 from tunneld.proto.stun import RemoteProtocolError as StunRemoteProtocolError
 from tunneld.proto.stun import build_binding_request, looks_like_stun, parse_binding_response
 
-__all__ = [
-    "HEADER_SIZE",
-    "ID_SIZE",
-    "RELAY_PATH",
-    "ConnectionIds",
-    "LinkState",
-    "Overlay",
-    "OverlayConfig",
-    "PeerStatus",
-    "StreamHandler",
-    "TokenProvider",
-    "Verdict",
-    "backoff_delay",
-]
+__all__ = ["RELAY_PATH", "Overlay", "StreamHandler", "TokenProvider"]
 
 log = get_logger(__name__)
 
@@ -106,150 +97,8 @@ RELAY_PATH = Path("relay", reliable=True, address=b"relay")
 _DERP_SOURCE = b"D:"
 _MAX_DATAGRAM = 65535
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
-# Every mux packet inside WireGuard starts with a version byte and the two sides' mux
-# connection ids (initiator's, responder's; zero = not known yet), so a peer that
-# restarts or replaces its connection is noticed at once (docs/overlay.md).
-_MUX_VERSION = b"\x01"
-ID_SIZE = 8
-_NO_ID = bytes(ID_SIZE)
-HEADER_SIZE = 1 + 2 * ID_SIZE
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
-
-
-class LinkState(enum.Enum):
-    """State of the coordinator or relay connection."""
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    BACKOFF = "backoff"
-
-
-def backoff_delay(attempt: int, rng: Callable[[], float], cap: float = 30.0) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0-based).
-
-    SPECS.md: ``min(n^2 * 10 ms, cap) * random[0.5, 1.5)``; ``rng`` returns [0, 1).
-    """
-    return min(attempt * attempt * 0.01, cap) * (0.5 + rng())
-
-
-@dataclass(frozen=True, slots=True)
-class OverlayConfig:
-    """What one node needs.
-
-    Args:
-        name: our node name (agents: the coordinator replaces it by the token's agent).
-        private_key: our 32-byte Curve25519 key (WireGuard static key and DERP identity).
-        coordinate_url: ``ws(s)://host:port/api/v1/coordinate``.
-        derp_url: our home relay, ``ws(s)://host:port/derp``.
-        derp_region: the home relay's region number announced to peers.
-        udp_host: address the UDP socket binds to.
-        udp_port: port to bind (0: any).
-        endpoints: endpoints to announce (``host:port``); None: the bound address, or
-            the host's addresses when bound to the wildcard; empty: none (relay only,
-            unless the peer's endpoints reach us).
-        mux: mux tunables (both sides should agree).
-        probe_interval: seconds between path probes.
-        unsure_after: silence on the direct path after which we send on both paths.
-        direct_timeout: silence on the direct path after which we fall back to relay.
-        backoff_cap: the longest reconnect delay.
-        stun: a STUN server ``(host, port)``; our reflexive address (as it sees our UDP
-            socket) is announced first among our endpoints. None: no STUN.
-        stun_interval: seconds between STUN queries.
-        forget_after: how long a peer the coordinator called disconnected is kept (with
-            its mux and streams) in case it comes back with the same key.
-    """
-
-    name: str
-    private_key: bytes
-    coordinate_url: str
-    derp_url: str
-    derp_region: int = 1
-    udp_host: str = "0.0.0.0"
-    udp_port: int = 0
-    endpoints: tuple[str, ...] | None = None
-    mux: MuxConfig = field(default_factory=MuxConfig)
-    probe_interval: float = 1.0
-    unsure_after: float = 1.5
-    direct_timeout: float = 4.0
-    backoff_cap: float = 30.0
-    forget_after: float = 30.0
-    stun: tuple[str, int] | None = None
-    stun_interval: float = 30.0
-
-
-@dataclass(slots=True)
-class PeerStatus:
-    """What :meth:`Overlay.status` says about one peer."""
-
-    id: str
-    name: str
-    owner: str
-    node_key: str
-    online: bool
-    handshake: bool
-    path: str  # "relay" or "direct"
-    direct_endpoint: str | None
-    rtt: float | None
-    bytes_sent: int
-    bytes_received: int
-    streams: int
-    connection: str  # our mux connection id (hex); changes when the connection is replaced
-
-
-class Verdict(enum.Enum):
-    """What to do with a received mux packet, from its connection-id header."""
-
-    DELIVER = "deliver"
-    DROP = "drop"  # addressed to a connection of ours that has been replaced, or malformed
-    RENEW = "renew"  # the peer has a new connection: replace ours, then check again
-
-
-class ConnectionIds:
-    """The connection-id header of mux packets inside WireGuard (docs/overlay.md).
-
-    Header: version ``0x01``, the initiator's connection id, the responder's (8 bytes
-    each; zero = not known yet). ``initiator`` says which of the two is ours.
-    """
-
-    def __init__(self, initiator: bool) -> None:
-        self.initiator = initiator
-        self.local_id = _NO_ID
-        self.remote_id = _NO_ID
-
-    def renew(self, local_id: bytes) -> None:
-        """A new connection of ours (``local_id``: 8 random non-zero bytes)."""
-        if len(local_id) != ID_SIZE or local_id == _NO_ID:
-            raise ValueError(f"a connection id is {ID_SIZE} bytes, not all zero")
-        self.local_id = local_id
-        self.remote_id = _NO_ID
-
-    def header(self) -> bytes:
-        """The header of our packets."""
-        if self.initiator:
-            return _MUX_VERSION + self.local_id + self.remote_id
-        return _MUX_VERSION + self.remote_id + self.local_id
-
-    def accept(self, header: bytes) -> Verdict:
-        """Check a received header; learns the peer's id the first time."""
-        if len(header) != HEADER_SIZE or header[:1] != _MUX_VERSION:
-            return Verdict.DROP
-        initiator_id = header[1 : 1 + ID_SIZE]
-        responder_id = header[1 + ID_SIZE :]
-        if self.initiator:
-            theirs, ours = responder_id, initiator_id
-        else:
-            theirs, ours = initiator_id, responder_id
-        # Only our current id (or "not known yet") is ours: anything else was meant
-        # for a connection we have replaced.
-        if theirs == _NO_ID or ours not in (_NO_ID, self.local_id):
-            return Verdict.DROP
-        if self.remote_id == _NO_ID:
-            self.remote_id = theirs
-            return Verdict.DELIVER
-        if theirs == self.remote_id:
-            return Verdict.DELIVER
-        return Verdict.RENEW
 
 
 class _PeerTransport:
