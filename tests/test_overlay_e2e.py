@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from tunneld.config import HostPort
 from tunneld.keys import generate_private_key
 from tunneld.net.mux import MuxStream
 from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus, backoff_delay
+from tunneld.proto.noise import WireGuardCore
 
 WAIT = 20.0
 CHUNK = 32 * 1024
@@ -268,6 +270,7 @@ async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
                         await stream.send_eof()
 
                     inner.start_soon(send_rest)
+                    await wait_until(laptop, lambda: peer_status(laptop).path == "relay")
                 answer = b""
                 while data := await stream.receive_some():
                     answer += data
@@ -311,3 +314,80 @@ async def test_a_restarted_agent_is_reached_on_a_fresh_connection(
                     assert await second.receive_some() == b"second life"
                     with pytest.raises(trio.BrokenResourceError):
                         await stream.send_all(b"to the old agent")
+
+
+async def test_the_agent_ignores_handshakes_from_keys_the_coordinator_never_announced(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"))
+        async with running(nursery, agent):
+            assert agent.local_address is not None
+            # Someone who knows the agent's key and UDP endpoint, but whom the
+            # coordinator never introduced: the initiation gets no answer at all.
+            stranger = WireGuardCore(generate_private_key())
+            stranger.add_peer(agent.public_key)
+            stranger.initiate(agent.public_key, trio.current_time(), time.time())
+            [initiation] = stranger.datagrams_to_send(trio.current_time())
+            with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                await sock.bind(("127.0.0.1", 0))
+                await sock.sendto(initiation.data, agent.local_address)
+                with trio.move_on_after(1.0) as scope:
+                    await sock.recvfrom(65535)
+                assert scope.cancelled_caught
+            assert agent.status()["peers"] == []
+
+
+async def test_stun_reflexive_addresses_make_a_direct_path(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        assert h.info.stun is not None
+        host, _, port = h.info.stun.rpartition(":")
+        stun = (host, int(port))
+        await h.user("alice")
+        # No local endpoints announced: only what the STUN server saw.
+        agent = make_overlay(
+            h, "web1", await h.token("alice", agent="web1"), endpoints=(), stun=stun
+        )
+        laptop = make_overlay(h, "laptop", await h.token("alice"), endpoints=(), stun=stun)
+        async with running(nursery, agent), running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                await laptop.wait_direct("web1")
+                await agent.wait_direct("laptop")
+            assert agent.local_address is not None
+            mapped = f"127.0.0.1:{agent.local_address[1]}"
+            assert agent.status()["reflexive"] == mapped
+            assert agent.status()["endpoints"] == [mapped]
+            assert peer_status(laptop).direct_endpoint == mapped
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "echo")
+                await stream.send_all(b"via the mapped address")
+                assert await stream.receive_some() == b"via the mapped address"
+                await stream.aclose()
+
+
+async def test_remove_tunnel_forgets_the_peer_and_breaks_its_streams(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"))
+        laptop = make_overlay(h, "laptop", await h.token("alice"))
+        async with running(nursery, agent), running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "echo")
+                await stream.send_all(b"hello")
+                assert await stream.receive_some() == b"hello"
+            node = laptop.peer_node("web1")
+            assert node is not None
+            assert (node.name, node.owner) == ("web1", "alice")
+            assert laptop.peer_node(node.id) == node
+            await laptop.remove_tunnel("web1")
+            await wait_until(laptop, lambda: laptop.status()["peers"] == [])
+            await wait_until(agent, lambda: agent.status()["peers"] == [])
+            with trio.fail_after(WAIT), pytest.raises(trio.BrokenResourceError):
+                await stream.send_all(b"anyone?")

@@ -26,14 +26,13 @@ stream-id parity without talking.
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import math
 import random
 import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 import trio
@@ -48,6 +47,13 @@ from tunneld.net.coord import (
 )
 from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
 from tunneld.net.mux import MuxConnection, MuxStream
+from tunneld.net.overlay._config import LinkState, OverlayConfig, PeerStatus, backoff_delay
+from tunneld.net.overlay._ids import (
+    HEADER_SIZE,
+    ID_SIZE,
+    ConnectionIds,
+    Verdict,
+)
 from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
 from tunneld.proto.coord import (
     CoordinatorClient,
@@ -62,7 +68,6 @@ from tunneld.proto.mux import (
     ConnectionClosed,
     ConnectionClosedError,
     Event,
-    MuxConfig,
     Path,
     PathResponse,
 )
@@ -74,17 +79,10 @@ from tunneld.proto.noise import (
     RemoteProtocolError,
     WireGuardCore,
 )
+from tunneld.proto.stun import RemoteProtocolError as StunRemoteProtocolError
+from tunneld.proto.stun import build_binding_request, looks_like_stun, parse_binding_response
 
-__all__ = [
-    "RELAY_PATH",
-    "LinkState",
-    "Overlay",
-    "OverlayConfig",
-    "PeerStatus",
-    "StreamHandler",
-    "TokenProvider",
-    "backoff_delay",
-]
+__all__ = ["RELAY_PATH", "Overlay", "StreamHandler", "TokenProvider"]
 
 log = get_logger(__name__)
 
@@ -99,90 +97,8 @@ RELAY_PATH = Path("relay", reliable=True, address=b"relay")
 _DERP_SOURCE = b"D:"
 _MAX_DATAGRAM = 65535
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
-# Every mux packet inside WireGuard starts with a version byte and the two sides' mux
-# connection ids (initiator's, responder's; zero = not known yet), so a peer that
-# restarts or replaces its connection is noticed at once (docs/overlay.md).
-_MUX_VERSION = b"\x01"
-_ID_SIZE = 8
-_NO_ID = bytes(_ID_SIZE)
-_HEADER_SIZE = 1 + 2 * _ID_SIZE
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
-
-
-class LinkState(enum.Enum):
-    """State of the coordinator or relay connection."""
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    BACKOFF = "backoff"
-
-
-def backoff_delay(attempt: int, rng: Callable[[], float], cap: float = 30.0) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0-based).
-
-    SPECS.md: ``min(n^2 * 10 ms, cap) * random[0.5, 1.5)``; ``rng`` returns [0, 1).
-    """
-    return min(attempt * attempt * 0.01, cap) * (0.5 + rng())
-
-
-@dataclass(frozen=True, slots=True)
-class OverlayConfig:
-    """What one node needs.
-
-    Args:
-        name: our node name (agents: the coordinator replaces it by the token's agent).
-        private_key: our 32-byte Curve25519 key (WireGuard static key and DERP identity).
-        coordinate_url: ``ws(s)://host:port/api/v1/coordinate``.
-        derp_url: our home relay, ``ws(s)://host:port/derp``.
-        derp_region: the home relay's region number announced to peers.
-        udp_host: address the UDP socket binds to.
-        udp_port: port to bind (0: any).
-        endpoints: endpoints to announce (``host:port``); None: the bound address, or
-            the host's addresses when bound to the wildcard; empty: none (relay only,
-            unless the peer's endpoints reach us).
-        mux: mux tunables (both sides should agree).
-        probe_interval: seconds between path probes.
-        unsure_after: silence on the direct path after which we send on both paths.
-        direct_timeout: silence on the direct path after which we fall back to relay.
-        backoff_cap: the longest reconnect delay.
-        forget_after: how long a peer the coordinator called disconnected is kept (with
-            its mux and streams) in case it comes back with the same key.
-    """
-
-    name: str
-    private_key: bytes
-    coordinate_url: str
-    derp_url: str
-    derp_region: int = 1
-    udp_host: str = "0.0.0.0"
-    udp_port: int = 0
-    endpoints: tuple[str, ...] | None = None
-    mux: MuxConfig = field(default_factory=MuxConfig)
-    probe_interval: float = 1.0
-    unsure_after: float = 1.5
-    direct_timeout: float = 4.0
-    backoff_cap: float = 30.0
-    forget_after: float = 30.0
-
-
-@dataclass(slots=True)
-class PeerStatus:
-    """What :meth:`Overlay.status` says about one peer."""
-
-    id: str
-    name: str
-    owner: str
-    node_key: str
-    online: bool
-    handshake: bool
-    path: str  # "relay" or "direct"
-    direct_endpoint: str | None
-    rtt: float | None
-    bytes_sent: int
-    bytes_received: int
-    streams: int
-    connection: str  # our mux connection id (hex); changes when the connection is replaced
 
 
 class _PeerTransport:
@@ -199,7 +115,7 @@ class _PeerTransport:
         self.send_channel, self._receive = trio.open_memory_channel[tuple[bytes, Path]](1024)
 
     async def send(self, data: bytes, path: Path) -> None:
-        if self.local_id != self._peer.local_id:
+        if self.local_id != self._peer.ids.local_id:
             await trio.lowlevel.checkpoint()
             return
         await self._overlay._send_mux(self._peer, data, path)
@@ -225,18 +141,17 @@ class _Peer:
         self.ready = trio.Event()
         self.initiator = overlay.public_key < self.key
         self.nursery: trio.Nursery | None = None
-        self.local_id = b""
-        self.remote_id = _NO_ID
+        self.ids = ConnectionIds(self.initiator)
         self.transport, self.mux = self.new_mux(overlay)
         self.cancel = trio.CancelScope()
         self.created = now
         self.gone_at: float | None = None
+        self.last_initiation: bytes | None = None
 
     def new_mux(self, overlay: Overlay) -> tuple[_PeerTransport, MuxConnection]:
         """A fresh mux connection (new id; the peer's id is learnt from its packets)."""
-        self.local_id = secrets.token_bytes(_ID_SIZE)
-        self.remote_id = _NO_ID
-        transport = _PeerTransport(overlay, self, self.local_id)
+        self.ids.renew(secrets.token_bytes(ID_SIZE))
+        transport = _PeerTransport(overlay, self, self.ids.local_id)
         mux: MuxConnection = MuxConnection(
             transport,
             is_initiator=self.initiator,
@@ -248,32 +163,6 @@ class _Peer:
         # connection) without waiting for us to have data.
         mux.core.send_ping()
         return transport, mux
-
-    def header(self) -> bytes:
-        """The mux header of our packets: initiator's connection id, responder's."""
-        if self.initiator:
-            return _MUX_VERSION + self.local_id + self.remote_id
-        return _MUX_VERSION + self.remote_id + self.local_id
-
-    def accept_header(self, header: bytes) -> str:
-        """Check a received header: "deliver", "drop" (stale) or "renew" (the peer
-        started a new connection: replace ours, then deliver)."""
-        initiator_id = header[1 : 1 + _ID_SIZE]
-        responder_id = header[1 + _ID_SIZE :]
-        if self.initiator:
-            # Only our current connection id (or none yet) is ours; the responder's id
-            # changing means it restarted or replaced its connection.
-            theirs, ours = responder_id, initiator_id
-        else:
-            theirs, ours = initiator_id, responder_id
-        if theirs == _NO_ID or ours not in (_NO_ID, self.local_id):
-            return "drop"
-        if self.remote_id == _NO_ID:
-            self.remote_id = theirs
-            return "deliver"
-        if theirs == self.remote_id:
-            return "deliver"
-        return "renew"
 
     def candidate_paths(self) -> list[Path]:
         paths = []
@@ -366,6 +255,8 @@ class Overlay:
         self.relay_dropped = 0
         self.local_address: UdpAddress | None = None
         self._announced = config.endpoints
+        self.reflexive: UdpAddress | None = None
+        self._stun_pending: dict[bytes, trio.MemorySendChannel[UdpAddress]] = {}
         self.last_coordinator_error: Error | None = None
 
     # -- public API ---------------------------------------------------------------
@@ -393,6 +284,8 @@ class Overlay:
                 nursery.start_soon(self._coordinator_loop)
                 nursery.start_soon(self._relay_loop)
                 nursery.start_soon(self._prober)
+                if self.config.stun is not None:
+                    nursery.start_soon(self._stun_loop, self.config.stun)
                 task_status.started(self.local_address)
                 await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -420,9 +313,13 @@ class Overlay:
         await self._coord_send(data)
 
     async def remove_tunnel(self, peer: str) -> None:
-        """Stop wanting ``peer``; the coordinator tells it (and us) the tunnel is gone."""
+        """Stop wanting ``peer``: the coordinator forgets the tunnel and tells the peer;
+        we drop the peer at once (its streams break)."""
         data = self._coord.remove_tunnel(peer)
         await self._coord_send(data)
+        link = self._find(peer)
+        if link is not None:
+            self._drop_peer(link)
 
     async def open_stream(self, peer: str, service: str) -> MuxStream:
         """Open a stream to ``service`` on ``peer`` (node id, name or ``owner/name``).
@@ -436,6 +333,12 @@ class Overlay:
         while (link := self._find(peer)) is None:
             await self._changed.wait()
         return await link.mux.open_stream(service)
+
+    def peer_node(self, peer: str) -> Node | None:
+        """The coordinator's last word on ``peer`` (node id, name or ``owner/name``):
+        its name, owner (user), node key, endpoints; None if unknown."""
+        link = self._find(peer)
+        return None if link is None else link.node
 
     async def wait_direct(self, peer: str) -> None:
         """Return once ``peer`` is reachable over a validated direct UDP path."""
@@ -464,7 +367,7 @@ class Overlay:
                     bytes_sent=link.bytes_sent,
                     bytes_received=link.bytes_received,
                     streams=len(link.mux.core.stream_ids()),
-                    connection=link.local_id.hex(),
+                    connection=link.ids.local_id.hex(),
                 )
             )
         return {
@@ -472,6 +375,7 @@ class Overlay:
             "node_key": self.public_key.hex(),
             "udp": _format(self.local_address) if self.local_address else None,
             "endpoints": list(self._endpoints()) if self.local_address else [],
+            "reflexive": _format(self.reflexive) if self.reflexive else None,
             "coordinator": self.coordinator_state.value,
             "coordinator_error": self.coordinator_error,
             "relay": self.relay_state.value,
@@ -504,6 +408,14 @@ class Overlay:
         return self.config.unsure_after
 
     def _endpoints(self) -> tuple[str, ...]:
+        endpoints = self._local_endpoints()
+        if self.reflexive is not None:
+            mapped = _format(self.reflexive)
+            if mapped not in endpoints:
+                endpoints = (mapped, *endpoints)
+        return endpoints[:16]
+
+    def _local_endpoints(self) -> tuple[str, ...]:
         if self._announced is not None:
             return self._announced
         assert self.local_address is not None
@@ -531,6 +443,10 @@ class Overlay:
             return
         if node.node_key == self.public_key:
             return
+        old = self._by_key.get(node.node_key)
+        if old is not None:  # the same key back while its old link is still closing
+            self._by_key.pop(node.node_key)
+            self._core.remove_peer(node.node_key)
         link = _Peer(self, node, trio.current_time())
         self._peers[node.id] = link
         self._by_key[link.key] = link
@@ -542,9 +458,9 @@ class Overlay:
         self._notify()
 
     def _drop_peer(self, link: _Peer) -> None:
+        # Out of the id table at once (no new streams); the key stays known to
+        # WireGuard until the mux's CLOSE has gone out (_close_peer).
         self._peers.pop(link.id, None)
-        self._by_key.pop(link.key, None)
-        self._core.remove_peer(link.key)
         assert self._nursery is not None
         self._nursery.start_soon(self._close_peer, link)
         log.info("overlay.peer_removed", peer=link.id)
@@ -554,9 +470,11 @@ class Overlay:
         # Close the mux so every stream user sees BrokenResourceError instead of
         # waiting forever, give the CLOSE a moment to leave, then stop the driver.
         await link.mux.aclose(0, "peer removed")
-        with trio.move_on_after(0.5):
-            await trio.sleep(0.1)
+        await trio.sleep(0.1)
         link.cancel.cancel()
+        if self._by_key.get(link.key) is link:
+            del self._by_key[link.key]
+            self._core.remove_peer(link.key)
 
     async def _run_peer(self, link: _Peer) -> None:
         with link.cancel:
@@ -627,7 +545,9 @@ class Overlay:
     async def _send_mux(self, link: _Peer, data: bytes, path: Path) -> None:
         """Encrypt one mux packet for ``link`` and send it on ``path`` or the peer's route."""
         now = trio.current_time()
-        self._core.send(link.key, link.header() + data, now, self._wall())
+        if self._by_key.get(link.key) is not link:
+            return  # the peer is gone (or replaced): nothing to send to
+        self._core.send(link.key, link.ids.header() + data, now, self._wall())
         outgoing = self._core.datagrams_to_send(now)
         link.bytes_sent += len(data)
         # A probe or a probe's answer goes on exactly its path (a copy on the relay would
@@ -657,6 +577,8 @@ class Overlay:
                 if link is None:
                     continue
                 paths = targets if targets is not None else self._route(link, trio.current_time())
+                if packet.data[:1] == b"\x01":
+                    link.last_initiation = packet.data
                 if (
                     packet.data
                     and packet.data[0] in _WG_HANDSHAKE_TYPES
@@ -726,20 +648,20 @@ class Overlay:
                 log.info("overlay.handshake_timed_out", peer=link.id)
             elif isinstance(event, DataReceived) and path is not None and event.payload:
                 payload = event.payload
-                if len(payload) <= _HEADER_SIZE or payload[:1] != _MUX_VERSION:
+                if len(payload) <= HEADER_SIZE:
                     continue
-                verdict = link.accept_header(payload[:_HEADER_SIZE])
-                if verdict == "drop":
+                verdict = link.ids.accept(payload[:HEADER_SIZE])
+                if verdict is Verdict.DROP:
                     continue
-                if verdict == "renew":
+                if verdict is Verdict.RENEW:
                     self._renew_mux(link, "peer started a new connection")
-                    if link.accept_header(payload[:_HEADER_SIZE]) != "deliver":
+                    if link.ids.accept(payload[:HEADER_SIZE]) is not Verdict.DELIVER:
                         continue
                 if path == link.direct:
                     link.last_direct_rx = trio.current_time()
                 link.bytes_received += len(payload)
                 try:
-                    link.transport.send_channel.send_nowait((payload[_HEADER_SIZE:], path))
+                    link.transport.send_channel.send_nowait((payload[HEADER_SIZE:], path))
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the mux is behind: a lost datagram, it will retransmit
 
@@ -753,6 +675,9 @@ class Overlay:
             except OSError:
                 continue
             udp = (str(address[0]), int(address[1]))
+            if looks_like_stun(data):
+                self._stun_answer(data)
+                continue
             try:
                 source = pack_address(udp)
             except ValueError:
@@ -761,6 +686,58 @@ class Overlay:
 
     def _wake_pump(self) -> None:
         self._wakeup.set()
+
+    def _stun_answer(self, data: bytes) -> None:
+        try:
+            response = parse_binding_response(data)
+        except StunRemoteProtocolError:
+            return
+        channel = self._stun_pending.get(response.transaction_id)
+        if channel is not None:
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                channel.send_nowait(response.address)
+
+    async def _stun_query(self, server: UdpAddress) -> UdpAddress | None:
+        """Our address as ``server`` sees our UDP socket (RFC 5389 Binding), or None.
+
+        Sent from the overlay's own socket (its mapping is what peers can reach); the
+        reader task hands the answer over by transaction id.
+        """
+        assert self._sock is not None
+        transaction_id = secrets.token_bytes(12)
+        request = build_binding_request(transaction_id, software="tunneld")
+        send, receive = trio.open_memory_channel[UdpAddress](1)
+        self._stun_pending[transaction_id] = send
+        try:
+            rto = 0.5  # RFC 5389 section 7.2.1: RTO 500 ms, doubling
+            for _ in range(4):
+                await self._sendto(request, server)
+                with trio.move_on_after(rto):
+                    return await receive.receive()
+                rto *= 2
+            return None
+        finally:
+            del self._stun_pending[transaction_id]
+
+    async def _stun_loop(self, server: tuple[str, int]) -> NoReturn:
+        """Learn our reflexive address now and every ``stun_interval``; re-announce when
+        it changes."""
+        while True:
+            try:
+                infos = await trio.socket.getaddrinfo(server[0], server[1], type=socket.SOCK_DGRAM)
+                target = (str(infos[0][4][0]), int(infos[0][4][1]))
+                mapped = await self._stun_query(target)
+            except OSError as exc:
+                log.warning(
+                    "overlay.stun_failed", server=f"{server[0]}:{server[1]}", error=str(exc)
+                )
+                mapped = None
+            if mapped is not None and mapped != self.reflexive:
+                self.reflexive = mapped
+                log.info("overlay.reflexive", address=_format(mapped))
+                await self._coord_send(self._announce())
+                self._notify()
+            await trio.sleep(self.config.stun_interval)
 
     async def _wg_pump(self) -> NoReturn:
         """WireGuard timers (retransmitted handshakes, keepalives, rekeys)."""
@@ -789,9 +766,14 @@ class Overlay:
                     continue
                 if not link.handshake_done and link.online:
                     # The first initiation often meets a relay the peer has not joined
-                    # yet; retry every probe interval rather than WireGuard's 5 s.
+                    # yet. WireGuard makes a new one only every 5 s; in between we
+                    # repeat the last one byte for byte (a duplicate the responder
+                    # rejects as a replay if the first did arrive).
                     self._core.initiate(link.key, now, self._wall())
                     self._wake_pump()
+                    if link.last_initiation is not None:
+                        again = Outgoing(link.key, None, link.last_initiation)
+                        await self._transmit([again], None)
                     continue
                 if link.mux.closed is not None:
                     continue
@@ -859,7 +841,9 @@ class Overlay:
                 self._notify()
         elif message.kind is PeerUpdateKind.DISCONNECTED:
             link = self._peers.get(message.id)
-            if link is not None and link.gone_at is None:
+            if link is not None and message.reason == "tunnel removed":
+                self._drop_peer(link)  # on purpose: no coming back to wait for
+            elif link is not None and link.gone_at is None:
                 # Keep the link (and its mux) for ``forget_after``: "offline" also comes
                 # when our own session reconnects before the peer's, and the peer may
                 # simply be back in a moment with the same key.

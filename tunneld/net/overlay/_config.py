@@ -1,0 +1,91 @@
+"""Configuration, status records and reconnect backoff of an overlay node."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tunneld.proto.mux import MuxConfig
+
+__all__ = ["LinkState", "OverlayConfig", "PeerStatus", "backoff_delay"]
+
+
+class LinkState(enum.Enum):
+    """State of the coordinator or relay connection."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+
+
+def backoff_delay(attempt: int, rng: Callable[[], float], cap: float = 30.0) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based).
+
+    SPECS.md: ``min(n^2 * 10 ms, cap) * random[0.5, 1.5)``; ``rng`` returns [0, 1).
+    """
+    return min(attempt * attempt * 0.01, cap) * (0.5 + rng())
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayConfig:
+    """What one node needs.
+
+    Args:
+        name: our node name (agents: the coordinator replaces it by the token's agent).
+        private_key: our 32-byte Curve25519 key (WireGuard static key and DERP identity).
+        coordinate_url: ``ws(s)://host:port/api/v1/coordinate``.
+        derp_url: our home relay, ``ws(s)://host:port/derp``.
+        derp_region: the home relay's region number announced to peers.
+        udp_host: address the UDP socket binds to.
+        udp_port: port to bind (0: any).
+        endpoints: endpoints to announce (``host:port``); None: the bound address, or
+            the host's addresses when bound to the wildcard; empty: none (relay only,
+            unless the peer's endpoints reach us).
+        mux: mux tunables (both sides should agree).
+        probe_interval: seconds between path probes.
+        unsure_after: silence on the direct path after which we send on both paths.
+        direct_timeout: silence on the direct path after which we fall back to relay.
+        backoff_cap: the longest reconnect delay.
+        stun: a STUN server ``(host, port)``; our reflexive address (as it sees our UDP
+            socket) is announced first among our endpoints. None: no STUN.
+        stun_interval: seconds between STUN queries.
+        forget_after: how long a peer the coordinator called disconnected is kept (with
+            its mux and streams) in case it comes back with the same key.
+    """
+
+    name: str
+    private_key: bytes
+    coordinate_url: str
+    derp_url: str
+    derp_region: int = 1
+    udp_host: str = "0.0.0.0"
+    udp_port: int = 0
+    endpoints: tuple[str, ...] | None = None
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    probe_interval: float = 1.0
+    unsure_after: float = 1.5
+    direct_timeout: float = 4.0
+    backoff_cap: float = 30.0
+    forget_after: float = 30.0
+    stun: tuple[str, int] | None = None
+    stun_interval: float = 30.0
+
+
+@dataclass(slots=True)
+class PeerStatus:
+    """What :meth:`Overlay.status` says about one peer."""
+
+    id: str
+    name: str
+    owner: str
+    node_key: str
+    online: bool
+    handshake: bool
+    path: str  # "relay" or "direct"
+    direct_endpoint: str | None
+    rtt: float | None
+    bytes_sent: int
+    bytes_received: int
+    streams: int
+    connection: str  # our mux connection id (hex); changes when the connection is replaced
