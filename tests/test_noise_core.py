@@ -157,3 +157,22 @@ def test_replayed_transport_is_rejected_with_counter() -> None:
     p.b.receive_datagram(packet.data, Pair.A_ADDR, p.now, p.wall)
     with pytest.raises(RemoteProtocolError, match=r"transport: replayed counter 1"):
         p.b.receive_datagram(packet.data, Pair.A_ADDR, p.now, p.wall)
+
+
+def test_simultaneous_initiations_settle_in_one_round_trip() -> None:
+    p = Pair()
+    # Both ends initiate before either hears the other (the overlay does this when
+    # the coordinator introduces two nodes); the lower static key's handshake wins.
+    p.a.initiate(p.b_pub, p.now, p.wall)
+    p.b.initiate(p.a_pub, p.now, p.wall)
+    p.deliver()
+    low, high = (p.a, p.b) if p.a_pub < p.b_pub else (p.b, p.a)
+    low_pub, high_pub = (p.a_pub, p.b_pub) if p.a_pub < p.b_pub else (p.b_pub, p.a_pub)
+    assert p.rejected == ["initiation: crossed our own pending initiation (lower static key wins)"]
+    assert p.events(low) == [HandshakeCompleted(high_pub, True)]
+    assert p.events(high) == [HandshakeCompleted(low_pub, False)]
+    low.send(high_pub, b"ping", p.now, p.wall)
+    high.send(low_pub, b"pong", p.now, p.wall)
+    p.deliver()
+    assert p.events(high) == [DataReceived(low_pub, b"ping" + bytes(12))]
+    assert p.events(low) == [DataReceived(high_pub, b"pong" + bytes(12))]

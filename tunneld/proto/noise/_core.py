@@ -481,6 +481,16 @@ class WireGuardCore:
         )
         peer = self._peers[consumed.peer_static]
         hs = peer.handshake
+        if hs.state is HandshakeState.INITIATION_CREATED and self._public < peer.public_key:
+            # Both sides initiated at once (the overlay starts handshakes from both ends
+            # as soon as the coordinator introduces them). Consuming theirs would abandon
+            # ours while they abandon theirs for ours: both responses then name dead
+            # indices and nothing works until RekeyTimeout. The lower static key wins;
+            # the other side answers ours. (wireguard-go has no tie-break; it accepts
+            # our response either way, so interop is unchanged.)
+            raise RemoteProtocolError(
+                "initiation: crossed our own pending initiation (lower static key wins)"
+            )
         if consumed.timestamp <= hs.last_timestamp:
             raise RemoteProtocolError("initiation: timestamp not newer than the last (replay)")
         if (
@@ -506,7 +516,7 @@ class WireGuardCore:
         hs.last_timestamp = consumed.timestamp
         hs.last_initiation_consumed = now
         self._handshake_received(peer, source, len(data), now)
-        # A simultaneous initiation of ours is abandoned (wireguard-go does the same).
+        # A simultaneous initiation of ours (we hold the higher key) is abandoned.
         self._drop_handshake_index(peer)
         hs.clear()
         hs.last_sent = now
