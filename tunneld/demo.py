@@ -53,7 +53,7 @@ class DemoResult:
 
     control_url: str = ""
     stun: str = ""
-    first_stream_ms: float = 0.0
+    first_call_ms: float = 0.0
     first_path: str = ""
     direct_after_ms: float | None = None
     direct_endpoint: str | None = None
@@ -65,7 +65,7 @@ class DemoResult:
         return {
             "control_url": self.control_url,
             "stun": self.stun,
-            "first_stream_ms": round(self.first_stream_ms, 3),
+            "first_call_ms": round(self.first_call_ms, 3),
             "first_path": self.first_path,
             "direct_after_ms": None
             if self.direct_after_ms is None
@@ -173,16 +173,16 @@ async def _nodes(
             stream = await laptop.open_stream(AGENT, "rpc")
         if scope.cancelled_caught:
             raise DemoError(f"{LAPTOP} could not open a stream to {AGENT}: {laptop.status()}")
-        result.first_stream_ms = (trio.current_time() - started) * 1000
-        result.first_path = _peer(laptop).path
-        progress(
-            f"tunnel          {LAPTOP} -> {AGENT}: coordinator, handshake and first stream "
-            f"in {result.first_stream_ms:.0f} ms (over the {result.first_path})"
-        )
         async with AgentClient(stream) as client:
             output = await client.run(["uname", "-sr"])
+            result.first_call_ms = (trio.current_time() - started) * 1000
+            result.first_path = _peer(laptop).path
             result.exec_output = output.stdout.decode(errors="replace").strip()
             read = await client.read_file(str(workspace / "README.txt"))
+        progress(
+            f"tunnel          {LAPTOP} -> {AGENT}: coordinator, handshake, stream and first "
+            f"call in {result.first_call_ms:.0f} ms (over the {result.first_path})"
+        )
         progress(f"exec            uname -sr on {AGENT}: {result.exec_output}")
         progress(f"read_file       README.txt: {read.data.decode().strip()!r}")
         with trio.move_on_after(STEP_TIMEOUT):
