@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,13 +66,26 @@ def socket_dir() -> Iterator[Path]:
 
 @pytest.fixture
 async def world(nursery: trio.Nursery, tmp_path: Path, socket_dir: Path) -> AsyncIterator[World]:
+    async with running_world(nursery, tmp_path, socket_dir) as world:
+        yield world
+
+
+@asynccontextmanager
+async def running_world(
+    nursery: trio.Nursery, tmp_path: Path, socket_dir: Path, *, tcp_ports: tuple[int, ...] = ()
+) -> AsyncIterator[World]:
+    """Control server, agents ``web1`` (exec, ``tcp_ports``) and ``locked`` (no exec), and
+    a ``tunneld run`` process whose local API socket is ``World.socket``."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     (tmp_path / "control").mkdir()
     async with running_server(nursery, tmp_path / "control", relay=True) as h:
         await h.user("alice")
         for name, allow_exec in (("web1", True), ("locked", False)):
-            services = AgentServices(make_config(workspace, allow_exec=allow_exec), kill_grace=0.5)
+            agent_config = make_config(
+                workspace, allow_exec=allow_exec, allowed_tcp_ports=tcp_ports
+            )
+            services = AgentServices(agent_config, kill_grace=0.5)
             await nursery.start(services.serve)
             overlay = agent_overlay(h, name, await h.token("alice", agent=name), services)
             await nursery.start(overlay.serve)
