@@ -94,12 +94,17 @@ def _exec(args: argparse.Namespace) -> int:
     return exit_status(exit)
 
 
-def _write(fd: int, data: bytes) -> None:
-    # Blocking writes: our output is the user's terminal or a pipe, and a slow reader
-    # should slow the remote command down (the agent's stream applies backpressure).
+async def _write(fd: int, data: bytes) -> None:
+    # Plain writes: our output is the user's terminal or a pipe, and a slow reader should
+    # slow the remote command down (the agent's stream applies backpressure). The fd may
+    # be non-blocking (stdin and stdout can share one open file, and stdin is put in
+    # non-blocking mode when we forward it): then wait until it is writable.
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
 
 
 async def _exec_async(
@@ -126,9 +131,9 @@ async def _exec_async(
             try:
                 async for event in run:
                     if isinstance(event, Stdout):
-                        _write(sys.stdout.fileno(), event.data)
+                        await _write(sys.stdout.fileno(), event.data)
                     elif isinstance(event, Stderr):
-                        _write(sys.stderr.fileno(), event.data)
+                        await _write(sys.stderr.fileno(), event.data)
             except (AgentError, RemoteProtocolError, *_GONE) as exc:
                 # Raised outside the nursery, so the caller sees it bare.
                 failure = exc
