@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "WireGuard core: handshakes/s and transport MB/s vs raw AEAD",
     ),
     "mux": ("tunneld.bench._mux", "mux streams: simulated-link goodput, pure-core vs AEAD"),
+    "dial": ("tunneld.bench._dial", "stream open + 1 KiB + close: daemon tunnel vs fresh overlay"),
 }
 
 

@@ -214,8 +214,11 @@ def _watch(args: argparse.Namespace) -> int:
 
 def _dial(args: argparse.Namespace) -> int:
     client = _client(args)
+    # A bare port number names the agent's TCP forward service (``tcp:PORT``), so
+    # ``ProxyCommand='tunneld dial %h 22'`` reaches the agent host's sshd.
+    service = f"tcp:{args.port}" if args.port.isascii() and args.port.isdigit() else args.port
     try:
-        trio.run(_dial_async, client, args.agent, args.port)
+        trio.run(_dial_async, client, args.agent, service)
     except DaemonUnavailableError as exc:
         raise CliError(str(exc)) from None
     except ApiError as exc:

@@ -1,0 +1,205 @@
+"""``tunneld bench dial``: a stream through the daemon's warm tunnel vs a fresh overlay per call.
+
+Everything runs on loopback in this process: a control server (coordinator, DERP relay,
+STUN), an echo agent, and the daemon serving its local API on a Unix socket.
+
+Shared (what the daemon gives): each call dials ``echo`` through the daemon's socket
+(``LocalApiClient.dial``), sends 1 KiB, reads it back and closes; the tunnel stays up
+between calls. Per call (what the daemon replaces): each call builds a new overlay node
+— a new UDP socket, relay connection, coordinator session and WireGuard handshake —
+opens the stream, exchanges the same 1 KiB, closes and tears the node down. The ratio
+is per-call / shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from tunneld.bench import BenchResult, percentile
+from tunneld.config import DaemonConfig, Duration, HostPort
+from tunneld.config._sections import ControlConfig
+from tunneld.control import (
+    ControlServer,
+    ServerInfo,
+    SqliteStore,
+    default_relay_factory,
+    default_stun_serve,
+    new_token,
+)
+from tunneld.daemon import Daemon, Notifier, open_api_listener
+from tunneld.daemon._client import LocalApiClient
+from tunneld.keys import generate_private_key
+from tunneld.net.mux import MuxStream
+from tunneld.net.overlay import Overlay, OverlayConfig
+
+__all__ = ["add_arguments", "run"]
+
+_PAYLOAD_SIZE = 1024
+_AGENT = "bench-agent"
+_STEP_TIMEOUT = 30.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``tunneld bench dial``."""
+    parser.add_argument(
+        "--calls", type=int, default=1000, help="calls through the daemon (default 1000)"
+    )
+    parser.add_argument(
+        "--fresh-calls",
+        type=int,
+        default=100,
+        help="calls with a fresh overlay each (default 100; each takes a handshake)",
+    )
+
+
+async def _echo(peer: str, service: str, stream: MuxStream) -> None:
+    async with stream:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+        await stream.send_eof()
+
+
+def _overlay(info: ServerInfo, name: str, token: str, *, serve: bool) -> Overlay:
+    async def provide() -> str:
+        return token
+
+    config = OverlayConfig(
+        name=name,
+        private_key=generate_private_key(),
+        coordinate_url=info.coordinate_url,
+        derp_url=info.derp_url,
+        udp_host="127.0.0.1",
+    )
+    return Overlay(config, provide, on_stream=_echo if serve else None)
+
+
+async def _exchange(stream: trio.abc.HalfCloseableStream, payload: bytes) -> None:
+    await stream.send_all(payload)
+    await stream.send_eof()
+    received = 0
+    while data := await stream.receive_some(65536):
+        received += len(data)
+    await stream.aclose()
+    if received != len(payload):
+        raise RuntimeError(f"echo returned {received} bytes, sent {len(payload)}")
+
+
+async def _shared(client: LocalApiClient, payload: bytes, calls: int) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        start = trio.current_time()
+        with trio.fail_after(_STEP_TIMEOUT):
+            await _exchange(await client.dial(_AGENT, "echo"), payload)
+        samples.append(trio.current_time() - start)
+    return samples
+
+
+async def _per_call(info: ServerInfo, token: str, payload: bytes, calls: int) -> list[float]:
+    samples = []
+    for i in range(calls):
+        start = trio.current_time()
+        node = _overlay(info, f"oneshot-{i}", token, serve=False)
+        with trio.fail_after(_STEP_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.serve)
+                await node.add_tunnel(_AGENT)
+                await _exchange(await node.open_stream(_AGENT, "echo"), payload)
+                nursery.cancel_scope.cancel()
+        samples.append(trio.current_time() - start)
+    return samples
+
+
+async def _measure(
+    info: ServerInfo,
+    tokens: dict[str, str],
+    root: Path,
+    payload: bytes,
+    args: argparse.Namespace,
+) -> tuple[list[float], list[float]]:
+    async with trio.open_nursery() as nursery:
+        agent = _overlay(info, _AGENT, tokens["agent"], serve=True)
+        await nursery.start(agent.serve)
+        laptop = _overlay(info, "laptop", tokens["user"], serve=False)
+        daemon = Daemon(
+            laptop,
+            DaemonConfig(socket_group="", idle_timeout=Duration(3600.0)),
+            notifier=Notifier({}),
+        )
+        listener = await open_api_listener(root / "api.sock", mode=0o600)
+        await nursery.start(daemon.run, [listener])
+        client = LocalApiClient(root / "api.sock")
+        # Warm: the first dial sets the tunnel up (coordinator, handshake).
+        await _shared(client, payload, 3)
+        shared = await _shared(client, payload, args.calls)
+        per_call = await _per_call(info, tokens["user"], payload, args.fresh_calls)
+        nursery.cancel_scope.cancel()
+    return shared, per_call
+
+
+async def _main(args: argparse.Namespace) -> BenchResult:
+    payload = os.urandom(_PAYLOAD_SIZE)
+    with tempfile.TemporaryDirectory(prefix="tunneld-bench-dial-") as tmp:
+        root = Path(tmp)
+        store = await SqliteStore.open(root / "control.db")
+        try:
+            now = time.time()
+            await store.add_user("bench", None, now)
+            tokens = {}
+            for name, agent in (("user", None), ("agent", _AGENT)):
+                token = new_token()
+                await store.add_token(token.id, "bench", agent, token.secret_hash, now, None)
+                tokens[name] = token.value
+            server = ControlServer(
+                ControlConfig(
+                    listen=HostPort("127.0.0.1", 0),
+                    stun_listen=HostPort("127.0.0.1", 0),
+                    data_dir=root,
+                ),
+                store,
+                relay_factory=default_relay_factory(),
+                stun_serve=default_stun_serve(),
+            )
+            async with trio.open_nursery() as outer:
+                info: ServerInfo = await outer.start(server.serve)
+                try:
+                    shared, per_call = await _measure(info, tokens, root, payload, args)
+                finally:
+                    # Nodes are gone by now; then the server, so its sessions end cleanly.
+                    server.shutdown()
+                    with trio.move_on_after(_STEP_TIMEOUT):
+                        await server.stopped.wait()
+                    outer.cancel_scope.cancel()
+        finally:
+            await store.aclose()
+    row: dict[str, object] = {
+        "shared_p50_ms": percentile(shared, 0.5) * 1000,
+        "shared_p99_ms": percentile(shared, 0.99) * 1000,
+        "per_call_p50_ms": percentile(per_call, 0.5) * 1000,
+        "per_call_p99_ms": percentile(per_call, 0.99) * 1000,
+        "ratio_p50": percentile(per_call, 0.5) / percentile(shared, 0.5),
+        "calls": args.calls,
+        "fresh_calls": args.fresh_calls,
+    }
+    return BenchResult(
+        title="dial: open a stream, echo 1 KiB, close — daemon's warm tunnel vs fresh overlay",
+        columns=list(row),
+        rows=[row],
+        notes=[
+            "shared: through the daemon's Unix socket on its one warm tunnel;"
+            " per_call: a new overlay node (UDP socket, relay, coordinator session,"
+            " handshake) per call; ratio_p50 = per_call / shared.",
+        ],
+    )
+
+
+def run(args: argparse.Namespace) -> BenchResult:
+    """Run the benchmark (blocking; starts its own trio run)."""
+    if args.calls < 1 or args.fresh_calls < 1:
+        raise ValueError("--calls and --fresh-calls must be at least 1")
+    return trio.run(_main, args)
