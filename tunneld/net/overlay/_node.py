@@ -237,6 +237,8 @@ class Overlay:
         self._coord = CoordinatorClient()
         self._session: CoordinatorConnection | None = None
         self._derp: DerpClient | None = None
+        # Peers told about while our relay was down: ready_for_handshake waits for it.
+        self._ready_pending: set[str] = set()
         self.coordinator_state = LinkState.CONNECTING
         self.relay_state = LinkState.CONNECTING
         self.coordinator_error: str | None = None
@@ -826,7 +828,15 @@ class Overlay:
             return
         if message.kind is PeerUpdateKind.NODE and message.node is not None:
             await self._add_peer(message.node)
-            await self._coord_send(self._coord.ready_for_handshake(message.id))
+            # Invite the peer's handshake only once the relay can deliver to us: before
+            # that its initiation (or its response to ours) meets a relay we have not
+            # joined yet, is dropped as unknown_dest, and the handshake waits a retry.
+            # A fresh node races exactly so: the relay admits it only after the
+            # coordinator has registered its key.
+            if self._derp is None:
+                self._ready_pending.add(message.id)
+            else:
+                await self._coord_send(self._coord.ready_for_handshake(message.id))
         elif message.kind is PeerUpdateKind.READY_FOR_HANDSHAKE:
             # "The peer has our node now; start (or retry) the handshake": it may be a
             # new process whose keys our current session no longer matches.
@@ -875,6 +885,10 @@ class Overlay:
                     attempt = 0
                     log.info("overlay.relay_connected")
                     self._nudge_peers()
+                    pending, self._ready_pending = self._ready_pending, set()
+                    for peer_id in sorted(pending):
+                        if peer_id in self._peers:
+                            await self._coord_send(self._coord.ready_for_handshake(peer_id))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._relay_writer, derp)
                         await self._relay_reader(derp)
