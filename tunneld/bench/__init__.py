@@ -33,6 +33,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "WireGuard core: handshakes/s and transport MB/s vs raw AEAD",
     ),
     "mux": ("tunneld.bench._mux", "mux streams: simulated-link goodput, pure-core vs AEAD"),
+    "throughput": (
+        "tunneld.bench._throughput",
+        "overlay stream MB/s, direct UDP and relay, vs WireGuard + loopback UDP ceiling",
+    ),
 }
 
 
