@@ -34,6 +34,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "mux": ("tunneld.bench._mux", "mux streams: simulated-link goodput, pure-core vs AEAD"),
     "dial": ("tunneld.bench._dial", "stream open + 1 KiB + close: daemon tunnel vs fresh overlay"),
+    "throughput": (
+        "tunneld.bench._throughput",
+        "overlay stream MB/s, direct UDP and relay, vs WireGuard + loopback UDP ceiling",
+    ),
 }
 
 

@@ -52,6 +52,9 @@ class OverlayConfig:
         stun_interval: seconds between STUN queries.
         forget_after: how long a peer the coordinator called disconnected is kept (with
             its mux and streams) in case it comes back with the same key.
+        wake_poll: seconds between sleep checks: wall time advancing more than 1.5 x
+            this between two checks means the host slept (or we were frozen), and the
+            node re-validates its socket, relay, direct paths and reflexive address.
     """
 
     name: str
@@ -70,6 +73,7 @@ class OverlayConfig:
     forget_after: float = 30.0
     stun: tuple[str, int] | None = None
     stun_interval: float = 30.0
+    wake_poll: float = 15.0
 
 
 @dataclass(slots=True)

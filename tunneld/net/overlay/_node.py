@@ -260,6 +260,8 @@ class Overlay:
         self.reflexive: UdpAddress | None = None
         self._stun_pending: dict[bytes, trio.MemorySendChannel[UdpAddress]] = {}
         self.last_coordinator_error: Error | None = None
+        self.wakes = 0  # times we noticed the host slept (see _wake_watch)
+        self._woken = trio.Event()  # set (and replaced) on every wake-up
 
     # -- public API ---------------------------------------------------------------
 
@@ -288,8 +290,12 @@ class Overlay:
                 nursery.start_soon(self._prober)
                 if self.config.stun is not None:
                     nursery.start_soon(self._stun_loop, self.config.stun)
+                nursery.start_soon(self._wake_watch)
                 task_status.started(self.local_address)
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._sock.close()  # a socket made by _rebind is ours to close
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def set_endpoints(self, endpoints: tuple[str, ...] | None) -> None:
@@ -618,7 +624,7 @@ class Overlay:
         assert self._sock is not None
         try:
             await self._sock.sendto(data, address)
-        except OSError as exc:
+        except (OSError, trio.ClosedResourceError) as exc:  # closed: _rebind, lost datagram
             log.debug("overlay.udp_send_failed", address=_format(address), error=str(exc))
 
     async def _receive_wg(self, data: bytes, source: bytes, path: Path) -> None:
@@ -674,6 +680,8 @@ class Overlay:
         while True:
             try:
                 data, address = await self._sock.recvfrom(_MAX_DATAGRAM)
+            except trio.ClosedResourceError:
+                continue  # _rebind replaced the socket under us; read the new one
             except OSError:
                 continue
             udp = (str(address[0]), int(address[1]))
@@ -739,7 +747,8 @@ class Overlay:
                 log.info("overlay.reflexive", address=_format(mapped))
                 await self._coord_send(self._announce())
                 self._notify()
-            await trio.sleep(self.config.stun_interval)
+            with trio.move_on_after(self.config.stun_interval):
+                await self._woken.wait()  # after a sleep, ask again at once
 
     async def _wg_pump(self) -> NoReturn:
         """WireGuard timers (retransmitted handshakes, keepalives, rekeys)."""
@@ -818,7 +827,7 @@ class Overlay:
                 self._session = None
             self.coordinator_state = LinkState.BACKOFF
             attempt += 1
-            await trio.sleep(backoff_delay(attempt, self._rng, self.config.backoff_cap))
+            attempt = await self._backoff(attempt)
 
     async def _on_coordinator(self, message: PeerUpdate | Error) -> None:
         if isinstance(message, Error):
@@ -899,7 +908,7 @@ class Overlay:
                 self._derp = None
             self.relay_state = LinkState.BACKOFF
             attempt += 1
-            await trio.sleep(backoff_delay(attempt, self._rng, self.config.backoff_cap))
+            attempt = await self._backoff(attempt)
 
     def _nudge_peers(self) -> None:
         """A path came back: ping every peer so lost data is found without a long PTO,
@@ -925,3 +934,89 @@ class Overlay:
         while True:
             key, data = await self._relay_receive.receive()
             await derp.send_packet(key, data)
+
+    # -- sleep and wake ---------------------------------------------------------------
+
+    async def _backoff(self, attempt: int) -> int:
+        """Sleep the reconnect delay for ``attempt``; returns the attempt count to go on
+        with: 0 when a wake-up cut the sleep short (the network is new, start afresh)."""
+        woken = self._woken
+        with trio.move_on_after(backoff_delay(attempt, self._rng, self.config.backoff_cap)):
+            await woken.wait()
+        return 0 if woken.is_set() else attempt
+
+    async def _wake_watch(self) -> NoReturn:
+        """Notice the host sleeping: trio's clock is CLOCK_MONOTONIC, which stops while
+        the machine is suspended; the wall clock does not. Wall time running ahead of
+        1.5 poll periods between two polls means we were away."""
+        period = self.config.wake_poll
+        last = self._wall()
+        while True:
+            await trio.sleep(period)
+            wall = self._wall()
+            away, last = wall - last, wall
+            if away > 1.5 * period:
+                await self._on_wake(away)
+
+    async def _on_wake(self, away: float) -> None:
+        """After a sleep nothing we knew about the network is to be trusted: NAT
+        mappings expired, the relay's TCP may be dead, the interface may be another."""
+        self.wakes += 1
+        log.info("overlay.woke", away_s=round(away, 1), peers=len(self._peers))
+        self._rebind()
+        now = trio.current_time()
+        for link in self._peers.values():
+            if link.direct is not None:
+                link.direct = None
+                link.last_direct_rx = -math.inf
+                if link.mux.closed is None:
+                    link.mux.set_path(RELAY_PATH)
+            if link.mux.closed is None:
+                for path in link.candidate_paths():
+                    with contextlib.suppress(ConnectionClosedError):
+                        link.mux.send_path_probe(path, secrets.token_bytes(8))
+            if not link.handshake_done and link.online:
+                self._core.initiate(link.key, now, self._wall())
+                self._wake_pump()
+        self._notify()
+        # Cuts every reconnect backoff short (with a fresh attempt count) and the STUN
+        # loop's wait.
+        self._woken.set()
+        self._woken = trio.Event()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._check_relay)
+
+    def _rebind(self) -> None:
+        """A fresh UDP socket on the same address (a new port if that is taken).
+
+        Synchronous, so the reader never sees the closed socket without the new one.
+        """
+        old = self._sock
+        assert old is not None
+        assert self.local_address is not None
+        old.close()
+        family = socket.AF_INET6 if ":" in self.local_address[0] else socket.AF_INET
+        raw = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            raw.bind(self.local_address)
+        except OSError:
+            raw.bind((self.local_address[0], 0))
+        name = raw.getsockname()
+        self._sock = trio.socket.from_stdlib_socket(raw)
+        moved = (str(name[0]), int(name[1])) != self.local_address
+        self.local_address = (str(name[0]), int(name[1]))
+        log.info("overlay.rebound", udp=_format(self.local_address), moved=moved)
+        if moved:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._coord_send, self._announce())
+
+    async def _check_relay(self) -> None:
+        """Ping the relay; a silent one is closed, so the relay loop reconnects."""
+        derp = self._derp
+        if derp is None:
+            return
+        try:
+            await derp.ping(timeout=min(2.0, self.config.wake_poll * 2))
+        except (TimeoutError, DerpConnectionClosed) as exc:
+            log.info("overlay.relay_silent", error=str(exc))
+            await derp.aclose()
