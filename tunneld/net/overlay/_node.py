@@ -91,6 +91,8 @@ StreamHandler = Callable[[str, str, MuxStream], Awaitable[None]]
 
 # The relay path: DERP runs over TCP, so the mux must not retransmit on top of it.
 _RELAY_BATCH_BYTES = 64 * 1024  # per WebSocket message to the relay
+_RELAY_RATE_MARGIN = 0.9  # share of the relay's advertised rate and burst we use
+_DERP_SEND_OVERHEAD = 5 + 32  # SEND_PACKET frame header and destination key
 # 16 KiB mux datagrams on the relay: per-datagram work, not bytes, limits that path.
 RELAY_DATAGRAM_SIZE = 16 * 1024
 # The relay queues 32 packets per receiving client and drops beyond that; the mux
@@ -919,6 +921,12 @@ class Overlay:
                 await self._receive_wg(event.data, _DERP_SOURCE + event.src, RELAY_PATH)
 
     async def _relay_writer(self, derp: DerpClient) -> None:
+        # The relay drops whatever exceeds its token bucket (SERVER_INFO's rate hints),
+        # and over TCP the mux sees no loss to slow down for: keep under the hint
+        # (with a margin: the relay counts on arrival, which can bunch our writes).
+        rate = derp.server_info.token_bucket_bytes_per_second * _RELAY_RATE_MARGIN
+        burst = derp.server_info.token_bucket_bytes_burst * _RELAY_RATE_MARGIN
+        tokens, stamp = burst, trio.current_time()
         while True:
             batch = [await self._relay_receive.receive()]
             # Whatever queued up meanwhile goes in the same WebSocket message: one
@@ -932,4 +940,14 @@ class Overlay:
                     break
                 batch.append(item)
                 size += len(item[1])
+            if rate > 0:
+                # What the relay counts: whole frames (type, length, destination key).
+                cost = min(size + len(batch) * _DERP_SEND_OVERHEAD, burst)
+                now = trio.current_time()
+                tokens = min(burst, tokens + (now - stamp) * rate)
+                stamp = now
+                if tokens < cost:
+                    await trio.sleep((cost - tokens) / rate)
+                    tokens, stamp = cost, trio.current_time()
+                tokens -= cost
             await derp.send_packets(batch)
