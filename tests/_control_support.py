@@ -6,7 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +19,8 @@ from tunneld.config import Duration, HostPort
 from tunneld.config._sections import ControlConfig
 from tunneld.control import (
     ControlServer,
+    DerpRelay,
+    RelayLimits,
     ServerInfo,
     SqliteStore,
     default_relay_factory,
@@ -84,14 +86,30 @@ class Harness:
 
 @asynccontextmanager
 async def running_server(
-    nursery: trio.Nursery, data_dir: Path, *, relay: bool = False, **changes: Any
+    nursery: trio.Nursery,
+    data_dir: Path,
+    *,
+    relay: bool = False,
+    relay_limits: RelayLimits | None = None,
+    **changes: Any,
 ) -> AsyncIterator[Harness]:
-    """A real server on loopback port 0; with ``relay``, the DERP relay and STUN too."""
+    """A real server on loopback port 0; with ``relay``, the DERP relay and STUN too.
+
+    ``relay_limits``: the relay's per-client bounds (None: its defaults).
+    """
     store = await SqliteStore.open(data_dir / "control.db")
+    relay_factory = default_relay_factory() if relay else None
+    if relay and relay_limits is not None:
+
+        def relay_factory(
+            private_key: bytes, authorize: Callable[[bytes], Awaitable[bool]]
+        ) -> DerpRelay:
+            return DerpRelay(private_key, authorize=authorize, limits=relay_limits)
+
     server = ControlServer(
         control_config(data_dir, **changes),
         store,
-        relay_factory=default_relay_factory() if relay else None,
+        relay_factory=relay_factory,
         stun_serve=default_stun_serve() if relay else None,
     )
     try:

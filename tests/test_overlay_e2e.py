@@ -19,6 +19,7 @@ import trio
 
 from tests._control_support import Harness, running_server
 from tunneld.config import HostPort
+from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
 from tunneld.net.mux import MuxStream
 from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus, backoff_delay
@@ -391,3 +392,43 @@ async def test_remove_tunnel_forgets_the_peer_and_breaks_its_streams(
             await wait_until(agent, lambda: agent.status()["peers"] == [])
             with trio.fail_after(WAIT), pytest.raises(trio.BrokenResourceError):
                 await stream.send_all(b"anyone?")
+
+
+@pytest.mark.parametrize(
+    ("limits", "size"),
+    [
+        (RelayLimits(), 4 * 1024 * 1024),
+        (RelayLimits(bytes_per_second=1024 * 1024, burst=128 * 1024), 1024 * 1024),
+    ],
+    ids=["default-limits", "tight-rate-limit"],
+)
+async def test_relay_only_transfer_never_overruns_the_relay(
+    nursery: trio.Nursery, tmp_path: Path, limits: RelayLimits, size: int
+) -> None:
+    # Relay only (no endpoints, no STUN): the mux keeps its bytes in flight below what
+    # the relay queues per client, and the overlay's writer keeps under the rate the
+    # relay advertises, so the relay drops nothing and the stream is intact.
+    async with running_server(nursery, tmp_path, relay=True, relay_limits=limits) as h:
+        await h.user("alice")
+        agent = make_overlay(h, "web1", await h.token("alice", agent="web1"), endpoints=())
+        laptop = make_overlay(h, "laptop", await h.token("alice"), endpoints=())
+        async with running(nursery, agent), running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "sha256")
+            payload = bytes(range(251)) * (size // 251)
+            with trio.fail_after(WAIT * 2):
+                await stream.send_all(payload)
+                await stream.send_eof()
+                answer = b""
+                while data := await stream.receive_some():
+                    answer += data
+            expected = f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+            assert answer == expected
+            assert peer_status(laptop).path == "relay"
+            relay = h.server.relay
+            assert relay is not None
+            assert relay.stats.drops.get("queue_full", 0) == 0, relay.stats.drops
+            assert relay.stats.drops.get("rate_limited", 0) == 0, relay.stats.drops
+            assert laptop.status()["relay_dropped"] == 0
+            await stream.aclose()

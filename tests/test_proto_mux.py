@@ -866,3 +866,58 @@ def test_receive_window_auto_tunes_up_for_a_fast_reader() -> None:
     sim.run(2.0, pump)
     assert max(credits) > 256 * 1024  # grew beyond the initial window
     assert max(credits) <= 6 * 1024 * 1024
+
+
+def test_path_datagram_size_and_in_flight_cap_apply_while_it_is_current() -> None:
+    # The relay path sends bigger datagrams and keeps at most max_in_flight bytes out
+    # (the relay queues a bounded number of packets); a direct path uses the config's.
+    relay = Path("relay", reliable=True, max_datagram_size=16384, max_in_flight=4 * 16384)
+    assert relay == Path("relay", reliable=True)  # neither is part of the identity
+    a = Connection(is_initiator=True, path=relay)
+    b = Connection(is_initiator=False, path=relay)
+    stream_id = a.open_stream("bulk")
+    a.send_stream_data(stream_id, b"x" * 500_000)
+    sent = a.datagrams_to_send(0.0)
+    assert max(len(data) for data, _ in sent) > MuxConfig().max_datagram_size
+    assert all(len(data) <= 16384 for data, _ in sent)
+    assert sum(len(data) for data, _ in sent) <= 4 * 16384
+    assert a.datagrams_to_send(0.0) == []  # capped until something is acknowledged
+    for data, path in sent:
+        b.receive_datagram(data, path, 0.01)
+    for data, path in b.datagrams_to_send(0.05):
+        a.receive_datagram(data, path, 0.05)
+    assert a.datagrams_to_send(0.05)  # the acknowledgement opened the cap again
+    a.set_path(Path("direct"))
+    assert all(len(data) <= 1200 for data, _ in a.datagrams_to_send(1.0))
+
+
+def test_big_relay_datagrams_lost_are_resent_in_direct_sized_pieces() -> None:
+    relay = Path("relay", reliable=True, max_datagram_size=16384)
+    direct = Path("direct")
+    a = Connection(is_initiator=True, path=relay)
+    b = Connection(is_initiator=False, path=relay)
+    stream_id = a.open_stream("x")
+    payload = bytes(range(256)) * 200
+    a.send_stream_data(stream_id, payload, end_stream=True)
+    lost = a.datagrams_to_send(0.0)
+    assert max(len(data) for data, _ in lost) > 1200  # never delivered
+    a.set_path(direct)
+    b.set_path(direct)
+    now = 0.0
+    got = b""
+    for _ in range(200):
+        now += 0.05
+        for conn in (a, b):
+            if (timer := conn.get_timer()) is not None and timer <= now:
+                conn.handle_timer(now)
+        for sender, receiver in ((a, b), (b, a)):
+            for data, path in sender.datagrams_to_send(now):
+                assert path == direct
+                assert len(data) <= 1200
+                receiver.receive_datagram(data, path, now)
+        drain(b)
+        if stream_id in b.stream_ids():
+            got += b.read_stream(stream_id, 1 << 20)[0]
+        if len(got) == len(payload):
+            break
+    assert got == payload

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
@@ -231,6 +231,17 @@ class DerpClient:
             DerpConnectionClosed: the connection is closed.
         """
         self._core.send_packet(dst, data)
+        await self._send()
+
+    async def send_packets(self, packets: Iterable[tuple[bytes, bytes]]) -> None:
+        """Relay several ``(dst, data)`` packets in one WebSocket message.
+
+        DERP frames may share a WebSocket message, so a burst costs one message (and
+        one relay wake-up) instead of one per packet. Same errors as :meth:`send_packet`;
+        a bad packet raises before anything is sent.
+        """
+        for dst, data in packets:
+            self._core.send_packet(dst, data)
         await self._send()
 
     async def note_preferred(self, preferred: bool) -> None:

@@ -90,7 +90,20 @@ TokenProvider = Callable[[], Awaitable[str]]
 StreamHandler = Callable[[str, str, MuxStream], Awaitable[None]]
 
 # The relay path: DERP runs over TCP, so the mux must not retransmit on top of it.
-RELAY_PATH = Path("relay", reliable=True, address=b"relay")
+_RELAY_BATCH_BYTES = 64 * 1024  # per WebSocket message to the relay
+_RELAY_RATE_MARGIN = 0.9  # share of the relay's advertised rate and burst we use
+_DERP_SEND_OVERHEAD = 5 + 32  # SEND_PACKET frame header and destination key
+# 16 KiB mux datagrams on the relay: per-datagram work, not bytes, limits that path.
+RELAY_DATAGRAM_SIZE = 16 * 1024
+# The relay queues 32 packets per receiving client and drops beyond that; the mux
+# sees no loss signal there (TCP), so it keeps at most 16 full datagrams in flight.
+RELAY_PATH = Path(
+    "relay",
+    reliable=True,
+    address=b"relay",
+    max_datagram_size=RELAY_DATAGRAM_SIZE,
+    max_in_flight=16 * RELAY_DATAGRAM_SIZE,
+)
 
 # Opaque WireGuard ``source`` for packets that came through the relay: a marker and the
 # sender's node key (34 bytes, so it can never be mistaken for a packed UDP address).
@@ -931,9 +944,36 @@ class Overlay:
                 await self._receive_wg(event.data, _DERP_SOURCE + event.src, RELAY_PATH)
 
     async def _relay_writer(self, derp: DerpClient) -> None:
+        # The relay drops whatever exceeds its token bucket (SERVER_INFO's rate hints),
+        # and over TCP the mux sees no loss to slow down for: keep under the hint
+        # (with a margin: the relay counts on arrival, which can bunch our writes).
+        rate = derp.server_info.token_bucket_bytes_per_second * _RELAY_RATE_MARGIN
+        burst = derp.server_info.token_bucket_bytes_burst * _RELAY_RATE_MARGIN
+        tokens, stamp = burst, trio.current_time()
         while True:
-            key, data = await self._relay_receive.receive()
-            await derp.send_packet(key, data)
+            batch = [await self._relay_receive.receive()]
+            # Whatever queued up meanwhile goes in the same WebSocket message: one
+            # message per WireGuard packet made the relay path CPU-bound on per-message
+            # work (framing, task switches) on both ends.
+            size = len(batch[0][1])
+            while size < _RELAY_BATCH_BYTES:
+                try:
+                    item = self._relay_receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(item)
+                size += len(item[1])
+            if rate > 0:
+                # What the relay counts: whole frames (type, length, destination key).
+                cost = min(size + len(batch) * _DERP_SEND_OVERHEAD, burst)
+                now = trio.current_time()
+                tokens = min(burst, tokens + (now - stamp) * rate)
+                stamp = now
+                if tokens < cost:
+                    await trio.sleep((cost - tokens) / rate)
+                    tokens, stamp = cost, trio.current_time()
+                tokens -= cost
+            await derp.send_packets(batch)
 
     # -- sleep and wake ---------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from collections import deque
 from enum import Enum
 
 from tunneld.proto.mux._config import (
+    MIN_DATAGRAM_SIZE,
     MuxConfig,
 )
 from tunneld.proto.mux._errors import (
@@ -81,10 +82,10 @@ class ConnectionBase:
         self._events: deque[Event] = deque()
         self._streams: dict[int, Stream] = {}
         self._recovery = LossRecovery(config)
-        self._path = path
+        self._path: Path | None = None
         self._path_pinned = path is not None
         if path is not None:
-            self._recovery.on_path_change(path.reliable)
+            self._switch_path(path)
         # stream counts (cumulative, as in QUIC MAX_STREAMS)
         self._local_next_index = 0
         self._max_streams_remote = config.max_concurrent_streams
@@ -135,6 +136,10 @@ class ConnectionBase:
         self._pacing_until: float | None = None
 
     def _switch_path(self, path: Path) -> None:
+        size = path.max_datagram_size or self._config.max_datagram_size
+        self._mss = max(size, MIN_DATAGRAM_SIZE)
+        self._recovery.mss = self._mss
+        self._recovery.max_in_flight = path.max_in_flight
         if path == self._path and self._path is not None and path.reliable == self._path.reliable:
             self._path = path
             return

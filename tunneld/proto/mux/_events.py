@@ -29,11 +29,21 @@ class Path:
     there and the PTO has a higher floor, so the mux never retransmits on top of TCP.
     ``address`` is how this side sees the peer on the path; it is echoed in
     PATH_RESPONSE as the observed address and is not part of the path's identity.
+    ``max_datagram_size`` (not part of the identity either) overrides the config's
+    datagram size while sending on this path; the receiver accepts any size.
+    ``max_in_flight`` caps the bytes in flight there (0: no cap beyond the window).
     """
 
     key: Hashable
     reliable: bool = False
     address: bytes = field(default=b"", compare=False)
+    # Largest datagram to send while this is the current path (0: the config's
+    # ``max_datagram_size``). The relay carries big packets over TCP, where every
+    # datagram costs a fixed amount of work end to end: bigger ones mean fewer of them.
+    max_datagram_size: int = field(default=0, compare=False)
+    # Most bytes in flight on this path (0: only the congestion window). A relay that
+    # queues a bounded number of packets per client never drops if we stay below it.
+    max_in_flight: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

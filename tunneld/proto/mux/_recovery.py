@@ -61,6 +61,7 @@ class LossRecovery:
     def __init__(self, config: MuxConfig) -> None:
         self._config = config
         self.mss = config.max_datagram_size
+        self.max_in_flight = 0  # the current path's cap (0: none)
         self.max_ack_delay = config.max_ack_delay
         self.reliable = False
         self.sent: dict[int, SentPacket] = {}  # ascending packet numbers (insertion order)
@@ -147,7 +148,8 @@ class LossRecovery:
 
     def congestion_room(self) -> int:
         """Bytes that may still be put in flight without exceeding the window."""
-        return self.cwnd - self.bytes_in_flight
+        window = min(self.cwnd, self.max_in_flight) if self.max_in_flight else self.cwnd
+        return window - self.bytes_in_flight
 
     # -- pacing (RFC 9002 section 7.7) ------------------------------------------------
 
