@@ -75,21 +75,7 @@ class LocalApiClient:
         """
         stream = await self._connect()
         async with stream:
-            conn = h11.Connection(h11.CLIENT)
-            await stream.send_all(
-                conn.send(
-                    h11.Request(
-                        method=method,
-                        target=target,
-                        headers=[
-                            ("Host", "localhost"),
-                            ("Content-Length", "0"),
-                            ("Connection", "close"),
-                        ],
-                    )
-                )
-                + conn.send(h11.EndOfMessage())
-            )
+            conn = await _send_request(stream, method, target, [("Connection", "close")])
             status = 0
             body = bytearray()
             while True:
@@ -116,17 +102,7 @@ class LocalApiClient:
         """
         stream = await self._connect()
         async with stream:
-            conn = h11.Connection(h11.CLIENT)
-            await stream.send_all(
-                conn.send(
-                    h11.Request(
-                        method="GET",
-                        target="/v0/watch",
-                        headers=[("Host", "localhost"), ("Connection", "close")],
-                    )
-                )
-                + conn.send(h11.EndOfMessage())
-            )
+            conn = await _send_request(stream, "GET", "/v0/watch", [("Connection", "close")])
             status = 0
             pending = bytearray()
             while True:
@@ -160,23 +136,16 @@ class LocalApiClient:
         """
         stream = await self._connect()
         try:
-            conn = h11.Connection(h11.CLIENT)
-            await stream.send_all(
-                conn.send(
-                    h11.Request(
-                        method="POST",
-                        target="/v0/dial",
-                        headers=[
-                            ("Host", "localhost"),
-                            ("Connection", "Upgrade"),
-                            ("Upgrade", DIAL_PROTOCOL),
-                            ("Tunneld-Agent", agent),
-                            ("Tunneld-Service", service),
-                            ("Content-Length", "0"),
-                        ],
-                    )
-                )
-                + conn.send(h11.EndOfMessage())
+            conn = await _send_request(
+                stream,
+                "POST",
+                "/v0/dial",
+                [
+                    ("Connection", "Upgrade"),
+                    ("Upgrade", DIAL_PROTOCOL),
+                    ("Tunneld-Agent", agent),
+                    ("Tunneld-Service", service),
+                ],
             )
             status = 0
             body = bytearray()
@@ -192,6 +161,8 @@ class LocalApiClient:
                     status = event.status_code
                 elif isinstance(event, h11.Data):
                     body += event.data
+                    if len(body) > _MAX_RESPONSE:
+                        raise ApiError(status, "response_too_large", "response too large")
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                     break
             _decode(status or 502, bytes(body))
@@ -212,3 +183,17 @@ def _decode(status: int, body: bytes) -> object:
             raise ApiError(status, str(error.get("code")), str(error.get("message")))
         raise ApiError(status, f"http_{status}", body.decode("utf-8", "replace")[:200])
     return decoded
+
+
+async def _send_request(
+    stream: trio.abc.Stream, method: str, target: str, headers: list[tuple[str, str]]
+) -> h11.Connection:
+    """Send a body-less request on ``stream``; the h11 connection to read the answer with."""
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method=method,
+        target=target,
+        headers=[("Host", "localhost"), ("Content-Length", "0"), *headers],
+    )
+    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    return conn
