@@ -277,9 +277,18 @@ async def test_tunneld_run_process(
                 )
             assert dial.returncode == 0, dial.stderr
             assert dial.stdout == payload
+            # A stream open across SIGHUP keeps working: reload never drops streams.
+            with trio.fail_after(WAIT):
+                held = await LocalApiClient(api_socket).dial("web1", "echo")
+                await held.send_all(b"before reload")
+                assert await _receive_exactly(held, 13) == b"before reload"
             process.send_signal(signal.SIGHUP)
             seen = await recv_notify(notify, b"READY=1")
             assert any(m.startswith(b"RELOADING=1") for m in seen)
+            with trio.fail_after(WAIT):
+                await held.send_all(b"after reload")
+                assert await _receive_exactly(held, 12) == b"after reload"
+                await held.aclose()
             process.send_signal(signal.SIGTERM)
             await recv_notify(notify, b"STOPPING=1")
             with trio.fail_after(WAIT):
@@ -289,3 +298,12 @@ async def test_tunneld_run_process(
             if process.returncode is None:
                 process.kill()
             notify.close()
+
+
+async def _receive_exactly(stream: trio.abc.Stream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        assert chunk, "stream ended early"
+        data += chunk
+    return data
