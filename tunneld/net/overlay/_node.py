@@ -864,8 +864,15 @@ class Overlay:
             # new process whose keys our current session no longer matches.
             link = self._peers.get(message.id)
             if link is not None:
-                self._core.initiate(link.key, trio.current_time(), self._wall())
-                await self._transmit(self._core.datagrams_to_send(trio.current_time()), None)
+                now = trio.current_time()
+                self._core.initiate(link.key, now, self._wall())
+                pending = self._core.datagrams_to_send(now)
+                if not pending and not link.handshake_done and link.last_initiation:
+                    # initiate() is rate-limited to one per RekeyTimeout; the one we sent
+                    # moments ago (on relay connect, say) may have reached the relay
+                    # before the peer had joined it. The peer is listening now: repeat it.
+                    pending = [Outgoing(link.key, None, link.last_initiation)]
+                await self._transmit(pending, None)
         elif message.kind is PeerUpdateKind.LOST:
             link = self._peers.get(message.id)
             if link is not None:
