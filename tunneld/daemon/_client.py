@@ -79,10 +79,7 @@ class LocalApiClient:
             status = 0
             body = bytearray()
             while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                    continue
+                event = await _next_event(conn, stream)
                 if isinstance(event, h11.Response):
                     status = event.status_code
                 elif isinstance(event, h11.Data):
@@ -106,10 +103,7 @@ class LocalApiClient:
             status = 0
             pending = bytearray()
             while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                    continue
+                event = await _next_event(conn, stream)
                 if isinstance(event, h11.Response):
                     status = event.status_code
                 elif isinstance(event, h11.Data):
@@ -150,10 +144,7 @@ class LocalApiClient:
             status = 0
             body = bytearray()
             while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                    continue
+                event = await _next_event(conn, stream)
                 if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
                     trailing, _closed = conn.trailing_data
                     return HalfCloseableReplayStream(stream, trailing)
@@ -197,3 +188,10 @@ async def _send_request(
     )
     await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
     return conn
+
+
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
+    """The next h11 event, reading from ``stream`` as long as h11 needs more data."""
+    while (event := conn.next_event()) is h11.NEED_DATA:
+        conn.receive_data(bytes(await stream.receive_some(65536)))
+    return event
