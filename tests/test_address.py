@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from tunneld._address import format_address, format_host_port
+import pytest
+
+from tunneld._address import format_address, format_host_port, websocket_base
 
 
 def test_host_port_brackets_ipv6_only() -> None:
@@ -16,3 +18,10 @@ def test_socket_addresses_read_as_host_port() -> None:
     assert format_address("/run/tunneld/agent.sock") == "/run/tunneld/agent.sock"
     assert format_address("") == ""
     assert format_address(None) == "None"
+
+
+def test_websocket_base_maps_http_schemes_and_drops_the_trailing_slash() -> None:
+    assert websocket_base("http://127.0.0.1:7420/") == "ws://127.0.0.1:7420"
+    assert websocket_base("https://control.example.org") == "wss://control.example.org"
+    with pytest.raises(ValueError, match="expected an http:// or https:// URL"):
+        websocket_base("ftp://control.example.org")

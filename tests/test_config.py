@@ -206,3 +206,14 @@ def test_parsers_raise_only_value_error(text: str) -> None:
             parse(text)
         except ValueError:
             pass
+
+
+def test_control_urls_must_be_http_or_https(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[agent]\ncontrol_url = "control.example.org:7420"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: [agent].control_url: expected an http:// or https:// URL, "
+        "got 'control.example.org:7420'"
+    )

@@ -1,8 +1,8 @@
-"""Socket addresses as people write them: ``host:port``, IPv6 hosts in brackets."""
+"""Addresses as people write them: ``host:port`` (IPv6 hosts in brackets), base URLs."""
 
 from __future__ import annotations
 
-__all__ = ["format_address", "format_host", "format_host_port"]
+__all__ = ["format_address", "format_host", "format_host_port", "websocket_base"]
 
 
 def format_host(host: str) -> str:
@@ -29,3 +29,16 @@ def format_address(address: object) -> str:
     ):
         return format_host_port(address[0], address[1])
     return str(address)
+
+
+def websocket_base(http_url: str) -> str:
+    """The ``ws://``/``wss://`` twin of an ``http://``/``https://`` base URL, no trailing slash.
+
+    Raises:
+        ValueError: ``http_url`` is not http or https.
+    """
+    url = http_url.rstrip("/")
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if url.startswith(http):
+            return ws + url.removeprefix(http)
+    raise ValueError("expected an http:// or https:// URL")

@@ -9,22 +9,13 @@ from pathlib import Path
 
 import trio
 
+from tunneld._address import websocket_base
 from tunneld.cli._common import CliError
 from tunneld.config import HostPort
 from tunneld.keys import load_or_create_key_file
 from tunneld.net.overlay import Overlay, OverlayConfig, StreamHandler
 
-__all__ = ["build_overlay", "ws_base"]
-
-
-def ws_base(control_url: str, *, key: str) -> str:
-    """The WebSocket base URL (ws/wss) of the control plane at ``control_url``."""
-    url = control_url.rstrip("/")
-    if url.startswith("https://"):
-        return "wss://" + url.removeprefix("https://")
-    if url.startswith("http://"):
-        return "ws://" + url.removeprefix("http://")
-    raise CliError(f"{key} must start with http:// or https://: {control_url!r}")
+__all__ = ["build_overlay"]
 
 
 def _token_provider(token_file: str, *, key: str) -> Callable[[], Awaitable[str]]:
@@ -61,7 +52,7 @@ def build_overlay(
         CliError: a bad control URL or no token source (the message names the key).
         BadKeyError: an unreadable key file or one others may read.
     """
-    base = ws_base(control_url, key=f"[{section}].control_url")
+    base = websocket_base(control_url)  # [section].control_url is checked by the config
     return Overlay(
         OverlayConfig(
             name=name or socket.gethostname(),

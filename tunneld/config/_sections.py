@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tunneld._address import websocket_base
 from tunneld.config._units import ByteSize, Duration, HostPort
 
 __all__ = ["AgentConfig", "Config", "ControlConfig", "DaemonConfig", "LogConfig"]
@@ -42,6 +43,15 @@ def _positive(value: float) -> None:
         raise ValueError("expected a number > 0")
 
 
+def _http_url(value: str) -> None:
+    websocket_base(value)  # raises ValueError("expected an http:// or https:// URL")
+
+
+def _optional_http_url(value: str) -> None:
+    if value:
+        _http_url(value)
+
+
 def _region(value: int) -> None:
     if not 0 <= value < 2**31:
         raise ValueError("expected an integer 0..2147483647")
@@ -55,7 +65,7 @@ class ControlConfig:
     stun: bool = True
     stun_listen: HostPort = HostPort("127.0.0.1", 3478)
     data_dir: Path = Path("/var/lib/tunneld/control")
-    public_url: str = ""
+    public_url: str = field(default="", metadata={"check": _optional_http_url})
     # Paths given as strings: "" means unset (TOML has no null).
     tls_cert: str = ""
     tls_key: str = ""
@@ -104,7 +114,7 @@ class AgentConfig:
     # token. An agent token fixes the agent name the coordinator announces.
     name: str = ""
     key_file: Path = Path("/var/lib/tunneld/agent.key")
-    control_url: str = "http://127.0.0.1:7420"
+    control_url: str = field(default="http://127.0.0.1:7420", metadata={"check": _http_url})
     token_file: str = ""
     derp_region: int = field(default=1, metadata={"check": _region})
     udp_listen: HostPort = HostPort("0.0.0.0", 0)
@@ -131,7 +141,7 @@ class DaemonConfig:
     # The overlay node: our name ("" = the host name), key, control plane and token.
     name: str = ""
     key_file: Path = Path("/var/lib/tunneld/daemon.key")
-    control_url: str = "http://127.0.0.1:7420"
+    control_url: str = field(default="http://127.0.0.1:7420", metadata={"check": _http_url})
     token_file: str = ""
     derp_region: int = field(default=1, metadata={"check": _region})
     udp_listen: HostPort = HostPort("0.0.0.0", 0)

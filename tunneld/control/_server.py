@@ -26,7 +26,7 @@ from typing import Protocol
 import trio
 import trio_websocket
 
-from tunneld._address import format_host_port
+from tunneld._address import format_host_port, websocket_base
 from tunneld._files import write_file_atomic
 from tunneld.config._sections import ControlConfig
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
@@ -242,7 +242,7 @@ class ControlServer:
             base = self.config.public_url.rstrip("/")
         else:
             base = f"{'https' if tls else 'http'}://{format_host_port(host, port)}"
-        ws_base = "ws" + base[len("http") :] if base.startswith("http") else base
+        ws_base = websocket_base(base)
         key = None if self.relay is None else base64.b64encode(self.relay.public_key).decode()
         return ServerInfo(
             url=base,
