@@ -335,11 +335,18 @@ class Transport:
             )
         stream = session.streams.new() if message.method in _STREAMED else None
         ex = self._exchange(caller, session, version, message, stream, None)
+        # Registered before the task starts, so a cancel or a reused id that arrives
+        # in between is seen.
+        scope = session.inflight[message.id] = trio.CancelScope()
+        reply = None if stream is not None else _Reply()
+        try:
+            self._spawn(self._run, ex, catalog, message, stream, reply, scope)
+        except _Reject:
+            del session.inflight[message.id]
+            raise
         if stream is not None:
-            self._spawn(self._run, ex, catalog, message, stream, None)
             return self._sse(stream.read(0, prime=True, retry_ms=RETRY_MS), headers)
-        reply = _Reply()
-        self._spawn(self._run, ex, catalog, message, None, reply)
+        assert reply is not None
         await reply.done.wait()
         if reply.message is None:  # cancelled by the client: nothing to answer
             return Response(202, headers)
@@ -395,13 +402,14 @@ class Transport:
         message: RpcRequest,
         stream: EventStream | None,
         reply: _Reply | None,
-        scope: trio.CancelScope | None = None,
+        scope: trio.CancelScope,
     ) -> None:
-        """Serve one request in the server's nursery; deliver to ``stream`` or ``reply``."""
-        scope = scope or trio.CancelScope()
+        """Serve one request in the server's nursery; deliver to ``stream`` or ``reply``.
+
+        ``scope`` is what ``notifications/cancelled`` (or, stateless, a disconnect)
+        cancels; a cancelled request gets no answer.
+        """
         session = ex.session
-        if session is not None:
-            session.inflight[message.id] = scope
         answer: dict[str, Any] | None = None
         try:
             with scope:
@@ -488,10 +496,11 @@ class Transport:
         self._check_accept(request, json=True, sse=False)
         self._check_content_type(request)
         message = self._parse(request)
-        if isinstance(message, Notification):
-            # 2026-07-28 defines no client→server notifications over HTTP: acknowledge.
-            return Response(202)
-        if isinstance(message, RpcResponse):
+        if not isinstance(message, RpcRequest):
+            await self._authenticate(request)
+            if isinstance(message, Notification):
+                # 2026-07-28 defines no client→server notifications over HTTP: acknowledge.
+                return Response(202)
             raise _rpc_error(
                 400,
                 INVALID_REQUEST,
