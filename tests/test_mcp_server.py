@@ -880,6 +880,13 @@ async def test_stateless_errors(served: Served) -> None:
         served.port, "GET", {"Accept": "text/event-stream", "MCP-Protocol-Version": MODERN}
     )
     assert response.status == 405
+    future = _modern("server/discover")
+    future["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2099-01-01"
+    response = await http_request(
+        served.port, "POST", {**MODERN_HEADERS, "MCP-Protocol-Version": "2099-01-01"}, future
+    )
+    assert (response.status, _error_code(response.body)) == (400, -32022)
+    assert MODERN in response.json()["error"]["data"]["supported"]
 
 
 def test_session_ids_are_visible_ascii() -> None:

@@ -311,6 +311,25 @@ class Transport:
         message = self._parse(request)
         if isinstance(message, RpcRequest) and message.method == "initialize":
             return await self._initialize(request, message)
+        meta = message.params.get("_meta") if isinstance(message, RpcRequest) else None
+        if (
+            header_version
+            and header_version not in HANDSHAKE_VERSIONS
+            and isinstance(meta, dict)
+            and META_PROTOCOL_VERSION in meta
+        ):
+            # A stateless-revision request at a version we do not speak: name ours so
+            # the client can pick one (2026-07-28 "Version negotiation").
+            raise _rpc_error(
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                f"Unsupported protocol version {header_version!r}",
+                id=message.id,
+                data={
+                    "supported": [*HANDSHAKE_VERSIONS, *MODERN_VERSIONS],
+                    "requested": header_version,
+                },
+            )
         session = self._session(request)
         version = self._check_version(request)
         caller = await self._authenticate(request)
