@@ -742,6 +742,22 @@ async def test_resources_prompts_and_completion() -> None:
         assert completion["total"] == 150
         assert completion["hasMore"] is True
         assert (await client.request("resources/subscribe", {"uri": "test://text"}))["result"] == {}
+        get_headers = client.headers(Accept="text/event-stream")
+        async with open_request(served.port, "GET", get_headers) as stream:
+            await stream.next()  # priming
+            served.server.resource_updated("test://blob")  # not subscribed: nothing
+            served.server.resource_updated("test://text")
+            event = await stream.next()
+            assert event is not None
+            assert event.json()["params"] == {"uri": "test://text"}
+        await client.request("resources/unsubscribe", {"uri": "test://text"})
+        served.server.resource_updated("test://text")
+        async with open_request(served.port, "GET", get_headers) as stream:
+            await stream.next()  # priming; the update above was not queued
+            served.server.set_registry(registry)
+            event = await stream.next()
+            assert event is not None
+            assert event.json()["method"] == "notifications/tools/list_changed"
 
 
 # ---- authentication and scopes ----
@@ -908,3 +924,29 @@ def test_session_ids_are_visible_ascii() -> None:
     assert len(ids) == 20
     visible = set(string.printable[:94])
     assert all(set(i) <= visible for i in ids)
+
+
+async def test_session_cap_evicts_the_least_recently_used_idle_session() -> None:
+    from tunneld.mcp._session import SessionStore
+
+    store = SessionStore(idle_timeout=3600, max_sessions=2)
+
+    def make() -> Any:
+        return store.create(
+            subject="",
+            protocol_version="2025-11-25",
+            client_capabilities={},
+            client_info={},
+            capabilities={},
+        )
+
+    first, second = make(), make()
+    await trio.sleep(0.01)
+    assert store.get(first.id) is first  # first is now the more recently used
+    third = make()
+    assert third is not None
+    assert store.get(second.id) is None
+    # Sessions with work in flight are never evicted: then there is no room.
+    first.inflight[1] = trio.CancelScope()
+    third.inflight[1] = trio.CancelScope()
+    assert make() is None

@@ -651,10 +651,19 @@ class Transport:
 
     # ---- server-initiated ----
 
-    def broadcast(self, message: Mapping[str, Any], *, capability: str | None = None) -> None:
-        """Send ``message`` on every initialized session's GET stream."""
+    def broadcast(
+        self,
+        message: Mapping[str, Any],
+        *,
+        capability: str | None = None,
+        subscribed: str | None = None,
+    ) -> None:
+        """Send ``message`` on the GET stream of every session that was offered
+        ``capability`` / subscribed to the resource ``subscribed`` (when given)."""
         for session in self.sessions:
             if capability is not None and capability not in session.capabilities:
+                continue
+            if subscribed is not None and subscribed not in session.subscriptions:
                 continue
             session.get_standalone().send(message)
 
