@@ -950,3 +950,15 @@ async def test_session_cap_evicts_the_least_recently_used_idle_session() -> None
     first.inflight[1] = trio.CancelScope()
     third.inflight[1] = trio.CancelScope()
     assert make() is None
+
+
+async def test_stateless_disconnect_cancels(served: Served, probe: Probe) -> None:
+    # 2026-07-28 has no notifications/cancelled: closing the response is the cancel.
+    body = _modern("tools/call", {"name": "gated", "arguments": {}}, progressToken="g")
+    async with open_request(served.port, "POST", MODERN_HEADERS, body) as reader:
+        event = await reader.next()
+        assert event is not None
+        assert event.json()["method"] == "notifications/progress"
+    with trio.fail_after(10):
+        await probe.cancelled.wait()
+    assert not probe.finished.is_set()

@@ -14,7 +14,8 @@ does), and the rest of an SSE stream can be fetched with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -600,11 +601,12 @@ class Transport:
 
 
 async def _cancel_on_disconnect(
-    body: AsyncIterator[bytes], stream: EventStream, scope: trio.CancelScope
+    body: AsyncGenerator[bytes, None], stream: EventStream, scope: trio.CancelScope
 ) -> AsyncIterator[bytes]:
     try:
-        async for chunk in body:
-            yield chunk
+        async with aclosing(body):
+            async for chunk in body:
+                yield chunk
     finally:
         if not stream.closed:
             scope.cancel()
