@@ -31,8 +31,9 @@ async def _echo(ctx, args):
 def register_tools(register, config):
     _journal(config, "register_tools")
     for name in TOOLS:
+        schema = {{"type": "object", "properties": {{"text": {{"type": "string"}}}}}}
         register(Tool(name=name, description="echo", handler=_echo, annotations=READ_ONLY,
-                      input_schema={{"type": "object", "properties": {{"text": {{"type": "string"}}}}}}))
+                      input_schema=schema))
 
 @hookimpl
 async def startup(config):

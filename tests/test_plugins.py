@@ -102,7 +102,7 @@ def test_duplicate_tool_names_name_both_plugins(site: Path) -> None:
     assert "'shared_tool'" in problem.error
     assert "'alpha'" in problem.error
     assert "'beta'" in problem.error
-    with pytest.raises(PluginError, match="alpha.*beta"):
+    with pytest.raises(PluginError, match=r"alpha.*beta"):
         PluginManager(PluginsConfig(strict=True)).load()
 
 
