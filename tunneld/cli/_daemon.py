@@ -95,6 +95,18 @@ def register(sub: Subparsers) -> None:
     dial.add_argument("agent", metavar="AGENT", help="agent name")
     dial.add_argument("port", metavar="PORT", help="service port (or name) on the agent")
     dial.set_defaults(func=_dial)
+    mcp = sub.add_parser(
+        "mcp",
+        help="a stdio MCP server that forwards to the daemon (for stdio-only MCP hosts)",
+        description=(
+            "Speak MCP over stdin/stdout (newline-delimited JSON-RPC) and forward every"
+            " message to the running daemon's /mcp endpoint over its Unix socket, in one"
+            " MCP session, so the host's tool calls share the daemon's overlay. Exits when"
+            " stdin ends. Configure a host with the command `tunneld mcp`."
+        ),
+    )
+    _add_socket(mcp)
+    mcp.set_defaults(func=_mcp)
 
 
 def _client(args: argparse.Namespace) -> LocalApiClient:
@@ -296,4 +308,23 @@ def _run(args: argparse.Namespace) -> int:
         await daemon.run(listeners)
 
     trio.run(main)
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from tunneld.daemon._mcp_bridge import McpBridge
+
+    path = args.socket or os.environ.get("TUNNELD_SOCKET") or default_socket_path()
+    bridge = McpBridge(path)
+
+    async def main() -> None:
+        await bridge.check()
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        async with stdin:
+            await bridge.run(stdin)
+
+    try:
+        trio.run(main)
+    except DaemonUnavailableError as exc:
+        raise CliError(str(exc)) from None
     return 0
