@@ -13,7 +13,7 @@ import trio
 
 from tunneld.cli._common import CliError, Subparsers, apply_log_config
 from tunneld.cli._node import build_overlay
-from tunneld.config import DaemonConfig, load_config
+from tunneld.config import Config, load_config
 from tunneld.daemon import (
     Daemon,
     DaemonRunningError,
@@ -23,6 +23,7 @@ from tunneld.daemon import (
     open_api_listener,
 )
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+from tunneld.plugins import PluginError, PluginManager
 
 __all__ = ["register"]
 
@@ -47,8 +48,10 @@ def register(sub: Subparsers) -> None:
         help="run the daemon: the overlay node and its local API",
         description=(
             "Run this machine's overlay node and serve the local API on a Unix socket"
-            " (socket-activated under systemd). SIGHUP reloads [daemon] timeouts, SIGTERM"
-            " stops gracefully."
+            " (socket-activated under systemd) and MCP (Streamable HTTP) at /mcp on that"
+            " socket and on [mcp] listen (default 127.0.0.1:7421), with the tools of the"
+            " installed plugins. SIGHUP reloads [daemon] timeouts, [plugins] and [mcp]"
+            " allowed_tools; SIGTERM stops gracefully."
         ),
     )
     run.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
@@ -59,6 +62,7 @@ def register(sub: Subparsers) -> None:
         default=None,
         help="local API socket (default: [daemon].socket, else the per-user default)",
     )
+    add_plugin_option(run)
     run.set_defaults(func=_run)
     status = sub.add_parser(
         "status",
@@ -107,6 +111,20 @@ def register(sub: Subparsers) -> None:
     )
     _add_socket(mcp)
     mcp.set_defaults(func=_mcp)
+
+
+def add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    """``--plugin NAME`` (repeatable): enable an installed plugin for this run."""
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "enable the installed plugin NAME (its entry-point name, e.g. example) for this"
+            " run, on top of [plugins] enable; repeatable"
+        ),
+    )
 
 
 def _client(args: argparse.Namespace) -> LocalApiClient:
@@ -276,15 +294,20 @@ def _run(args: argparse.Namespace) -> int:
         udp_listen=settings.udp_listen,
     )
 
-    def reload_settings() -> DaemonConfig:
-        return load_config(args.config).daemon
+    def reload_config() -> Config:
+        return load_config(args.config)
 
+    plugins = PluginManager(
+        config.plugins, allowed_tools=config.mcp.allowed_tools, extra_enable=args.plugin
+    )
     daemon = Daemon(
         overlay,
         settings,
         notifier=Notifier(),
-        reload_settings=reload_settings if args.config else None,
+        reload_settings=reload_config if args.config else None,
         shutdown_grace=settings.shutdown_grace.seconds,
+        mcp=config.mcp,
+        plugins=plugins,
     )
     activated = listen_fds()
     path = args.socket or (Path(settings.socket) if settings.socket else default_socket_path())
@@ -305,7 +328,14 @@ def _run(args: argparse.Namespace) -> int:
                 raise CliError(
                     f'{exc.args[0]} (create it, or set [daemon].socket_group = "")'
                 ) from None
-        await daemon.run(listeners)
+        try:
+            await daemon.run(listeners)
+        except PluginError as exc:
+            raise CliError(str(exc)) from None
+        except OSError as exc:
+            if exc.strerror and exc.strerror.startswith("[mcp]"):
+                raise CliError(exc.strerror) from None
+            raise
 
     trio.run(main)
     return 0
