@@ -77,6 +77,12 @@ async def test_200_concurrent_calls_over_20_agents_make_20_tunnels(
             for name in names:
                 agent = overlay(name, await h.token("alice", agent=name), serve=True)
                 await nursery.start(agent.serve)
+            # Calls start once the control plane has every agent online (not before:
+            # an agent still connecting is "offline", which is not what we measure).
+            for _ in range(int(DEADLINE * 10)):
+                if set(names) <= {n.name for n in await h.store.list_nodes() if n.online}:
+                    break
+                await trio.sleep(0.1)
             laptop = overlay("laptop", await h.token("alice"), serve=False)
             plugins = PluginManager(PluginsConfig(enable=("example",)))
             daemon = Daemon(

@@ -46,6 +46,12 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def with_path(site: Path) -> dict[str, str]:
+    """The environment, with ``site`` (throw-away plugins) first on ``PYTHONPATH``."""
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 async def _wait_for_file(path: Path, process: trio.Process) -> None:
     with trio.fail_after(WAIT):
         while not await trio.Path(path).exists():
@@ -168,7 +174,7 @@ async def test_sdk_clients_call_the_example_plugin_through_the_daemon(
         (short_dir / "daemon.token").write_text(await h.token("alice") + "\n")
         api_socket = short_dir / "api.sock"
         config = daemon_config(h, short_dir, api_socket)
-        env = {**os.environ, "PYTHONPATH": str(site)}
+        env = with_path(site)
         async with agent_process(nursery, h, short_dir, "web1", workspace):
             command = [sys.executable, "-m", "tunneld", "run", "--config", str(config),
                        "--plugin", "example"]  # fmt: skip
@@ -258,7 +264,7 @@ async def test_strict_plugin_failure_stops_start_up(tmp_path: Path, short_dir: P
     with trio.fail_after(WAIT):
         result = await trio.run_process(
             [sys.executable, "-m", "tunneld", "run", "--config", str(config)],
-            env={**os.environ, "PYTHONPATH": str(site)},
+            env=with_path(site),
             capture_stdout=True,
             capture_stderr=True,
             check=False,

@@ -294,7 +294,9 @@ class Daemon:
                 idle_timeout=settings.idle_timeout.seconds,
                 tools=len(self.plugins.registry.tools),
             )
-            return {"reloaded": True, "tools": sorted(self.plugins.registry.tools)}
+            if isinstance(loaded, Config):
+                return {"reloaded": True, "tools": sorted(self.plugins.registry.tools)}
+            return {"reloaded": True}
         finally:
             self.notifier.ready("reloaded")
 
