@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,8 +47,15 @@ class RawMcpClient:
     ``target`` is ``"HOST:PORT"`` (TCP) or a socket ``Path``; ``path`` the endpoint.
     """
 
-    def __init__(self, target: str | Path, path: str = "/mcp") -> None:
+    def __init__(
+        self,
+        target: str | Path,
+        path: str = "/mcp",
+        *,
+        connect: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    ) -> None:
         self.target = target
+        self._connect = connect
         self.path = path
         self.session_id: str | None = None
         self._next_id = 0
@@ -67,7 +75,7 @@ class RawMcpClient:
             all_headers["Mcp-Session-Id"] = self.session_id
             all_headers["MCP-Protocol-Version"] = PROTOCOL_VERSION
         all_headers.update(headers or {})
-        stream = await _connect(self.target)
+        stream = await (self._connect() if self._connect else _connect(self.target))
         async with stream:
             conn = h11.Connection(h11.CLIENT)
             request = h11.Request(
@@ -136,6 +144,41 @@ class RawMcpClient:
         return result
 
 
+def _connect_as(uid: int, gid: int, path: str) -> socket.socket:
+    # SO_PEERCRED records who called connect(): do that in a child that became ``uid``
+    # and hand the connected socket back (SCM_RIGHTS). The child runs no Python code
+    # beyond these calls, so forking a threaded process is safe enough here.
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(path)
+            socket.send_fds(child, [b"x"], [conn.fileno()])
+        finally:
+            os._exit(0)
+    try:
+        _, fds, _, _ = socket.recv_fds(parent, 1, 1)
+    finally:
+        os.waitpid(pid, 0)
+        parent.close()
+        child.close()
+    return socket.socket(fileno=fds[0])
+
+
+def connector_as(uid: int, gid: int, path: Path) -> Callable[[], Awaitable[trio.abc.Stream]]:
+    """Connect to the Unix socket ``path`` as user ``uid`` (needs root)."""
+
+    async def connect() -> trio.abc.Stream:
+        sock = await trio.to_thread.run_sync(_connect_as, uid, gid, str(path))
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+    return connect
+
+
 async def in_asyncio_thread(main: Callable[[], Awaitable[T]]) -> T:
     """Run an asyncio coroutine function (the official SDK client) in a worker thread."""
     result: list[T] = []
@@ -147,4 +190,4 @@ async def in_asyncio_thread(main: Callable[[], Awaitable[T]]) -> T:
     return result[0]
 
 
-__all__ = ["McpAnswer", "RawMcpClient", "in_asyncio_thread"]
+__all__ = ["McpAnswer", "RawMcpClient", "connector_as", "in_asyncio_thread"]

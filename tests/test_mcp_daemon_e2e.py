@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from tests._control_support import Harness, running_server
-from tests._mcp_support import in_asyncio_thread
+from tests._mcp_support import RawMcpClient, connector_as, in_asyncio_thread
 from tests._plugin_support import make_plugin, recording_plugin
 from tunneld.config import Config, DaemonConfig, Duration, McpConfig, load_config
 from tunneld.daemon import Daemon, Notifier, open_api_listener
@@ -396,3 +396,147 @@ def test_json_dumps_of_status_is_plain() -> None:
     manager = PluginManager(Config().plugins)
     manager.load()
     json.dumps(manager.status())
+
+
+WRITE_PLUGIN = """
+from tunneld.hookspecs import hookimpl
+from tunneld.mcp import DESTRUCTIVE, READ_ONLY, Tool
+
+async def _read(ctx, args):
+    return f"read by uid {ctx.caller.uid} over {ctx.caller.transport}"
+
+async def _write(ctx, args):
+    return "written"
+
+@hookimpl
+def register_tools(register):
+    schema = {"type": "object"}
+    register(Tool(name="peek", description="reads", handler=_read,
+                  annotations=READ_ONLY, input_schema=schema))
+    register(Tool(name="poke", description="writes", handler=_write,
+                  annotations=DESTRUCTIVE, input_schema=schema))
+"""
+
+
+def _lines(*messages: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
+
+
+async def test_socket_callers_without_write_access_get_read_only_tools(
+    nursery: trio.Nursery, tmp_path: Path, short_dir: Path, site: Path
+) -> None:
+    make_plugin(site, "rw", WRITE_PLUGIN)
+    (tmp_path / "control").mkdir()
+    async with running_server(nursery, tmp_path / "control", relay=True) as h:
+        await h.user("alice")
+        token = await h.token("alice")
+
+        async def provide() -> str:
+            return token
+
+        overlay = Overlay(
+            OverlayConfig(
+                name="laptop",
+                private_key=generate_private_key(),
+                coordinate_url=h.info.coordinate_url,
+                derp_url=h.info.derp_url,
+                udp_host="127.0.0.1",
+            ),
+            provide,
+        )
+        # No write group: only root and the daemon's user may write.
+        daemon = Daemon(overlay, DaemonConfig(socket_group=""), notifier=Notifier({}))
+        await trio.Path(short_dir).chmod(0o755)
+        socket_path = short_dir / "api.sock"
+        listener = await open_api_listener(socket_path, mode=0o666)
+        await nursery.start(daemon.run, [listener])
+        session = _lines(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "0"},
+                },
+            },
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "peek"}},
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "poke"}},
+        )
+
+        async def run_bridge() -> dict[object, dict[str, Any]]:
+            # The stdio bridge as a real process, stdin piped: it answers, then exits.
+            with trio.fail_after(WAIT):
+                result = await trio.run_process(
+                    [sys.executable, "-m", "tunneld", "mcp", "--socket", str(socket_path)],
+                    stdin=session,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            assert result.returncode == 0, result.stderr
+            answers = [json.loads(line) for line in result.stdout.splitlines()]
+            return {a.get("id"): a for a in answers}
+
+        if os.getuid() != 0:
+            pytest.skip("needs root to connect as another user")
+        as_root = await run_bridge()
+        assert as_root[2]["result"]["content"][0]["text"] == "read by uid 0 over unix"
+        assert as_root[3]["result"]["content"][0]["text"] == "written"
+        nobody = RawMcpClient(socket_path, connect=connector_as(65534, 65534, socket_path))
+        await nobody.initialize()
+        peek = await nobody.call_tool("peek", {})
+        assert peek["content"][0]["text"] == "read by uid 65534 over unix"
+        answer = await nobody.post(
+            {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "poke"}}
+        )
+        assert answer.status == 403
+        assert 'error="insufficient_scope"' in answer.headers["www-authenticate"]
+        assert "mcp:tools:write" in answer.messages[0]["error"]["message"]
+        daemon.stop()
+
+
+async def test_mcp_listen_address_in_use_is_a_clear_error(short_dir: Path) -> None:
+    taken = trio.socket.socket()
+    await taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    (short_dir / "token").write_text("not-a-real-token\n")
+    config = short_dir / "daemon.toml"
+    config.write_text(
+        "[daemon]\n"
+        f'socket = "{short_dir / "api.sock"}"\n'
+        'socket_group = ""\n'
+        f'key_file = "{short_dir / "daemon.key"}"\n'
+        f'token_file = "{short_dir / "token"}"\n'
+        "[mcp]\n"
+        f'listen = "127.0.0.1:{port}"\n'
+    )
+    with trio.fail_after(WAIT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "tunneld", "run", "--config", str(config)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    taken.close()
+    assert result.returncode == 1
+    last = result.stderr.decode().strip().splitlines()[-1]
+    assert last.startswith(f"tunneld: error: [mcp] listen 127.0.0.1:{port}: ")
+    assert "in use" in last
+
+
+async def test_demo_rejects_a_plugin_that_is_not_installed() -> None:
+    with trio.fail_after(WAIT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "tunneld", "demo", "--plugin", "nosuchplugin"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    message = result.stderr.decode().strip()
+    assert message.startswith("tunneld: error: --plugin nosuchplugin: not installed")
+    assert "example" in message  # names what is installed

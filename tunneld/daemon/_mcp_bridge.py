@@ -38,6 +38,8 @@ _MAX_LINE: Final = 16 * 1024 * 1024
 _MAX_BODY: Final = 64 * 1024 * 1024
 _GET_RETRY_MAX: Final = 5.0
 _DELETE_TIMEOUT: Final = 3.0
+# After stdin ends, how long answers still in flight may take before we exit anyway.
+_EOF_GRACE: Final = 10.0
 _ACCEPT_POST: Final = "application/json, text/event-stream"
 
 # JSON-RPC error codes (JSON-RPC 2.0 §5.1) the bridge answers with itself.
@@ -170,7 +172,8 @@ def _error(request_id: object, code: int, message: str) -> dict[str, Any]:
 class McpBridge:
     """Forward MCP between ``receive_line``/``send_line`` (stdio) and the daemon's socket.
 
-    ``path`` is the daemon's local API socket; ``endpoint`` its MCP path.
+    ``path`` is the daemon's local API socket; ``endpoint`` its MCP path. After
+    stdin ends, requests still in flight get ``eof_grace`` seconds to be answered.
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class McpBridge:
         *,
         endpoint: str = "/mcp",
         send_line: Callable[[bytes], Any] | None = None,
+        eof_grace: float = _EOF_GRACE,
     ) -> None:
         self.client = LocalApiClient(path)
         self.endpoint = endpoint
@@ -188,6 +192,9 @@ class McpBridge:
         self._stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
         self._send_line = send_line
         self._get_started = False
+        self.eof_grace = eof_grace
+        self._inflight = 0
+        self._settled = trio.Event()
 
     async def check(self) -> None:
         """Connect once to the socket, to fail fast with a clear message.
@@ -218,8 +225,12 @@ class McpBridge:
                         buffer.clear()
                 if buffer.strip():
                     await self._message(bytes(buffer).strip(), nursery)
-                # stdin is done: nothing more will be asked, so stop listening. Requests
-                # still running get no answer (the host has gone away).
+                # stdin is done: nothing more will be asked. Answers still on their way
+                # get a short grace (a piped script reads them); a host that closed
+                # stdin to stop us does not wait for more.
+                with trio.move_on_after(self.eof_grace):
+                    while self._inflight:
+                        await self._settled.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(_DELETE_TIMEOUT):
@@ -254,7 +265,13 @@ class McpBridge:
         await sent.wait()  # POSTs leave in stdin order
 
     async def _post_request(self, message: dict[str, Any], sent: trio.Event) -> None:
-        await self._post(message, sent=sent)
+        self._inflight += 1
+        try:
+            await self._post(message, sent=sent)
+        finally:
+            self._inflight -= 1
+            self._settled.set()
+            self._settled = trio.Event()
 
     def _headers(self, accept: str) -> list[tuple[str, str]]:
         headers = [("Host", "localhost"), ("Accept", accept), ("Connection", "close")]
