@@ -210,8 +210,11 @@ async def test_sdk_clients_call_the_example_plugin_through_the_daemon(
                         "http-auto": await in_asyncio_thread(
                             lambda: _sdk_session(url, "auto", workspace)
                         ),
-                        "stdio": await in_asyncio_thread(
+                        "stdio-legacy": await in_asyncio_thread(
                             lambda: _sdk_session(stdio, "legacy", workspace)
+                        ),
+                        "stdio-auto": await in_asyncio_thread(
+                            lambda: _sdk_session(stdio, "auto", workspace)
                         ),
                     }
                 for how, result in results.items():
@@ -234,7 +237,7 @@ async def test_sdk_clients_call_the_example_plugin_through_the_daemon(
                 assert isinstance(status, dict)
                 # Every call of every client shared one tunnel to the agent.
                 assert [t["agent"] for t in status["tunnels"]] == ["web1"]
-                assert status["mcp"]["calls"] >= 12
+                assert status["mcp"]["calls"] >= 15
                 process.send_signal(signal.SIGTERM)
                 with trio.fail_after(WAIT):
                     await process.wait()

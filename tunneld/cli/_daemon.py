@@ -165,8 +165,9 @@ def _status(args: argparse.Namespace) -> int:
     tunnels = answer.get("tunnels") or []
     node = answer.get("node")
     for key, value in sorted(answer.items()):
-        if key not in ("tunnels", "node"):
+        if key not in ("tunnels", "node", "plugins", "mcp"):
             print(f"{key}: {value}")
+    _print_mcp(answer.get("mcp"), answer.get("plugins"))
     if node is not None and not isinstance(node, dict):
         print(f"node: {node}")
     if isinstance(node, dict):
@@ -205,6 +206,27 @@ def _status(args: argparse.Namespace) -> int:
         )
     print(_table(rows))
     return 0
+
+
+def _print_mcp(mcp: object, plugins: object) -> None:
+    if isinstance(mcp, dict):
+        tools = mcp.get("tools") or []
+        where = mcp.get("url") or "the socket only"
+        print(
+            f"mcp: {where} ({len(tools)} tools, {mcp.get('sessions')} sessions,"
+            f" {mcp.get('calls')} calls)"
+        )
+    if not isinstance(plugins, dict):
+        return
+    loaded = [p for p in plugins.get("loaded") or [] if isinstance(p, dict)]
+    names = ", ".join(f"{p.get('name')} {p.get('version') or ''}".strip() for p in loaded)
+    print(f"plugins: {names or 'none'}")
+    for failed in plugins.get("failed") or []:
+        if isinstance(failed, dict):
+            print(
+                f"plugin failed: {failed.get('plugin')} ({failed.get('stage')}):"
+                f" {failed.get('error')}"
+            )
 
 
 def _agents(args: argparse.Namespace) -> int:

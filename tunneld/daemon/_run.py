@@ -104,6 +104,7 @@ class Daemon:
             self.mcp_tcp.mount(router, "/mcp")
             self._mcp_http = HttpServer(router)
         self._stopping = False
+        self._reloading = trio.Lock()  # SIGHUP and POST /v0/reload may overlap
 
     def _mcp_server(self, authenticate: Callable[[Request], Awaitable[Caller]] | None) -> McpServer:
         settings = self.mcp_settings
@@ -264,6 +265,10 @@ class Daemon:
         ``notifications/tools/list_changed``. A bad file or a strict plugin failure
         refuses the reload and keeps the running settings and plugins.
         """
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> Mapping[str, object]:
         self.notifier.reloading()
         try:
             if self._reload_settings is None:
