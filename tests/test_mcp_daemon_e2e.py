@@ -453,20 +453,23 @@ async def test_socket_callers_without_write_access_get_read_only_tools(
         socket_path = short_dir / "api.sock"
         listener = await open_api_listener(socket_path, mode=0o666)
         await nursery.start(daemon.run, [listener])
-        session = _lines(
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "0"},
+        session = (
+            _lines(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "0"},
+                    },
                 },
-            },
-            {"jsonrpc": "2.0", "method": "notifications/initialized"},
-            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "peek"}},
-            {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "poke"}},
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "peek"}},
+                {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "poke"}},
+            )
+            + b"this is not json\n[1, 2]\n\n"
         )
 
         async def run_bridge() -> dict[object, dict[str, Any]]:
@@ -481,6 +484,9 @@ async def test_socket_callers_without_write_access_get_read_only_tools(
                 )
             assert result.returncode == 0, result.stderr
             answers = [json.loads(line) for line in result.stdout.splitlines()]
+            # Bad lines are answered with JSON-RPC errors (id null); the rest go on.
+            codes = sorted(a["error"]["code"] for a in answers if a.get("id") is None)
+            assert codes == [-32700, -32600]
             return {a.get("id"): a for a in answers}
 
         if os.getuid() != 0:

@@ -377,3 +377,34 @@ async def test_a_class_entry_point_keeps_its_instance_across_reloads(site: Path)
     handler = registry.tools["klass_tool"].handler
     assert await handler(None, {}) == "started 1, registered 3"  # type: ignore[arg-type]
     assert manager.status()["loaded"][0]["module"] == "tp_klass:Plugin"  # type: ignore[index]
+
+
+def test_plugins_config_tables_and_errors(tmp_path: Path) -> None:
+    from tunneld.config import ConfigError, load_config
+
+    good = tmp_path / "good.toml"
+    good.write_text(
+        '[plugins]\nenable = ["example"]\nstrict = true\n'
+        '[plugins.example]\npage_size = "1KiB"\n[plugins.other]\nx = [1, 2]\n'
+        '[mcp]\nlisten = ""\nallowed_tools = ["example_stat"]\n'
+    )
+    config = load_config(good)
+    assert config.plugins.enable == ("example",)
+    assert config.plugins.strict is True
+    assert config.plugins.tables == {"example": {"page_size": "1KiB"}, "other": {"x": [1, 2]}}
+    assert config.mcp.listen == ""
+    assert config.mcp.allowed_tools == ("example_stat",)
+    for text, expected in [
+        ("[plugins]\ngreeting = 1\n", "[plugins].greeting: unknown key; known keys: disable,"),
+        ("[plugins]\ntables = 1\n", "[plugins].tables: unknown key"),
+        ('[plugins]\nenable = ["a b"]\n', "[plugins].enable: expected plugin"),
+        ('[mcp]\nlisten = "nowhere"\n', '[mcp].listen: expected HOST:PORT like "127.0.0.1:7421"'),
+        ('[mcp]\nallowed_tools = ["no spaces"]\n', "[mcp].allowed_tools: tool name 'no spaces'"),
+        ('[mcp]\nmax_request_size = "1B"\n', "[mcp].max_request_size: expected a size between"),
+        ('[mcp]\nsession_idle_timeout = "0s"\n', "[mcp].session_idle_timeout: expected a duration"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_config(bad)
+        assert expected in str(caught.value), (text, str(caught.value))
