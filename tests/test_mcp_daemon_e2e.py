@@ -362,8 +362,12 @@ async def test_reload_sends_tools_list_changed_to_a_live_session(
             async with Client(url, mode="legacy", message_handler=on_message) as client:
                 before = sorted(t.name for t in (await client.list_tools()).tools)
                 config_file.write_text('[plugins]\ndisable = ["one"]\n')
+                # POST /v0/reload on the local socket, as `curl --unix-socket` would.
+                api = LocalApiClient(short_dir / "api.sock")
                 reloaded = await anyio.to_thread.run_sync(
-                    lambda: trio.from_thread.run(daemon.reload, trio_token=token_for_trio)
+                    lambda: trio.from_thread.run(
+                        api.request, "POST", "/v0/reload", trio_token=token_for_trio
+                    )
                 )
                 with anyio.fail_after(WAIT):
                     await changed.wait()
