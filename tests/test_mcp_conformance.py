@@ -2,7 +2,8 @@
 
 Runs ``conformance server --url …`` (``@modelcontextprotocol/conformance@0.1.16``,
 which needs node ≥ 22) against a standalone McpServer serving the ``conformance``
-plugin's registry, and requires every check to pass: the active suite plus the
+plugin's registry, and against a real ``tunneld run --plugin conformance`` (with a
+real control plane), and requires every check to pass: the active suite plus the
 pending scenarios (``--suite all``: SSE polling, JSON Schema 2020-12). The tools
 come from ``TUNNELD_NODE22_BIN`` (``.ci/run`` installs them into ``.ci/tools``),
 else ``PATH``; without them the test is skipped with the reason.
@@ -10,15 +11,24 @@ else ``PATH``; without them the test is skipped with the reason.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from _mcp_support import ROOT, conformance_registry, serve_mcp
+
+from tests._control_support import running_server
+from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
 
 SUITE_VERSION = "0.1.16"
 
@@ -64,17 +74,16 @@ def bin_dir() -> Path:
     return found
 
 
-async def test_official_conformance_suite_passes(bin_dir: Path) -> None:
+async def _run_suite(bin_dir: Path, url: str) -> None:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    async with serve_mcp(conformance_registry(), host="127.0.0.1") as served:
-        with trio.fail_after(600):
-            result = await trio.run_process(
-                [str(bin_dir / "conformance"), "server", "--url", served.url, "--suite", "all"],
-                capture_stdout=True,
-                capture_stderr=True,
-                env=env,
-                check=False,
-            )
+    with trio.fail_after(600):
+        result = await trio.run_process(
+            [str(bin_dir / "conformance"), "server", "--url", url, "--suite", "all"],
+            capture_stdout=True,
+            capture_stderr=True,
+            env=env,
+            check=False,
+        )
     output = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
     summary = re.search(r"Total: (\d+) passed, (\d+) failed", output)
     assert summary is not None, output[-3000:]
@@ -84,3 +93,74 @@ async def test_official_conformance_suite_passes(bin_dir: Path) -> None:
     # 0.1.16's full server suite has 32 scenarios and 46 checks; fewer means skipped ones.
     assert passed >= 46, output[-3000:]
     assert "WARNING" not in output, output[-5000:]
+
+
+async def test_official_conformance_suite_passes(bin_dir: Path) -> None:
+    async with serve_mcp(conformance_registry(), host="127.0.0.1") as served:
+        await _run_suite(bin_dir, served.url)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    # Unix socket paths are limited to 108 bytes: keep them out of pytest's deep tmp.
+    path = Path(tempfile.mkdtemp(prefix="tunneld-conf-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def conformance_plugin_installed() -> None:
+    names = {ep.name for ep in importlib.metadata.entry_points(group="tunneld")}
+    if "conformance" not in names:
+        pytest.skip(
+            "the conformance plugin is not installed: pip install -e plugins/tunneld-conformance"
+        )
+
+
+@pytest.mark.usefixtures("conformance_plugin_installed")
+async def test_official_conformance_suite_passes_against_the_daemon(
+    bin_dir: Path, nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+) -> None:
+    (tmp_path / "control").mkdir()
+    async with running_server(nursery, tmp_path / "control") as h:
+        await h.user("alice")
+        token_file = short_dir / "daemon.token"
+        token_file.write_text(await h.token("alice") + "\n")
+        token_file.chmod(0o600)
+        socket = short_dir / "api.sock"
+        config = short_dir / "daemon.toml"
+        config.write_text(
+            "[daemon]\n"
+            f'socket = "{socket}"\n'
+            'socket_group = ""\n'
+            'name = "laptop"\n'
+            f'key_file = "{short_dir / "daemon.key"}"\n'
+            f'control_url = "{h.info.url}"\n'
+            f'token_file = "{token_file}"\n'
+            'udp_listen = "127.0.0.1:0"\n'
+            "[mcp]\n"
+            'listen = "127.0.0.1:0"\n'
+        )
+        command = [sys.executable, "-m", "tunneld", "run", "--config", str(config),
+                   "--plugin", "conformance"]  # fmt: skip
+        process: trio.Process = await nursery.start(
+            functools.partial(trio.run_process, command, check=False, stderr=subprocess.DEVNULL)
+        )
+        try:
+            client = LocalApiClient(socket)
+            with trio.fail_after(60):
+                while True:
+                    assert process.returncode is None, "the daemon exited before it was ready"
+                    try:
+                        status = await client.request("GET", "/v0/status")
+                        break
+                    except (DaemonUnavailableError, ApiError, OSError):
+                        await trio.sleep(0.1)
+            assert isinstance(status, dict)
+            assert [p["name"] for p in status["plugins"]["loaded"]] == ["conformance"]
+            await _run_suite(bin_dir, status["mcp"]["url"])
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                await process.wait()
