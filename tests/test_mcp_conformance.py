@@ -11,24 +11,23 @@ else ``PATH``; without them the test is skipped with the reason.
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
-from _mcp_support import ROOT, conformance_registry, serve_mcp
-
-from tests._control_support import running_server
-from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+from _mcp_support import (
+    ROOT,
+    conformance_daemon,
+    conformance_plugin_installed,  # noqa: F401 (a fixture)
+    conformance_registry,
+    serve_mcp,
+)
 
 SUITE_VERSION = "0.1.16"
 
@@ -108,59 +107,9 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def conformance_plugin_installed() -> None:
-    names = {ep.name for ep in importlib.metadata.entry_points(group="tunneld")}
-    if "conformance" not in names:
-        pytest.skip(
-            "the conformance plugin is not installed: pip install -e plugins/tunneld-conformance"
-        )
-
-
 @pytest.mark.usefixtures("conformance_plugin_installed")
 async def test_official_conformance_suite_passes_against_the_daemon(
     bin_dir: Path, nursery: trio.Nursery, tmp_path: Path, short_dir: Path
 ) -> None:
-    (tmp_path / "control").mkdir()
-    async with running_server(nursery, tmp_path / "control") as h:
-        await h.user("alice")
-        token_file = short_dir / "daemon.token"
-        token_file.write_text(await h.token("alice") + "\n")
-        token_file.chmod(0o600)
-        socket = short_dir / "api.sock"
-        config = short_dir / "daemon.toml"
-        config.write_text(
-            "[daemon]\n"
-            f'socket = "{socket}"\n'
-            'socket_group = ""\n'
-            'name = "laptop"\n'
-            f'key_file = "{short_dir / "daemon.key"}"\n'
-            f'control_url = "{h.info.url}"\n'
-            f'token_file = "{token_file}"\n'
-            'udp_listen = "127.0.0.1:0"\n'
-            "[mcp]\n"
-            'listen = "127.0.0.1:0"\n'
-        )
-        command = [sys.executable, "-m", "tunneld", "run", "--config", str(config),
-                   "--plugin", "conformance"]  # fmt: skip
-        process: trio.Process = await nursery.start(
-            functools.partial(trio.run_process, command, check=False, stderr=subprocess.DEVNULL)
-        )
-        try:
-            client = LocalApiClient(socket)
-            with trio.fail_after(60):
-                while True:
-                    assert process.returncode is None, "the daemon exited before it was ready"
-                    try:
-                        status = await client.request("GET", "/v0/status")
-                        break
-                    except (DaemonUnavailableError, ApiError, OSError):
-                        await trio.sleep(0.1)
-            assert isinstance(status, dict)
-            assert [p["name"] for p in status["plugins"]["loaded"]] == ["conformance"]
-            await _run_suite(bin_dir, status["mcp"]["url"])
-        finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            with trio.fail_after(30):
-                await process.wait()
+    async with conformance_daemon(nursery, tmp_path, short_dir) as url:
+        await _run_suite(bin_dir, url)
