@@ -127,10 +127,10 @@ async def running_cp_world(
 
 
 async def tunneld(
-    world: CpWorld, command: str, *args: str, stdin: bytes = b"", timeout: float = WAIT * 2
+    world: CpWorld, command: str, *args: str, stdin: bytes = b"", limit: float = WAIT * 2
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``tunneld COMMAND --socket … ARGS`` to completion, output captured."""
-    with trio.fail_after(timeout):
+    with trio.fail_after(limit):
         return await trio.run_process(
             [sys.executable, "-m", "tunneld", command, "--socket", str(world.socket), *args],
             stdin=stdin,

@@ -114,10 +114,12 @@ class ProgressBar:
         if self.total:
             fraction = min(1.0, self.done / self.total)
             percent = f"{fraction * 100:3.0f}%"
-            room = columns - len(self.label) - len(numbers) - len(percent) - 8
+            # A fixed allowance for the numbers keeps the bar from changing width as
+            # they grow and shrink between redraws.
+            room = columns - len(self.label) - len(percent) - 52
             bar = ""
             if room >= 10:
-                width = min(room, 40)
+                width = min(room, 30)
                 filled = int(width * fraction)
                 bar = "[" + "#" * filled + " " * (width - filled) + "] "
             line = f"{self.label}  {bar}{percent}  {numbers}"
