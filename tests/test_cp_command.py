@@ -281,8 +281,11 @@ async def test_clear_errors(world: CpWorld, tmp_path: Path, socket_dir: Path) ->
     assert not (tmp_path / ".x.tunneld-part").exists()
     message = await fails(str(tmp_path / "nope.bin"), "web1:x")
     assert f"{tmp_path / 'nope.bin'}: No such file or directory" in message
-    message = await fails("web1:/etc/passwd", str(tmp_path / "x"))
-    assert "(path_outside_roots)" in message
+    message = await fails("web1:/etc/shadow", str(tmp_path / "x"))
+    assert message == (  # the README quotes this one
+        "tunneld: error: cp: web1: /etc/shadow: resolves to /etc/shadow,"
+        " outside the agent's roots (path_outside_roots)\n"
+    )
     message = await fails(str(world.workspace / "there.txt"), "web1:/etc/evil")
     assert "(path_outside_roots)" in message
     message = await fails(str(world.workspace / "there.txt"), "web1:no/such/dir/x")
