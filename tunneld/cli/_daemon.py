@@ -306,6 +306,9 @@ def _run(args: argparse.Namespace) -> int:
         key_file=settings.key_file,
         control_url=settings.control_url,
         token_file=settings.token_file,
+        token_env=settings.token_env,
+        token_command=settings.token_command,
+        token_command_timeout=settings.token_command_timeout.seconds,
         derp_region=settings.derp_region,
         udp_listen=settings.udp_listen,
     )
