@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -138,6 +139,33 @@ async def tunneld(
             capture_stderr=True,
             check=False,
         )
+
+
+# Runs a command and writes its peak resident set size (KiB) to the file named by
+# TUNNELD_TEST_RSS_FILE: RUSAGE_CHILDREN of a parent that has no other children.
+_MEASURE = (
+    "import os, resource, subprocess, sys\n"
+    "status = subprocess.call(sys.argv[1:])\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "open(os.environ['TUNNELD_TEST_RSS_FILE'], 'w').write(str(peak))\n"
+    "sys.exit(status)\n"
+)
+
+
+async def tunneld_measured(
+    world: CpWorld, rss_file: Path, command: str, *args: str, limit: float = WAIT * 2
+) -> tuple[subprocess.CompletedProcess[bytes], int]:
+    """Like :func:`tunneld`, also returning the command's peak RSS in bytes."""
+    with trio.fail_after(limit):
+        result = await trio.run_process(
+            [sys.executable, "-c", _MEASURE, sys.executable, "-m", "tunneld", command,
+             "--socket", str(world.socket), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**os.environ, "TUNNELD_TEST_RSS_FILE": str(rss_file)},
+        )  # fmt: skip
+    return result, int(await trio.Path(rss_file).read_text()) * 1024
 
 
 def cp_command(world: CpWorld, *args: str) -> Sequence[str]:
