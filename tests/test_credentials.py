@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests._agent_support import poll_pause
 from tests._control_support import running_server
 from tunneld.credentials import (
     CommandTokenProvider,
@@ -23,6 +24,8 @@ from tunneld.credentials import (
     TokenUnavailableError,
     token_provider_for,
 )
+from tunneld.keys import generate_private_key
+from tunneld.net.overlay import Overlay, OverlayConfig
 
 WAIT = 30.0
 
@@ -213,3 +216,36 @@ async def test_agent_process_with_a_token_command(nursery: trio.Nursery, tmp_pat
             process.terminate()
             with trio.fail_after(WAIT):
                 await process.wait()
+
+
+async def test_overlay_retries_a_broken_token_file_and_says_why(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    (tmp_path / "control").mkdir()
+    async with running_server(nursery, tmp_path / "control", relay=True) as h:
+        await h.user("alice")
+        path = tmp_path / "token"
+        write_token(path, await h.token("alice") + "\n", 0o644)
+        overlay = Overlay(
+            OverlayConfig(
+                name="laptop",
+                private_key=generate_private_key(),
+                coordinate_url=h.info.coordinate_url,
+                derp_url=h.info.derp_url,
+                udp_host="127.0.0.1",
+            ),
+            FileTokenProvider(path),
+        )
+        await nursery.start(overlay.serve)
+        with trio.fail_after(WAIT):
+            while True:
+                if "chmod 600" in str(overlay.status()["coordinator_error"]):
+                    break
+                await poll_pause()
+        assert overlay.status()["coordinator"] != "connected"
+        path.chmod(0o600)  # the operator fixes it; the next reconnect attempt succeeds
+        with trio.fail_after(WAIT):
+            while True:
+                if overlay.status()["coordinator"] == "connected":
+                    break
+                await poll_pause()
