@@ -65,7 +65,10 @@ def register(sub: Subparsers) -> None:
     status = sub.add_parser(
         "status",
         help="show the daemon's state and its tunnels",
-        description="Ask the running daemon (`tunneld run`) for its state and tunnels.",
+        description=(
+            "Ask the running daemon (`tunneld run`) for its state and tunnels; with --watch,"
+            " keep a live view (peers, paths, RTT, tunnels, leases, idle deadlines, events)."
+        ),
     )
     _add_socket(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON answer")
