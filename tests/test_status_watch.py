@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import io
+import json
 import os
 import shutil
 import signal
@@ -15,8 +17,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests._agent_support import poll_pause
 from tests._cp_support import WAIT, running_cp_world, tunneld
-from tunneld.cli._status_watch import LineReporter, render_view
+from tunneld.cli._status_watch import LineReporter, render_view, watch_status
+from tunneld.daemon._client import LocalApiClient
+from tunneld.http import open_unix_listener
 
 STATUS = {
     "version": "0.1",
@@ -204,3 +209,63 @@ async def test_watch_without_a_daemon_and_bad_interval(socket_dir: Path) -> None
     )
     assert result.returncode == 2
     assert "expected 0.2 to 3600 seconds" in result.stderr.decode()
+
+
+async def test_a_daemon_that_goes_away_is_shown_and_retried(
+    nursery: trio.Nursery, socket_dir: Path
+) -> None:
+    """A watch cut mid-response and a daemon that stops answering: lines, no crash."""
+    path = socket_dir / "fake.sock"
+    listener = await open_unix_listener(path, mode=0o600)
+    down = trio.Event()
+    body = json.dumps(STATUS).encode()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await stream.receive_some()
+                if not chunk:
+                    return
+                head += chunk
+            if down.is_set():
+                return  # closed without an answer
+            if head.startswith(b"GET /v0/watch"):
+                line = b'{"event":"tunnel.up","agent":"web1"}\n'
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + b"%x\r\n%s\r\n" % (len(line), line)
+                    + b"ff\r\n{partial"  # cut inside a chunk
+                )
+                return
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+
+    await nursery.start(trio.serve_listeners, handle, [listener])
+    out = io.StringIO()
+
+    async def go_down() -> None:
+        with trio.fail_after(WAIT):
+            while True:
+                if "event tunnel.up" in out.getvalue():
+                    break
+                await poll_pause()
+        down.set()
+
+    nursery.start_soon(go_down)
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(
+                functools.partial(watch_status, LocalApiClient(path), out, interval=0.2, tty=False)
+            )
+            while True:
+                if "daemon unreachable" in out.getvalue():
+                    break
+                await poll_pause()
+            inner.cancel_scope.cancel()
+    text = out.getvalue()
+    assert "node laptop coordinator=connected relay=connected" in text
+    assert "event tunnel.up agent=web1" in text
+    assert "daemon unreachable" in text

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from typing import Final, TextIO
 
+import h11
 import trio
 
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
@@ -40,6 +41,16 @@ _HIDE_CURSOR: Final = "\x1b[?25l"
 _SHOW_CURSOR: Final = "\x1b[?25h"
 
 Json = Mapping[str, object]
+# A daemon that stops, restarts or answers garbage mid-view: shown and retried, not fatal.
+_LOST: Final = (
+    DaemonUnavailableError,
+    ApiError,
+    OSError,
+    ValueError,  # a malformed JSON line
+    h11.ProtocolError,  # the connection ended inside a response
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
 
 
 def _clock(at: float) -> str:
@@ -220,7 +231,7 @@ async def _pump_events(
             async with aclosing(client.watch()) as events:
                 async for event in events:
                     await send.send(event)
-        except (DaemonUnavailableError, ApiError, OSError, ValueError, trio.BrokenResourceError):
+        except _LOST:
             pass
         await send.send(None)
         await trio.sleep(interval)
@@ -259,8 +270,8 @@ async def watch_status(client: LocalApiClient, out: TextIO, *, interval: float, 
         status: object = None
         try:
             status = await client.request("GET", "/v0/status")
-        except (DaemonUnavailableError, ApiError, OSError, ValueError) as exc:
-            error = str(exc)
+        except _LOST as exc:
+            error = str(exc) or type(exc).__name__
             if not tty:
                 emit([f"{_clock(time.time())} daemon unreachable: {error}"])
         show(status, error)
