@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import h11
 import trio
 
 from tunneld.agent.client import AgentClient, AgentError
@@ -184,6 +185,8 @@ def _cp(args: argparse.Namespace) -> int:
         raise CliError(f"cp: {agent}: {exc}") from None
     except _GONE:
         raise CliError(f"cp: the connection to agent {agent} broke") from None
+    except h11.ProtocolError as exc:
+        raise CliError(f"cp: the daemon's answer was cut off or malformed: {exc}") from None
     except OSError as exc:
         where = exc.filename or (source.path if source.agent is None else destination.path)
         raise CliError(f"cp: {where}: {exc.strerror or exc}") from None
