@@ -167,11 +167,7 @@ def _cp(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if bar is not None:
             bar.finish()
-        partial = _partial_hint(destination)
-        print(
-            f"tunneld: interrupted; {partial}run the same command with --resume to continue",
-            file=sys.stderr,
-        )
+        print(f"tunneld: interrupted{_resume_hint(source, destination)}", file=sys.stderr)
         return 130
     except DaemonUnavailableError as exc:
         raise CliError(str(exc)) from None
@@ -215,10 +211,10 @@ def _label(source: Endpoint) -> str:
     return name[:30] or str(source)[:30]
 
 
-def _partial_hint(destination: Endpoint) -> str:
-    if destination.path == _STDIO:
-        return ""
-    return "the partial file is kept; "
+def _resume_hint(source: Endpoint, destination: Endpoint) -> str:
+    if _STDIO in (source.path, destination.path):
+        return ""  # a stream cannot be resumed
+    return "; the partial file is kept: run the same command with --resume to continue"
 
 
 async def _cp_async(
