@@ -115,7 +115,7 @@ class SendMixin(ConnectionBase):
         return bool(
             self._control
             or self._max_data_pending
-            or self._max_streams_pending
+            or (self._max_streams_pending and self._max_streams_urgent())
             or self._ping_pending
             or self._call_me_maybe_pending
             or self._data_blocked_pending
@@ -209,6 +209,8 @@ class SendMixin(ConnectionBase):
         if self._sendable and limit - len(buf) >= STREAM_FRAME_MIN:
             self._write_stream_frames(buf, limit, frames)
         ack_eliciting = len(buf) > ack_end
+        if ack_eliciting and self._max_streams_pending and limit - len(buf) >= CONTROL_FRAME_MAX:
+            self._write_max_streams(buf, frames)  # not urgent, but the packet goes anyway
         if probe and not ack_eliciting:
             buf.append(FrameType.PING)
             frames.append((REC_PING, 0, 0, 0, False))
@@ -225,6 +227,13 @@ class SendMixin(ConnectionBase):
             )
         return data
 
+    def _write_max_streams(self, buf: bytearray, frames: list[FrameRecord]) -> None:
+        self._max_streams_pending = False
+        self._max_streams_announced = self._max_streams_local
+        buf.append(FrameType.MAX_STREAMS)
+        push_varint(buf, self._max_streams_local)
+        frames.append((REC_MAX_STREAMS, 0, 0, 0, False))
+
     def _write_control_frames(self, buf: bytearray, limit: int, frames: list[FrameRecord]) -> None:
         if limit - len(buf) < CONTROL_FRAME_MAX:
             return
@@ -233,11 +242,12 @@ class SendMixin(ConnectionBase):
             buf.append(FrameType.MAX_DATA)
             push_varint(buf, self._max_data_local)
             frames.append((REC_MAX_DATA, 0, 0, 0, False))
-        if self._max_streams_pending and limit - len(buf) >= CONTROL_FRAME_MAX:
-            self._max_streams_pending = False
-            buf.append(FrameType.MAX_STREAMS)
-            push_varint(buf, self._max_streams_local)
-            frames.append((REC_MAX_STREAMS, 0, 0, 0, False))
+        if (
+            self._max_streams_pending
+            and limit - len(buf) >= CONTROL_FRAME_MAX
+            and self._max_streams_urgent()
+        ):
+            self._write_max_streams(buf, frames)
         if self._data_blocked_pending and limit - len(buf) >= CONTROL_FRAME_MAX:
             self._data_blocked_pending = False
             buf.append(FrameType.DATA_BLOCKED)
