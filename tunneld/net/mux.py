@@ -43,6 +43,10 @@ __all__ = [
 DEFAULT_RECEIVE_SIZE = 65536
 # The largest UDP payload we accept from the socket (anything larger is not ours).
 _UDP_RECEIVE_SIZE = 65535
+# Scheduling rounds the sender waits for more frames after a wake-up (see _sender).
+_CORK_ROUNDS = 3
+# Datagrams the sender asks the core for at a time.
+_SEND_BATCH = 64
 
 
 class DatagramTransport(Protocol):
@@ -163,9 +167,21 @@ class MuxConnection:
         core = self.core
         while core.state is not ConnectionState.CLOSED:
             data, path = await self._transport.receive()
-            core.receive_datagram(data, path, trio.current_time())
-            self._process_events()
-            self._kick()
+            self.receive_datagram(data, path)
+
+    def receive_datagram(self, data: bytes, path: Path) -> None:
+        """Feed one received payload to the connection now (synchronously).
+
+        A transport whose owner already runs a reader task (the overlay's UDP and
+        relay readers) calls this directly instead of queueing the payload for
+        ``transport.receive``: one task switch less per packet. Ignored once closed.
+        """
+        core = self.core
+        if core.state is ConnectionState.CLOSED:
+            return
+        core.receive_datagram(data, path, trio.current_time())
+        self._process_events()
+        self._kick()
 
     async def _sender(self) -> None:
         core = self.core
@@ -175,18 +191,30 @@ class MuxConnection:
             if timer is not None and timer <= now:
                 core.handle_timer(now)
                 self._process_events()
-            datagrams = core.datagrams_to_send(now)
+            datagrams = core.datagrams_to_send(now, _SEND_BATCH)
             for data, path in datagrams:
                 await self._transport.send(data, path)
             self._process_events()
-            if datagrams:
+            if len(datagrams) == _SEND_BATCH:
+                # Maybe more to send; transports need not yield, so yield here.
+                await trio.lowlevel.checkpoint()
                 continue
             if core.state is ConnectionState.CLOSED:
                 return
             timer = core.get_timer()
             with trio.move_on_at(math.inf if timer is None else timer):
                 await self._kicked.wait()
-            self._kicked = trio.Event()
+            if self._kicked.is_set():
+                self._kicked = trio.Event()
+                # Cork while frames keep coming (a reader about to answer, a writer
+                # about to send FIN), a few scheduling rounds at most: a reply
+                # then carries the ACK and data leaves with its FIN — one packet
+                # instead of three for a request/response.
+                for _ in range(_CORK_ROUNDS):
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not self._kicked.is_set():
+                        break
+                    self._kicked = trio.Event()
 
     def _kick(self) -> None:
         """Something changed: let the sender look for work."""
@@ -310,7 +338,9 @@ class MuxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this stream")
         self._send_busy = True
         try:
-            await trio.lowlevel.checkpoint()
+            # Queue first, yield after (as trio's SocketStream does): the sender then
+            # sees these bytes together with whatever this task does next (a FIN).
+            await trio.lowlevel.checkpoint_if_cancelled()
             view = memoryview(data).cast("B")
             while True:
                 if self._closed or self._send_closed:
@@ -318,6 +348,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
                 if self._send_broken or self._connection_broken():
                     raise trio.BrokenResourceError("peer stopped reading or connection closed")
                 if not view:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                     return
                 try:
                     accepted = self._core.send_stream_data(self.stream_id, view)
@@ -356,15 +387,17 @@ class MuxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this stream")
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
-        await trio.lowlevel.checkpoint()
-        if self._send_closed:
-            return
-        self._send_closed = True
-        try:
-            self._core.send_eof(self.stream_id)
-        except (StreamError, ConnectionClosedError):
-            pass
-        self._connection._kick()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._send_closed:
+            self._send_closed = True
+            try:
+                self._core.send_eof(self.stream_id)
+            except (StreamError, ConnectionClosedError):
+                pass
+            self._connection._kick()
+        # Yield only after FIN is queued: data just written by send_all and the FIN
+        # then leave in one packet.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
