@@ -183,6 +183,52 @@ def test_stream_credit_rides_along_and_never_runs_out() -> None:
     drain(b)
 
 
+def test_has_pending_output_says_when_a_driver_must_look() -> None:
+    # Drivers skip waking their sender when this is False, so it must never be
+    # False while datagrams_to_send has something.
+    a = Connection(is_initiator=True, path=PATH)
+    b = Connection(is_initiator=False, path=PATH)
+    exchange(a, b, 0.0)
+    assert not a.has_pending_output()
+    assert a.datagrams_to_send(0.0) == []
+    stream_id = a.open_stream("s")
+    assert a.has_pending_output()
+    a.send_stream_data(stream_id, b"x" * 100)
+    packets = a.datagrams_to_send(0.0)
+    assert len(packets) == 1
+    b.receive_datagram(packets[0][0], PATH, 0.0)
+    # One ack-eliciting packet: the ACK waits for its timer (or a reply to ride on).
+    assert not b.has_pending_output()
+    assert b.datagrams_to_send(0.0) == []
+    timer = b.get_timer()
+    assert timer is not None
+    assert timer <= 0.0 + MuxConfig().max_ack_delay
+    a.send_stream_data(stream_id, b"y" * 100)
+    b.receive_datagram(a.datagrams_to_send(0.0)[0][0], PATH, 0.0)
+    assert b.has_pending_output()  # two unacknowledged: ACK now
+    assert b.datagrams_to_send(0.0)
+    # Reading a little frees no credit worth a frame; reading most of a window does.
+    assert b.read_stream(stream_id, 1000)[0] == b"x" * 100 + b"y" * 100
+    assert not b.has_pending_output()
+    window = MuxConfig().initial_stream_window
+    data = b"z" * (window // 2)
+    sent = 0
+    now = 0.0
+    for _ in range(500):
+        now += 0.01
+        sent += a.send_stream_data(stream_id, data[sent:])
+        a.handle_timer(now)
+        b.handle_timer(now)
+        exchange(a, b, now)
+        while b.read_stream(stream_id, 1 << 20)[0]:
+            if b.has_pending_output():
+                break
+        if b.has_pending_output():
+            break
+    assert b.has_pending_output()
+    assert b.datagrams_to_send(now)
+
+
 def test_lost_stream_credit_is_repeated_at_once() -> None:
     config = MuxConfig(max_concurrent_streams=2)
     a = Connection(is_initiator=True, config=config, path=PATH)

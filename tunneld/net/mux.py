@@ -147,6 +147,9 @@ class MuxConnection:
         self._streams: dict[int, MuxStream] = {}
         self._accept_send, self._accept_receive = trio.open_memory_channel[MuxStream](math.inf)
         self._kicked = trio.Event()
+        # The timer the sender sleeps until (inf while it is busy: it reads the
+        # core's timer again before it sleeps); see _poke.
+        self._sleep_until = math.inf
         self._changed = trio.Event()
         self.closed: ConnectionClosed | None = None
 
@@ -181,7 +184,7 @@ class MuxConnection:
             return
         core.receive_datagram(data, path, trio.current_time())
         self._process_events()
-        self._kick()
+        self._poke()
 
     async def _sender(self) -> None:
         core = self.core
@@ -202,8 +205,10 @@ class MuxConnection:
             if core.state is ConnectionState.CLOSED:
                 return
             timer = core.get_timer()
-            with trio.move_on_at(math.inf if timer is None else timer):
+            self._sleep_until = math.inf if timer is None else timer
+            with trio.move_on_at(self._sleep_until):
                 await self._kicked.wait()
+            self._sleep_until = math.inf
             if self._kicked.is_set():
                 self._kicked = trio.Event()
                 # Cork while frames keep coming (a reader about to answer, a writer
@@ -219,6 +224,18 @@ class MuxConnection:
     def _kick(self) -> None:
         """Something changed: let the sender look for work."""
         self._kicked.set()
+
+    def _poke(self) -> None:
+        """Wake the sender only if the core has something to send or a timer earlier
+        than the one the sender sleeps until: a received pure ACK or a read that frees
+        no credit worth announcing then costs no task switch."""
+        core = self.core
+        if core.has_pending_output():
+            self._kicked.set()
+            return
+        timer = core.get_timer()
+        if timer is not None and timer < self._sleep_until:
+            self._kicked.set()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -427,7 +444,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
                     self._eof = True
                 if data:
                     # Reading frees credit the peer may be waiting for.
-                    self._connection._kick()
+                    self._connection._poke()
                     return data
                 if eof:
                     return b""
@@ -449,6 +466,6 @@ class MuxStream(trio.abc.HalfCloseableStream):
             except (StreamError, ConnectionClosedError):
                 pass
             self._connection._forget(self.stream_id)
-            self._connection._kick()
+            self._connection._poke()
             self._connection._notify()
         await trio.lowlevel.checkpoint()

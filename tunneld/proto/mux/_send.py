@@ -121,6 +121,34 @@ class SendMixin(ConnectionBase):
             or self._data_blocked_pending
         )
 
+    def has_pending_output(self) -> bool:
+        """Whether ``datagrams_to_send`` may have something now (cheap; no side effects).
+
+        Conservative: True can still yield nothing (congestion window, pacing); False
+        means only a timer (``get_timer``) can make something due. Drivers use it to
+        skip waking their sender after an event that changed nothing to send.
+        """
+        if self._state is not ConnectionState.OPEN or self._path_out or self._probes_wanted:
+            return True
+        if self._ack_eliciting_unacked and (
+            self._ack_immediate
+            or self._ack_eliciting_unacked >= self._config.ack_eliciting_threshold
+        ):
+            return True
+        if self._has_control_work() or (self._sendable and self._has_stream_work()):
+            return True
+        if self._max_data_local - self._conn_consumed <= self._conn_window * 0.75:
+            return True
+        for stream_id in self._credit_check:
+            stream = self._streams.get(stream_id)
+            if (
+                stream is not None
+                and stream.final_size is None
+                and stream.max_data_local - stream.read_offset <= stream.window * 0.75
+            ):
+                return True
+        return False
+
     def datagrams_to_send(self, now: float, max_datagrams: int = 64) -> list[tuple[bytes, Path]]:
         """Up to ``max_datagrams`` payloads to send now, each with the path to send on.
 
