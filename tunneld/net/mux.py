@@ -147,9 +147,12 @@ class MuxConnection:
         self._streams: dict[int, MuxStream] = {}
         self._accept_send, self._accept_receive = trio.open_memory_channel[MuxStream](math.inf)
         self._kicked = trio.Event()
-        # The timer the sender sleeps until (inf while it is busy: it reads the
-        # core's timer again before it sleeps); see _poke.
-        self._sleep_until = math.inf
+        # The core's timer runs in its own task under one long-lived cancel scope
+        # whose deadline is moved (only ever earlier; a wake-up that comes too
+        # early just re-arms): a CancelScope per sender wait cost more than the rest
+        # of the wait. ``_armed`` is that deadline.
+        self._armed = math.inf
+        self._timer_scope: trio.CancelScope | None = None
         self._changed = trio.Event()
         self.closed: ConnectionClosed | None = None
 
@@ -162,9 +165,26 @@ class MuxConnection:
         """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receiver)
+            nursery.start_soon(self._timer)
             task_status.started()
             await self._sender()
             nursery.cancel_scope.cancel()
+
+    async def _timer(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._armed) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self._armed = math.inf
+            self._kicked.set()  # the sender runs what is due and re-arms
+
+    def _arm(self, timer: float | None) -> None:
+        """Make sure the timer task fires no later than ``timer``."""
+        if timer is not None and timer < self._armed:
+            self._armed = timer
+            if self._timer_scope is not None:
+                self._timer_scope.deadline = timer
 
     async def _receiver(self) -> None:
         core = self.core
@@ -204,11 +224,8 @@ class MuxConnection:
                 continue
             if core.state is ConnectionState.CLOSED:
                 return
-            timer = core.get_timer()
-            self._sleep_until = math.inf if timer is None else timer
-            with trio.move_on_at(self._sleep_until):
-                await self._kicked.wait()
-            self._sleep_until = math.inf
+            self._arm(core.get_timer())
+            await self._kicked.wait()
             if self._kicked.is_set():
                 self._kicked = trio.Event()
                 # Cork while frames keep coming (a reader about to answer, a writer
@@ -226,16 +243,14 @@ class MuxConnection:
         self._kicked.set()
 
     def _poke(self) -> None:
-        """Wake the sender only if the core has something to send or a timer earlier
-        than the one the sender sleeps until: a received pure ACK or a read that frees
+        """Wake the sender only if the core has something to send; otherwise just
+        make sure the timer fires in time: a received pure ACK or a read that frees
         no credit worth announcing then costs no task switch."""
         core = self.core
         if core.has_pending_output():
             self._kicked.set()
-            return
-        timer = core.get_timer()
-        if timer is not None and timer < self._sleep_until:
-            self._kicked.set()
+        else:
+            self._arm(core.get_timer())
 
     def _notify(self) -> None:
         self._changed.set()
