@@ -148,8 +148,8 @@ class MuxConnection:
         self._accept_send, self._accept_receive = trio.open_memory_channel[MuxStream](math.inf)
         self._kicked = trio.Event()
         # The core's timer runs in its own task under one long-lived cancel scope
-        # whose deadline is moved (only ever earlier; a wake-up that comes too
-        # early just re-arms): a CancelScope per sender wait cost more than the rest
+        # whose deadline is moved (by the sender before it sleeps; earlier-only by
+        # pokes meanwhile): a CancelScope per sender wait cost more than the rest
         # of the wait. ``_armed`` is that deadline.
         self._armed = math.inf
         self._timer_scope: trio.CancelScope | None = None
@@ -179,12 +179,13 @@ class MuxConnection:
             self._armed = math.inf
             self._kicked.set()  # the sender runs what is due and re-arms
 
-    def _arm(self, timer: float | None) -> None:
-        """Make sure the timer task fires no later than ``timer``."""
-        if timer is not None and timer < self._armed:
-            self._armed = timer
+    def _arm(self, timer: float | None, *, exact: bool = False) -> None:
+        """Make sure the timer task fires no later than ``timer`` (``exact``: at it)."""
+        deadline = math.inf if timer is None else timer
+        if deadline < self._armed or (exact and deadline != self._armed):
+            self._armed = deadline
             if self._timer_scope is not None:
-                self._timer_scope.deadline = timer
+                self._timer_scope.deadline = deadline
 
     async def _receiver(self) -> None:
         core = self.core
@@ -224,7 +225,9 @@ class MuxConnection:
                 continue
             if core.state is ConnectionState.CLOSED:
                 return
-            self._arm(core.get_timer())
+            # Exact, so an ACK that left early with a reply does not leave its
+            # delayed-ACK deadline behind to wake us for nothing.
+            self._arm(core.get_timer(), exact=True)
             await self._kicked.wait()
             if self._kicked.is_set():
                 self._kicked = trio.Event()
