@@ -402,7 +402,8 @@ async def list_directory(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         for e in shown
     ]
     suffix = {"dir": "/", "symlink": "@"}
-    lines = [f"{resolved.path} ({len(entries)} entries)"]
+    count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+    lines = [f"{resolved.path} ({count})"]
     lines += [
         f"{r['type']:<7} {r['mode']} {r['size']:>12} {r['mtime']}  "
         f"{r['name']}{suffix.get(str(r['type']), '')}"
