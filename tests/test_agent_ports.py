@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 from _agent_support import make_config, open_client, running_services
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunneld.agent._ports import check_port, parse_proc_net_tcp
@@ -21,6 +21,8 @@ from tunneld.proto.agentrpc import (
     decode_client_frame,
     encode,
 )
+
+CI = settings(derandomize=True, max_examples=200, deadline=None)
 
 
 def _listener(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
@@ -123,6 +125,7 @@ def test_parser_reads_kernel_lines(byteorder: str) -> None:
     assert parse_proc_net_tcp(lines, 9, byteorder) == []
 
 
+@CI
 @given(
     st.lists(st.text(max_size=120), max_size=8),
     st.integers(1, 65535),
@@ -133,6 +136,7 @@ def test_fuzz_parser_never_raises(lines: list[str], port: int, byteorder: str) -
         assert isinstance(address, str)
 
 
+@CI
 @given(st.binary(min_size=4, max_size=4), st.integers(1, 65535))
 def test_fuzz_parser_round_trips_ipv4(address: bytes, port: int) -> None:
     text = socket.inet_ntoa(address)

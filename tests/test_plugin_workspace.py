@@ -25,9 +25,11 @@ import pytest
 import trio
 from _agent_support import make_config, poll_pause
 from tunneld_workspace import Settings, build_tools, parse_settings
+from tunneld_workspace._errors import describe_agent_error
 
 import tunneld.hookspecs
 from tunneld.agent import AgentServices
+from tunneld.agent.client import AgentError
 from tunneld.config import AgentConfig
 from tunneld.daemon import TunnelTable, UnknownAgentError
 from tunneld.mcp import (
@@ -119,6 +121,7 @@ class Rig:
     channel: RecordingChannel
     table: TunnelTable
     services: dict[str, AgentServices]
+    connections: dict[str, MuxConnection]
     root: Path
 
     async def call(self, name: str, args: dict[str, Any], **settings: Any) -> ToolResult:
@@ -170,7 +173,10 @@ async def _serve_agent(
     async def accept() -> None:
         async with trio.open_nursery() as streams:
             while True:
-                stream = await agent_mux.accept_stream()
+                try:
+                    stream = await agent_mux.accept_stream()
+                except trio.EndOfChannel:
+                    return  # the link was closed (a test broke it on purpose)
                 streams.start_soon(services.dispatch, stream.service, stream)
 
     nursery.start_soon(accept)
@@ -197,7 +203,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             channel=channel,
             plugin="workspace",
         )
-        yield Rig(ctx, channel, table, {"work": work, "locked": locked}, root)
+        yield Rig(ctx, channel, table, {"work": work, "locked": locked}, connections, root)
         nursery.cancel_scope.cancel()
 
 
@@ -434,6 +440,38 @@ async def test_cancelling_the_call_kills_the_remote_process_group(rig: Rig) -> N
     result = await rig.call("execute_command", {"agent": "work", "command": "echo still here"})
     assert result.structured is not None
     assert result.structured["stdout"] == "still here\n"
+
+
+async def test_a_broken_connection_mid_command_is_a_tool_error(rig: Rig) -> None:
+    async def break_link() -> None:
+        with trio.fail_after(20):
+            while "running" not in rig.channel.logged_text():
+                await poll_pause()
+        await rig.connections["work"].aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(break_link)
+        message = await rig.fails(
+            "execute_command", {"agent": "work", "command": "echo running $$; exec sleep 300"}
+        )
+    assert message == (
+        "execute_command: the connection to agent 'work' broke during the call; "
+        "the agent may have restarted: try again"
+    )
+    assert rig.table.leases("work") == 0
+    # The agent lost the stream, so it killed the command.
+    pid = int(rig.channel.logged_text().split()[1])
+    with trio.fail_after(10):
+        while _alive(pid):
+            await poll_pause()
+
+
+def test_an_old_agent_is_told_apart_from_a_bad_request() -> None:
+    old = AgentError("invalid_request", "request: unknown op 'check_port'")
+    assert describe_agent_error("check_port", "web1", old) == (
+        "check_port on agent 'web1' failed (invalid_request): request: unknown op "
+        "'check_port'; the agent is too old for check_port: upgrade tunneld on it"
+    )
 
 
 # --------------------------------------------------------------------------- background
