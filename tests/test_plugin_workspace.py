@@ -24,8 +24,11 @@ import pluggy
 import pytest
 import trio
 from _agent_support import make_config, poll_pause
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tunneld_workspace import Settings, build_tools, parse_settings
 from tunneld_workspace._errors import describe_agent_error
+from tunneld_workspace._output import BoundedOutput, complete_utf8_prefix
 
 import tunneld.hookspecs
 from tunneld.agent import AgentServices
@@ -305,6 +308,44 @@ def test_bad_config_names_the_key(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_settings(config)
     assert parse_settings({"max_output": "1MiB"}).max_output == 2**20
+
+
+# --------------------------------------------------------------------------- output helpers
+
+CI = settings(derandomize=True, max_examples=200, deadline=None)
+
+
+@CI
+@given(st.lists(st.binary(max_size=300), max_size=20), st.integers(2, 400))
+def test_bounded_output_keeps_head_and_tail(chunks: list[bytes], limit: int) -> None:
+    output = BoundedOutput(limit)
+    for chunk in chunks:
+        output.append(chunk)
+    everything = b"".join(chunks)
+    assert output.total == len(everything)
+    text = output.text()
+    if len(everything) <= limit:
+        assert not output.truncated
+        assert text == everything.decode("utf-8", errors="replace")
+    else:
+        head, tail = everything[: limit // 2], everything[len(everything) - (limit - limit // 2) :]
+        assert output.omitted == len(everything) - limit
+        assert text == (
+            head.decode("utf-8", errors="replace")
+            + f"\n[... {output.omitted} bytes omitted ...]\n"
+            + tail.decode("utf-8", errors="replace")
+        )
+
+
+@CI
+@given(st.text(max_size=50), st.data())
+def test_utf8_pages_never_split_a_character(text: str, data: st.DataObject) -> None:
+    raw = text.encode("utf-8")
+    cut = data.draw(st.integers(0, len(raw)))
+    keep = complete_utf8_prefix(raw[:cut])
+    assert cut - 3 <= keep <= cut
+    raw[:keep].decode("utf-8")  # strict: a whole number of characters
+    raw[keep:].decode("utf-8")
 
 
 # --------------------------------------------------------------------------- agents
