@@ -249,7 +249,7 @@ async def read_file(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         "content": content,
     }
     whole = offset == 0 and eof
-    if offset >= result.size and result.size > 0:
+    if offset >= result.size and offset > 0:
         return ToolResult.text(
             f"(offset {offset} is at or past the end of {path}, which has {result.size} bytes)",
             structured=structured,
