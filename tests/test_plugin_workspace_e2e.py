@@ -2,9 +2,10 @@
 (which loads the installed plugin by default), and the calls ride the daemon's overlay to
 a real `tunneld agent` process, with a real control plane, all on loopback.
 
-Checks what only the whole chain shows: the annotations hosts see, progress reaching the
+Checks what only the whole chain shows, in the SDK's legacy (2025-11-25 sessions) and
+auto (2026-07-28 stateless) modes: the annotations hosts see, progress reaching the
 client, an ``isError`` result for an agent error, and that cancelling a call from the
-client (``notifications/cancelled``) kills the command on the agent.
+client kills the command (and its child) on the agent.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-async def _session(url: str, workspace: Path) -> dict[str, Any]:
+async def _session(url: str, workspace: Path, mode: str) -> dict[str, Any]:
     from mcp import Client
 
     progress: list[float] = []
@@ -120,8 +121,8 @@ async def _session(url: str, workspace: Path) -> dict[str, Any]:
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    pid_file = workspace / "pids"
-    async with Client(url, mode="legacy") as client:
+    pid_file = workspace / f"pids-{mode}"
+    async with Client(url, mode=mode) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
         run = await client.call_tool(
             "execute_command",
@@ -202,34 +203,37 @@ async def test_sdk_client_uses_the_workspace_tools_through_the_daemon(
             status = await _status(api_socket, process)
             assert "workspace" in [p["name"] for p in status["plugins"]["loaded"]]
             url = status["mcp"]["url"]
-            with trio.fail_after(WAIT * 3):
-                result = await in_asyncio_thread(lambda: _session(url, workspace))
-
             expected = {
                 t.name: {**t.annotations.to_json(), "title": t.title}
                 for t in build_tools(Settings())
             }
-            assert {n: result["tools"][n] for n in expected} == expected
-            assert not result["run_error"]
-            assert result["run"]["exit_code"] == 0
-            assert result["run"]["stdout"] == "one\n"
-            assert result["run"]["stderr"] == "two\n"
-            assert result["progress"], "no progress notification reached the client"
-            assert result["read"] == ["remote notes\n"]
-            assert result["bad_edit_error"]
-            assert result["bad_edit"] == [
-                "edit_files: no file was changed:\n"
-                "notes.txt: edits[0]: search string not found: 'zzz'"
-            ]
-            assert result["invalid_error"]  # port 0: refused by the input schema
-            assert result["after"]["exit_code"] == 0
-
-            # The cancelled command and the child it started are gone on the agent host.
-            pids = [int(p) for p in (workspace / "pids").read_text().split()]
-            assert len(pids) == 2
-            with trio.fail_after(WAIT):
-                while any(_alive(p) for p in pids):
-                    await poll_pause()
+            # legacy: the 2025-11-25 session protocol (cancel = notifications/cancelled);
+            # auto: the stateless 2026-07-28 revision (cancel = the POST is aborted).
+            for mode in ("legacy", "auto"):
+                with trio.fail_after(WAIT * 3):
+                    result = await in_asyncio_thread(
+                        functools.partial(_session, url, workspace, mode)
+                    )
+                assert {n: result["tools"][n] for n in expected} == expected, mode
+                assert not result["run_error"], mode
+                assert result["run"]["exit_code"] == 0, mode
+                assert result["run"]["stdout"] == "one\n", mode
+                assert result["run"]["stderr"] == "two\n", mode
+                assert result["progress"], f"{mode}: no progress notification reached the client"
+                assert result["read"] == ["remote notes\n"], mode
+                assert result["bad_edit_error"], mode
+                assert result["bad_edit"] == [
+                    "edit_files: no file was changed:\n"
+                    "notes.txt: edits[0]: search string not found: 'zzz'"
+                ], mode
+                assert result["invalid_error"], mode  # port 0: refused by the input schema
+                assert result["after"]["exit_code"] == 0, mode
+                # The cancelled command and the child it started are gone on the agent host.
+                pids = [int(p) for p in (workspace / f"pids-{mode}").read_text().split()]
+                assert len(pids) == 2, mode
+                with trio.fail_after(WAIT):
+                    while any(_alive(p) for p in pids):
+                        await poll_pause()
 
             status = await LocalApiClient(api_socket).request("GET", "/v0/status")
             assert isinstance(status, dict)
