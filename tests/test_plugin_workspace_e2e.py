@@ -92,6 +92,11 @@ async def _agent(
 
 
 async def _status(socket: Path, process: trio.Process) -> dict[str, Any]:
+    """The daemon's status once its coordinator session and relay are up.
+
+    A tunnel asked for while the coordinator session is still opening can miss the
+    agent's node (seen under load), so tool calls start after both are connected.
+    """
     client = LocalApiClient(socket)
     with trio.fail_after(WAIT):
         while True:
@@ -99,10 +104,12 @@ async def _status(socket: Path, process: trio.Process) -> dict[str, Any]:
             try:
                 status = await client.request("GET", "/v0/status")
             except (DaemonUnavailableError, ApiError, OSError):
-                await trio.sleep(0.1)
-                continue
-            assert isinstance(status, dict)
-            return status
+                status = None
+            if isinstance(status, dict):
+                node = status["node"]
+                if node["coordinator"] == node["relay"] == "connected":
+                    return status
+            await poll_pause()
 
 
 def _alive(pid: int) -> bool:
