@@ -1012,14 +1012,19 @@ class Overlay:
 
     async def _wake_watch(self) -> NoReturn:
         """Notice the host sleeping: trio's clock is CLOCK_MONOTONIC, which stops while
-        the machine is suspended; the wall clock does not. Wall time running ahead of
-        1.5 poll periods between two polls means we were away."""
+        the machine is suspended; the wall clock does not. Wall time running more than
+        1.5 poll periods ahead of monotonic time between two polls means we were away.
+
+        The two clocks are compared with each other, not with the poll period: a process
+        starved of CPU wakes late from its sleep on both clocks alike, and that is not a
+        suspend (re-validating every path then would only add load)."""
         period = self.config.wake_poll
-        last = self._wall()
+        last_wall, last_mono = self._wall(), trio.current_time()
         while True:
             await trio.sleep(period)
-            wall = self._wall()
-            away, last = wall - last, wall
+            wall, mono = self._wall(), trio.current_time()
+            away = (wall - last_wall) - (mono - last_mono)
+            last_wall, last_mono = wall, mono
             if away > 1.5 * period:
                 await self._on_wake(away)
 
