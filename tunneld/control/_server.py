@@ -9,7 +9,8 @@ Routes:
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
 * ``GET /metrics`` — Prometheus text from this server's own registry.
 * ``GET/POST /login``, ``POST /logout`` — browser login sessions (``tunneld.oauth``),
-  when the store is the SQLite one.
+  when the store is the SQLite one; so is the OAuth 2.1 authorization server
+  (``/oauth2/*`` and its ``/.well-known`` metadata, docs/oauth.md).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tunneld.control._stun import StunStats
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, load_or_create_key_file
 from tunneld.log import get_logger
-from tunneld.oauth import BrowserSessions
+from tunneld.oauth import AuthorizationServer, BrowserSessions, OAuthSettings
 from tunneld.proto.coord import CloseCode
 
 __all__ = [
@@ -168,8 +169,26 @@ class ControlServer:
         # Browser sessions (and the OAuth server built on them) keep their rows in the
         # SQLite file; another Store backend serves without them.
         self.sessions: BrowserSessions | None = None
+        self.oauth: AuthorizationServer | None = None
         if isinstance(store, SqliteStore):
-            self.sessions = BrowserSessions(store, base_url=self.base_url, wall_clock=wall_clock)
+            self.sessions = BrowserSessions(
+                store,
+                base_url=self.base_url,
+                ttl=config.session_ttl.seconds,
+                wall_clock=wall_clock,
+            )
+            self.oauth = AuthorizationServer(
+                store,
+                self.sessions,
+                issuer=self.base_url,
+                settings=OAuthSettings(
+                    access_token_ttl=config.oauth_access_token_ttl.seconds,
+                    refresh_token_ttl=config.oauth_refresh_token_ttl.seconds,
+                    resources=config.oauth_resources,
+                    registrations_per_hour=config.oauth_registrations_per_hour,
+                ),
+                wall_clock=wall_clock,
+            )
 
     def base_url(self) -> str:
         """This server's public base URL: ``[control].public_url``, else the bound address."""
@@ -287,6 +306,8 @@ class ControlServer:
         router.route("GET", "/metrics", self._metrics)
         if self.sessions is not None:
             self.sessions.mount(router)
+        if self.oauth is not None:
+            self.oauth.mount(router)
         if self.relay is not None:
             router.websocket(
                 "/derp",

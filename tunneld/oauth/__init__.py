@@ -14,13 +14,20 @@ from tunneld.oauth._forms import (
     request_query,
 )
 from tunneld.oauth._pages import PAGE_HEADERS, escape, hidden_fields, html_page
+from tunneld.oauth._server import AuthorizationServer
 from tunneld.oauth._session import CSRF_FIELD, BrowserSessions, SessionUser, safe_next
+from tunneld.oauth._settings import SCOPE_TOOLS, SCOPE_TOOLS_WRITE, SCOPES, OAuthSettings
 
 __all__ = [
     "CSRF_FIELD",
     "PAGE_HEADERS",
+    "SCOPES",
+    "SCOPE_TOOLS",
+    "SCOPE_TOOLS_WRITE",
+    "AuthorizationServer",
     "BrowserSessions",
     "FormError",
+    "OAuthSettings",
     "SessionUser",
     "escape",
     "hidden_fields",
