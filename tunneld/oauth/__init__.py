@@ -14,6 +14,12 @@ from tunneld.oauth._forms import (
     request_query,
 )
 from tunneld.oauth._pages import PAGE_HEADERS, escape, hidden_fields, html_page
+from tunneld.oauth._resource import (
+    BearerAuthenticator,
+    ProtectedResourceMetadata,
+    canonical_resource,
+    resource_metadata_url,
+)
 from tunneld.oauth._server import AuthorizationServer
 from tunneld.oauth._session import CSRF_FIELD, BrowserSessions, SessionUser, safe_next
 from tunneld.oauth._settings import SCOPE_TOOLS, SCOPE_TOOLS_WRITE, SCOPES, OAuthSettings
@@ -25,10 +31,13 @@ __all__ = [
     "SCOPE_TOOLS",
     "SCOPE_TOOLS_WRITE",
     "AuthorizationServer",
+    "BearerAuthenticator",
     "BrowserSessions",
     "FormError",
     "OAuthSettings",
+    "ProtectedResourceMetadata",
     "SessionUser",
+    "canonical_resource",
     "escape",
     "hidden_fields",
     "html_page",
@@ -36,5 +45,6 @@ __all__ = [
     "parse_form",
     "request_form",
     "request_query",
+    "resource_metadata_url",
     "safe_next",
 ]
