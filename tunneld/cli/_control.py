@@ -135,6 +135,14 @@ def register(sub: Subparsers) -> None:
     gadd.add_argument("--agent", required=True, help="agent name, or '*' for all of them")
     _common(gadd, top=False)
     gadd.set_defaults(func=_grant_add)
+    gremove = grant_cmds.add_parser(
+        "remove", help="take back a grant (exactly as added); callers lose access within seconds"
+    )
+    gremove.add_argument("--user", required=True, help="who had access")
+    gremove.add_argument("--owner", required=True, help="whose agent")
+    gremove.add_argument("--agent", required=True, help="agent name, or '*'")
+    _common(gremove, top=False)
+    gremove.set_defaults(func=_grant_remove)
     glist = grant_cmds.add_parser("list", help="list grants")
     _common(glist, top=False)
     glist.set_defaults(func=_grant_list)
@@ -309,6 +317,13 @@ def _grant_add(args: argparse.Namespace) -> int:
     with _database(args) as db:
         grant = db.add_grant(args.user, args.owner, args.agent, time.time())
     print(f"granted {grant.grantee} access to {grant.owner}/{grant.agent_name}")
+    return 0
+
+
+def _grant_remove(args: argparse.Namespace) -> int:
+    with _database(args) as db:
+        grant = db.remove_grant(args.user, args.owner, args.agent)
+    print(f"removed {grant.grantee}'s access to {grant.owner}/{grant.agent_name}")
     return 0
 
 

@@ -5,6 +5,8 @@ Routes:
 * ``GET /api/v1/coordinate`` — WebSocket coordinator session (``Authorization: Bearer``,
   checked before the upgrade: 401 without a valid token).
 * ``GET /api/v1/nodes`` — JSON list of the nodes the caller may see (bearer auth).
+* ``GET /api/v1/access?subject=S&agent=A`` — may user S reach agent A through the
+  asking daemon (per-caller authorization, ``tunneld.control._access``).
 * ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
 * ``GET /metrics`` — Prometheus text from this server's own registry.
@@ -32,6 +34,7 @@ import trio_websocket
 from tunneld._address import format_host_port, websocket_base
 from tunneld._files import write_file_atomic
 from tunneld.config._sections import ControlConfig
+from tunneld.control._access import ACCESS_MAX_AGE, check_access
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
 from tunneld.control._store import SqliteStore, Store
@@ -302,6 +305,7 @@ class ControlServer:
             max_message_size=64 * 1024,
         )
         router.route("GET", "/api/v1/nodes", self._nodes)
+        router.route("GET", "/api/v1/access", self._access, max_body_bytes=0)
         router.route("GET", "/healthz", self._healthz)
         router.route("GET", "/metrics", self._metrics)
         if self.sessions is not None:
@@ -341,6 +345,32 @@ class ControlServer:
                 401, "a valid bearer token is required", headers=_UNAUTHORIZED_HEADERS
             )
         return Response.json({"nodes": await self.coordinator.visible_nodes(principal)})
+
+    async def _access(self, request: Request) -> Response:
+        principal = await self.coordinator.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            return Response.error(
+                401, "a valid bearer token is required", headers=_UNAUTHORIZED_HEADERS
+            )
+        if principal.agent is not None:
+            return Response.error(403, "agent tokens cannot ask for access decisions")
+        subject = request.query.get("subject", [])
+        agent = request.query.get("agent", [])
+        if len(subject) != 1 or len(agent) != 1 or not subject[0] or not agent[0]:
+            return Response.error(
+                400, "expected one subject and one agent query parameter", code="bad_request"
+            )
+        answer = await check_access(self.store, principal, subject[0], agent[0])
+        log.info(
+            "control.access",
+            asker=principal.user,
+            subject=subject[0][:64],
+            agent=agent[0][:128],
+            allowed=answer.allowed,
+        )
+        return Response.json(
+            answer.to_json(subject[0], ACCESS_MAX_AGE), headers=[("Cache-Control", "no-store")]
+        )
 
     async def _healthz(self, request: Request) -> Response:
         relay_clients = None if self.relay is None else self.relay.stats.clients_current

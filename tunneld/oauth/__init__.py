@@ -6,6 +6,7 @@ See docs/oauth.md.
 
 from __future__ import annotations
 
+from tunneld.oauth._access_client import AccessCheckError, AccessClient, AccessDecision
 from tunneld.oauth._forms import (
     FormError,
     parse_cookies,
@@ -30,6 +31,9 @@ __all__ = [
     "SCOPES",
     "SCOPE_TOOLS",
     "SCOPE_TOOLS_WRITE",
+    "AccessCheckError",
+    "AccessClient",
+    "AccessDecision",
     "AuthorizationServer",
     "BearerAuthenticator",
     "BrowserSessions",

@@ -15,7 +15,7 @@ from typing import Final
 import h11
 import trio
 
-__all__ = ["HttpClientError", "HttpReply", "post_form"]
+__all__ = ["HttpClientError", "HttpReply", "get", "post_form"]
 
 _MAX_REPLY: Final = 1024 * 1024
 
@@ -46,6 +46,33 @@ async def post_form(
         HttpClientError: bad URL, connection or TLS failure, a malformed or over-1-MiB
             answer. Cancellation closes the connection.
     """
+    body = urllib.parse.urlencode(list(form.items())).encode("ascii")
+    return await _request(
+        "POST",
+        url,
+        body,
+        [("Content-Type", "application/x-www-form-urlencoded"), *headers],
+        ssl_context,
+    )
+
+
+async def get(
+    url: str,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpReply:
+    """GET an http(s) ``url``; same bounds and errors as :func:`post_form`."""
+    return await _request("GET", url, None, list(headers), ssl_context)
+
+
+async def _request(
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: Sequence[tuple[str, str]],
+    ssl_context: ssl.SSLContext | None,
+) -> HttpReply:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise HttpClientError(f"expected an http(s) URL, got {url[:200]!r}")
@@ -55,15 +82,14 @@ async def post_form(
         raise HttpClientError(f"bad port in {url[:200]!r}") from None
     host = parts.hostname
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    body = urllib.parse.urlencode(list(form.items())).encode("ascii")
     authority = parts.netloc.rpartition("@")[2]
+    framing = [] if body is None else [("Content-Length", str(len(body)))]
     request = h11.Request(
-        method="POST",
+        method=method,
         target=target,
         headers=[
             ("Host", authority),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Content-Length", str(len(body))),
+            *framing,
             ("Accept", "application/json"),
             ("Connection", "close"),
             ("User-Agent", "tunneld"),
@@ -73,7 +99,8 @@ async def post_form(
     try:
         return await _exchange(parts.scheme, host, port, request, body, ssl_context)
     except (OSError, ssl.SSLError, trio.BrokenResourceError, h11.ProtocolError) as exc:
-        raise HttpClientError(f"POST {parts.scheme}://{authority}{parts.path}: {exc}") from None
+        where = f"{method} {parts.scheme}://{authority}{parts.path}"
+        raise HttpClientError(f"{where}: {exc}") from None
 
 
 async def _exchange(
@@ -81,7 +108,7 @@ async def _exchange(
     host: str,
     port: int,
     request: h11.Request,
-    body: bytes,
+    body: bytes | None,
     ssl_context: ssl.SSLContext | None,
 ) -> HttpReply:
     stream: trio.abc.Stream
@@ -93,17 +120,17 @@ async def _exchange(
         stream = await trio.open_tcp_stream(host, port)
     async with stream:
         conn = h11.Connection(h11.CLIENT)
-        await stream.send_all(
-            conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-        )
+        outgoing = conn.send(request) or b""
+        if body:
+            outgoing += conn.send(h11.Data(data=body)) or b""
+        await stream.send_all(outgoing + (conn.send(h11.EndOfMessage()) or b""))
         status = 0
         reply_headers: list[tuple[str, str]] = []
         received = bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                conn.receive_data(bytes(data))
+                conn.receive_data(bytes(await stream.receive_some(65536)))
                 continue
             if isinstance(event, h11.Response):
                 status = event.status_code
