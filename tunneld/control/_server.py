@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 import trio_websocket
@@ -42,8 +42,10 @@ from tunneld.control._stun import StunStats
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, load_or_create_key_file
 from tunneld.log import get_logger
-from tunneld.oauth import AuthorizationServer, BrowserSessions, OAuthSettings
 from tunneld.proto.coord import CloseCode
+
+if TYPE_CHECKING:
+    from tunneld.oauth import AuthorizationServer, BrowserSessions
 
 __all__ = [
     "ControlServer",
@@ -174,6 +176,10 @@ class ControlServer:
         self.sessions: BrowserSessions | None = None
         self.oauth: AuthorizationServer | None = None
         if isinstance(store, SqliteStore):
+            # Imported here: tunneld.oauth builds on tunneld.control's store, so a
+            # module-level import would be circular.
+            from tunneld.oauth import AuthorizationServer, BrowserSessions, OAuthSettings
+
             self.sessions = BrowserSessions(
                 store,
                 base_url=self.base_url,
