@@ -46,7 +46,7 @@ log = get_logger(__name__)
 CSRF_FIELD: Final = "csrf_token"
 _SESSION_COOKIE: Final = "tunneld_session"
 _LOGIN_COOKIE: Final = "tunneld_login"
-_MAX_NEXT: Final = 4096
+_MAX_NEXT: Final = 8192
 
 
 @dataclass(frozen=True, slots=True)
