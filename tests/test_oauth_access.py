@@ -58,7 +58,11 @@ async def env(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Env]:
         await harness.store.add_grant("ops", "bob", "*", time.time())
         token = await harness.token("ops")
         clock = [0.0]
-        client = AccessClient(harness.info.url, lambda: token, clock=lambda: clock[0])
+
+        async def provide() -> str:
+            return token
+
+        client = AccessClient(harness.info.url, provide, clock=lambda: clock[0])
         yield Env(harness, token, clock, client)
 
 
@@ -113,13 +117,20 @@ async def test_unknown_subject_and_agent(env: Env) -> None:
 async def test_agent_tokens_and_bad_tokens_cannot_ask(env: Env) -> None:
     agent_token = await env.harness.token("alice", agent="dev")
     for token in (agent_token, "tnd_000000000000_" + "x" * 43):
-        client = AccessClient(env.harness.info.url, lambda t=token: t)  # type: ignore[misc]
+
+        async def provide(value: str = token) -> str:
+            return value
+
+        client = AccessClient(env.harness.info.url, provide)
         with pytest.raises(AccessCheckError):
             await client.may_reach("alice", "alice/dev")
 
 
 async def test_control_plane_down_fails_closed() -> None:
-    client = AccessClient("http://127.0.0.1:9", lambda: "tnd_x", timeout=5)
+    async def provide() -> str:
+        return "tnd_x"
+
+    client = AccessClient("http://127.0.0.1:9", provide, timeout=5)
     with pytest.raises(AccessCheckError):
         await client.may_reach("alice", "alice/dev")
 

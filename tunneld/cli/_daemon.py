@@ -6,13 +6,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 
 import trio
 
 from tunneld.cli._common import CliError, Subparsers, apply_log_config
-from tunneld.cli._node import build_overlay
+from tunneld.cli._node import _token_provider, build_overlay
 from tunneld.config import Config, load_config
 from tunneld.daemon import (
     Daemon,
@@ -25,6 +26,9 @@ from tunneld.daemon import (
     read_token_file,
 )
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+from tunneld.http import Request
+from tunneld.mcp import Caller
+from tunneld.oauth._daemon import build_daemon_oauth
 from tunneld.plugins import PluginError, PluginManager
 
 __all__ = ["register"]
@@ -324,13 +328,28 @@ def _run(args: argparse.Namespace) -> int:
     plugins = PluginManager(
         config.plugins, allowed_tools=config.mcp.allowed_tools, extra_enable=args.plugin
     )
-    authenticate = None
+    authenticate: Callable[[Request], Awaitable[Caller]] | None = None
     if config.mcp.token_file:
         try:
             authenticate = StaticTokenAuthenticator.single(read_token_file(config.mcp.token_file))
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise CliError(f"[mcp].token_file {config.mcp.token_file}: {reason}") from None
+    oauth = None
+    if config.mcp.authorization_server:
+        if config.mcp.token_file:
+            raise CliError("[mcp]: set token_file or authorization_server, not both")
+        try:
+            oauth = build_daemon_oauth(
+                config.mcp,
+                control_url=settings.control_url,
+                node_token=_token_provider(settings.token_file, key="[daemon].token_file"),
+                mcp_url=lambda: daemon.mcp_url,
+            )
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CliError(f"[mcp] OAuth: {reason}") from None
+        authenticate = oauth.authenticator
     daemon = Daemon(
         overlay,
         settings,
@@ -340,6 +359,9 @@ def _run(args: argparse.Namespace) -> int:
         mcp=config.mcp,
         plugins=plugins,
         mcp_authenticate=authenticate,
+        mcp_resource_metadata_url=None if oauth is None else oauth.static_metadata_url,
+        mcp_routes=None if oauth is None else oauth.mount,
+        agent_access_check=None if oauth is None else oauth.access_check,
     )
     activated = listen_fds()
     path = args.socket or (Path(settings.socket) if settings.socket else default_socket_path())

@@ -219,6 +219,15 @@ class McpConfig:
     )
     # A file (mode 0600) with one bearer token TCP clients must send; "" = no auth on TCP.
     token_file: str = ""
+    # OAuth resource server on the TCP listener (docs/oauth.md): the control plane's
+    # issuer URL ("" = off), this endpoint's canonical URL ("" = the bound http URL),
+    # the introspection client and its secret file, per-caller agent checks.
+    authorization_server: str = field(default="", metadata={"check": _optional_http_url})
+    resource: str = field(default="", metadata={"check": _optional_http_url})
+    introspection_client_id: str = ""
+    introspection_secret_file: str = ""
+    introspection_cache: Duration = field(default=Duration(30.0), metadata={"check": _non_negative})
+    access_check: bool = True
 
 
 def _plugin_names(names: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ import json
 import ssl
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,14 +47,15 @@ class AccessDecision:
 class AccessClient:
     """Asks ``control_url`` whether a subject may reach an agent.
 
-    ``token()`` returns this daemon's node token (a client token). ``max_cache``
+    ``await token()`` returns this daemon's node token (a client token; the overlay's
+    token provider, so a rotated token file is picked up). ``max_cache``
     caps the control plane's ``max_age``.
     """
 
     def __init__(
         self,
         control_url: str,
-        token: Callable[[], str],
+        token: Callable[[], Awaitable[str]],
         *,
         max_cache: float = 5.0,
         timeout: float = 10.0,
@@ -108,9 +109,13 @@ class AccessClient:
         reply = None
         with trio.move_on_after(self.timeout):
             try:
+                token = await self._token()
+            except OSError as exc:
+                raise AccessCheckError(f"cannot read this node's token: {exc}") from None
+            try:
                 reply = await get(
                     f"{self.url}?{query}",
-                    headers=[("Authorization", f"Bearer {self._token()}")],
+                    headers=[("Authorization", f"Bearer {token}")],
                     ssl_context=self._ssl,
                 )
             except HttpClientError as exc:

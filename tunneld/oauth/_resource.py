@@ -96,7 +96,8 @@ class BearerAuthenticator:
     ``introspection_url``, ``client_id``/``client_secret``: the control plane's
     ``/oauth2/introspect`` and a client allowed to use it (``tunneld control client add
     NAME --introspect``). ``resource``: this endpoint's canonical URL (the tokens'
-    required audience). ``cache_ttl``: how long an answer is reused (never past the
+    required audience; a callable when it is known only once the listener is bound,
+    read per request). ``cache_ttl``: how long an answer is reused (never past the
     token's ``exp``); a revoked token keeps working here for at most that long.
     ``issuer``: when set, the introspection answer's ``iss`` must equal it.
     """
@@ -106,7 +107,7 @@ class BearerAuthenticator:
         introspection_url: str,
         client_id: str,
         client_secret: str,
-        resource: str,
+        resource: str | Callable[[], str],
         *,
         cache_ttl: float = 30.0,
         issuer: str | None = None,
@@ -117,8 +118,7 @@ class BearerAuthenticator:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.introspection_url = introspection_url
-        self.resource = canonical_resource(resource)
-        self.metadata_url = resource_metadata_url(self.resource)
+        self._resource = resource if callable(resource) else canonical_resource(resource)
         self.cache_ttl = cache_ttl
         self.issuer = issuer
         self.scopes = tuple(scopes)
@@ -132,6 +132,17 @@ class BearerAuthenticator:
         self._wall = wall_clock
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self.introspections = 0  # how many times the AS was asked (for tests/metrics)
+
+    @property
+    def resource(self) -> str:
+        """The canonical URL tokens must be minted for."""
+        value = self._resource
+        return canonical_resource(value()) if callable(value) else value
+
+    @property
+    def metadata_url(self) -> str:
+        """This resource's RFC 9728 metadata URL (path-inserted form)."""
+        return resource_metadata_url(self.resource)
 
     # --- errors -----------------------------------------------------------------------
 
@@ -270,21 +281,41 @@ class BearerAuthenticator:
 class ProtectedResourceMetadata:
     """RFC 9728 metadata for one MCP endpoint.
 
-    ``resource`` is the canonical MCP URL (``https://host:7430/mcp``);
-    ``authorization_servers`` the issuer(s) (the control plane's public URL).
+    ``resource`` is the canonical MCP URL (``https://host:7430/mcp``), or a callable
+    returning it once the listener is bound; ``authorization_servers`` the issuer(s)
+    (the control plane's public URL).
     """
 
     def __init__(
-        self, resource: str, authorization_servers: Sequence[str], scopes: Sequence[str] = SCOPES
+        self,
+        resource: str | Callable[[], str],
+        authorization_servers: Sequence[str],
+        scopes: Sequence[str] = SCOPES,
+        *,
+        path: str = "/mcp",
     ) -> None:
-        self.resource = canonical_resource(resource)
-        self.document = protected_resource_metadata(
-            self.resource, [a.rstrip("/") for a in authorization_servers], scopes
+        self._resource = resource if callable(resource) else canonical_resource(resource)
+        self.authorization_servers = [a.rstrip("/") for a in authorization_servers]
+        self.scopes = tuple(scopes)
+        self._path = (
+            urllib.parse.urlsplit(self._resource).path if isinstance(self._resource, str) else path
         )
 
+    @property
+    def resource(self) -> str:
+        """The canonical URL (resolved now when given as a callable)."""
+        value = self._resource
+        return canonical_resource(value()) if callable(value) else value
+
+    @property
+    def document(self) -> dict[str, object]:
+        """The RFC 9728 JSON document."""
+        return protected_resource_metadata(self.resource, self.authorization_servers, self.scopes)
+
     def paths(self) -> list[str]:
-        """``/.well-known/oauth-protected-resource`` and the path-inserted variant."""
-        path = urllib.parse.urlsplit(self.resource).path.rstrip("/")
+        """``/.well-known/oauth-protected-resource`` and the path-inserted variant
+        (``path``, the MCP endpoint's path, when the resource is a callable)."""
+        path = self._path.rstrip("/")
         return [_WELL_KNOWN] + ([_WELL_KNOWN + path] if path else [])
 
     def mount(self, router: Router) -> None:
