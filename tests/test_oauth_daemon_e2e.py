@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,20 @@ import pytest
 import trio
 
 from tests._control_support import Harness, running_server
-from tests._mcp_client import McpAnswer, RawMcpClient
-from tests._oauth_support import Browser, OAuthFlow, add_cli_client, add_password_user
+from tests._mcp_client import McpAnswer, RawMcpClient, in_asyncio_thread
+from tests._oauth_support import (
+    Browser,
+    OAuthFlow,
+    add_cli_client,
+    add_password_user,
+    hidden_fields,
+    query_of,
+)
 from tunneld.config import Config, DaemonConfig, Duration, McpConfig
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.keys import generate_private_key
 from tunneld.net.overlay import Overlay, OverlayConfig
-from tunneld.oauth._daemon import build_daemon_oauth
+from tunneld.oauth._daemon import DaemonOAuth, build_daemon_oauth
 from tunneld.plugins import PluginManager
 
 WAIT = 30.0
@@ -120,9 +128,25 @@ async def _stat(client: BearerClient, agent: str, path: str) -> dict[str, Any]:
     return result
 
 
-async def test_oauth_callers_reach_only_their_agents_through_a_shared_daemon(
+@dataclass
+class World:
+    h: Harness
+    daemon: Daemon
+    oauth: DaemonOAuth
+    workspaces: dict[str, Path]
+
+    @property
+    def url(self) -> str:
+        assert self.daemon.mcp_url is not None
+        return self.daemon.mcp_url
+
+
+@asynccontextmanager
+async def shared_daemon(
     nursery: trio.Nursery, tmp_path: Path, short_dir: Path
-) -> None:
+) -> AsyncIterator[World]:
+    """Control plane, alice's agent web1 and bob's agent build, and one daemon (user
+    ops, which may reach both) serving MCP on TCP as an OAuth resource server."""
     (tmp_path / "control").mkdir()
     async with running_server(nursery, tmp_path / "control", relay=True) as h:
         for user in ("alice", "bob"):
@@ -186,82 +210,208 @@ async def test_oauth_callers_reach_only_their_agents_through_a_shared_daemon(
             listener = await open_api_listener(short_dir / "api.sock", mode=0o600)
             await nursery.start(daemon.run, [listener])
             try:
-                assert daemon.mcp_url is not None
-                url = daemon.mcp_url
-                target = url.removeprefix("http://").removesuffix("/mcp")
-
-                # Discovery: 401 pointing at RFC 9728 metadata naming this URL.
-                anonymous = await BearerClient(target, None).post(INITIALIZE)
-                assert anonymous.status == 401
-                challenge = anonymous.headers["www-authenticate"]
-                assert "oauth-protected-resource/mcp" in challenge
-                async with httpx.AsyncClient(timeout=10) as http:
-                    base = url.removesuffix("/mcp")
-                    prm = (
-                        await http.get(base + "/.well-known/oauth-protected-resource/mcp")
-                    ).json()
-                assert prm["resource"] == url
-                assert prm["authorization_servers"] == [h.info.url]
-
-                tokens: dict[str, dict[str, Any]] = {}
-                for user in ("alice", "bob"):
-                    browser = Browser(h.info.url)
-                    flow = OAuthFlow(h.info.url, browser)
-                    try:
-                        client = await flow.register(REDIRECT)
-                        assert (await browser.login(user, f"{user}-pw")).status_code == 303
-                        tokens[user] = await flow.tokens_for(
-                            client["client_id"], REDIRECT, resource=url
-                        )
-                        if user == "alice":
-                            tokens["elsewhere"] = await flow.tokens_for(
-                                client["client_id"],
-                                REDIRECT,
-                                resource="https://other-daemon.example:7421/mcp",
-                            )
-                    finally:
-                        await flow.aclose()
-                        await browser.aclose()
-
-                # A token minted for another resource does not work here.
-                other = await BearerClient(target, tokens["elsewhere"]["access_token"]).post(
-                    INITIALIZE
-                )
-                assert other.status == 401
-                assert 'error="invalid_token"' in other.headers["www-authenticate"]
-                # Nor does a good token in the query string.
-                sneaky = BearerClient(target, None)
-                sneaky.path = f"/mcp?access_token={tokens['alice']['access_token']}"
-                assert (await sneaky.post(INITIALIZE)).status == 400
-
-                alice = BearerClient(target, tokens["alice"]["access_token"])
-                await alice.initialize()
-                bob = BearerClient(target, tokens["bob"]["access_token"])
-                await bob.initialize()
-
-                own = await _stat(alice, "web1", str(workspaces["web1"] / "alice.txt"))
-                assert not own.get("isError"), own
-                assert own["structuredContent"]["size"] == len("alice's file\n")
-                theirs = await _stat(bob, "bob/build", str(workspaces["build"] / "bob.txt"))
-                assert not theirs.get("isError"), theirs
-
-                # User A's token calling a tool on user B's agent: refused before any
-                # tunnel is acquired for it, though the daemon itself may reach it.
-                for ref in ("bob/build", "build"):
-                    attack = await _stat(alice, ref, str(workspaces["build"] / "bob.txt"))
-                    assert attack.get("isError") is True, attack
-                    text = " ".join(c.get("text", "") for c in attack["content"])
-                    assert "bob's file" not in text
-                    assert "may not reach" in text or "not_permitted" in text, text
-                # And the other way round.
-                reverse = await _stat(bob, "alice/web1", str(workspaces["web1"] / "alice.txt"))
-                assert reverse.get("isError") is True, reverse
-
-                # A grant makes it reachable (after the control plane's max_age).
-                await h.store.add_grant("alice", "bob", "build", time.time())
-                assert oauth.access is not None
-                oauth.access.forget("alice")
-                granted = await _stat(alice, "bob/build", str(workspaces["build"] / "bob.txt"))
-                assert not granted.get("isError"), granted
+                yield World(h, daemon, oauth, workspaces)
             finally:
                 daemon.stop()
+
+
+async def test_oauth_callers_reach_only_their_agents_through_a_shared_daemon(
+    nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+) -> None:
+    async with shared_daemon(nursery, tmp_path, short_dir) as world:
+        h, oauth, workspaces = world.h, world.oauth, world.workspaces
+        url = world.url
+        target = url.removeprefix("http://").removesuffix("/mcp")
+
+        # Discovery: 401 pointing at RFC 9728 metadata naming this URL.
+        anonymous = await BearerClient(target, None).post(INITIALIZE)
+        assert anonymous.status == 401
+        challenge = anonymous.headers["www-authenticate"]
+        assert "oauth-protected-resource/mcp" in challenge
+        async with httpx.AsyncClient(timeout=10) as http:
+            base = url.removesuffix("/mcp")
+            prm = (await http.get(base + "/.well-known/oauth-protected-resource/mcp")).json()
+        assert prm["resource"] == url
+        assert prm["authorization_servers"] == [h.info.url]
+
+        tokens: dict[str, dict[str, Any]] = {}
+        for user in ("alice", "bob"):
+            browser = Browser(h.info.url)
+            flow = OAuthFlow(h.info.url, browser)
+            try:
+                client = await flow.register(REDIRECT)
+                assert (await browser.login(user, f"{user}-pw")).status_code == 303
+                tokens[user] = await flow.tokens_for(client["client_id"], REDIRECT, resource=url)
+                if user == "alice":
+                    tokens["elsewhere"] = await flow.tokens_for(
+                        client["client_id"],
+                        REDIRECT,
+                        resource="https://other-daemon.example:7421/mcp",
+                    )
+            finally:
+                await flow.aclose()
+                await browser.aclose()
+
+        # A token minted for another resource does not work here.
+        other = await BearerClient(target, tokens["elsewhere"]["access_token"]).post(INITIALIZE)
+        assert other.status == 401
+        assert 'error="invalid_token"' in other.headers["www-authenticate"]
+        # Nor does a good token in the query string.
+        sneaky = BearerClient(target, None)
+        sneaky.path = f"/mcp?access_token={tokens['alice']['access_token']}"
+        assert (await sneaky.post(INITIALIZE)).status == 400
+
+        alice = BearerClient(target, tokens["alice"]["access_token"])
+        await alice.initialize()
+        bob = BearerClient(target, tokens["bob"]["access_token"])
+        await bob.initialize()
+
+        own = await _stat(alice, "web1", str(workspaces["web1"] / "alice.txt"))
+        assert not own.get("isError"), own
+        assert own["structuredContent"]["size"] == len("alice's file\n")
+        theirs = await _stat(bob, "bob/build", str(workspaces["build"] / "bob.txt"))
+        assert not theirs.get("isError"), theirs
+
+        # User A's token calling a tool on user B's agent: refused before any
+        # tunnel is acquired for it, though the daemon itself may reach it.
+        for ref in ("bob/build", "build"):
+            attack = await _stat(alice, ref, str(workspaces["build"] / "bob.txt"))
+            assert attack.get("isError") is True, attack
+            text = " ".join(c.get("text", "") for c in attack["content"])
+            assert "bob's file" not in text
+            assert "may not reach" in text or "not_permitted" in text, text
+        # And the other way round.
+        reverse = await _stat(bob, "alice/web1", str(workspaces["web1"] / "alice.txt"))
+        assert reverse.get("isError") is True, reverse
+
+        # A grant makes it reachable (after the control plane's max_age).
+        await h.store.add_grant("alice", "bob", "build", time.time())
+        assert oauth.access is not None
+        oauth.access.forget("alice")
+        granted = await _stat(alice, "bob/build", str(workspaces["build"] / "bob.txt"))
+        assert not granted.get("isError"), granted
+
+
+async def _sdk_with_oauth(
+    url: str, control_url: str, user: str, agent: str, path: str
+) -> dict[str, Any]:
+    """The official SDK host: OAuthClientProvider discovers, registers, sends the user
+    through login + consent (a browser stand-in), exchanges the code, calls a tool."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.auth import OAuthClientProvider
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.auth import (
+        AuthorizationCodeResult,
+        OAuthClientInformationFull,
+        OAuthClientMetadata,
+        OAuthToken,
+    )
+
+    class Memory:
+        def __init__(self) -> None:
+            self.tokens: OAuthToken | None = None
+            self.client: OAuthClientInformationFull | None = None
+
+        async def get_tokens(self) -> OAuthToken | None:
+            return self.tokens
+
+        async def set_tokens(self, tokens: OAuthToken) -> None:
+            self.tokens = tokens
+
+        async def get_client_info(self) -> OAuthClientInformationFull | None:
+            return self.client
+
+        async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+            self.client = client_info
+
+    landed: list[str] = []
+    seen: dict[str, str] = {}
+
+    async def redirect_handler(authorization_url: str) -> None:
+        seen["authorization_url"] = authorization_url
+        browser = httpx.AsyncClient(base_url=control_url, follow_redirects=False, timeout=WAIT)
+        try:
+            login_page = await browser.get(authorization_url)
+            assert login_page.status_code == 303  # not logged in yet: to /login
+            page = await browser.get(login_page.headers["location"])
+            fields = hidden_fields(page.text)
+            logged_in = await browser.post(
+                "/login",
+                data={**fields, "username": user, "password": f"{user}-pw"},
+                headers={"Origin": control_url},
+            )
+            assert logged_in.status_code == 303, logged_in.text
+            consent = await browser.get(logged_in.headers["location"])
+            assert consent.status_code == 200, consent.text
+            done = await browser.post(
+                "/oauth2/authorize",
+                data={**hidden_fields(consent.text), "decision": "approve"},
+                headers={"Origin": control_url},
+            )
+            assert done.status_code == 303, done.text
+            landed.append(done.headers["location"])
+        finally:
+            await browser.aclose()
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        params = query_of(landed[-1])
+        return AuthorizationCodeResult(
+            code=params["code"], state=params.get("state"), iss=params.get("iss")
+        )
+
+    storage = Memory()
+    provider = OAuthClientProvider(
+        server_url=url,
+        client_metadata=OAuthClientMetadata(
+            client_name="mcp sdk host",
+            redirect_uris=[REDIRECT],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+            scope="mcp:tools",
+        ),
+        storage=storage,
+        redirect_handler=redirect_handler,
+        callback_handler=callback_handler,
+    )
+    async with (
+        httpx2.AsyncClient(auth=provider, timeout=WAIT) as http,
+        Client(streamable_http_client(url, http_client=http), mode="legacy") as client,
+    ):
+        tools = sorted(t.name for t in (await client.list_tools()).tools)
+        result = await client.call_tool("example_stat", {"agent": agent, "path": path})
+    assert storage.tokens is not None
+    return {
+        "tools": tools,
+        "is_error": result.is_error,
+        "structured": result.structured_content,
+        "text": " ".join(getattr(c, "text", "") for c in result.content),
+        "authorization_url": seen["authorization_url"],
+        "scope": storage.tokens.scope,
+    }
+
+
+async def test_mcp_sdk_oauth_client_provider_through_the_daemon(
+    nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+) -> None:
+    async with shared_daemon(nursery, tmp_path, short_dir) as world:
+        own = str(world.workspaces["web1"] / "alice.txt")
+        with trio.fail_after(WAIT * 3):
+            result = await in_asyncio_thread(
+                lambda: _sdk_with_oauth(world.url, world.h.info.url, "alice", "web1", own)
+            )
+        assert "example_stat" in result["tools"]
+        assert not result["is_error"], result
+        assert result["structured"]["size"] == len("alice's file\n")
+        asked = query_of(result["authorization_url"])
+        assert asked["code_challenge_method"] == "S256"
+        assert asked["resource"] == world.url
+        # The same kind of host logged in as alice cannot read bob's agent.
+        theirs = str(world.workspaces["build"] / "bob.txt")
+        with trio.fail_after(WAIT * 3):
+            attack = await in_asyncio_thread(
+                lambda: _sdk_with_oauth(world.url, world.h.info.url, "alice", "bob/build", theirs)
+            )
+        assert attack["is_error"], attack
+        assert "bob's file" not in attack["text"]
