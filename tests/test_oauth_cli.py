@@ -113,3 +113,45 @@ def test_grant_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     status, _, err = _run(capsys, "control", "grant", "remove", *grant)
     assert status != 0
     assert "no grant" in err
+
+
+@pytest.mark.parametrize(
+    ("mcp", "message"),
+    [
+        (
+            'authorization_server = "http://127.0.0.1:7420"\ntoken_file = "/nonexistent"\n',
+            "token_file or authorization_server, not both",
+        ),
+        ('authorization_server = "http://127.0.0.1:7420"\n', "introspection_client_id"),
+        (
+            'authorization_server = "http://127.0.0.1:7420"\nintrospection_client_id = "rs"\n',
+            "introspection_secret_file",
+        ),
+        (
+            'authorization_server = "http://127.0.0.1:7420"\nintrospection_client_id = "rs"\n'
+            'introspection_secret_file = "{open}"\n',
+            "must not be readable by group or others",
+        ),
+    ],
+)
+def test_run_refuses_bad_oauth_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mcp: str, message: str
+) -> None:
+    token = tmp_path / "node.token"
+    token.write_text("tnd_000000000000_" + "x" * 43 + "\n")
+    token.chmod(0o600)
+    open_secret = tmp_path / "open.secret"
+    open_secret.write_text("tndcs_x\n")
+    open_secret.chmod(0o644)
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        "[daemon]\n"
+        f'socket = "{tmp_path / "api.sock"}"\n'
+        'socket_group = ""\n'
+        f'key_file = "{tmp_path / "daemon.key"}"\n'
+        f'token_file = "{token}"\n'
+        "[mcp]\n" + mcp.replace("{open}", str(open_secret))
+    )
+    status, _, err = _run(capsys, "run", "--config", str(config))
+    assert status != 0
+    assert message in err

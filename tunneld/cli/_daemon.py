@@ -329,6 +329,8 @@ def _run(args: argparse.Namespace) -> int:
         config.plugins, allowed_tools=config.mcp.allowed_tools, extra_enable=args.plugin
     )
     authenticate: Callable[[Request], Awaitable[Caller]] | None = None
+    if config.mcp.token_file and config.mcp.authorization_server:
+        raise CliError("[mcp]: set token_file or authorization_server, not both")
     if config.mcp.token_file:
         try:
             authenticate = StaticTokenAuthenticator.single(read_token_file(config.mcp.token_file))
@@ -337,8 +339,6 @@ def _run(args: argparse.Namespace) -> int:
             raise CliError(f"[mcp].token_file {config.mcp.token_file}: {reason}") from None
     oauth = None
     if config.mcp.authorization_server:
-        if config.mcp.token_file:
-            raise CliError("[mcp]: set token_file or authorization_server, not both")
         try:
             oauth = build_daemon_oauth(
                 config.mcp,
