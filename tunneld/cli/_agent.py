@@ -65,6 +65,7 @@ def _agent(args: argparse.Namespace) -> int:
         key_file=settings.key_file,
         control_url=settings.control_url,
         token_file=settings.token_file,
+        token_command=settings.token_command,
         derp_region=settings.derp_region,
         udp_listen=settings.udp_listen,
         on_stream=on_stream,

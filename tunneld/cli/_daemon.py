@@ -318,6 +318,7 @@ def _run(args: argparse.Namespace) -> int:
         key_file=settings.key_file,
         control_url=settings.control_url,
         token_file=settings.token_file,
+        token_command=settings.token_command,
         derp_region=settings.derp_region,
         udp_listen=settings.udp_listen,
     )
@@ -343,7 +344,11 @@ def _run(args: argparse.Namespace) -> int:
             oauth = build_daemon_oauth(
                 config.mcp,
                 control_url=settings.control_url,
-                node_token=_token_provider(settings.token_file, key="[daemon].token_file"),
+                node_token=_token_provider(
+                    settings.token_file,
+                    key="[daemon].token_file",
+                    token_command=settings.token_command,
+                ),
                 mcp_url=lambda: daemon.mcp_url,
             )
         except (OSError, ValueError) as exc:

@@ -2,35 +2,31 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import trio
 
 from tunneld._address import websocket_base
 from tunneld.cli._common import CliError
 from tunneld.config import HostPort
 from tunneld.keys import load_or_create_key_file
 from tunneld.net.overlay import Overlay, OverlayConfig, StreamHandler
+from tunneld.tokens import token_provider
 
 __all__ = ["build_overlay"]
 
 
-def _token_provider(token_file: str, *, key: str) -> Callable[[], Awaitable[str]]:
-    env_token = os.environ.get("TUNNELD_TOKEN", "")
-    if not token_file and not env_token:
-        raise CliError(f"no token: set {key} or the TUNNELD_TOKEN variable")
-
-    async def provide() -> str:
-        # Re-read on every coordinator connect, so a rotated token file takes effect.
-        if token_file:
-            text = await trio.Path(token_file).read_text()
-            return text.strip()
-        return env_token
-
-    return provide
+def _token_provider(
+    token_file: str, *, key: str, token_command: str = ""
+) -> Callable[[], Awaitable[str]]:
+    # tunneld.tokens: re-read on every coordinator connect, so a rotated token file or
+    # secret takes effect. Group/other-readable token files only warn (for now).
+    try:
+        return token_provider(token_file=token_file, token_command=token_command, strict_file=False)
+    except ValueError as exc:
+        if not token_file and not token_command:
+            raise CliError(f"no token: set {key} or the TUNNELD_TOKEN variable") from None
+        raise CliError(f"{key.rpartition('.')[0]}.{exc}") from None
 
 
 def build_overlay(
@@ -43,6 +39,7 @@ def build_overlay(
     derp_region: int,
     udp_listen: HostPort,
     on_stream: StreamHandler | None = None,
+    token_command: str = "",
 ) -> Overlay:
     """The overlay node described by a config ``section`` (``daemon`` or ``agent``).
 
@@ -63,6 +60,6 @@ def build_overlay(
             udp_host=udp_listen.host,
             udp_port=udp_listen.port,
         ),
-        _token_provider(token_file, key=f"[{section}].token_file"),
+        _token_provider(token_file, key=f"[{section}].token_file", token_command=token_command),
         on_stream=on_stream,
     )

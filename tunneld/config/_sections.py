@@ -152,6 +152,9 @@ class AgentConfig:
     token_file: str = ""
     derp_region: int = field(default=1, metadata={"check": _region})
     udp_listen: HostPort = HostPort("0.0.0.0", 0)
+    # A command printing the token (e.g. a secret manager CLI), run at (re)connects;
+    # takes precedence over token_file (tunneld.tokens).
+    token_command: str = ""
 
 
 def _socket_mode(value: int) -> None:
@@ -180,6 +183,9 @@ class DaemonConfig:
     derp_region: int = field(default=1, metadata={"check": _region})
     udp_listen: HostPort = HostPort("0.0.0.0", 0)
     shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
+    # A command printing the token (e.g. a secret manager CLI), run at (re)connects;
+    # takes precedence over token_file (tunneld.tokens).
+    token_command: str = ""
 
 
 def _optional_listen(value: str) -> None:
