@@ -28,7 +28,7 @@ from tunneld.daemon import (
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
 from tunneld.http import Request
 from tunneld.mcp import Caller
-from tunneld.oauth._daemon import build_daemon_oauth
+from tunneld.oauth import build_daemon_oauth
 from tunneld.plugins import PluginError, PluginManager
 
 __all__ = ["register"]

@@ -7,6 +7,7 @@ See docs/oauth.md.
 from __future__ import annotations
 
 from tunneld.oauth._access_client import AccessCheckError, AccessClient, AccessDecision
+from tunneld.oauth._daemon import DaemonOAuth, build_daemon_oauth, read_secret_file
 from tunneld.oauth._forms import (
     FormError,
     parse_cookies,
@@ -37,16 +38,19 @@ __all__ = [
     "AuthorizationServer",
     "BearerAuthenticator",
     "BrowserSessions",
+    "DaemonOAuth",
     "FormError",
     "OAuthSettings",
     "ProtectedResourceMetadata",
     "SessionUser",
+    "build_daemon_oauth",
     "canonical_resource",
     "escape",
     "hidden_fields",
     "html_page",
     "parse_cookies",
     "parse_form",
+    "read_secret_file",
     "request_form",
     "request_query",
     "resource_metadata_url",
