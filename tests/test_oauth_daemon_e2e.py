@@ -35,6 +35,7 @@ from tests._oauth_support import (
     hidden_fields,
     query_of,
 )
+from tests._plugin_support import make_plugin
 from tunneld.config import Config, DaemonConfig, Duration, McpConfig
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.keys import generate_private_key
@@ -143,7 +144,10 @@ class World:
 
 @asynccontextmanager
 async def shared_daemon(
-    nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    short_dir: Path,
+    plugins: tuple[str, ...] = ("example",),
 ) -> AsyncIterator[World]:
     """Control plane, alice's agent web1 and bob's agent build, and one daemon (user
     ops, which may reach both) serving MCP on TCP as an OAuth resource server."""
@@ -197,7 +201,7 @@ async def shared_daemon(
             DaemonConfig(socket_group="", connect_timeout=Duration(60.0)),
             notifier=Notifier({}),
             mcp=mcp,
-            plugins=PluginManager(Config().plugins, extra_enable=["example"]),
+            plugins=PluginManager(Config().plugins, extra_enable=list(plugins)),
             mcp_authenticate=oauth.authenticator,
             mcp_routes=oauth.mount,
             agent_access_check=oauth.access_check,
@@ -415,3 +419,60 @@ async def test_mcp_sdk_oauth_client_provider_through_the_daemon(
             )
         assert attack["is_error"], attack
         assert "bob's file" not in attack["text"]
+
+
+DANGER_PLUGIN = """
+from tunneld.hookspecs import hookimpl
+from tunneld.mcp import DESTRUCTIVE, Tool
+
+async def _wipe(ctx, args):
+    return "wiped"
+
+@hookimpl
+def register_tools(register, config):
+    register(Tool(name="danger_wipe", description="destroys things", handler=_wipe,
+                  annotations=DESTRUCTIVE, input_schema={"type": "object"}))
+"""
+
+
+async def test_attack_insufficient_scope_for_a_destructive_tool(
+    nursery: trio.Nursery, tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    make_plugin(site, "danger", DANGER_PLUGIN)
+    monkeypatch.syspath_prepend(str(site))
+    async with shared_daemon(nursery, tmp_path, short_dir, ("example", "danger")) as world:
+        url = world.url
+        target = url.removeprefix("http://").removesuffix("/mcp")
+        browser = Browser(world.h.info.url)
+        flow = OAuthFlow(world.h.info.url, browser)
+        try:
+            client = await flow.register(REDIRECT)
+            assert (await browser.login("alice", "alice-pw")).status_code == 303
+            read_only = await flow.tokens_for(client["client_id"], REDIRECT, resource=url)
+            writer = await flow.tokens_for(
+                client["client_id"], REDIRECT, scope="mcp:tools mcp:tools:write", resource=url
+            )
+        finally:
+            await flow.aclose()
+            await browser.aclose()
+        call = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": "danger_wipe", "arguments": {}},
+        }
+        reader = BearerClient(target, read_only["access_token"])
+        await reader.initialize()
+        listed = await reader.request("tools/list")
+        assert "danger_wipe" in {t["name"] for t in listed["result"]["tools"]}
+        refused = await reader.post(call)
+        assert refused.status == 403
+        challenge = refused.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in challenge
+        assert 'scope="mcp:tools:write"' in challenge
+        allowed = BearerClient(target, writer["access_token"])
+        await allowed.initialize()
+        result = await allowed.call_tool("danger_wipe", {})
+        assert not result.get("isError"), result
