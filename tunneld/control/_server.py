@@ -5,6 +5,8 @@ Routes:
 * ``GET /api/v1/coordinate`` — WebSocket coordinator session (``Authorization: Bearer``,
   checked before the upgrade: 401 without a valid token).
 * ``GET /api/v1/nodes`` — JSON list of the nodes the caller may see (bearer auth).
+* ``POST /api/v1/tasks``, ``GET /api/v1/tasks`` — task reports (bearer auth; see
+  ``tunneld/control/_tasks.py``).
 * ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
 * ``GET /metrics`` — Prometheus text from this server's own registry.
@@ -33,6 +35,7 @@ from tunneld.control._coordinator import Coordinator, CoordinatorSettings
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
 from tunneld.control._store import Store
 from tunneld.control._stun import StunStats
+from tunneld.control._tasks import TaskApi
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, load_or_create_key_file
 from tunneld.log import get_logger
@@ -67,6 +70,7 @@ class RelayLike(Protocol):
         self, request: Request, ws: trio_websocket.WebSocketConnection
     ) -> None: ...
     def close_peer(self, key: bytes) -> None: ...
+    def is_connected(self, key: bytes) -> bool: ...
     async def announce_restart(self, reconnect_in: float, try_for: float) -> None: ...
 
 
@@ -162,6 +166,7 @@ class ControlServer:
         self.stopped = trio.Event()
         self._started_at = 0.0
         self._registry = make_registry(self.coordinator, None)
+        self.tasks = TaskApi(self.coordinator, store, wall_clock=wall_clock)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; :meth:`serve` returns when it is done."""
@@ -269,6 +274,8 @@ class ControlServer:
             max_message_size=64 * 1024,
         )
         router.route("GET", "/api/v1/nodes", self._nodes)
+        router.route("POST", "/api/v1/tasks", self.tasks.report, max_body_bytes=8 * 1024)
+        router.route("GET", "/api/v1/tasks", self.tasks.list_tasks)
         router.route("GET", "/healthz", self._healthz)
         router.route("GET", "/metrics", self._metrics)
         if self.relay is not None:
