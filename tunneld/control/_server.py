@@ -10,6 +10,8 @@ Routes:
 * ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
 * ``GET /metrics`` — Prometheus text from this server's own registry.
+* ``GET/POST /login``, ``POST /logout`` — browser login sessions (``tunneld.oauth``),
+  when the store is the SQLite one.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ from tunneld._files import write_file_atomic
 from tunneld.config._sections import ControlConfig
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
-from tunneld.control._store import Store
+from tunneld.control._store import SqliteStore, Store
 from tunneld.control._stun import StunStats
 from tunneld.control._tasks import TaskApi
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, load_or_create_key_file
 from tunneld.log import get_logger
+from tunneld.oauth import BrowserSessions
 from tunneld.proto.coord import CloseCode
 
 __all__ = [
@@ -167,6 +170,17 @@ class ControlServer:
         self._started_at = 0.0
         self._registry = make_registry(self.coordinator, None)
         self.tasks = TaskApi(self.coordinator, store, wall_clock=wall_clock)
+        # Browser sessions (and the OAuth server built on them) keep their rows in the
+        # SQLite file; another Store backend serves without them.
+        self.sessions: BrowserSessions | None = None
+        if isinstance(store, SqliteStore):
+            self.sessions = BrowserSessions(store, base_url=self.base_url, wall_clock=wall_clock)
+
+    def base_url(self) -> str:
+        """This server's public base URL: ``[control].public_url``, else the bound address."""
+        if self.config.public_url:
+            return self.config.public_url.rstrip("/")
+        return "" if self.info is None else self.info.url
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; :meth:`serve` returns when it is done."""
@@ -278,6 +292,8 @@ class ControlServer:
         router.route("GET", "/api/v1/tasks", self.tasks.list_tasks)
         router.route("GET", "/healthz", self._healthz)
         router.route("GET", "/metrics", self._metrics)
+        if self.sessions is not None:
+            self.sessions.mount(router)
         if self.relay is not None:
             router.websocket(
                 "/derp",

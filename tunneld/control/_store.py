@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -360,6 +360,21 @@ class SqliteDatabase:
                 yield self._conn
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from None
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE … COMMIT`` under the database lock, rolled back on error.
+
+        For storage of other packages sharing this file (``tunneld.oauth``). Blocks;
+        call it from one thread at a time (a :class:`SqliteStore` worker).
+
+        Raises:
+            StoreError: an sqlite error inside, with the file name.
+        """
+        return self._write()
+
+    def reading(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The connection under the database lock, for reads (sqlite errors → StoreError)."""
+        return self._read()
 
     def _migrate(self) -> None:
         with self._lock:
@@ -729,6 +744,11 @@ class SqliteStore:
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._lock:
             return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking ``fn(*args, **kwargs)`` (which uses :attr:`db`) in the worker
+        thread, serialised with every other call; same cancellation as the methods."""
+        return await self._run(fn, *args, **kwargs)
 
     async def aclose(self) -> None:
         await self._run(self.db.close)

@@ -1,4 +1,4 @@
--- 0002: task reports (what an AI agent says it is doing: `report_task`).
+-- 0003: task reports (what an AI agent says it is doing: `report_task`).
 -- Validated by the API before they get here (tunneld/control/_tasks.py); the CHECKs
 -- are the last line of defence. Each user keeps at most its newest 1000 reports
 -- (pruned on insert by SqliteDatabase.add_task_report).
