@@ -8,6 +8,8 @@ Routes:
 * ``POST /api/v1/tasks``, ``GET /api/v1/tasks`` — task reports (bearer auth; see
   ``tunneld/control/_tasks.py``).
 * ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
+* ``GET /`` — the dashboard (after a browser login; ``tunneld/control/_dashboard.py``),
+  with ``/dashboard/state`` (JSON), ``/dashboard/app.js`` and ``/dashboard/app.css``.
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
 * ``GET /metrics`` — Prometheus text from this server's own registry.
 * ``GET/POST /login``, ``POST /logout`` — browser login sessions (``tunneld.oauth``),
@@ -34,6 +36,7 @@ from tunneld._address import format_host_port, websocket_base
 from tunneld._files import write_file_atomic
 from tunneld.config._sections import ControlConfig
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
+from tunneld.control._dashboard import Dashboard
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
 from tunneld.control._store import SqliteStore, Store
 from tunneld.control._stun import StunStats
@@ -294,6 +297,7 @@ class ControlServer:
         router.route("GET", "/metrics", self._metrics)
         if self.sessions is not None:
             self.sessions.mount(router)
+            self._dashboard(self.sessions).mount(router)
         if self.relay is not None:
             router.websocket(
                 "/derp",
@@ -302,6 +306,20 @@ class ControlServer:
                 require_subprotocol=True,
             )
         return router
+
+    def _dashboard(self, sessions: BrowserSessions) -> Dashboard:
+        return Dashboard(
+            self.coordinator,
+            self.store,
+            current_user=sessions.current_user,
+            login_redirect=sessions.login_redirect,
+            relay=lambda: self.relay,
+            stun=lambda: (
+                self.stun_stats if self._stun_serve is not None and self.config.stun else None
+            ),
+            uptime=lambda: trio.current_time() - self._started_at,
+            wall_clock=self._wall,
+        )
 
     async def _authorize(self, request: Request) -> Response | None:
         principal = await self.coordinator.authenticate(request.headers.get("authorization"))

@@ -21,7 +21,7 @@ PAGE_HEADERS: Final[tuple[tuple[str, str], ...]] = (
     ("X-Frame-Options", "DENY"),
     ("Cache-Control", "no-store"),
     ("Pragma", "no-cache"),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),
     ("X-Content-Type-Options", "nosniff"),
 )
 
