@@ -18,6 +18,8 @@ def _config_keys(cls: type, prefix: str = "") -> set[str]:
     keys: set[str] = set()
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if field.metadata.get("extra_tables"):
+            continue  # [plugins.NAME] tables, not a key (documented as a comment)
         tp = hints[field.name]
         path = f"{prefix}{field.name}"
         # Section tables recurse; value types such as Duration are dataclasses too but leaves.
