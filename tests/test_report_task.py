@@ -4,6 +4,7 @@ control server and a real loopback webhook, and the queue's dedupe and bound."""
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -388,3 +389,14 @@ async def test_queue_unit_rules() -> None:
     assert other.outcome == "closed"
     with pytest.raises(tunneld_report_task.QueueClosed):
         await queue.take()
+
+
+def test_config_example_documents_every_key_with_its_default() -> None:
+    # The table is commented out in config.example.toml (the defaults register nothing);
+    # uncommented, it must name every key and parse to the plugin's defaults.
+    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    block = example.split("# [plugins.report_task]\n", 1)[1]
+    lines = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    table = tomllib.loads("\n".join(line for line in lines if not line.startswith("# ")))
+    assert sorted(table) == sorted(tunneld_report_task.KEYS)
+    assert tunneld_report_task.parse_settings(table) == tunneld_report_task.Settings()

@@ -17,12 +17,13 @@ from tunneld_report_task._plugin import (
     ReportTaskPlugin,
 )
 from tunneld_report_task._queue import QueueClosed, QueueStats, Report, ReportQueue, Ticket
-from tunneld_report_task._settings import Settings, parse_settings
+from tunneld_report_task._settings import KEYS, Settings, parse_settings
 
 __all__ = [
     "ANNOTATIONS",
     "ENABLED_BY_DEFAULT",
     "INPUT_SCHEMA",
+    "KEYS",
     "OUTPUT_SCHEMA",
     "DeliveryError",
     "QueueClosed",
