@@ -4,6 +4,7 @@ the SQLite store, and ``tunneld control tasks``."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -13,13 +14,31 @@ from typing import Any
 import pytest
 import trio
 from _control_support import WAIT, Harness, read_json, running_server
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunneld.cli import main
 from tunneld.control import SqliteDatabase
 from tunneld.control._store import TASK_REPORTS_KEPT_PER_USER
 from tunneld.control._tasks import TaskValidationError, validate_task
+
+CI_SETTINGS = settings(derandomize=True, max_examples=100, deadline=None)
+SLOW_SETTINGS = settings(max_examples=20_000, deadline=None)
+
+_BODIES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+) | st.fixed_dictionaries(
+    {},
+    optional={
+        "state": st.sampled_from(["working", "complete", "idle", "failure", "done", ""]),
+        "summary": st.text(max_size=200),
+        "link": st.none()
+        | st.text(max_size=40)
+        | st.text(max_size=40).map(lambda s: "https://" + s),
+        "agent": st.none() | st.text(max_size=70),
+    },
+)
 
 
 @pytest.fixture
@@ -187,6 +206,31 @@ async def test_bad_bodies_and_filters(control: Harness) -> None:
     assert (await post(control, good, alice))[0] == 201
 
 
+@CI_SETTINGS
+@given(_BODIES)
+def test_validate_task_fuzz_structured_bodies(body: object) -> None:
+    _check_accepts_or_names_a_field(body)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("TUNNELD_SLOW"), reason="long fuzz run: TUNNELD_SLOW=1")
+@SLOW_SETTINGS
+@given(_BODIES)
+def test_validate_task_fuzz_long(body: object) -> None:
+    _check_accepts_or_names_a_field(body)
+
+
+def _check_accepts_or_names_a_field(body: object) -> None:
+    error = _validation_error(body)
+    if error is not None:
+        assert str(error).startswith(f"{error.field}: ")
+        return
+    task = validate_task(body)
+    assert task.state in ("working", "complete", "idle", "failure")
+    assert 1 <= len(task.summary) <= 160
+    assert task.link is None or task.link.startswith(("http://", "https://"))
+
+
 def _validation_error(body: object) -> TaskValidationError | None:
     try:
         validate_task(body)
@@ -202,6 +246,7 @@ def test_summary_length_counts_characters_not_bytes() -> None:
         validate_task({"state": "idle", "summary": "é" * 161})
 
 
+@CI_SETTINGS
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(),
@@ -218,6 +263,7 @@ def test_validate_task_fuzz_accepts_or_names_a_field(body: object) -> None:
         assert 1 <= len(task.summary) <= 160
 
 
+@CI_SETTINGS
 @given(
     state=st.sampled_from(["working", "complete", "idle", "failure"]),
     summary=st.text(min_size=1, max_size=160),

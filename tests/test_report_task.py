@@ -15,6 +15,8 @@ import pytest
 import trio
 from _agent_support import poll_pause
 from _control_support import WAIT, Harness, running_server
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tunneld import hookspecs
 from tunneld.http import HttpServer, Request, Response, Router
@@ -400,3 +402,26 @@ def test_config_example_documents_every_key_with_its_default() -> None:
     table = tomllib.loads("\n".join(line for line in lines if not line.startswith("# ")))
     assert sorted(table) == sorted(tunneld_report_task.KEYS)
     assert tunneld_report_task.parse_settings(table) == tunneld_report_task.Settings()
+
+
+_VALUES = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
+
+
+@settings(derandomize=True, max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from([*tunneld_report_task.KEYS, "other"]),
+        _VALUES | st.sampled_from(["http://127.0.0.1:1/x", "https://h.example", "5s", "0s"]),
+    )
+)
+def test_parse_settings_fuzz_accepts_or_names_the_key(config: dict[str, Any]) -> None:
+    problem: ValueError | None = None
+    try:
+        settings_ = tunneld_report_task.parse_settings(config)
+    except ValueError as exc:
+        problem = exc
+    if problem is not None:
+        assert str(problem).startswith("[plugins.report_task]")
+        return
+    assert settings_.configured == bool(settings_.control_url or settings_.webhook_url)
+    assert not settings_.control_url or settings_.token or settings_.token_file
