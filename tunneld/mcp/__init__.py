@@ -1,6 +1,6 @@
 """MCP for tunneld: the registry of tools, resources and prompts (the plugin contract).
 
-The Streamable HTTP server and the stdio bridge are built on top of this.
+:class:`McpServer` serves a :class:`Registry` over Streamable HTTP (docs/mcp.md).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tunneld.mcp._registry import (
     open_world,
     validate_tool_name,
 )
+from tunneld.mcp._server import McpServer
 
 __all__ = [
     "DESTRUCTIVE",
@@ -38,6 +39,7 @@ __all__ = [
     "Caller",
     "Content",
     "DuplicateNameError",
+    "McpServer",
     "Prompt",
     "PromptArgument",
     "Registry",
