@@ -40,7 +40,7 @@ class App:
 @pytest.fixture
 async def app_url(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[tuple[str, App]]:
     store = await SqliteStore.open(tmp_path / "control.db")
-    await add_password_user(store, "alice", "correct horse")
+    await add_password_user(store, "alice", "correct horse", cheap=False)
     await store.add_user("nopass", None, 0.0)
     url = ""
     sessions = BrowserSessions(store, base_url=lambda: url, login_burst=50)

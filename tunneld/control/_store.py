@@ -229,6 +229,7 @@ class Store(Protocol):
         agent: str | None = None,
         state: TaskState | None = None,
     ) -> list[TaskReport]: ...
+    async def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant: ...
 
 
 _TOKEN_COLUMNS = (
@@ -633,6 +634,22 @@ class SqliteDatabase:
             ).fetchall()
         return [Grant(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
 
+    def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant:
+        """Delete one grant (exactly as added). Raises NotFoundError if absent."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT g.id, g.created_at FROM grants g JOIN users a ON a.id = g.grantee_id"
+                " JOIN users b ON b.id = g.owner_id"
+                " WHERE a.name = ? AND b.name = ? AND g.agent_name = ?",
+                (grantee, owner, agent_name),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(
+                    f"no grant of {owner}/{agent_name} to {grantee} (see `grant list`)"
+                )
+            conn.execute("DELETE FROM grants WHERE id = ?", (row[0],))
+        return Grant(int(row[0]), grantee, owner, agent_name, float(row[1]))
+
     def has_grant(self, grantee_id: int, owner_id: int, agent_name: str) -> bool:
         with self._read() as conn:
             row = conn.execute(
@@ -860,3 +877,6 @@ class SqliteStore:
         return await self._run(
             self.db.list_task_reports, viewer_id, limit=limit, agent=agent, state=state
         )
+
+    async def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant:
+        return await self._run(self.db.remove_grant, grantee, owner, agent_name)
