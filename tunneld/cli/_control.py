@@ -69,8 +69,9 @@ def register(sub: Subparsers) -> None:
         "control",
         help="run the control plane (coordinator, DERP relay, STUN); manage users and tokens",
         description=(
-            "Without a subcommand: serve the coordinator, DERP relay, STUN, /healthz and "
-            "/metrics. With one: manage users, tokens and grants in the data directory."
+            "Without a subcommand: serve the coordinator, DERP relay, STUN, /healthz, "
+            "/metrics and the dashboard at /. With one: manage users, tokens and grants, "
+            "or list task reports, in the data directory."
         ),
     )
     _common(control, top=True)
