@@ -17,6 +17,7 @@ a one-line summary of at most 160 characters and optionally an http(s) link.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Final, get_args
 from urllib.parse import urlsplit
 
@@ -57,16 +58,14 @@ class TaskValidationError(ValueError):
         self.field = field
 
 
+@dataclass(frozen=True, slots=True)
 class TaskInput:
     """A validated report body (see :func:`validate_task`)."""
 
-    __slots__ = ("agent", "link", "state", "summary")
-
-    def __init__(self, state: TaskState, summary: str, link: str | None, agent: str | None):
-        self.state = state
-        self.summary = summary
-        self.link = link
-        self.agent = agent
+    state: TaskState
+    summary: str
+    link: str | None
+    agent: str | None
 
 
 def _has_control_characters(text: str) -> bool:
