@@ -91,6 +91,7 @@ async def running_world(
             await nursery.start(overlay.serve)
         token_file = socket_dir / "token"
         token_file.write_text(await h.token("alice") + "\n")
+        token_file.chmod(0o600)  # token files must not be group/world-readable
         api_socket = socket_dir / "api.sock"
         config = socket_dir / "config.toml"
         config.write_text(
@@ -102,6 +103,9 @@ async def running_world(
             f'control_url = "{h.info.url}"\n'
             f'token_file = "{token_file}"\n'
             'udp_listen = "127.0.0.1:0"\n'
+            # Not the default 127.0.0.1:7421: tests (and other daemons) run in parallel.
+            "[mcp]\n"
+            'listen = "127.0.0.1:0"\n'
         )
         daemon: trio.Process = await nursery.start(
             functools.partial(
