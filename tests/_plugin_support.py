@@ -12,6 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+# First-party plugins that are on by default and that the README set-up installs next to
+# the throw-away ones a test makes; tests that count plugins or tools disable them.
+INSTALLED_DEFAULTS = ("report_task", "workspace")
+
 # A plugin that records every hook call in the file named by its config's "journal".
 RECORDING_PLUGIN = """
 from tunneld.hookspecs import hookimpl

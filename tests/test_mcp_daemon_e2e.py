@@ -27,7 +27,7 @@ import trio
 
 from tests._control_support import Harness, running_server
 from tests._mcp_client import RawMcpClient, connector_as, in_asyncio_thread
-from tests._plugin_support import make_plugin, recording_plugin
+from tests._plugin_support import INSTALLED_DEFAULTS, make_plugin, recording_plugin
 from tunneld.config import Config, DaemonConfig, Duration, McpConfig, load_config
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
@@ -175,7 +175,8 @@ async def test_sdk_clients_call_the_example_plugin_through_the_daemon(
         (short_dir / "daemon.token").write_text(await h.token("alice") + "\n")
         (short_dir / "daemon.token").chmod(0o600)
         api_socket = short_dir / "api.sock"
-        config = daemon_config(h, short_dir, api_socket)
+        others = ", ".join(f'"{name}"' for name in INSTALLED_DEFAULTS)
+        config = daemon_config(h, short_dir, api_socket, f"[plugins]\ndisable = [{others}]\n")
         env = with_path(site)
         async with agent_process(nursery, h, short_dir, "web1", workspace):
             command = [sys.executable, "-m", "tunneld", "run", "--config", str(config),
@@ -314,7 +315,8 @@ async def test_reload_sends_tools_list_changed_to_a_live_session(
     recording_plugin(site, "one", ["one_tool"])
     recording_plugin(site, "two", ["two_tool"])
     config_file = tmp_path / "config.toml"
-    config_file.write_text('[plugins]\ndisable = ["two"]\n')
+    others = "".join(f', "{name}"' for name in INSTALLED_DEFAULTS)
+    config_file.write_text(f'[plugins]\ndisable = ["two"{others}]\n')
     (tmp_path / "control").mkdir()
     async with running_server(nursery, tmp_path / "control", relay=True) as h:
         await h.user("alice")
@@ -364,7 +366,7 @@ async def test_reload_sends_tools_list_changed_to_a_live_session(
 
             async with Client(url, mode="legacy", message_handler=on_message) as client:
                 before = sorted(t.name for t in (await client.list_tools()).tools)
-                config_file.write_text('[plugins]\ndisable = ["one"]\n')
+                config_file.write_text(f'[plugins]\ndisable = ["one"{others}]\n')
                 # POST /v0/reload on the local socket, as `curl --unix-socket` would.
                 api = LocalApiClient(short_dir / "api.sock")
                 reloaded = await anyio.to_thread.run_sync(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests._plugin_support import make_plugin, recording_plugin
+from tests._plugin_support import INSTALLED_DEFAULTS, make_plugin, recording_plugin
 from tunneld import hookspecs
 from tunneld.config import PluginsConfig
 from tunneld.plugins import HOOK_NAMES, PluginError, PluginManager
@@ -64,7 +64,7 @@ def test_broken_plugins_do_not_stop_the_others(site: Path) -> None:
             register("not a resource")
         """,
     )
-    manager = PluginManager(PluginsConfig())
+    manager = PluginManager(PluginsConfig(disable=INSTALLED_DEFAULTS))
     registry = manager.load()
     assert list(registry.tools) == ["good_echo"]
     assert registry.tools["good_echo"].plugin == "good"
@@ -185,7 +185,11 @@ def test_example_plugin_config_validation_message() -> None:
             PluginsConfig(enable=("example",), strict=True, tables={"example": {"max_pages": 0}})
         ).load()
     good = PluginManager(
-        PluginsConfig(enable=("example",), tables={"example": {"page_size": "1KiB"}})
+        PluginsConfig(
+            enable=("example",),
+            disable=INSTALLED_DEFAULTS,
+            tables={"example": {"page_size": "1KiB"}},
+        )
     )
     registry = good.load()
     assert sorted(registry.tools) == ["example_count_lines", "example_stat"]
@@ -313,11 +317,13 @@ async def test_reload_starts_new_plugins_and_stops_removed_ones(site: Path, tmp_
     recording_plugin(site, "one", ["one_tool"])
     recording_plugin(site, "two", ["two_tool"])
     tables = {"one": {"journal": str(log)}, "two": {"journal": str(log)}}
-    manager = PluginManager(PluginsConfig(disable=("two",), tables=tables))
+    manager = PluginManager(PluginsConfig(disable=("two", *INSTALLED_DEFAULTS), tables=tables))
     manager.load()
     await manager.startup()
     assert sorted(manager.registry.tools) == ["one_tool"]
-    registry = await manager.reload(PluginsConfig(disable=("one",), tables=tables))
+    registry = await manager.reload(
+        PluginsConfig(disable=("one", *INSTALLED_DEFAULTS), tables=tables)
+    )
     assert sorted(registry.tools) == ["two_tool"]
     assert journal(log) == [
         "tp_one register_tools",
@@ -328,14 +334,15 @@ async def test_reload_starts_new_plugins_and_stops_removed_ones(site: Path, tmp_
     ]
     # Still enabled across a reload: register again with the new config, no restart.
     registry = await manager.reload(
-        PluginsConfig(disable=("one",), tables=tables), allowed_tools=["nothing"]
+        PluginsConfig(disable=("one", *INSTALLED_DEFAULTS), tables=tables),
+        allowed_tools=["nothing"],
     )
     assert not registry.tools
     assert journal(log)[-1] == "tp_two register_tools"
     # A strict reload that fails changes nothing.
     make_plugin(site, "broken", "raise ImportError('half installed')\n")
     with pytest.raises(PluginError, match="broken"):
-        await manager.reload(PluginsConfig(strict=True, tables=tables))
+        await manager.reload(PluginsConfig(strict=True, disable=INSTALLED_DEFAULTS, tables=tables))
     assert manager.plugins == ["two"]
     assert journal(log)[-1] == "tp_two register_tools"
     await manager.shutdown()
