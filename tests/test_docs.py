@@ -18,6 +18,8 @@ def _config_keys(cls: type, prefix: str = "") -> set[str]:
     keys: set[str] = set()
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if field.metadata.get("extra_tables"):
+            continue  # [plugins.NAME] tables, not a key (documented as a comment)
         tp = hints[field.name]
         path = f"{prefix}{field.name}"
         # Section tables recurse; value types such as Duration are dataclasses too but leaves.
@@ -75,3 +77,29 @@ def test_every_command_has_help_text() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     for choice in sub._choices_actions:  # type: ignore[attr-defined]
         assert choice.help, f"`tunneld {choice.dest}` has no help text"
+
+
+def _hookspec_names() -> list[str]:
+    from tunneld import hookspecs
+
+    return sorted(
+        name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "tunneld_spec")
+    )
+
+
+def test_every_hookspec_is_documented_in_the_plugin_guide() -> None:
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    names = _hookspec_names()
+    assert names, "no hookspecs found"
+    missing = [name for name in names if f"### `{name}`" not in guide]
+    assert not missing, f"hooks without a section in docs/plugins.md: {missing}"
+
+
+def test_every_hookspec_has_a_test() -> None:
+    tests = (ROOT / "tests" / "test_plugins.py").read_text()
+    missing = [
+        name
+        for name in _hookspec_names()
+        if f"def {name}(" not in tests and f"async def {name}(" not in tests
+    ]
+    assert not missing, f"hooks never implemented by a test plugin: {missing}"

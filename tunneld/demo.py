@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +79,16 @@ class DemoResult:
         }
 
 
-async def run_demo(*, calls: int = 20, progress: Callable[[str], None] = print) -> DemoResult:
+async def run_demo(
+    *,
+    calls: int = 20,
+    progress: Callable[[str], None] = print,
+    plugins: Sequence[str] = (),
+) -> DemoResult:
     """Run the demo end to end; returns what it measured.
+
+    ``plugins``: installed plugins to enable for the run (``tunneld demo --plugin``),
+    for the daemon the demo runs its MCP calls through.
 
     Raises:
         DemoError: a step failed (the message names it).

@@ -13,7 +13,7 @@ import trio
 
 from tunneld.cli._common import CliError, Subparsers, apply_log_config
 from tunneld.cli._node import build_overlay
-from tunneld.config import DaemonConfig, load_config
+from tunneld.config import Config, load_config
 from tunneld.daemon import (
     Daemon,
     DaemonRunningError,
@@ -23,6 +23,7 @@ from tunneld.daemon import (
     open_api_listener,
 )
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+from tunneld.plugins import PluginError, PluginManager
 
 __all__ = ["register"]
 
@@ -47,8 +48,10 @@ def register(sub: Subparsers) -> None:
         help="run the daemon: the overlay node and its local API",
         description=(
             "Run this machine's overlay node and serve the local API on a Unix socket"
-            " (socket-activated under systemd). SIGHUP reloads [daemon] timeouts, SIGTERM"
-            " stops gracefully."
+            " (socket-activated under systemd) and MCP (Streamable HTTP) at /mcp on that"
+            " socket and on [mcp] listen (default 127.0.0.1:7421), with the tools of the"
+            " installed plugins. SIGHUP reloads [daemon] timeouts, [plugins] and [mcp]"
+            " allowed_tools; SIGTERM stops gracefully."
         ),
     )
     run.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
@@ -59,6 +62,7 @@ def register(sub: Subparsers) -> None:
         default=None,
         help="local API socket (default: [daemon].socket, else the per-user default)",
     )
+    add_plugin_option(run)
     run.set_defaults(func=_run)
     status = sub.add_parser(
         "status",
@@ -95,6 +99,32 @@ def register(sub: Subparsers) -> None:
     dial.add_argument("agent", metavar="AGENT", help="agent name")
     dial.add_argument("port", metavar="PORT", help="service port (or name) on the agent")
     dial.set_defaults(func=_dial)
+    mcp = sub.add_parser(
+        "mcp",
+        help="a stdio MCP server that forwards to the daemon (for stdio-only MCP hosts)",
+        description=(
+            "Speak MCP over stdin/stdout (newline-delimited JSON-RPC) and forward every"
+            " message to the running daemon's /mcp endpoint over its Unix socket, in one"
+            " MCP session, so the host's tool calls share the daemon's overlay. Exits when"
+            " stdin ends. Configure a host with the command `tunneld mcp`."
+        ),
+    )
+    _add_socket(mcp)
+    mcp.set_defaults(func=_mcp)
+
+
+def add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    """``--plugin NAME`` (repeatable): enable an installed plugin for this run."""
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "enable the installed plugin NAME (its entry-point name, e.g. example) for this"
+            " run, on top of [plugins] enable; repeatable"
+        ),
+    )
 
 
 def _client(args: argparse.Namespace) -> LocalApiClient:
@@ -135,8 +165,9 @@ def _status(args: argparse.Namespace) -> int:
     tunnels = answer.get("tunnels") or []
     node = answer.get("node")
     for key, value in sorted(answer.items()):
-        if key not in ("tunnels", "node"):
+        if key not in ("tunnels", "node", "plugins", "mcp"):
             print(f"{key}: {value}")
+    _print_mcp(answer.get("mcp"), answer.get("plugins"))
     if node is not None and not isinstance(node, dict):
         print(f"node: {node}")
     if isinstance(node, dict):
@@ -175,6 +206,27 @@ def _status(args: argparse.Namespace) -> int:
         )
     print(_table(rows))
     return 0
+
+
+def _print_mcp(mcp: object, plugins: object) -> None:
+    if isinstance(mcp, dict):
+        tools = mcp.get("tools") or []
+        where = mcp.get("url") or "the socket only"
+        print(
+            f"mcp: {where} ({len(tools)} tools, {mcp.get('sessions')} sessions,"
+            f" {mcp.get('calls')} calls)"
+        )
+    if not isinstance(plugins, dict):
+        return
+    loaded = [p for p in plugins.get("loaded") or [] if isinstance(p, dict)]
+    names = ", ".join(f"{p.get('name')} {p.get('version') or ''}".strip() for p in loaded)
+    print(f"plugins: {names or 'none'}")
+    for failed in plugins.get("failed") or []:
+        if isinstance(failed, dict):
+            print(
+                f"plugin failed: {failed.get('plugin')} ({failed.get('stage')}):"
+                f" {failed.get('error')}"
+            )
 
 
 def _agents(args: argparse.Namespace) -> int:
@@ -264,15 +316,20 @@ def _run(args: argparse.Namespace) -> int:
         udp_listen=settings.udp_listen,
     )
 
-    def reload_settings() -> DaemonConfig:
-        return load_config(args.config).daemon
+    def reload_config() -> Config:
+        return load_config(args.config)
 
+    plugins = PluginManager(
+        config.plugins, allowed_tools=config.mcp.allowed_tools, extra_enable=args.plugin
+    )
     daemon = Daemon(
         overlay,
         settings,
         notifier=Notifier(),
-        reload_settings=reload_settings if args.config else None,
+        reload_settings=reload_config if args.config else None,
         shutdown_grace=settings.shutdown_grace.seconds,
+        mcp=config.mcp,
+        plugins=plugins,
     )
     activated = listen_fds()
     path = args.socket or (Path(settings.socket) if settings.socket else default_socket_path())
@@ -293,7 +350,33 @@ def _run(args: argparse.Namespace) -> int:
                 raise CliError(
                     f'{exc.args[0]} (create it, or set [daemon].socket_group = "")'
                 ) from None
-        await daemon.run(listeners)
+        try:
+            await daemon.run(listeners)
+        except PluginError as exc:
+            raise CliError(str(exc)) from None
+        except OSError as exc:
+            if exc.strerror and exc.strerror.startswith("[mcp]"):
+                raise CliError(exc.strerror) from None
+            raise
 
     trio.run(main)
+    return 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from tunneld.daemon._mcp_bridge import McpBridge
+
+    path = args.socket or os.environ.get("TUNNELD_SOCKET") or default_socket_path()
+    bridge = McpBridge(path)
+
+    async def main() -> None:
+        await bridge.check()
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        async with stdin:
+            await bridge.run(stdin)
+
+    try:
+        trio.run(main)
+    except DaemonUnavailableError as exc:
+        raise CliError(str(exc)) from None
     return 0

@@ -34,6 +34,9 @@ def register(sub: Subparsers) -> None:
     demo.add_argument(
         "--json", action="store_true", help="print one JSON object with the results instead"
     )
+    from tunneld.cli._daemon import add_plugin_option
+
+    add_plugin_option(demo)
     # Teardown makes the nodes log lost sessions; a failed step is reported as an error.
     demo.set_defaults(func=_demo, default_log_level="error")
 
@@ -45,10 +48,24 @@ def _demo(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"  {line}", flush=True)
 
+    if args.plugin:
+        import importlib.metadata
+
+        from tunneld.plugins import ENTRY_POINT_GROUP
+
+        installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        missing = [name for name in args.plugin if name not in installed]
+        if missing:
+            raise CliError(
+                f"--plugin {', '.join(missing)}: not installed (installed plugins:"
+                f" {', '.join(sorted(installed)) or 'none'})"
+            )
     if not args.json:
         print("tunneld demo — control plane, an agent and a laptop node on loopback\n")
     try:
-        result = trio.run(lambda: run_demo(calls=args.calls, progress=progress))
+        result = trio.run(
+            lambda: run_demo(calls=args.calls, progress=progress, plugins=tuple(args.plugin))
+        )
     except (DemoError, OSError) as exc:
         raise CliError(f"demo failed: {exc}") from None
     if args.json:

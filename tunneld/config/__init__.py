@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunneld.config._load import ConfigError, from_mapping, read_toml
-from tunneld.config._sections import AgentConfig, Config, DaemonConfig, LogConfig
+from tunneld.config._sections import (
+    AgentConfig,
+    Config,
+    DaemonConfig,
+    LogConfig,
+    McpConfig,
+    PluginsConfig,
+)
 from tunneld.config._units import (
     ByteSize,
     Duration,
@@ -29,6 +36,8 @@ __all__ = [
     "Duration",
     "HostPort",
     "LogConfig",
+    "McpConfig",
+    "PluginsConfig",
     "format_duration",
     "from_mapping",
     "load_config",

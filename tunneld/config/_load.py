@@ -80,9 +80,24 @@ def _key_path(section: str, key: str) -> str:
 def _build(cls: type[T], data: Mapping[str, Any], section: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    # A field marked ``extra_tables`` ([plugins]) takes every unknown key whose value is
+    # a table, by name: ``[plugins.example]`` → ``tables["example"]``.
+    extra = next((n for n, f in fields.items() if f.metadata.get("extra_tables")), None)
+    if extra is not None:
+        del fields[extra]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
+        if name not in fields and extra is not None:
+            if not isinstance(value, dict):
+                known = ", ".join(sorted(fields))
+                raise _Invalid(
+                    _key_path(section, key),
+                    f"unknown key; known keys: {known}, and [{section}.NAME] tables"
+                    f" (got {_show(value)})",
+                )
+            kwargs.setdefault(extra, {})[key] = dict(value)
+            continue
         if name not in fields:
             suggestion = difflib.get_close_matches(name, list(fields), n=1)
             hint = f" (did you mean {suggestion[0]}?)" if suggestion else ""

@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Literal
 
 from tunneld._address import websocket_base
-from tunneld.config._units import ByteSize, Duration, HostPort
+from tunneld.config._units import ByteSize, Duration, HostPort, parse_host_port
 
-__all__ = ["AgentConfig", "Config", "ControlConfig", "DaemonConfig", "LogConfig"]
+__all__ = [
+    "AgentConfig",
+    "Config",
+    "ControlConfig",
+    "DaemonConfig",
+    "LogConfig",
+    "McpConfig",
+    "PluginsConfig",
+]
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "text", "json"]
@@ -148,6 +156,66 @@ class DaemonConfig:
     shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
 
 
+def _optional_listen(value: str) -> None:
+    if value:
+        try:
+            parse_host_port(value)
+        except ValueError:
+            raise ValueError('expected HOST:PORT like "127.0.0.1:7421", or "" for none') from None
+
+
+def _tool_names(names: tuple[str, ...]) -> None:
+    from tunneld.mcp import validate_tool_name
+
+    for name in names:
+        validate_tool_name(name)
+
+
+def _request_size(value: ByteSize) -> None:
+    if not 1024 <= value.bytes <= 2**30:
+        raise ValueError('expected a size between "1KiB" and "1GiB"')
+
+
+@dataclass(frozen=True, slots=True)
+class McpConfig:
+    """``[mcp]``: the daemon's MCP server (Streamable HTTP on TCP and at ``/mcp`` on the socket)."""
+
+    # "" serves MCP only on the Unix socket (and through `tunneld mcp`).
+    listen: str = field(default="127.0.0.1:7421", metadata={"check": _optional_listen})
+    allowed_tools: tuple[str, ...] = field(default=(), metadata={"check": _tool_names})
+    instructions: str = ""
+    allowed_origins: tuple[str, ...] = ()
+    max_request_size: ByteSize = field(
+        default=ByteSize(4 * 2**20), metadata={"check": _request_size}
+    )
+    session_idle_timeout: Duration = field(
+        default=Duration(3600.0), metadata={"check": _positive_duration}
+    )
+
+
+def _plugin_names(names: tuple[str, ...]) -> None:
+    for name in names:
+        if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise ValueError('expected plugin (entry-point) names like "example"')
+
+
+@dataclass(frozen=True, slots=True)
+class PluginsConfig:
+    """``[plugins]``: which tool plugins load, and each one's own ``[plugins.NAME]`` table.
+
+    Every other key of ``[plugins]`` must be a table; it goes to ``tables`` and is
+    passed, unchecked, to that plugin's hooks as ``config`` (the plugin validates it).
+    """
+
+    enable: tuple[str, ...] = field(default=(), metadata={"check": _plugin_names})
+    disable: tuple[str, ...] = field(default=(), metadata={"check": _plugin_names})
+    strict: bool = False
+    # Filled from the [plugins.NAME] sub-tables, not a key of its own.
+    tables: dict[str, dict[str, object]] = field(
+        default_factory=dict, metadata={"extra_tables": True}
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole config file. Every table is optional; absent tables take their defaults."""
@@ -156,3 +224,5 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)

@@ -1,39 +1,56 @@
-"""The daemon: one overlay, the tunnel table, the local API and systemd, together."""
+"""The daemon: one overlay, the tunnel table, the local API, MCP, plugins and systemd."""
 
 from __future__ import annotations
 
 import dataclasses
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 import trio
 
 from tunneld import __version__
-from tunneld.config import DaemonConfig
+from tunneld.config import Config, DaemonConfig, McpConfig, PluginsConfig
+from tunneld.daemon._agents import DaemonAgents
 from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import LocalApi
 from tunneld.daemon._overlay_backend import OverlayTunnels
 from tunneld.daemon._systemd import Notifier
 from tunneld.daemon._tunnels import TunnelTable
-from tunneld.http import HttpError
+from tunneld.http import HttpError, HttpServer, Request, Router
 from tunneld.log import get_logger
+from tunneld.mcp import Caller, McpServer
 from tunneld.net.overlay import Overlay, PeerStatus
+from tunneld.plugins import PluginError, PluginManager
 
 __all__ = ["Daemon"]
 
 log = get_logger(__name__)
 
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
+# MCP scopes (tunneld.mcp): the Unix socket grants them from SO_PEERCRED.
+SCOPE_READ: Final = "mcp:tools"
+SCOPE_WRITE: Final = "mcp:tools:write"
+_WILDCARD_HOSTS: Final = ("", "0.0.0.0", "::", "*")
 
 
 class Daemon:
-    """``tunneld run``: serve an :class:`Overlay` to local programs.
+    """``tunneld run``: serve an :class:`Overlay` to local programs and MCP hosts.
 
-    ``reload_settings`` re-reads the ``[daemon]`` config (SIGHUP and ``POST
-    /v0/reload``); it may raise to refuse a bad file, and the daemon keeps running
-    with the old settings. Only ``idle_timeout`` and ``connect_timeout`` take effect
-    on reload; the socket and the node identity need a restart.
+    ``reload_settings`` re-reads the config (SIGHUP and ``POST /v0/reload``): a
+    :class:`Config` (or only its ``[daemon]`` table); it may raise to refuse a bad
+    file, and the daemon keeps running with the old settings. On reload
+    ``idle_timeout``, ``connect_timeout``, ``[plugins]`` and ``[mcp] allowed_tools``
+    take effect (the tool list changes are pushed to MCP sessions); sockets, the
+    listener and the node identity need a restart.
+
+    MCP is served at ``/mcp`` on the local API socket, and on TCP at ``mcp.listen``
+    (``""``, the default here, for none; ``tunneld run`` passes ``[mcp]``). On the
+    socket, a caller who may use the write endpoints (root, the daemon's user, the
+    socket group) gets the MCP write scope, anyone else read-only tools only. The TCP
+    listener has no authentication of its own: keep it on loopback.
+
+    ``plugins`` defaults to a manager with the default ``[plugins]`` settings.
     """
 
     def __init__(
@@ -42,8 +59,10 @@ class Daemon:
         settings: DaemonConfig,
         *,
         notifier: Notifier | None = None,
-        reload_settings: Callable[[], DaemonConfig] | None = None,
+        reload_settings: Callable[[], DaemonConfig | Config] | None = None,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        mcp: McpConfig | None = None,
+        plugins: PluginManager | None = None,
     ) -> None:
         self.overlay = overlay
         self.settings = settings
@@ -66,7 +85,86 @@ class Daemon:
             reload=self._reload_endpoint,
             write_group=settings.socket_group or None,
         )
+        self.mcp_settings = mcp if mcp is not None else McpConfig(listen="")
+        self.plugins = (
+            plugins
+            if plugins is not None
+            else PluginManager(PluginsConfig(), allowed_tools=self.mcp_settings.allowed_tools)
+        )
+        self.mcp_url: str | None = None
+        # One MCP server per transport: they serve the same registry but authenticate
+        # differently (SO_PEERCRED on the socket; the TCP side is where OAuth goes).
+        self.mcp_unix = self._mcp_server(self._authenticate_unix)
+        self.mcp_unix.mount(self.api.router, "/mcp")
+        self.mcp_tcp: McpServer | None = None
+        self._mcp_http: HttpServer | None = None
+        if self.mcp_settings.listen:
+            self.mcp_tcp = self._mcp_server(None)
+            router = Router()
+            self.mcp_tcp.mount(router, "/mcp")
+            self._mcp_http = HttpServer(router)
         self._stopping = False
+        self._reloading = trio.Lock()  # SIGHUP and POST /v0/reload may overlap
+
+    def _mcp_server(self, authenticate: Callable[[Request], Awaitable[Caller]] | None) -> McpServer:
+        settings = self.mcp_settings
+        host = settings.listen.rsplit(":", 1)[0].strip("[]") if settings.listen else ""
+        return McpServer(
+            self.plugins.registry,
+            self._agents_for,
+            instructions=settings.instructions,
+            authenticate=authenticate,
+            allowed_origins=settings.allowed_origins,
+            allowed_hosts=() if host in _WILDCARD_HOSTS else (host,),
+            max_request_bytes=settings.max_request_size.bytes,
+            session_idle_timeout=settings.session_idle_timeout.seconds,
+            plugin_configs=self.plugins.configs,
+        )
+
+    def _agents_for(self, caller: Caller) -> DaemonAgents:
+        return DaemonAgents(self.tunnels, self.overlay.open_stream, self._agents, caller)
+
+    async def _authenticate_unix(self, request: Request) -> Caller:
+        """The socket's caller: read scope for anyone who can connect, write per the API."""
+        await trio.lowlevel.checkpoint()
+        for header in ("origin", "referer"):
+            if header in request.headers:
+                raise HttpError(
+                    403,
+                    f"requests with a {header.title()} header are refused:"
+                    " browsers may not use the local API",
+                    code="browser_request",
+                )
+        creds = request.peer_credentials
+        scopes = {SCOPE_READ}
+        if self.api.can_write(creds):
+            scopes.add(SCOPE_WRITE)
+        return Caller(
+            subject="",
+            scopes=frozenset(scopes),
+            transport="unix",
+            uid=creds.uid if creds is not None else None,
+        )
+
+    def _mcp_servers(self) -> list[McpServer]:
+        return [s for s in (self.mcp_unix, self.mcp_tcp) if s is not None]
+
+    async def _open_mcp_listeners(self) -> list[trio.SocketListener]:
+        listen = self.mcp_settings.listen
+        if not listen:
+            return []
+        host, _, port_text = listen.rpartition(":")
+        host = host.strip("[]")
+        try:
+            listeners = await trio.open_tcp_listeners(int(port_text), host=host or None)
+        except OSError as exc:
+            raise OSError(exc.errno, f"[mcp] listen {listen}: {exc.strerror or exc}") from None
+        if int(port_text) == 0 and len(listeners) > 1:
+            # Every address family would get its own random port: serve one, truthfully.
+            for extra in listeners[1:]:
+                await extra.aclose()
+            listeners = listeners[:1]
+        return listeners
 
     async def run(
         self,
@@ -77,19 +175,54 @@ class Daemon:
     ) -> None:
         """Run until SIGTERM/SIGINT (with ``handle_signals``), :meth:`stop` or cancellation.
 
-        Reports the local API's addresses once the overlay, the tunnel table and the
-        API are up, which is also when ``READY=1`` goes to systemd.
+        Loads the plugins first and calls their ``startup`` hooks; ``shutdown`` hooks
+        run (shielded, bounded) when the daemon stops. Reports the local API's
+        addresses, then the MCP URL (``http://HOST:PORT/mcp``) if MCP listens on TCP,
+        once everything is up, which is also when ``READY=1`` goes to systemd.
+
+        Raises:
+            PluginError: ``[plugins] strict`` and a plugin failed.
+            OSError: the MCP TCP address cannot be bound (the message names it).
         """
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.overlay.serve)
-            await nursery.start(self.tunnels.run)
-            addresses = await nursery.start(self._serve_api, listeners, nursery.cancel_scope)
-            await nursery.start(self.notifier.run_watchdog)
-            if handle_signals:
-                await nursery.start(self._signals)
-            self.notifier.ready(f"serving the local API on {len(listeners)} socket(s)")
-            log.info("daemon.ready", name=self.overlay.config.name)
-            task_status.started(addresses)
+        self.plugins.load()
+        self._serve_registry()
+        mcp_listeners = await self._open_mcp_listeners()
+        try:
+            await self.plugins.startup()
+            self._serve_registry()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.overlay.serve)
+                await nursery.start(self.tunnels.run)
+                for server in self._mcp_servers():
+                    await nursery.start(server.run)
+                addresses = await nursery.start(self._serve_api, listeners, nursery.cancel_scope)
+                if self._mcp_http is not None and mcp_listeners:
+                    url = self._url(mcp_listeners[0])
+                    served, mcp_listeners = mcp_listeners, []  # the server owns them now
+                    await nursery.start(self._mcp_http.serve, served)
+                    self.mcp_url = url
+                    addresses = [*addresses, url]
+                await nursery.start(self.notifier.run_watchdog)
+                if handle_signals:
+                    await nursery.start(self._signals)
+                self.notifier.ready(f"serving the local API on {len(listeners)} socket(s)")
+                log.info("daemon.ready", name=self.overlay.config.name, mcp=self.mcp_url)
+                task_status.started(addresses)
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in mcp_listeners:
+                    await listener.aclose()
+                await self.plugins.shutdown()
+
+    def _serve_registry(self) -> None:
+        for server in self._mcp_servers():
+            server.set_registry(self.plugins.registry, self.plugins.configs)
+
+    @staticmethod
+    def _url(listener: trio.SocketListener) -> str:
+        host, port = listener.socket.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/mcp"
 
     async def _serve_api(
         self,
@@ -113,38 +246,67 @@ class Daemon:
             self.notifier.stopping()
             log.info("daemon.stopping", grace=self.shutdown_grace)
         self.api.shutdown(self.shutdown_grace)
+        if self._mcp_http is not None:
+            self._mcp_http.shutdown(self.shutdown_grace)
 
     async def _signals(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    self.reload()
+                    await self.reload()
                 else:
                     self.stop()
 
-    def reload(self) -> Mapping[str, object]:
-        """Re-read the settings that can change at run time; says what happened."""
+    async def reload(self) -> Mapping[str, object]:
+        """Re-read the settings that can change at run time; says what happened.
+
+        The plugins are reloaded too and every MCP session hears
+        ``notifications/tools/list_changed``. A bad file or a strict plugin failure
+        refuses the reload and keeps the running settings and plugins.
+        """
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> Mapping[str, object]:
         self.notifier.reloading()
         try:
             if self._reload_settings is None:
                 return {"reloaded": False, "reason": "no config file to reload"}
             try:
-                settings = self._reload_settings()
+                loaded = self._reload_settings()
             except Exception as exc:
                 log.warning("daemon.reload_failed", error=str(exc))
                 return {"reloaded": False, "reason": str(exc)}
+            settings = loaded.daemon if isinstance(loaded, Config) else loaded
+            if isinstance(loaded, Config):
+                try:
+                    await self.plugins.reload(
+                        loaded.plugins, allowed_tools=loaded.mcp.allowed_tools
+                    )
+                except PluginError as exc:
+                    log.warning("daemon.reload_failed", error=str(exc))
+                    return {"reloaded": False, "reason": str(exc)}
+                finally:
+                    self._serve_registry()
+            else:
+                await trio.lowlevel.checkpoint()
             self.settings = settings
             self.tunnels.idle_timeout = settings.idle_timeout.seconds
             self.tunnels.connect_timeout = settings.connect_timeout.seconds
-            log.info("daemon.reloaded", idle_timeout=settings.idle_timeout.seconds)
+            log.info(
+                "daemon.reloaded",
+                idle_timeout=settings.idle_timeout.seconds,
+                tools=len(self.plugins.registry.tools),
+            )
+            if isinstance(loaded, Config):
+                return {"reloaded": True, "tools": sorted(self.plugins.registry.tools)}
             return {"reloaded": True}
         finally:
             self.notifier.ready("reloaded")
 
     async def _reload_endpoint(self) -> Mapping[str, object]:
-        await trio.lowlevel.checkpoint()
-        result = self.reload()
+        result = await self.reload()
         if not result.get("reloaded"):
             raise HttpError(422, str(result.get("reason")), code="reload_failed")
         return result
@@ -160,7 +322,19 @@ class Daemon:
     def _status(self) -> Mapping[str, object]:
         node = dict(self.overlay.status())
         node["peers"] = self._peers()
-        return {"version": __version__, "node": node, "watchers": self.events.subscribers}
+        return {
+            "version": __version__,
+            "node": node,
+            "watchers": self.events.subscribers,
+            "plugins": self.plugins.status(),
+            "mcp": {
+                "url": self.mcp_url,
+                "socket_path": "/mcp",
+                "tools": sorted(self.plugins.registry.tools),
+                "sessions": sum(s.sessions for s in self._mcp_servers()),
+                "calls": sum(s.calls for s in self._mcp_servers()),
+            },
+        }
 
     def _agents(self) -> list[Mapping[str, object]]:
         keys = ("name", "owner", "id", "online", "handshake", "path")
