@@ -20,6 +20,7 @@ from tunneld.proto.agentrpc._framing import MAX_FRAME_SIZE, frame
 
 __all__ = [
     "Cancel",
+    "CheckPortRequest",
     "ClientFrame",
     "EditFileRequest",
     "Error",
@@ -143,6 +144,13 @@ class StatRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckPortRequest:
+    """Is something listening on TCP ``port`` on the agent host (any local address)?"""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class StdinData:
     """A chunk of stdin for the running foreground ``exec`` (with ``stream_stdin``)."""
 
@@ -169,6 +177,7 @@ Request = (
     | EditFileRequest
     | ListDirRequest
     | StatRequest
+    | CheckPortRequest
 )
 ClientFrame = Request | StdinData | StdinEof | Cancel
 
@@ -265,6 +274,8 @@ def _to_wire(message: ClientFrame | Response) -> dict[str, Any]:
             return {"op": "list_dir", "path": message.path}
         case StatRequest():
             return {"op": "stat", "path": message.path}
+        case CheckPortRequest():
+            return {"op": "check_port", "port": message.port}
         case StdinData():
             return {"op": "stdin", "data": message.data}
         case StdinEof():
@@ -482,6 +493,11 @@ def _str(value: str | None) -> str:
     return value
 
 
+def _int(value: int | None) -> int:
+    assert value is not None
+    return value
+
+
 _CLIENT: dict[str, Callable[[_Fields], ClientFrame]] = {
     "exec": _exec,
     "process_list": lambda f: ProcessListRequest(),
@@ -502,6 +518,7 @@ _CLIENT: dict[str, Callable[[_Fields], ClientFrame]] = {
     "edit_file": _edit_file,
     "list_dir": lambda f: ListDirRequest(f.path()),
     "stat": lambda f: StatRequest(f.path()),
+    "check_port": lambda f: CheckPortRequest(_int(f.integer("port", low=1, high=65535))),
     "stdin": lambda f: StdinData(f.blob("data") or b""),
     "stdin_eof": lambda f: StdinEof(),
     "cancel": lambda f: Cancel(),
