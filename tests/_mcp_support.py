@@ -1,31 +1,22 @@
-"""Helpers for the MCP tests.
+"""Helpers for the MCP server tests: a standalone McpServer on loopback, registries.
 
-A standalone McpServer on loopback and registries (``conformance_registry()`` builds the
-registry the daemon would build with only the ``conformance`` plugin enabled, by calling
-that plugin's hook functions directly), and a small Streamable HTTP MCP client on trio
-(h11), for tests that need many calls: the official SDK clients are used where a real
-host's behaviour matters; this one is for load (hundreds of concurrent calls in one
-session) and for reading raw statuses.
+``conformance_registry()`` builds the registry the daemon would build with only the
+``conformance`` plugin enabled, by calling that plugin's hook functions directly.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import os
-import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import h11
 import trio
 
-from tunneld.daemon._mcp_bridge import SseDecoder
 from tunneld.http import HttpLimits, HttpServer, Router
 from tunneld.mcp import Caller, McpServer, Registry
 
@@ -115,174 +106,249 @@ async def serve_mcp(
         nursery.cancel_scope.cancel()
 
 
-PROTOCOL_VERSION = "2025-11-25"
-T = TypeVar("T")
+# ---- a small HTTP/1.1 client (h11 over trio) that can read SSE incrementally ----
+
+CLIENT_TIMEOUT = 20.0  # generous: the machine is shared; a hang fails instead of blocking
 
 
-@dataclass
-class McpAnswer:
+@dataclasses.dataclass
+class RawResponse:
     status: int
     headers: dict[str, str]
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    body: bytes = b""
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
-async def _connect(target: str | Path) -> trio.abc.Stream:
-    if not isinstance(target, str):
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.connect(str(target))
-        return trio.SocketStream(sock)
-    host, _, port = str(target).rpartition(":")
-    return await trio.open_tcp_stream(host, int(port))
+def _head(
+    port: int, method: str, path: str, headers: Mapping[str, str], body: bytes
+) -> h11.Request:
+    items = {"host": f"127.0.0.1:{port}", **{k.lower(): v for k, v in headers.items()}}
+    if body or method == "POST":
+        items["content-length"] = str(len(body))
+    return h11.Request(method=method, target=path, headers=list(items.items()))
 
 
-class RawMcpClient:
-    """One MCP session over POSTs, each on its own connection (so calls run in parallel).
+async def _read_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+            continue
+        return event
 
-    ``target`` is ``"HOST:PORT"`` (TCP) or a socket ``Path``; ``path`` the endpoint.
-    """
 
-    def __init__(
-        self,
-        target: str | Path,
-        path: str = "/mcp",
-        *,
-        connect: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
-    ) -> None:
-        self.target = target
-        self._connect = connect
-        self.path = path
-        self.session_id: str | None = None
-        self._next_id = 0
-
-    async def post(
-        self, message: dict[str, Any], *, headers: dict[str, str] | None = None
-    ) -> McpAnswer:
-        body = json.dumps(message).encode()
-        all_headers = {
-            "Host": "127.0.0.1",
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            "Content-Length": str(len(body)),
-            "Connection": "close",
-        }
-        if self.session_id is not None:
-            all_headers["Mcp-Session-Id"] = self.session_id
-            all_headers["MCP-Protocol-Version"] = PROTOCOL_VERSION
-        all_headers.update(headers or {})
-        stream = await (self._connect() if self._connect else _connect(self.target))
+async def http_request(
+    port: int,
+    method: str,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | dict[str, Any] | list[Any] = b"",
+    path: str = "/mcp",
+) -> RawResponse:
+    """One request on a fresh connection; the whole response."""
+    if not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    with trio.fail_after(CLIENT_TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             conn = h11.Connection(h11.CLIENT)
-            request = h11.Request(
-                method="POST", target=self.path, headers=list(all_headers.items())
-            )
-            await stream.send_all(
-                conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-            )
-            answer = McpAnswer(0, {})
-            raw = bytearray()
-            decoder = SseDecoder()
+            data = conn.send(_head(port, method, path, headers or {}, body))
+            data += conn.send(h11.Data(data=body)) if body else b""
+            data += conn.send(h11.EndOfMessage())
+            await stream.send_all(data)
+            response = await _read_event(conn, stream)
+            if not isinstance(response, h11.Response):
+                raise AssertionError(f"expected a response, got {response!r}")
+            chunks = []
             while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                    continue
-                if isinstance(event, h11.Response):
-                    answer.status = event.status_code
-                    answer.headers = {k.decode().lower(): v.decode() for k, v in event.headers}
-                elif isinstance(event, h11.Data):
-                    raw += event.data
-                    if answer.headers.get("content-type", "").startswith("text/event-stream"):
-                        for sse in decoder.feed(bytes(event.data)):
-                            if sse.data.strip():
-                                answer.messages.append(json.loads(sse.data))
+                event = await _read_event(conn, stream)
+                if isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                     break
-            answer.body = bytes(raw)
-            if answer.headers.get("content-type", "").startswith("application/json") and raw:
-                answer.messages.append(json.loads(raw))
-            return answer
+            return RawResponse(
+                response.status_code,
+                {k.decode().lower(): v.decode() for k, v in response.headers},
+                b"".join(chunks),
+            )
 
-    async def initialize(self) -> dict[str, Any]:
-        answer = await self.post(
+
+@dataclasses.dataclass
+class SseEvent:
+    id: str | None = None
+    event: str | None = None
+    data: str = ""
+    retry: int | None = None
+    comment: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class SseReader:
+    """The response to a request answered (perhaps) with SSE, read event by event."""
+
+    def __init__(self, conn: h11.Connection, stream: trio.abc.Stream, response: h11.Response):
+        self._conn = conn
+        self._stream = stream
+        self.status = response.status_code
+        self.headers = {k.decode().lower(): v.decode() for k, v in response.headers}
+        self._buffer = ""
+        self._ended = False
+
+    async def body(self) -> bytes:
+        chunks = [self._buffer.encode()]
+        while not self._ended:
+            event = await _read_event(self._conn, self._stream)
+            if isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            else:
+                self._ended = True
+        return b"".join(chunks)
+
+    async def next(self, *, comments: bool = False) -> SseEvent | None:
+        """The next event (``None`` at the end of the stream); comments skipped unless asked."""
+        with trio.fail_after(CLIENT_TIMEOUT):
+            while True:
+                sep = self._buffer.find("\n\n")
+                if sep >= 0:
+                    block, self._buffer = self._buffer[:sep], self._buffer[sep + 2 :]
+                    parsed = _parse_sse_block(block)
+                    if parsed.comment is not None and not comments:
+                        continue
+                    return parsed
+                if self._ended:
+                    return None
+                event = await _read_event(self._conn, self._stream)
+                if isinstance(event, h11.Data):
+                    self._buffer += bytes(event.data).decode()
+                else:
+                    self._ended = True
+
+    async def messages(self) -> list[Any]:
+        """Every remaining JSON-RPC message until the stream ends."""
+        out = []
+        while (event := await self.next()) is not None:
+            if event.data:
+                out.append(event.json())
+        return out
+
+
+def _parse_sse_block(block: str) -> SseEvent:
+    event = SseEvent()
+    data: list[str] = []
+    for line in block.split("\n"):
+        if line.startswith(":"):
+            event.comment = line[1:].strip()
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "id":
+            event.id = value
+        elif name == "event":
+            event.event = value
+        elif name == "retry":
+            event.retry = int(value)
+    event.data = "\n".join(data)
+    return event
+
+
+@asynccontextmanager
+async def open_request(
+    port: int,
+    method: str,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | dict[str, Any] = b"",
+    path: str = "/mcp",
+) -> AsyncIterator[SseReader]:
+    """Send a request and yield a reader of its (streamed) response; closing the
+    context closes the connection, which is how a client "disconnects"."""
+    if not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        data = conn.send(_head(port, method, path, headers or {}, body))
+        data += conn.send(h11.Data(data=body)) if body else b""
+        data += conn.send(h11.EndOfMessage())
+        await stream.send_all(data)
+        with trio.fail_after(CLIENT_TIMEOUT):
+            response = await _read_event(conn, stream)
+        assert isinstance(response, h11.Response), response
+        yield SseReader(conn, stream, response)
+
+
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+
+class McpHttpClient:
+    """Raw MCP-over-HTTP calls against one server, with a session once initialized."""
+
+    def __init__(self, port: int, *, version: str = "2025-11-25") -> None:
+        self.port = port
+        self.version = version
+        self.session_id: str | None = None
+        self.extra_headers: dict[str, str] = {}
+        self._next_id = 0
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": ACCEPT_BOTH}
+        if self.session_id is not None:
+            headers["Mcp-Session-Id"] = self.session_id
+            headers["MCP-Protocol-Version"] = self.version
+        headers.update(self.extra_headers)
+        headers.update({k.replace("_", "-"): v for k, v in extra.items()})
+        return headers
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    async def initialize(self, capabilities: dict[str, Any] | None = None) -> RawResponse:
+        response = await http_request(
+            self.port,
+            "POST",
+            self.headers(),
             {
                 "jsonrpc": "2.0",
-                "id": 0,
+                "id": self.new_id(),
                 "method": "initialize",
                 "params": {
-                    "protocolVersion": PROTOCOL_VERSION,
-                    "capabilities": {},
+                    "protocolVersion": self.version,
+                    "capabilities": capabilities or {},
                     "clientInfo": {"name": "tunneld-tests", "version": "0"},
                 },
-            }
+            },
         )
-        assert answer.status == 200, answer.body
-        self.session_id = answer.headers["mcp-session-id"]
-        await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        return answer.messages[-1]
+        assert response.status == 200, response
+        self.session_id = response.headers["mcp-session-id"]
+        await self.notify("notifications/initialized")
+        return response
 
-    async def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The JSON-RPC response (``result`` or ``error``) to one request."""
-        self._next_id += 1
-        request_id = self._next_id
-        answer = await self.post(
-            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
-        )
-        responses = [m for m in answer.messages if m.get("id") == request_id and "method" not in m]
-        assert responses, f"no response to {method}: HTTP {answer.status} {answer.body[:300]!r}"
-        return responses[-1]
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> RawResponse:
+        body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            body["params"] = params
+        return await http_request(self.port, "POST", self.headers(), body)
 
-    async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        response = await self.request("tools/call", {"name": name, "arguments": arguments})
-        assert "result" in response, response
-        result: dict[str, Any] = response["result"]
-        return result
+    async def post(self, body: Any, **headers: str) -> RawResponse:
+        return await http_request(self.port, "POST", self.headers(**headers), body)
 
+    async def request(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """A JSON-answered request's whole JSON-RPC response (SSE ones are collected)."""
+        body = {"jsonrpc": "2.0", "id": self.new_id(), "method": method, "params": params or {}}
+        async with open_request(self.port, "POST", self.headers(), body) as reader:
+            assert reader.status == 200, (reader.status, await reader.body())
+            if reader.headers["content-type"].startswith("text/event-stream"):
+                messages = await reader.messages()
+                return next(m for m in messages if m.get("id") == body["id"])
+            return json.loads(await reader.body())
 
-def _connect_as(uid: int, gid: int, path: str) -> socket.socket:
-    # SO_PEERCRED records who called connect(): do that in a child that became ``uid``
-    # and hand the connected socket back (SCM_RIGHTS). The child runs no Python code
-    # beyond these calls, so forking a threaded process is safe enough here.
-    parent, child = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.connect(path)
-            socket.send_fds(child, [b"x"], [conn.fileno()])
-        finally:
-            os._exit(0)
-    try:
-        _, fds, _, _ = socket.recv_fds(parent, 1, 1)
-    finally:
-        os.waitpid(pid, 0)
-        parent.close()
-        child.close()
-    return socket.socket(fileno=fds[0])
-
-
-def connector_as(uid: int, gid: int, path: Path) -> Callable[[], Awaitable[trio.abc.Stream]]:
-    """Connect to the Unix socket ``path`` as user ``uid`` (needs root)."""
-
-    async def connect() -> trio.abc.Stream:
-        sock = await trio.to_thread.run_sync(_connect_as, uid, gid, str(path))
-        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-
-    return connect
-
-
-async def in_asyncio_thread(main: Callable[[], Awaitable[T]]) -> T:
-    """Run an asyncio coroutine function (the official SDK client) in a worker thread."""
-    result: list[T] = []
-
-    def run() -> None:
-        result.append(asyncio.run(main()))  # type: ignore[arg-type]
-
-    await trio.to_thread.run_sync(run, abandon_on_cancel=True)
-    return result[0]
-
-
-__all__ = ["McpAnswer", "RawMcpClient", "connector_as", "in_asyncio_thread"]
+    def call_body(self, name: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {"name": name, "arguments": arguments}
+        if meta:
+            params["_meta"] = meta
+        return {"jsonrpc": "2.0", "id": self.new_id(), "method": "tools/call", "params": params}
