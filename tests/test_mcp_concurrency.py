@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from tests._control_support import running_server
-from tests._mcp_support import RawMcpClient
+from tests._mcp_client import RawMcpClient
 from tunneld.agent import AgentServices
 from tunneld.config import AgentConfig, DaemonConfig, Duration, McpConfig, PluginsConfig
 from tunneld.daemon import Daemon, Notifier, open_api_listener

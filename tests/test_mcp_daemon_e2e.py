@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from tests._control_support import Harness, running_server
-from tests._mcp_support import RawMcpClient, connector_as, in_asyncio_thread
+from tests._mcp_client import RawMcpClient, connector_as, in_asyncio_thread
 from tests._plugin_support import make_plugin, recording_plugin
 from tunneld.config import Config, DaemonConfig, Duration, McpConfig, load_config
 from tunneld.daemon import Daemon, Notifier, open_api_listener
