@@ -51,6 +51,8 @@ class Daemon:
     listener has no authentication of its own: keep it on loopback.
 
     ``plugins`` defaults to a manager with the default ``[plugins]`` settings.
+    ``mcp_authenticate`` authenticates the TCP listener's requests (returns the
+    :class:`Caller` or raises ``HttpError`` 401); ``None`` leaves it open.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Daemon:
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         mcp: McpConfig | None = None,
         plugins: PluginManager | None = None,
+        mcp_authenticate: Callable[[Request], Awaitable[Caller]] | None = None,
     ) -> None:
         self.overlay = overlay
         self.settings = settings
@@ -99,7 +102,7 @@ class Daemon:
         self.mcp_tcp: McpServer | None = None
         self._mcp_http: HttpServer | None = None
         if self.mcp_settings.listen:
-            self.mcp_tcp = self._mcp_server(None)
+            self.mcp_tcp = self._mcp_server(mcp_authenticate)
             router = Router()
             self.mcp_tcp.mount(router, "/mcp")
             self._mcp_http = HttpServer(router)
