@@ -42,7 +42,7 @@ from tunneld.demo._auth import StaticBearer
 from tunneld.keys import generate_private_key
 from tunneld.log import get_logger
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, OverlayConfig, PeerStatus
+from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus
 from tunneld.plugins import ENTRY_POINT_GROUP, PluginManager
 
 __all__ = [
@@ -349,6 +349,7 @@ async def _nodes(
         except OSError as exc:
             raise _port_error(exc, "MCP", options.mcp_port, "--mcp-port") from None
         mcp_url = str(addresses[-1])
+        await _wait_joined(agent, daemon.overlay)
         demo = Demo(
             DemoInfo(
                 root=root,
@@ -429,6 +430,29 @@ async def _first_calls(demo: Demo, options: DemoOptions, progress: Callable[[str
             f"warm calls      {len(info.warm_ms)} more read_file calls, each a stream on the one"
             f" shared tunnel: p50 {info.warm_p50_ms:.2f} ms per tools/call"
         )
+
+
+async def _wait_joined(*nodes: Overlay) -> None:
+    """Wait until every node has its coordinator session and relay connection.
+
+    A first tool call sent while the daemon's own coordinator session is still being
+    set up can wait out the whole connect timeout; the demo starts when all is up.
+    """
+    # The overlay has no public "joined" event; its state is cheap to poll.
+    deadline = trio.current_time() + STEP_TIMEOUT
+    while trio.current_time() < deadline:
+        if all(
+            node.coordinator_state is LinkState.CONNECTED
+            and node.relay_state is LinkState.CONNECTED
+            for node in nodes
+        ):
+            return
+        await trio.sleep(0.02)
+    states = ", ".join(
+        f"{n.config.name}: coordinator {n.coordinator_state.value}, relay {n.relay_state.value}"
+        for n in nodes
+    )
+    raise DemoError(f"the nodes did not join the overlay within {STEP_TIMEOUT:g}s ({states})")
 
 
 def _port_error(exc: OSError, what: str, port: int, flag: str) -> DemoError:
