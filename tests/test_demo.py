@@ -63,7 +63,8 @@ def _read_json_line(process: subprocess.Popen[str]) -> dict[str, Any]:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     reader.join(TIMEOUT)
-    assert lines and lines[0], f"no JSON line; stderr: {_stderr(process)}"
+    assert lines, f"no JSON line; stderr: {_stderr(process)}"
+    assert lines[0], f"no JSON line; stderr: {_stderr(process)}"
     report: dict[str, Any] = json.loads(lines[0])
     return report
 

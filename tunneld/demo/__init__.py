@@ -25,6 +25,7 @@ from tunneld.demo._embedded import (
     ToolCall,
     check_plugins,
     embedded_demo,
+    wait_joined,
 )
 from tunneld.demo._report import claude_desktop_config, connect_text, show_status, tunneld_command
 
@@ -45,4 +46,5 @@ __all__ = [
     "embedded_demo",
     "show_status",
     "tunneld_command",
+    "wait_joined",
 ]

@@ -56,6 +56,7 @@ __all__ = [
     "DemoStatus",
     "ToolCall",
     "embedded_demo",
+    "wait_joined",
 ]
 
 log = get_logger(__name__)
@@ -349,7 +350,7 @@ async def _nodes(
         except OSError as exc:
             raise _port_error(exc, "MCP", options.mcp_port, "--mcp-port") from None
         mcp_url = str(addresses[-1])
-        await _wait_joined(agent, daemon.overlay)
+        await wait_joined(agent, daemon.overlay)
         demo = Demo(
             DemoInfo(
                 root=root,
@@ -432,8 +433,11 @@ async def _first_calls(demo: Demo, options: DemoOptions, progress: Callable[[str
         )
 
 
-async def _wait_joined(*nodes: Overlay) -> None:
+async def wait_joined(*nodes: Overlay) -> None:
     """Wait until every node has its coordinator session and relay connection.
+
+    Raises:
+        DemoError: not within ``STEP_TIMEOUT`` (the message gives each node's state).
 
     A first tool call sent while the daemon's own coordinator session is still being
     set up can wait out the whole connect timeout; the demo starts when all is up.
