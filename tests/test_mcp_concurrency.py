@@ -21,7 +21,7 @@ from tests._control_support import running_server
 from tests._mcp_client import RawMcpClient
 from tunneld.agent import AgentServices
 from tunneld.config import AgentConfig, DaemonConfig, Duration, McpConfig, PluginsConfig
-from tunneld.daemon import Daemon, Notifier, open_api_listener
+from tunneld.daemon import Daemon, DaemonAgents, Notifier, TunnelError, open_api_listener
 from tunneld.keys import generate_private_key
 from tunneld.net.mux import MuxStream
 from tunneld.net.overlay import Overlay, OverlayConfig
@@ -87,7 +87,10 @@ async def test_200_concurrent_calls_over_20_agents_make_20_tunnels(
             plugins = PluginManager(PluginsConfig(enable=("example",)))
             daemon = Daemon(
                 laptop,
-                DaemonConfig(socket_group="", idle_timeout=Duration(60.0)),
+                # A generous connect timeout: 21 nodes handshake at once on 2 shared cores.
+                DaemonConfig(
+                    socket_group="", idle_timeout=Duration(60.0), connect_timeout=Duration(60.0)
+                ),
                 notifier=Notifier({}),
                 mcp=McpConfig(listen="127.0.0.1:0"),
                 plugins=plugins,
@@ -131,4 +134,18 @@ async def test_200_concurrent_calls_over_20_agents_make_20_tunnels(
             assert sorted(str(e["agent"]) for e in ups) == names  # exactly one per agent
             assert daemon.mcp_tcp is not None
             assert daemon.mcp_tcp.calls == CALLS
+
+            # What tool handlers get: each open stream holds one lease, released on exit.
+            access = DaemonAgents(daemon.tunnels, laptop.open_stream, list)
+            async with access.open_stream(names[0], "rpc") as one:
+                async with access.open_stream(names[0], "rpc") as two:
+                    assert one is not two
+                    assert daemon.tunnels.leases(names[0]) == 2
+                assert daemon.tunnels.leases(names[0]) == 1
+            assert daemon.tunnels.leases(names[0]) == 0
+            with pytest.raises(TunnelError) as unknown:
+                async with access.open_stream("nobody-by-that-name", "rpc"):
+                    pass
+            assert unknown.value.code == "unknown_agent"
+            assert len(daemon.tunnels.tunnels()) == AGENTS  # still one tunnel per agent
             daemon.stop()

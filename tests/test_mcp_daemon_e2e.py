@@ -65,6 +65,7 @@ async def agent_process(
 ) -> AsyncIterator[trio.Process]:
     token_file = tmp / f"{name}.token"
     token_file.write_text(await h.token("alice", agent=name) + "\n")
+    token_file.chmod(0o600)  # token files readable by others are refused
     config = tmp / f"{name}.toml"
     config.write_text(
         "[agent]\n"
@@ -172,6 +173,7 @@ async def test_sdk_clients_call_the_example_plugin_through_the_daemon(
     async with running_server(nursery, tmp_path / "control", relay=True) as h:
         await h.user("alice")
         (short_dir / "daemon.token").write_text(await h.token("alice") + "\n")
+        (short_dir / "daemon.token").chmod(0o600)
         api_socket = short_dir / "api.sock"
         config = daemon_config(h, short_dir, api_socket)
         env = with_path(site)
@@ -252,6 +254,7 @@ async def test_strict_plugin_failure_stops_start_up(tmp_path: Path, short_dir: P
     site.mkdir()
     make_plugin(site, "broken", "raise RuntimeError('this plugin is broken')\n")
     (short_dir / "token").write_text("not-a-real-token\n")
+    (short_dir / "token").chmod(0o600)
     config = short_dir / "daemon.toml"
     config.write_text(
         "[daemon]\n"
@@ -362,8 +365,12 @@ async def test_reload_sends_tools_list_changed_to_a_live_session(
             async with Client(url, mode="legacy", message_handler=on_message) as client:
                 before = sorted(t.name for t in (await client.list_tools()).tools)
                 config_file.write_text('[plugins]\ndisable = ["one"]\n')
+                # POST /v0/reload on the local socket, as `curl --unix-socket` would.
+                api = LocalApiClient(short_dir / "api.sock")
                 reloaded = await anyio.to_thread.run_sync(
-                    lambda: trio.from_thread.run(daemon.reload, trio_token=token_for_trio)
+                    lambda: trio.from_thread.run(
+                        api.request, "POST", "/v0/reload", trio_token=token_for_trio
+                    )
                 )
                 with anyio.fail_after(WAIT):
                     await changed.wait()
@@ -513,6 +520,7 @@ async def test_mcp_listen_address_in_use_is_a_clear_error(short_dir: Path) -> No
     taken.listen()
     port = taken.getsockname()[1]
     (short_dir / "token").write_text("not-a-real-token\n")
+    (short_dir / "token").chmod(0o600)
     config = short_dir / "daemon.toml"
     config.write_text(
         "[daemon]\n"
@@ -549,3 +557,80 @@ async def test_demo_rejects_a_plugin_that_is_not_installed() -> None:
     message = result.stderr.decode().strip()
     assert message.startswith("tunneld: error: --plugin nosuchplugin: not installed")
     assert "example" in message  # names what is installed
+
+
+async def test_tcp_mcp_with_a_static_token(
+    nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+) -> None:
+    from tunneld.daemon import StaticTokenAuthenticator, read_token_file
+
+    token_file = short_dir / "mcp.token"
+    token_file.write_text("s3cret-token\n")
+    with pytest.raises(ValueError, match="must not be readable by group or others"):
+        read_token_file(token_file)
+    token_file.chmod(0o600)
+    token = read_token_file(token_file)
+    (tmp_path / "control").mkdir()
+    async with running_server(nursery, tmp_path / "control", relay=True) as h:
+        await h.user("alice")
+        user_token = await h.token("alice")
+
+        async def provide() -> str:
+            return user_token
+
+        overlay = Overlay(
+            OverlayConfig(
+                name="laptop",
+                private_key=generate_private_key(),
+                coordinate_url=h.info.coordinate_url,
+                derp_url=h.info.derp_url,
+                udp_host="127.0.0.1",
+            ),
+            provide,
+        )
+        daemon = Daemon(
+            overlay,
+            DaemonConfig(socket_group=""),
+            notifier=Notifier({}),
+            mcp=McpConfig(listen="127.0.0.1:0"),
+            plugins=PluginManager(Config().plugins, extra_enable=["example"]),
+            mcp_authenticate=StaticTokenAuthenticator.single(token),
+        )
+        listener = await open_api_listener(short_dir / "api.sock", mode=0o600)
+        await nursery.start(daemon.run, [listener])
+        assert daemon.mcp_url is not None
+        target = daemon.mcp_url.removeprefix("http://").removesuffix("/mcp")
+        anonymous = RawMcpClient(target)
+        ping = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"},
+            },
+        }
+        answer = await anonymous.post(ping)
+        assert answer.status == 401
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+        answer = await anonymous.post(ping, headers={"Authorization": "Bearer wrong"})
+        assert answer.status == 401
+        assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+        assert b"s3cret" not in answer.body
+        with_token = RawMcpClient(target)
+        header = {"Authorization": f"Bearer {token}"}
+        original = with_token.post
+
+        async def post(message: dict[str, Any], *, headers: dict[str, str] | None = None) -> Any:
+            return await original(message, headers={**header, **(headers or {})})
+
+        with_token.post = post  # type: ignore[method-assign]
+        await with_token.initialize()
+        listed = await with_token.request("tools/list")
+        assert {t["name"] for t in listed["result"]["tools"]} >= {"example_stat"}
+        # The socket is unaffected: SO_PEERCRED decides there (we are root: write too).
+        local = RawMcpClient(short_dir / "api.sock")
+        await local.initialize()
+        assert "result" in await local.request("tools/list")
+        daemon.stop()

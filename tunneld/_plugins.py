@@ -418,7 +418,7 @@ class PluginManager:
         return register
 
     def _build_registry(
-        self, plugins: Iterable[_Plugin], problems: list[PluginProblem]
+        self, plugins: Iterable[_Plugin], problems: list[PluginProblem], *, warn: bool = False
     ) -> Registry:
         """Merge the plugins' entries in order; a plugin with a clash is left out whole."""
         registry = Registry()
@@ -440,7 +440,7 @@ class PluginManager:
                 continue
             registry = trial
         unknown = set(self.allowed_tools) - set(registry.tools)
-        if unknown:
+        if unknown and warn:
             log.warning("plugins.allowed_tools_unknown", tools=",".join(sorted(unknown)))
         registry.restrict_tools(self.allowed_tools)
         return registry
@@ -456,7 +456,7 @@ class PluginManager:
         for name, plugin in plugins.items():
             if plugin.from_class:
                 self._instances[name] = plugin.obj
-        self.registry = self._build_registry(plugins.values(), [])
+        self.registry = self._build_registry(plugins.values(), [], warn=True)
         log.info(
             "plugins.loaded",
             plugins=",".join(plugins),

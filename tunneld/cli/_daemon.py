@@ -18,9 +18,11 @@ from tunneld.daemon import (
     Daemon,
     DaemonRunningError,
     Notifier,
+    StaticTokenAuthenticator,
     default_socket_path,
     listen_fds,
     open_api_listener,
+    read_token_file,
 )
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
 from tunneld.plugins import PluginError, PluginManager
@@ -322,6 +324,13 @@ def _run(args: argparse.Namespace) -> int:
     plugins = PluginManager(
         config.plugins, allowed_tools=config.mcp.allowed_tools, extra_enable=args.plugin
     )
+    authenticate = None
+    if config.mcp.token_file:
+        try:
+            authenticate = StaticTokenAuthenticator.single(read_token_file(config.mcp.token_file))
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CliError(f"[mcp].token_file {config.mcp.token_file}: {reason}") from None
     daemon = Daemon(
         overlay,
         settings,
@@ -330,6 +339,7 @@ def _run(args: argparse.Namespace) -> int:
         shutdown_grace=settings.shutdown_grace.seconds,
         mcp=config.mcp,
         plugins=plugins,
+        mcp_authenticate=authenticate,
     )
     activated = listen_fds()
     path = args.socket or (Path(settings.socket) if settings.socket else default_socket_path())

@@ -191,6 +191,8 @@ class McpConfig:
     session_idle_timeout: Duration = field(
         default=Duration(3600.0), metadata={"check": _positive_duration}
     )
+    # A file (mode 0600) with one bearer token TCP clients must send; "" = no auth on TCP.
+    token_file: str = ""
 
 
 def _plugin_names(names: tuple[str, ...]) -> None:

@@ -7,6 +7,7 @@ thin adapter.
 
 from __future__ import annotations
 
+from tunneld.daemon._agents import DaemonAgents, ServiceUnavailableError
 from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import (
     DIAL_PROTOCOL,
@@ -14,6 +15,12 @@ from tunneld.daemon._local_api import (
     LocalApi,
     default_socket_path,
     open_api_listener,
+)
+from tunneld.daemon._mcp_auth import (
+    SCOPE_READ,
+    SCOPE_WRITE,
+    StaticTokenAuthenticator,
+    read_token_file,
 )
 from tunneld.daemon._overlay_backend import OverlayTunnels
 from tunneld.daemon._run import Daemon
@@ -45,10 +52,13 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
     "DIAL_PROTOCOL",
+    "SCOPE_READ",
+    "SCOPE_WRITE",
     "SD_LISTEN_FDS_START",
     "ActivatedListener",
     "AgentOfflineError",
     "Daemon",
+    "DaemonAgents",
     "DaemonRunningError",
     "EventHub",
     "Lease",
@@ -56,6 +66,8 @@ __all__ = [
     "NotPermittedError",
     "Notifier",
     "OverlayTunnels",
+    "ServiceUnavailableError",
+    "StaticTokenAuthenticator",
     "TunnelBackend",
     "TunnelBackendError",
     "TunnelError",
@@ -68,5 +80,6 @@ __all__ = [
     "default_socket_path",
     "listen_fds",
     "open_api_listener",
+    "read_token_file",
     "watchdog_interval",
 ]

@@ -193,6 +193,7 @@ class McpBridge:
         self._send_line = send_line
         self._get_started = False
         self.eof_grace = eof_grace
+        self._scope: trio.CancelScope | None = None
         self._inflight = 0
         self._settled = trio.Event()
 
@@ -206,9 +207,13 @@ class McpBridge:
         await stream.aclose()
 
     async def run(self, stdin: trio.abc.ReceiveStream) -> None:
-        """Forward until ``stdin`` ends; then DELETE the session. Cancellation stops it."""
+        """Forward until ``stdin`` ends (or stdout closes); then DELETE the session.
+
+        Cancellation stops it.
+        """
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
                 buffer = bytearray()
                 while True:
                     chunk = await stdin.receive_some(65536)
@@ -451,5 +456,11 @@ class McpBridge:
         async with self._out_lock:
             if self._send_line is not None:
                 self._send_line(line)
-            else:
+                return
+            try:
                 await self._stdout.send_all(line)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                # The host closed our stdout: nobody reads answers any more; wind down.
+                log.info("mcp_bridge.stdout_closed")
+                if self._scope is not None:
+                    self._scope.cancel()

@@ -14,6 +14,7 @@ from tunneld.config import Config, DaemonConfig, McpConfig, PluginsConfig
 from tunneld.daemon._agents import DaemonAgents
 from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import LocalApi
+from tunneld.daemon._mcp_auth import SCOPE_READ, SCOPE_WRITE
 from tunneld.daemon._overlay_backend import OverlayTunnels
 from tunneld.daemon._systemd import Notifier
 from tunneld.daemon._tunnels import TunnelTable
@@ -28,9 +29,6 @@ __all__ = ["Daemon"]
 log = get_logger(__name__)
 
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
-# MCP scopes (tunneld.mcp): the Unix socket grants them from SO_PEERCRED.
-SCOPE_READ: Final = "mcp:tools"
-SCOPE_WRITE: Final = "mcp:tools:write"
 _WILDCARD_HOSTS: Final = ("", "0.0.0.0", "::", "*")
 
 
@@ -47,12 +45,12 @@ class Daemon:
     MCP is served at ``/mcp`` on the local API socket, and on TCP at ``mcp.listen``
     (``""``, the default here, for none; ``tunneld run`` passes ``[mcp]``). On the
     socket, a caller who may use the write endpoints (root, the daemon's user, the
-    socket group) gets the MCP write scope, anyone else read-only tools only. The TCP
-    listener has no authentication of its own: keep it on loopback.
+    socket group) gets the MCP write scope, anyone else read-only tools only. On TCP,
+    ``mcp_authenticate`` (e.g. a :class:`StaticTokenAuthenticator` for ``[mcp]
+    token_file``, or an OAuth resource server) decides; without it the TCP listener
+    has no authentication: keep it on loopback.
 
     ``plugins`` defaults to a manager with the default ``[plugins]`` settings.
-    ``mcp_authenticate`` authenticates the TCP listener's requests (returns the
-    :class:`Caller` or raises ``HttpError`` 401); ``None`` leaves it open.
     """
 
     def __init__(
@@ -66,6 +64,7 @@ class Daemon:
         mcp: McpConfig | None = None,
         plugins: PluginManager | None = None,
         mcp_authenticate: Callable[[Request], Awaitable[Caller]] | None = None,
+        mcp_resource_metadata_url: str | None = None,
     ) -> None:
         self.overlay = overlay
         self.settings = settings
@@ -102,14 +101,18 @@ class Daemon:
         self.mcp_tcp: McpServer | None = None
         self._mcp_http: HttpServer | None = None
         if self.mcp_settings.listen:
-            self.mcp_tcp = self._mcp_server(mcp_authenticate)
+            self.mcp_tcp = self._mcp_server(mcp_authenticate, mcp_resource_metadata_url)
             router = Router()
             self.mcp_tcp.mount(router, "/mcp")
             self._mcp_http = HttpServer(router)
         self._stopping = False
         self._reloading = trio.Lock()  # SIGHUP and POST /v0/reload may overlap
 
-    def _mcp_server(self, authenticate: Callable[[Request], Awaitable[Caller]] | None) -> McpServer:
+    def _mcp_server(
+        self,
+        authenticate: Callable[[Request], Awaitable[Caller]] | None,
+        resource_metadata_url: str | None = None,
+    ) -> McpServer:
         settings = self.mcp_settings
         host = settings.listen.rsplit(":", 1)[0].strip("[]") if settings.listen else ""
         return McpServer(
@@ -117,6 +120,7 @@ class Daemon:
             self._agents_for,
             instructions=settings.instructions,
             authenticate=authenticate,
+            resource_metadata_url=resource_metadata_url,
             allowed_origins=settings.allowed_origins,
             allowed_hosts=() if host in _WILDCARD_HOSTS else (host,),
             max_request_bytes=settings.max_request_size.bytes,

@@ -12,7 +12,6 @@ Ctrl-C, then stops everything and removes the temporary directory.
 
 from __future__ import annotations
 
-from tunneld.demo._auth import StaticBearer
 from tunneld.demo._embedded import (
     AGENT,
     DAEMON,
@@ -38,7 +37,6 @@ __all__ = [
     "DemoInfo",
     "DemoOptions",
     "DemoStatus",
-    "StaticBearer",
     "ToolCall",
     "check_plugins",
     "claude_desktop_config",

@@ -37,8 +37,7 @@ from tunneld.control import (
     new_token,
 )
 from tunneld.control._tokens import hash_password
-from tunneld.daemon import Daemon, Notifier, open_api_listener
-from tunneld.demo._auth import StaticBearer
+from tunneld.daemon import Daemon, Notifier, StaticTokenAuthenticator, open_api_listener
 from tunneld.keys import generate_private_key
 from tunneld.log import get_logger
 from tunneld.net.mux import MuxStream
@@ -336,7 +335,7 @@ async def _nodes(
         shutdown_grace=1.0,
         mcp=McpConfig(listen=f"127.0.0.1:{options.mcp_port}"),
         plugins=PluginManager(PluginsConfig(), extra_enable=options.plugins),
-        mcp_authenticate=None if token is None else StaticBearer(token, subject=USER),
+        mcp_authenticate=None if token is None else StaticTokenAuthenticator.single(token, USER),
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(services.serve)
