@@ -742,6 +742,22 @@ async def test_resources_prompts_and_completion() -> None:
         assert completion["total"] == 150
         assert completion["hasMore"] is True
         assert (await client.request("resources/subscribe", {"uri": "test://text"}))["result"] == {}
+        get_headers = client.headers(Accept="text/event-stream")
+        async with open_request(served.port, "GET", get_headers) as stream:
+            await stream.next()  # priming
+            served.server.resource_updated("test://blob")  # not subscribed: nothing
+            served.server.resource_updated("test://text")
+            event = await stream.next()
+            assert event is not None
+            assert event.json()["params"] == {"uri": "test://text"}
+        await client.request("resources/unsubscribe", {"uri": "test://text"})
+        served.server.resource_updated("test://text")
+        async with open_request(served.port, "GET", get_headers) as stream:
+            await stream.next()  # priming; the update above was not queued
+            served.server.set_registry(registry)
+            event = await stream.next()
+            assert event is not None
+            assert event.json()["method"] == "notifications/tools/list_changed"
 
 
 # ---- authentication and scopes ----
@@ -880,6 +896,13 @@ async def test_stateless_errors(served: Served) -> None:
         served.port, "GET", {"Accept": "text/event-stream", "MCP-Protocol-Version": MODERN}
     )
     assert response.status == 405
+    future = _modern("server/discover")
+    future["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2099-01-01"
+    response = await http_request(
+        served.port, "POST", {**MODERN_HEADERS, "MCP-Protocol-Version": "2099-01-01"}, future
+    )
+    assert (response.status, _error_code(response.body)) == (400, -32022)
+    assert MODERN in response.json()["error"]["data"]["supported"]
 
 
 def test_session_ids_are_visible_ascii() -> None:
@@ -901,3 +924,41 @@ def test_session_ids_are_visible_ascii() -> None:
     assert len(ids) == 20
     visible = set(string.printable[:94])
     assert all(set(i) <= visible for i in ids)
+
+
+async def test_session_cap_evicts_the_least_recently_used_idle_session() -> None:
+    from tunneld.mcp._session import SessionStore
+
+    store = SessionStore(idle_timeout=3600, max_sessions=2)
+
+    def make() -> Any:
+        return store.create(
+            subject="",
+            protocol_version="2025-11-25",
+            client_capabilities={},
+            client_info={},
+            capabilities={},
+        )
+
+    first, second = make(), make()
+    await trio.sleep(0.01)
+    assert store.get(first.id) is first  # first is now the more recently used
+    third = make()
+    assert third is not None
+    assert store.get(second.id) is None
+    # Sessions with work in flight are never evicted: then there is no room.
+    first.inflight[1] = trio.CancelScope()
+    third.inflight[1] = trio.CancelScope()
+    assert make() is None
+
+
+async def test_stateless_disconnect_cancels(served: Served, probe: Probe) -> None:
+    # 2026-07-28 has no notifications/cancelled: closing the response is the cancel.
+    body = _modern("tools/call", {"name": "gated", "arguments": {}}, progressToken="g")
+    async with open_request(served.port, "POST", MODERN_HEADERS, body) as reader:
+        event = await reader.next()
+        assert event is not None
+        assert event.json()["method"] == "notifications/progress"
+    with trio.fail_after(10):
+        await probe.cancelled.wait()
+    assert not probe.finished.is_set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Final
 
 import trio
@@ -93,7 +93,7 @@ class EventStream:
         prime: bool,
         keepalive: float = KEEPALIVE_SECONDS,
         retry_ms: int | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """SSE bytes: a priming event (when ``prime``), then events after ``after``.
 
         ``retry_ms`` goes into the priming event as the SSE reconnection delay.

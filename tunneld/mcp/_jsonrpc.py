@@ -142,9 +142,11 @@ def parse_message(body: bytes) -> Message:
         raise JsonRpcError(
             PARSE_ERROR, f"Parse error: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
-    except (ValueError, RecursionError) as exc:
-        # Oversized integer literals raise ValueError, deep nesting RecursionError.
-        raise JsonRpcError(PARSE_ERROR, f"Parse error: {type(exc).__name__}") from None
+    except RecursionError:
+        raise JsonRpcError(PARSE_ERROR, "Parse error: nesting is too deep") from None
+    except ValueError as exc:
+        # NaN/Infinity (refused above) and oversized integer literals raise ValueError.
+        raise JsonRpcError(PARSE_ERROR, f"Parse error: {str(exc)[:120]}") from None
     return message_from_json(decoded)
 
 

@@ -127,6 +127,11 @@ class McpServer:
                 notification_message("notifications/prompts/list_changed"), capability="prompts"
             )
 
+    def resource_updated(self, uri: str) -> None:
+        """Send ``notifications/resources/updated`` to the sessions subscribed to ``uri``."""
+        message = notification_message("notifications/resources/updated", {"uri": uri})
+        self._transport.broadcast(message, subscribed=uri)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve requests' tasks and expire idle sessions until cancelled.
 

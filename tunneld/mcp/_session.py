@@ -91,11 +91,18 @@ class SessionStore:
         client_info: Mapping[str, Any],
         capabilities: Mapping[str, Any],
     ) -> Session | None:
-        """A new session with a fresh random id, or ``None`` when at the cap."""
+        """A new session with a fresh random id, or ``None`` when every slot is busy.
+
+        At the cap the least recently used idle session is ended to make room, so a
+        flood of abandoned sessions cannot lock clients out until they expire.
+        """
         if len(self._sessions) >= self.max_sessions:
             self.expire(trio.current_time())
-            if len(self._sessions) >= self.max_sessions:
+        if len(self._sessions) >= self.max_sessions:
+            idle = [s for s in self._sessions.values() if not s.busy()]
+            if not idle:
                 return None
+            self.remove(min(idle, key=lambda s: s.last_seen).id)
         # token_urlsafe is visible ASCII (0x21..0x7E) as the spec requires, 256 bits.
         session = Session(
             id=secrets.token_urlsafe(32),

@@ -14,7 +14,8 @@ does), and the rest of an SSE stream can be fetched with ``Last-Event-ID``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -24,6 +25,14 @@ from tunneld.http import HttpError, Request, Response
 from tunneld.log import get_logger
 from tunneld.mcp._catalog import Catalog
 from tunneld.mcp._channel import Channel
+from tunneld.mcp._checks import (
+    Reject,
+    check_accept,
+    check_content_type,
+    check_version,
+    parse_body,
+    rpc_error,
+)
 from tunneld.mcp._events import EventStream, parse_event_id
 from tunneld.mcp._guard import ALLOWED_REQUEST_HEADERS, EXPOSED_HEADERS, OriginGuard
 from tunneld.mcp._jsonrpc import (
@@ -33,17 +42,14 @@ from tunneld.mcp._jsonrpc import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     UNSUPPORTED_PROTOCOL_VERSION,
-    JsonRpcError,
     McpError,
     Notification,
-    RequestId,
     error_message,
-    parse_message,
     result_message,
 )
 from tunneld.mcp._jsonrpc import Request as RpcRequest
 from tunneld.mcp._jsonrpc import Response as RpcResponse
-from tunneld.mcp._media import accepts, parse_accept, parse_media_type
+from tunneld.mcp._media import accepts, parse_accept
 from tunneld.mcp._methods import (
     HANDSHAKE_VERSIONS,
     LATEST_HANDSHAKE_VERSION,
@@ -63,7 +69,6 @@ __all__ = ["Transport", "TransportOptions"]
 log = get_logger(__name__)
 
 ALLOW: Final = "GET, POST, DELETE, OPTIONS"
-ASSUMED_VERSION: Final = "2025-03-26"  # MCP: no MCP-Protocol-Version header → assume this
 RETRY_MS: Final = 1000  # SSE reconnection delay announced in priming events
 SCOPE_READ: Final = "mcp:tools"
 SCOPE_WRITE: Final = "mcp:tools:write"
@@ -81,26 +86,6 @@ _MODERN_STATUS: Final = {
     UNSUPPORTED_PROTOCOL_VERSION: 400,
     METHOD_NOT_FOUND: 404,
 }
-
-
-class _Reject(Exception):
-    """Answer the HTTP request with ``response`` now."""
-
-    def __init__(self, response: Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-def _rpc_error(
-    status: int,
-    code: int,
-    message: str,
-    *,
-    id: RequestId | None = None,
-    data: object = None,
-    headers: Sequence[tuple[str, str]] = (),
-) -> _Reject:
-    return _Reject(Response.json(error_message(id, code, message, data), status, headers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +143,7 @@ class Transport:
                 response = Response.error(
                     405, f"method {request.method} not allowed", headers=[("Allow", ALLOW)]
                 )
-        except _Reject as reject:
+        except Reject as reject:
             response = reject.response
         except HttpError as exc:
             response = exc.to_response()
@@ -177,10 +162,10 @@ class Transport:
         local = request.peer_credentials is not None or isinstance(request.peer, str | bytes)
         if not local and not self._guard.host_allowed(request.headers.get("host")):
             log.warning("mcp.host_refused", host=request.headers.get("host"))
-            raise _rpc_error(403, INVALID_REQUEST, "Forbidden: Host header not allowed")
+            raise rpc_error(403, INVALID_REQUEST, "Forbidden: Host header not allowed")
         if origin is not None and not self._guard.origin_allowed(origin):
             log.warning("mcp.origin_refused", origin=origin)
-            raise _rpc_error(403, INVALID_REQUEST, "Forbidden: Origin not allowed")
+            raise rpc_error(403, INVALID_REQUEST, "Forbidden: Origin not allowed")
 
     def _preflight(self, origin: str | None) -> Response:
         headers = [("Allow", ALLOW)]
@@ -192,67 +177,14 @@ class Transport:
             ]
         return Response(204, headers)
 
-    # ---- shared checks ----
-
-    @staticmethod
-    def _check_accept(request: Request, *, json: bool, sse: bool) -> None:
-        ranges = parse_accept(request.headers.get("accept"))
-        missing = []
-        if json and not accepts(ranges, "application", "json"):
-            missing.append("application/json")
-        if sse and not accepts(ranges, "text", "event-stream"):
-            missing.append("text/event-stream")
-        if missing:
-            raise _rpc_error(
-                406,
-                INVALID_REQUEST,
-                f"Not Acceptable: the Accept header must include {' and '.join(missing)}",
-            )
-
-    @staticmethod
-    def _check_content_type(request: Request) -> None:
-        raw = request.headers.get("content-type")
-        media = parse_media_type(raw) if raw is not None else None
-        if media is None or media.essence != "application/json":
-            raise _rpc_error(
-                415,
-                INVALID_REQUEST,
-                "Unsupported Media Type: Content-Type must be application/json",
-            )
-        charset = media.params.get("charset")
-        if charset is not None and charset.lower() not in ("utf-8", "utf8"):
-            raise _rpc_error(415, INVALID_REQUEST, "Unsupported Media Type: charset must be utf-8")
-
-    @staticmethod
-    def _parse(request: Request) -> Any:
-        try:
-            return parse_message(request.body)
-        except JsonRpcError as exc:
-            raise _Reject(Response.json(exc.to_json(), exc.http_status)) from None
-
     def _session(self, request: Request) -> Session:
         session_id = request.headers.get("mcp-session-id")
         if session_id is None:
-            raise _rpc_error(400, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required")
+            raise rpc_error(400, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required")
         session = self.sessions.get(session_id.strip())
         if session is None:
-            raise _rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
+            raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
         return session
-
-    @staticmethod
-    def _check_version(request: Request) -> str:
-        version = request.headers.get("mcp-protocol-version")
-        if version is None:
-            return ASSUMED_VERSION
-        version = version.strip()
-        if version not in HANDSHAKE_VERSIONS:
-            raise _rpc_error(
-                400,
-                INVALID_REQUEST,
-                f"Bad Request: unsupported MCP-Protocol-Version {version!r}"
-                f" (supported: {', '.join(HANDSHAKE_VERSIONS + MODERN_VERSIONS)})",
-            )
-        return version
 
     async def _authenticate(self, request: Request) -> Caller:
         if self.options.authenticate is None:
@@ -286,7 +218,7 @@ class Transport:
         challenge = f'Bearer error="insufficient_scope", scope="{needed}"'
         if self.options.resource_metadata_url:
             challenge += f', resource_metadata="{self.options.resource_metadata_url}"'
-        raise _rpc_error(
+        raise rpc_error(
             403,
             INVALID_REQUEST,
             f"Forbidden: {method} needs scope {needed}",
@@ -297,7 +229,7 @@ class Transport:
     def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         nursery = self._nursery()
         if nursery is None:
-            raise _rpc_error(503, INTERNAL_ERROR, "MCP server is not running")
+            raise rpc_error(503, INTERNAL_ERROR, "MCP server is not running")
         nursery.start_soon(fn, *args)
 
     # ---- POST ----
@@ -306,17 +238,36 @@ class Transport:
         header_version = (request.headers.get("mcp-protocol-version") or "").strip()
         if header_version in MODERN_VERSIONS:
             return await self._post_modern(request, header_version)
-        self._check_accept(request, json=True, sse=True)
-        self._check_content_type(request)
-        message = self._parse(request)
+        check_accept(request, json=True, sse=True)
+        check_content_type(request)
+        message = parse_body(request)
         if isinstance(message, RpcRequest) and message.method == "initialize":
             return await self._initialize(request, message)
+        if (
+            isinstance(message, RpcRequest)
+            and header_version
+            and header_version not in HANDSHAKE_VERSIONS
+            and isinstance(message.params.get("_meta"), dict)
+            and META_PROTOCOL_VERSION in message.params["_meta"]
+        ):
+            # A stateless-revision request at a version we do not speak: name ours so
+            # the client can pick one (2026-07-28 "Version negotiation").
+            raise rpc_error(
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                f"Unsupported protocol version {header_version!r}",
+                id=message.id,
+                data={
+                    "supported": [*HANDSHAKE_VERSIONS, *MODERN_VERSIONS],
+                    "requested": header_version,
+                },
+            )
         session = self._session(request)
-        version = self._check_version(request)
+        version = check_version(request)
         caller = await self._authenticate(request)
         if caller.subject != session.subject:
             # A session belongs to whoever initialized it; to anyone else it does not exist.
-            raise _rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
+            raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
         catalog = self.catalog()
         self._authorize(caller, catalog, message)
         headers = [("Mcp-Session-Id", session.id)]
@@ -330,16 +281,23 @@ class Transport:
                 pending.done.set()
             return Response(202, headers)
         if message.id in session.inflight:
-            raise _rpc_error(
+            raise rpc_error(
                 400, INVALID_REQUEST, f"Request id {message.id!r} is already in use", id=message.id
             )
         stream = session.streams.new() if message.method in _STREAMED else None
         ex = self._exchange(caller, session, version, message, stream, None)
+        # Registered before the task starts, so a cancel or a reused id that arrives
+        # in between is seen.
+        scope = session.inflight[message.id] = trio.CancelScope()
+        reply = None if stream is not None else _Reply()
+        try:
+            self._spawn(self._run, ex, catalog, message, stream, reply, scope)
+        except Reject:
+            del session.inflight[message.id]
+            raise
         if stream is not None:
-            self._spawn(self._run, ex, catalog, message, stream, None)
             return self._sse(stream.read(0, prime=True, retry_ms=RETRY_MS), headers)
-        reply = _Reply()
-        self._spawn(self._run, ex, catalog, message, None, reply)
+        assert reply is not None
         await reply.done.wait()
         if reply.message is None:  # cancelled by the client: nothing to answer
             return Response(202, headers)
@@ -395,13 +353,14 @@ class Transport:
         message: RpcRequest,
         stream: EventStream | None,
         reply: _Reply | None,
-        scope: trio.CancelScope | None = None,
+        scope: trio.CancelScope,
     ) -> None:
-        """Serve one request in the server's nursery; deliver to ``stream`` or ``reply``."""
-        scope = scope or trio.CancelScope()
+        """Serve one request in the server's nursery; deliver to ``stream`` or ``reply``.
+
+        ``scope`` is what ``notifications/cancelled`` (or, stateless, a disconnect)
+        cancels; a cancelled request gets no answer.
+        """
         session = ex.session
-        if session is not None:
-            session.inflight[message.id] = scope
         answer: dict[str, Any] | None = None
         try:
             with scope:
@@ -443,7 +402,7 @@ class Transport:
         params = message.params
         requested = params.get("protocolVersion")
         if not isinstance(requested, str):
-            raise _rpc_error(
+            raise rpc_error(
                 400,
                 INVALID_PARAMS,
                 "Invalid params: initialize needs a string protocolVersion",
@@ -452,7 +411,7 @@ class Transport:
         caps = params.get("capabilities", {})
         info = params.get("clientInfo", {})
         if not isinstance(caps, dict) or not isinstance(info, dict):
-            raise _rpc_error(
+            raise rpc_error(
                 400,
                 INVALID_PARAMS,
                 "Invalid params: capabilities and clientInfo must be objects",
@@ -471,7 +430,7 @@ class Transport:
             capabilities=result["capabilities"],
         )
         if session is None:
-            raise _rpc_error(503, INTERNAL_ERROR, "Too many MCP sessions; try again later")
+            raise rpc_error(503, INTERNAL_ERROR, "Too many MCP sessions; try again later")
         log.info(
             "mcp.session_started",
             protocol=version,
@@ -485,14 +444,15 @@ class Transport:
     # ---- POST, stateless revision ----
 
     async def _post_modern(self, request: Request, version: str) -> Response:
-        self._check_accept(request, json=True, sse=False)
-        self._check_content_type(request)
-        message = self._parse(request)
-        if isinstance(message, Notification):
-            # 2026-07-28 defines no client→server notifications over HTTP: acknowledge.
-            return Response(202)
-        if isinstance(message, RpcResponse):
-            raise _rpc_error(
+        check_accept(request, json=True, sse=False)
+        check_content_type(request)
+        message = parse_body(request)
+        if not isinstance(message, RpcRequest):
+            await self._authenticate(request)
+            if isinstance(message, Notification):
+                # 2026-07-28 defines no client→server notifications over HTTP: acknowledge.
+                return Response(202)
+            raise rpc_error(
                 400,
                 INVALID_REQUEST,
                 "Invalid Request: this revision has no server-to-client requests to answer",
@@ -503,7 +463,7 @@ class Transport:
             meta = {}
         missing = [k for k in (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES) if k not in meta]
         if missing:
-            raise _rpc_error(
+            raise rpc_error(
                 400,
                 INVALID_PARAMS,
                 f"Invalid params: _meta lacks {', '.join(missing)} (required in {version})",
@@ -511,14 +471,14 @@ class Transport:
             )
         body_version = meta[META_PROTOCOL_VERSION]
         if not isinstance(body_version, str):
-            raise _rpc_error(
+            raise rpc_error(
                 400,
                 INVALID_PARAMS,
                 "Invalid params: protocol version must be a string",
                 id=message.id,
             )
         if body_version != version:
-            raise _rpc_error(
+            raise rpc_error(
                 400,
                 HEADER_MISMATCH,
                 f"MCP-Protocol-Version header {version!r} disagrees with _meta {body_version!r}",
@@ -526,7 +486,7 @@ class Transport:
             )
         method_header = request.headers.get("mcp-method")
         if method_header is not None and method_header.strip() != message.method:
-            raise _rpc_error(
+            raise rpc_error(
                 400, HEADER_MISMATCH, "Mcp-Method header disagrees with the body", id=message.id
             )
         name_header = request.headers.get("mcp-name")
@@ -536,18 +496,18 @@ class Transport:
             and name_key is not None
             and name_header.strip() != message.params.get(name_key)
         ):
-            raise _rpc_error(
+            raise rpc_error(
                 400, HEADER_MISMATCH, "Mcp-Name header disagrees with the body", id=message.id
             )
         if message.method == "initialize":
-            raise _rpc_error(
+            raise rpc_error(
                 400,
                 INVALID_REQUEST,
                 f"Invalid Request: revision {version} has no initialize; use server/discover",
                 id=message.id,
             )
         if not isinstance(meta.get(META_CLIENT_INFO, {}), dict):
-            raise _rpc_error(400, INVALID_PARAMS, "Invalid params: clientInfo must be an object")
+            raise rpc_error(400, INVALID_PARAMS, "Invalid params: clientInfo must be an object")
         caller = await self._authenticate(request)
         catalog = self.catalog()
         self._authorize(caller, catalog, message)
@@ -579,26 +539,26 @@ class Transport:
 
     async def _get(self, request: Request) -> Response:
         if (request.headers.get("mcp-protocol-version") or "").strip() in MODERN_VERSIONS:
-            raise _Reject(
+            raise Reject(
                 Response.error(
                     405, "revision 2026-07-28 has no GET stream", headers=[("Allow", "POST")]
                 )
             )
         if request.method != "GET":
-            raise _Reject(Response.error(405, "method not allowed", headers=[("Allow", ALLOW)]))
-        self._check_accept(request, json=False, sse=True)
+            raise Reject(Response.error(405, "method not allowed", headers=[("Allow", ALLOW)]))
+        check_accept(request, json=False, sse=True)
         session = self._session(request)
-        self._check_version(request)
+        check_version(request)
         caller = await self._authenticate(request)
         if caller.subject != session.subject:
-            raise _rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
+            raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
         headers = [("Mcp-Session-Id", session.id)]
         last_event_id = request.headers.get("last-event-id")
         if last_event_id is not None:
             parsed = parse_event_id(last_event_id)
             stream = session.streams.get(parsed[0]) if parsed is not None else None
             if parsed is None or stream is None:
-                raise _rpc_error(
+                raise rpc_error(
                     400,
                     INVALID_REQUEST,
                     "Bad Request: Last-Event-ID names no stream of this session"
@@ -613,30 +573,40 @@ class Transport:
 
     async def _delete(self, request: Request) -> Response:
         session = self._session(request)
-        self._check_version(request)
+        check_version(request)
         caller = await self._authenticate(request)
         if caller.subject != session.subject:
-            raise _rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
+            raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
         self.sessions.remove(session.id)
         log.info("mcp.session_ended", sessions=len(self.sessions))
         return Response(200)
 
     # ---- server-initiated ----
 
-    def broadcast(self, message: Mapping[str, Any], *, capability: str | None = None) -> None:
-        """Send ``message`` on every initialized session's GET stream."""
+    def broadcast(
+        self,
+        message: Mapping[str, Any],
+        *,
+        capability: str | None = None,
+        subscribed: str | None = None,
+    ) -> None:
+        """Send ``message`` on the GET stream of every session that was offered
+        ``capability`` / subscribed to the resource ``subscribed`` (when given)."""
         for session in self.sessions:
             if capability is not None and capability not in session.capabilities:
+                continue
+            if subscribed is not None and subscribed not in session.subscriptions:
                 continue
             session.get_standalone().send(message)
 
 
 async def _cancel_on_disconnect(
-    body: AsyncIterator[bytes], stream: EventStream, scope: trio.CancelScope
+    body: AsyncGenerator[bytes, None], stream: EventStream, scope: trio.CancelScope
 ) -> AsyncIterator[bytes]:
     try:
-        async for chunk in body:
-            yield chunk
+        async with aclosing(body):
+            async for chunk in body:
+                yield chunk
     finally:
         if not stream.closed:
             scope.cancel()

@@ -1,0 +1,91 @@
+"""The SSE event log behind POST/GET streams: keepalives, bounds, resumption, readers."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from tunneld.mcp._events import KEEPALIVE_SECONDS, EventStream, StreamTable, parse_event_id
+
+
+async def _collect(stream: EventStream, after: int, *, prime: bool) -> list[bytes]:
+    return [chunk async for chunk in stream.read(after, prime=prime)]
+
+
+async def test_idle_stream_gets_keepalive_comments(autojump_clock: trio.testing.MockClock) -> None:
+    assert KEEPALIVE_SECONDS <= 15  # MCP: keep proxies from timing idle streams out
+    stream = EventStream()
+    seen: list[tuple[float, bytes]] = []
+    start = trio.current_time()
+
+    async def read() -> None:
+        async for chunk in stream.read(0, prime=True, retry_ms=500):
+            seen.append((trio.current_time() - start, chunk))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.sleep(KEEPALIVE_SECONDS * 2.5)
+        stream.send({"jsonrpc": "2.0", "method": "x"})
+        stream.close()
+    chunks = [chunk for _, chunk in seen]
+    assert chunks[0] == f"id: {stream.key}.0\nretry: 500\ndata: \n\n".encode()
+    assert chunks[1:3] == [b": keepalive\n\n", b": keepalive\n\n"]
+    assert [t for t, c in seen if c.startswith(b":")] == [KEEPALIVE_SECONDS, 2 * KEEPALIVE_SECONDS]
+    assert chunks[3].startswith(f"event: message\nid: {stream.key}.1\n".encode())
+    assert len(chunks) == 4
+
+
+async def test_log_is_bounded_and_replays_from_an_id() -> None:
+    stream = EventStream(max_events=3)
+    for n in range(5):
+        stream.send({"n": n})
+    stream.close()
+    replay = await _collect(stream, 0, prime=False)
+    assert [parse_event_id(c.split(b"\n")[1][4:].decode()) for c in replay] == [
+        (stream.key, 3),
+        (stream.key, 4),
+        (stream.key, 5),
+    ]
+    assert len(await _collect(stream, 4, prime=False)) == 1
+    assert await _collect(stream, 5, prime=False) == []
+
+
+async def test_superseded_reader_ends_and_a_new_one_continues() -> None:
+    stream = EventStream()
+    stream.send({"n": 1})
+    got: list[bytes] = []
+
+    async def read() -> None:
+        async for chunk in stream.read(0, prime=False):
+            got.append(chunk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        stream.supersede_readers()
+    assert len(got) == 1
+    assert stream.readers == 0
+    stream.send({"n": 2})
+    stream.close()
+    assert len(await _collect(stream, stream.delivered, prime=False)) == 1
+
+
+def test_stream_table_drops_oldest_closed_streams() -> None:
+    table = StreamTable(max_streams=2)
+    first, second = table.new(), table.new()
+    first.close()
+    third = table.new()
+    assert table.get(first.key) is None
+    assert table.get(second.key) is second
+    assert table.get(third.key) is third
+    # Open streams are never dropped, even past the bound.
+    fourth = table.new()
+    assert len(table) == 3
+    assert table.get(fourth.key) is fourth
+
+
+def test_parse_event_id() -> None:
+    assert parse_event_id("k-_.3.12") == ("k-_.3", 12)
+    assert parse_event_id("nope") is None
+    assert parse_event_id(".1") is None
+    assert parse_event_id("k.1" + "0" * 30) is None
