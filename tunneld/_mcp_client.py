@@ -22,8 +22,6 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from tunneld.daemon._mcp_bridge import SseDecoder
-
 __all__ = ["PROTOCOL_VERSION", "McpClientError", "McpHttpClient"]
 
 PROTOCOL_VERSION: Final = "2025-11-25"
@@ -44,6 +42,47 @@ class McpClientError(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class _SseData:
+    """The ``data`` of each Server-Sent Event in a stream (WHATWG HTML §9.2.6), fed in chunks.
+
+    Lines end in CRLF, LF or CR (a CR at a chunk's end waits for the next chunk, in case
+    an LF follows); ``:`` lines are comments; an event is dispatched at a blank line if
+    it had data. Event names and ids are not needed here and are skipped.
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[str]:
+        data = self._partial + chunk
+        hold = b""
+        if data.endswith(b"\r"):
+            data, hold = data[:-1], b"\r"
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self._partial = lines.pop() + hold
+        if len(self._partial) > _MAX_BODY:
+            raise McpClientError("an SSE line is too long")
+        events: list[str] = []
+        for line in lines:
+            if not line:
+                # An event whose data is empty (a priming event) is not dispatched.
+                if joined := "\n".join(self._data):
+                    events.append(joined)
+                self._data = []
+                continue
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                self._data.append(value.removeprefix(b" ").decode("utf-8", "replace"))
+        return events
+
+    def end(self) -> list[str]:
+        """The stream ended: a CR held back at the very end was a line end after all."""
+        if self._partial.endswith(b"\r"):
+            return self.feed(b"\n")
+        return []
 
 
 class _StaleConnectionError(Exception):
@@ -257,19 +296,21 @@ class McpHttpClient:
         media = response_headers.get("content-type", "").split(";", 1)[0].strip().lower()
         raw = bytearray()
         answers: list[dict[str, Any]] = []
-        decoder = SseDecoder() if media == "text/event-stream" else None
+        decoder = _SseData() if media == "text/event-stream" else None
         while True:
             event = await connection.next_event()
             if isinstance(event, h11.Data):
                 if decoder is not None:
-                    for sse in decoder.feed(bytes(event.data)):
-                        if sse.data.strip():
-                            answers.append(_json_object(sse.data))
+                    for payload in decoder.feed(bytes(event.data)):
+                        if payload.strip():
+                            answers.append(_json_object(payload))
                 else:
                     raw += event.data
                     if len(raw) > _MAX_BODY:
                         raise McpClientError(f"{method} {self.path}: the answer is too large")
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                if decoder is not None:
+                    answers.extend(_json_object(p) for p in decoder.end() if p.strip())
                 break
         if "mcp-session-id" in response_headers:
             self.session_id = response_headers["mcp-session-id"]
