@@ -106,12 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calls",
         type=_positive,
+        metavar="N",
         default=400,
         help="calls per row for shared, our_server and sdk_server (default 400)",
     )
     parser.add_argument(
         "--per-call-calls",
         type=_positive,
+        metavar="N",
         default=30,
         help=(
             "calls per per_call row (default 30; at least the concurrency, so every task"
@@ -121,6 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--per-call-max-concurrency",
         type=_positive,
+        metavar="C",
         default=10,
         help=(
             "highest concurrency to run per_call at (default 10: a hundred overlay nodes"
@@ -131,12 +134,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
         type=_levels,
+        metavar="LEVELS",
         default=(1, 10, 100),
         help="comma-separated concurrency levels (default 1,10,100)",
     )
     parser.add_argument(
         "--modes",
         type=_modes,
+        metavar="MODES",
         default=frozenset(_MODES),
         help="which modes to run (default: all four)",
     )
