@@ -229,3 +229,39 @@ def test_demo_without_the_workspace_plugin_says_how_to_install_it(tmp_path: Path
     )
     assert result.returncode == 1
     assert "pip install -e plugins/tunneld-workspace" in result.stderr
+
+
+def test_demo_text_mode_prints_status_lines_until_sigterm() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunneld", "demo", "--calls", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+
+    def read_until_status() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith("peers "):
+                return
+
+    try:
+        reader = threading.Thread(target=read_until_status, daemon=True)
+        reader.start()
+        reader.join(TIMEOUT)
+        status = seen[-1] if seen else ""
+        # Not a terminal: one plain line per change, no cursor codes.
+        assert status.startswith("peers 1/1 online · path "), "".join(seen)
+        assert "tunnels 1 " in status
+        assert "calls 1" in status
+        assert "\x1b" not in status
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=TIMEOUT)
+        assert process.returncode == 0
+        assert "stopped; temporary files removed" in out
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
