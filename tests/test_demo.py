@@ -171,13 +171,17 @@ def test_demo_json_serves_until_sigint_then_removes_its_files() -> None:
             process.wait()
 
 
-def test_demo_no_auth_warns_and_serves_without_a_token() -> None:
-    result = _demo("--check", "--json", "--no-auth", "--calls", "0")
+def test_demo_no_auth_with_a_plugin_serves_without_a_token() -> None:
+    # What the MCP conformance suite needs: no token, the fixtures plugin enabled.
+    result = _demo("--check", "--json", "--no-auth", "--calls", "0", "--plugin", "conformance")
     assert result.returncode == 0, result.stderr
+    assert "warning: --no-auth" in result.stderr
     report = json.loads(result.stdout)
     assert report["token"] is None
     assert report["tool_call"]["ok"] is True
     assert report["warm_calls"] == 0
+    assert {"workspace", "conformance"} <= set(report["plugins"])
+    assert "test_simple_text" in report["tools"]
 
 
 def test_demo_text_mode_warns_about_no_auth() -> None:

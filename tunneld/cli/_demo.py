@@ -113,13 +113,13 @@ async def _main(args: argparse.Namespace, options: DemoOptions) -> None:
 
     if not args.json:
         print("tunneld demo — control plane, an agent and the daemon on loopback\n", flush=True)
-        if args.no_auth:
-            print(
-                "  warning: --no-auth: MCP on TCP needs no token; anyone on this machine"
-                " can call the tools (it listens on 127.0.0.1 only)\n",
-                file=sys.stderr,
-                flush=True,
-            )
+    if args.no_auth:
+        print(
+            "  warning: --no-auth: MCP on TCP needs no token; anyone on this machine"
+            " can call the tools (it listens on 127.0.0.1 only)\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def progress(line: str) -> None:
         if not args.json:
