@@ -7,7 +7,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.metadata
 import json
+import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import h11
+import pytest
 import trio
 
 from tunneld.http import HttpLimits, HttpServer, Router
@@ -352,3 +357,72 @@ class McpHttpClient:
         if meta:
             params["_meta"] = meta
         return {"jsonrpc": "2.0", "id": self.new_id(), "method": "tools/call", "params": params}
+
+
+# ---- `tunneld run --plugin conformance` with a real control plane ----
+
+
+@pytest.fixture
+def conformance_plugin_installed() -> None:
+    """Skip unless the conformance plugin is installed (the daemon finds entry points)."""
+    names = {ep.name for ep in importlib.metadata.entry_points(group="tunneld")}
+    if "conformance" not in names:
+        pytest.skip(
+            "the conformance plugin is not installed: pip install -e plugins/tunneld-conformance"
+        )
+
+
+@asynccontextmanager
+async def conformance_daemon(
+    nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+) -> AsyncIterator[str]:
+    """A control plane and ``tunneld run --plugin conformance``; yields the MCP URL.
+
+    ``short_dir`` holds the Unix socket (paths are limited to 108 bytes).
+    """
+    from tests._control_support import running_server
+    from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+
+    (tmp_path / "control").mkdir()
+    async with running_server(nursery, tmp_path / "control") as h:
+        await h.user("alice")
+        token_file = short_dir / "daemon.token"
+        token_file.write_text(await h.token("alice") + "\n")
+        token_file.chmod(0o600)
+        socket = short_dir / "api.sock"
+        config = short_dir / "daemon.toml"
+        config.write_text(
+            "[daemon]\n"
+            f'socket = "{socket}"\n'
+            'socket_group = ""\n'
+            'name = "laptop"\n'
+            f'key_file = "{short_dir / "daemon.key"}"\n'
+            f'control_url = "{h.info.url}"\n'
+            f'token_file = "{token_file}"\n'
+            'udp_listen = "127.0.0.1:0"\n'
+            "[mcp]\n"
+            'listen = "127.0.0.1:0"\n'
+        )
+        command = [sys.executable, "-m", "tunneld", "run", "--config", str(config),
+                   "--plugin", "conformance"]  # fmt: skip
+        process: trio.Process = await nursery.start(
+            functools.partial(trio.run_process, command, check=False, stderr=subprocess.DEVNULL)
+        )
+        try:
+            client = LocalApiClient(socket)
+            with trio.fail_after(60):
+                while True:
+                    assert process.returncode is None, "the daemon exited before it was ready"
+                    try:
+                        status = await client.request("GET", "/v0/status")
+                        break
+                    except (DaemonUnavailableError, ApiError, OSError):
+                        await trio.sleep(0.1)
+            assert isinstance(status, dict)
+            assert [p["name"] for p in status["plugins"]["loaded"]] == ["conformance"]
+            yield str(status["mcp"]["url"])
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                await process.wait()

@@ -2,7 +2,8 @@
 
 Runs ``conformance server --url …`` (``@modelcontextprotocol/conformance@0.1.16``,
 which needs node ≥ 22) against a standalone McpServer serving the ``conformance``
-plugin's registry, and requires every check to pass: the active suite plus the
+plugin's registry, and against a real ``tunneld run --plugin conformance`` (with a
+real control plane), and requires every check to pass: the active suite plus the
 pending scenarios (``--suite all``: SSE polling, JSON Schema 2020-12). The tools
 come from ``TUNNELD_NODE22_BIN`` (``.ci/run`` installs them into ``.ci/tools``),
 else ``PATH``; without them the test is skipped with the reason.
@@ -14,11 +15,19 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
-from _mcp_support import ROOT, conformance_registry, serve_mcp
+from _mcp_support import (
+    ROOT,
+    conformance_daemon,
+    conformance_plugin_installed,  # noqa: F401 (a fixture)
+    conformance_registry,
+    serve_mcp,
+)
 
 SUITE_VERSION = "0.1.16"
 
@@ -64,17 +73,16 @@ def bin_dir() -> Path:
     return found
 
 
-async def test_official_conformance_suite_passes(bin_dir: Path) -> None:
+async def _run_suite(bin_dir: Path, url: str) -> None:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    async with serve_mcp(conformance_registry(), host="127.0.0.1") as served:
-        with trio.fail_after(600):
-            result = await trio.run_process(
-                [str(bin_dir / "conformance"), "server", "--url", served.url, "--suite", "all"],
-                capture_stdout=True,
-                capture_stderr=True,
-                env=env,
-                check=False,
-            )
+    with trio.fail_after(600):
+        result = await trio.run_process(
+            [str(bin_dir / "conformance"), "server", "--url", url, "--suite", "all"],
+            capture_stdout=True,
+            capture_stderr=True,
+            env=env,
+            check=False,
+        )
     output = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
     summary = re.search(r"Total: (\d+) passed, (\d+) failed", output)
     assert summary is not None, output[-3000:]
@@ -84,3 +92,24 @@ async def test_official_conformance_suite_passes(bin_dir: Path) -> None:
     # 0.1.16's full server suite has 32 scenarios and 46 checks; fewer means skipped ones.
     assert passed >= 46, output[-3000:]
     assert "WARNING" not in output, output[-5000:]
+
+
+async def test_official_conformance_suite_passes(bin_dir: Path) -> None:
+    async with serve_mcp(conformance_registry(), host="127.0.0.1") as served:
+        await _run_suite(bin_dir, served.url)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    # Unix socket paths are limited to 108 bytes: keep them out of pytest's deep tmp.
+    path = Path(tempfile.mkdtemp(prefix="tunneld-conf-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("conformance_plugin_installed")
+async def test_official_conformance_suite_passes_against_the_daemon(
+    bin_dir: Path, nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+) -> None:
+    async with conformance_daemon(nursery, tmp_path, short_dir) as url:
+        await _run_suite(bin_dir, url)

@@ -13,13 +13,21 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mcp_types
 import pytest
 import trio
-from _mcp_support import ROOT, conformance_registry, serve_mcp
+from _mcp_support import (
+    ROOT,
+    conformance_daemon,
+    conformance_plugin_installed,  # noqa: F401 (a fixture)
+    conformance_registry,
+    serve_mcp,
+)
 from mcp.client.client import Client
 
 HERE = Path(__file__).resolve().parent
@@ -119,16 +127,15 @@ def node22() -> tuple[str, Path]:
     return found
 
 
-async def test_typescript_sdk_lists_and_calls(node22: tuple[str, Path]) -> None:
+async def _run_ts_client(node22: tuple[str, Path], url: str) -> None:
     node, modules = node22
     expected = _expected_annotations()
-    async with serve_mcp(conformance_registry()) as served:
-        env = {**os.environ, "NODE_PATH": str(modules)}
+    with trio.fail_after(120):
         result = await trio.run_process(
-            [node, str(HERE / "mcp_ts_client.mjs"), served.url],
+            [node, str(HERE / "mcp_ts_client.mjs"), url],
             capture_stdout=True,
             capture_stderr=True,
-            env=env,
+            env={**os.environ, "NODE_PATH": str(modules)},
             check=False,
             cwd=str(modules.parent),
         )
@@ -139,3 +146,23 @@ async def test_typescript_sdk_lists_and_calls(node22: tuple[str, Path]) -> None:
     assert report["progress"] == [0, 50, 100]
     assert report["sampling"]["content"][0]["text"] == "LLM response: from-typescript"
     assert report["sessionId"]
+
+
+async def test_typescript_sdk_lists_and_calls(node22: tuple[str, Path]) -> None:
+    async with serve_mcp(conformance_registry()) as served:
+        await _run_ts_client(node22, served.url)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tunneld-ts-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("conformance_plugin_installed")
+async def test_typescript_sdk_through_the_daemon(
+    node22: tuple[str, Path], nursery: trio.Nursery, tmp_path: Path, short_dir: Path
+) -> None:
+    async with conformance_daemon(nursery, tmp_path, short_dir) as url:
+        await _run_ts_client(node22, url)

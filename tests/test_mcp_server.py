@@ -911,7 +911,7 @@ def test_session_ids_are_visible_ascii() -> None:
     async def make() -> str:
         store = SessionStore(idle_timeout=10)
         session = store.create(
-            subject="",
+            owner=("", None),
             protocol_version="2025-11-25",
             client_capabilities={},
             client_info={},
@@ -933,7 +933,7 @@ async def test_session_cap_evicts_the_least_recently_used_idle_session() -> None
 
     def make() -> Any:
         return store.create(
-            subject="",
+            owner=("", None),
             protocol_version="2025-11-25",
             client_capabilities={},
             client_info={},

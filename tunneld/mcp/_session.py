@@ -17,6 +17,7 @@ import trio
 
 from tunneld.mcp._events import EventStream, StreamTable
 from tunneld.mcp._jsonrpc import RequestId
+from tunneld.mcp._registry import Caller
 
 __all__ = ["PendingRequest", "Session", "SessionStore"]
 
@@ -33,7 +34,8 @@ class PendingRequest:
 @dataclass(slots=True)
 class Session:
     id: str
-    subject: str
+    owner: tuple[str, int | None]
+    """The caller's subject and (Unix socket) uid: a session is theirs alone."""
     protocol_version: str
     client_capabilities: Mapping[str, Any]
     client_info: Mapping[str, Any]
@@ -47,6 +49,10 @@ class Session:
     pending: dict[RequestId, PendingRequest] = field(default_factory=dict)
     subscriptions: set[str] = field(default_factory=set)
     _next_request: int = 0
+
+    def owned_by(self, caller: Caller) -> bool:
+        """Whether ``caller`` is who initialized this session."""
+        return self.owner == (caller.subject, caller.uid)
 
     def next_request_id(self) -> str:
         # A prefix keeps our ids apart from anything a client might pick.
@@ -85,7 +91,7 @@ class SessionStore:
     def create(
         self,
         *,
-        subject: str,
+        owner: tuple[str, int | None],
         protocol_version: str,
         client_capabilities: Mapping[str, Any],
         client_info: Mapping[str, Any],
@@ -106,7 +112,7 @@ class SessionStore:
         # token_urlsafe is visible ASCII (0x21..0x7E) as the spec requires, 256 bits.
         session = Session(
             id=secrets.token_urlsafe(32),
-            subject=subject,
+            owner=owner,
             protocol_version=protocol_version,
             client_capabilities=client_capabilities,
             client_info=client_info,

@@ -265,7 +265,7 @@ class Transport:
         session = self._session(request)
         version = check_version(request)
         caller = await self._authenticate(request)
-        if caller.subject != session.subject:
+        if not session.owned_by(caller):
             # A session belongs to whoever initialized it; to anyone else it does not exist.
             raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
         catalog = self.catalog()
@@ -423,7 +423,7 @@ class Transport:
         catalog = self.catalog()
         result = self.methods.initialize_result(catalog, version)
         session = self.sessions.create(
-            subject=caller.subject,
+            owner=(caller.subject, caller.uid),
             protocol_version=version,
             client_capabilities=caps,
             client_info=info,
@@ -550,7 +550,7 @@ class Transport:
         session = self._session(request)
         check_version(request)
         caller = await self._authenticate(request)
-        if caller.subject != session.subject:
+        if not session.owned_by(caller):
             raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
         headers = [("Mcp-Session-Id", session.id)]
         last_event_id = request.headers.get("last-event-id")
@@ -575,7 +575,7 @@ class Transport:
         session = self._session(request)
         check_version(request)
         caller = await self._authenticate(request)
-        if caller.subject != session.subject:
+        if not session.owned_by(caller):
             raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
         self.sessions.remove(session.id)
         log.info("mcp.session_ended", sessions=len(self.sessions))
