@@ -229,6 +229,9 @@ async def test_tunneld_run_process(
             f'control_url = "{control_url}"\n'
             f'token_file = "{token_file}"\n'
             'udp_listen = "127.0.0.1:0"\n'
+            # Not the default 127.0.0.1:7421: tests (and other daemons) run in parallel.
+            "[mcp]\n"
+            'listen = "127.0.0.1:0"\n'
         )
         env = {**os.environ, "NOTIFY_SOCKET": str(socket_dir / "notify")}
         command = [sys.executable, "-m", "tunneld", "run", "--config", str(config)]

@@ -102,6 +102,9 @@ async def running_world(
             f'control_url = "{h.info.url}"\n'
             f'token_file = "{token_file}"\n'
             'udp_listen = "127.0.0.1:0"\n'
+            # Not the default 127.0.0.1:7421: tests (and other daemons) run in parallel.
+            "[mcp]\n"
+            'listen = "127.0.0.1:0"\n'
         )
         daemon: trio.Process = await nursery.start(
             functools.partial(
