@@ -270,6 +270,8 @@ class _Live:
             if not buffer and not self.skipped[stream]:
                 continue
             keep = complete_utf8_prefix(bytes(buffer))
+            if not keep and not self.skipped[stream]:
+                continue  # only the start of a character so far: it goes out with the rest
             text = decode_text(bytes(buffer[:keep]))
             if self.skipped[stream]:
                 text += f"\n[... {self.skipped[stream]} bytes not shown live ...]\n"
