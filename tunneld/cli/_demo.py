@@ -99,6 +99,9 @@ def _demo(args: argparse.Namespace) -> int:
     )
     try:
         check_plugins(options.plugins)
+    except DemoError as exc:
+        raise CliError(str(exc)) from None  # nothing started: not a failed demo
+    try:
         trio.run(_main, args, options)
     except DemoError as exc:
         raise CliError(f"demo failed: {exc}") from None
