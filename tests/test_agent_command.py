@@ -41,6 +41,7 @@ async def test_agent_process_serves_exec_and_files_to_a_permitted_node(
         await h.user("alice")
         token_file = tmp_path / "agent.token"
         token_file.write_text(await h.token("alice", agent="web1") + "\n")
+        token_file.chmod(0o600)  # token files must not be group/world-readable
         control_url = h.info.url
         config = tmp_path / "agent.toml"
         config.write_text(

@@ -215,6 +215,7 @@ async def test_tunneld_run_process(
         await nursery.start(agent.serve)
         token_file = socket_dir / "token"
         token_file.write_text(await h.token("alice") + "\n")
+        token_file.chmod(0o600)  # token files must not be group/world-readable
         control_url = h.info.coordinate_url.replace("ws://", "http://").removesuffix(
             "/api/v1/coordinate"
         )

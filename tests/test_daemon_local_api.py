@@ -148,6 +148,7 @@ async def test_status_and_agents(daemon: Daemon) -> None:
                 "state": "active",
                 "leases": 1,
                 "idle_seconds": None,
+                "idle_deadline_seconds": None,
             }
         ],
     }

@@ -91,6 +91,7 @@ async def running_world(
             await nursery.start(overlay.serve)
         token_file = socket_dir / "token"
         token_file.write_text(await h.token("alice") + "\n")
+        token_file.chmod(0o600)  # token files must not be group/world-readable
         api_socket = socket_dir / "api.sock"
         config = socket_dir / "config.toml"
         config.write_text(

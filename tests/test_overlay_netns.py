@@ -189,6 +189,7 @@ def start_world(spaces: Namespaces, tmp: Path) -> tuple[dict[str, Any], str]:
     assert read_record(sink.stdout, "listening")
 
     (tmp / "agent.token").write_text(agent_token + "\n")
+    (tmp / "agent.token").chmod(0o600)  # token files must not be group/world-readable
     config = tmp / "agent.toml"
     config.write_text(
         "[agent]\n"

@@ -11,6 +11,7 @@ from tunneld.agent._errors import OperationError
 from tunneld.agent._exec import ProcessTable, run_foreground
 from tunneld.agent._files import edit_file, list_dir, read_file, stat_path, write_file
 from tunneld.agent._framed import RECEIVE_SIZE, FramedStream
+from tunneld.agent._parts import commit_part, discard_part, hash_file, write_part
 from tunneld.agent._paths import PathPolicy
 from tunneld.agent._ports import check_port
 from tunneld.config import AgentConfig
@@ -18,10 +19,13 @@ from tunneld.log import get_logger
 from tunneld.proto.agentrpc import (
     Cancel,
     CheckPortRequest,
+    CommitPartRequest,
+    DiscardPartRequest,
     EditFileRequest,
     Error,
     ErrorCode,
     ExecRequest,
+    HashFileRequest,
     ListDirRequest,
     ProcessListRequest,
     ProcessOutputRequest,
@@ -34,6 +38,7 @@ from tunneld.proto.agentrpc import (
     StdinData,
     StdinEof,
     WriteFileRequest,
+    WritePartRequest,
     decode_client_frame,
     encode,
 )
@@ -250,6 +255,17 @@ class AgentServices:
             case EditFileRequest(path, edits):
                 self._require(self.config.allow_write, "allow_write", f"edit_file {path}")
                 return await trio.to_thread.run_sync(edit_file, paths, path, edits)
+            case WritePartRequest(path, offset, data):
+                self._require(self.config.allow_write, "allow_write", f"write_part {path}")
+                return await trio.to_thread.run_sync(write_part, paths, path, offset, data)
+            case CommitPartRequest(path, size, sha256, mode):
+                self._require(self.config.allow_write, "allow_write", f"commit_part {path}")
+                return await trio.to_thread.run_sync(commit_part, paths, path, size, sha256, mode)
+            case DiscardPartRequest(path):
+                self._require(self.config.allow_write, "allow_write", f"discard_part {path}")
+                return await trio.to_thread.run_sync(discard_part, paths, path)
+            case HashFileRequest(path, length, partial):
+                return await trio.to_thread.run_sync(hash_file, paths, path, length, partial)
             case ListDirRequest(path):
                 return await trio.to_thread.run_sync(list_dir, paths, path)
             case StatRequest(path):

@@ -23,11 +23,14 @@ from tunneld.agent._framed import FramedStream
 from tunneld.proto.agentrpc import (
     Cancel,
     CheckPortRequest,
+    CommitPartRequest,
+    DiscardPartRequest,
     EditFileRequest,
     Error,
     ExecRequest,
     Exit,
     FileEdit,
+    HashFileRequest,
     ListDirRequest,
     ProcessListRequest,
     ProcessOutputRequest,
@@ -43,6 +46,7 @@ from tunneld.proto.agentrpc import (
     StdinEof,
     Stdout,
     WriteFileRequest,
+    WritePartRequest,
     decode_response,
 )
 
@@ -52,6 +56,7 @@ __all__ = [
     "DirEntry",
     "ExecOutput",
     "ExecRun",
+    "FileHash",
     "FileStat",
     "PortStatus",
     "ReadResult",
@@ -75,6 +80,15 @@ class ReadResult:
     offset: int
     size: int
     eof: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FileHash:
+    """SHA-256 (hex) of the first ``length`` bytes of a file whose size is ``size``."""
+
+    sha256: str
+    length: int
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +397,41 @@ class AgentClient:
             _field(value, "size", int),
             _field(value, "mode", int),
             float(_field(value, "mtime", (int, float))),
+        )
+
+    # ------------------------------------------------------------------ chunked uploads
+
+    async def write_part(self, path: str, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` of ``path``'s partial upload; returns its new size.
+
+        Offset 0 starts a new partial file; a larger offset must be at most its size.
+        Nothing replaces ``path`` until :meth:`commit_part`.
+        """
+        value = await self._call(WritePartRequest(path, offset, data))
+        return int(_field(value, "size", int))
+
+    async def commit_part(self, path: str, size: int, sha256: str, mode: int | None = None) -> None:
+        """Verify the partial upload (``size`` bytes, ``sha256`` hex) and rename it over ``path``.
+
+        Raises:
+            AgentError: ``verify_failed`` when the size or hash differ (the partial file is
+                then removed), ``not_found`` when there is no partial upload.
+        """
+        await self._call(CommitPartRequest(path, size, sha256, mode))
+
+    async def discard_part(self, path: str) -> bool:
+        """Remove ``path``'s partial upload; whether there was one."""
+        value = await self._call(DiscardPartRequest(path))
+        return bool(_field(value, "removed", bool))
+
+    async def hash_file(
+        self, path: str, length: int | None = None, *, partial: bool = False
+    ) -> FileHash:
+        """SHA-256 of the first ``length`` bytes of ``path`` (whole file if None), or of
+        its partial upload with ``partial=True``."""
+        value = await self._call(HashFileRequest(path, length, partial))
+        return FileHash(
+            _field(value, "sha256", str), _field(value, "length", int), _field(value, "size", int)
         )
 
     # ------------------------------------------------------------------ host

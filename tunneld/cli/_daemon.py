@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ import trio
 
 from tunneld.cli._common import CliError, Subparsers, apply_log_config
 from tunneld.cli._node import build_overlay
+from tunneld.cli._status_watch import MAX_INTERVAL, MIN_INTERVAL, watch_status
 from tunneld.config import Config, load_config
 from tunneld.daemon import (
     Daemon,
@@ -69,10 +71,27 @@ def register(sub: Subparsers) -> None:
     status = sub.add_parser(
         "status",
         help="show the daemon's state and its tunnels",
-        description="Ask the running daemon (`tunneld run`) for its state and tunnels.",
+        description=(
+            "Ask the running daemon (`tunneld run`) for its state and tunnels; with --watch,"
+            " keep a live view (peers, paths, RTT, tunnels, leases, idle deadlines, events)."
+        ),
     )
     _add_socket(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep watching: redraw in place on a terminal, else print a line per change;"
+        " Ctrl-C quits",
+    )
+    status.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=_watch_interval,
+        default=2.0,
+        help="with --watch: re-read the status at least this often"
+        f" ({MIN_INTERVAL:g}-{MAX_INTERVAL:g}, default 2)",
+    )
     status.set_defaults(func=_status)
     agents = sub.add_parser(
         "agents",
@@ -157,7 +176,37 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
+def _watch_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"expected {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds, got {text}"
+        )
+    return value
+
+
 def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.json:
+            raise CliError("--watch and --json do not mix; `tunneld watch` prints JSON events", 2)
+        try:
+            trio.run(
+                functools.partial(
+                    watch_status,
+                    _client(args),
+                    sys.stdout,
+                    interval=args.interval,
+                    tty=sys.stdout.isatty(),
+                )
+            )
+        except DaemonUnavailableError as exc:
+            raise CliError(str(exc)) from None
+        except ApiError as exc:
+            raise CliError(_api_message(exc)) from None
+        return 0
     answer = _call(_client(args), "GET", "/v0/status")
     if args.json:
         print(json.dumps(answer, indent=2, sort_keys=True))
@@ -314,6 +363,9 @@ def _run(args: argparse.Namespace) -> int:
         key_file=settings.key_file,
         control_url=settings.control_url,
         token_file=settings.token_file,
+        token_env=settings.token_env,
+        token_command=settings.token_command,
+        token_command_timeout=settings.token_command_timeout.seconds,
         derp_region=settings.derp_region,
         udp_listen=settings.udp_listen,
     )

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from pathlib import Path
-
-import trio
 
 from tunneld._address import websocket_base
 from tunneld.cli._common import CliError
 from tunneld.config import HostPort
+from tunneld.credentials import (
+    DEFAULT_COMMAND_TIMEOUT,
+    NoTokenSourceError,
+    TokenUnavailableError,
+    token_provider_for,
+)
 from tunneld.keys import load_or_create_key_file
 from tunneld.net.overlay import Overlay, OverlayConfig, StreamHandler
 
 __all__ = ["build_overlay"]
-
-
-def _token_provider(token_file: str, *, key: str) -> Callable[[], Awaitable[str]]:
-    env_token = os.environ.get("TUNNELD_TOKEN", "")
-    if not token_file and not env_token:
-        raise CliError(f"no token: set {key} or the TUNNELD_TOKEN variable")
-
-    async def provide() -> str:
-        # Re-read on every coordinator connect, so a rotated token file takes effect.
-        if token_file:
-            text = await trio.Path(token_file).read_text()
-            return text.strip()
-        return env_token
-
-    return provide
 
 
 def build_overlay(
@@ -43,16 +31,30 @@ def build_overlay(
     derp_region: int,
     udp_listen: HostPort,
     on_stream: StreamHandler | None = None,
+    token_env: str = "",
+    token_command: Sequence[str] = (),
+    token_command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
 ) -> Overlay:
     """The overlay node described by a config ``section`` (``daemon`` or ``agent``).
 
     The private key is read from ``key_file`` or created there (0600) on first run.
 
     Raises:
-        CliError: a bad control URL or no token source (the message names the key).
+        CliError: a bad control URL, no token source or several, or a token file or
+            variable that cannot give a token (the message names the key or file).
         BadKeyError: an unreadable key file or one others may read.
     """
     base = websocket_base(control_url)  # [section].control_url is checked by the config
+    try:
+        tokens = token_provider_for(
+            section=section,
+            token_file=token_file,
+            token_env=token_env,
+            token_command=token_command,
+            token_command_timeout=token_command_timeout,
+        )
+    except (NoTokenSourceError, TokenUnavailableError) as exc:
+        raise CliError(str(exc)) from None
     return Overlay(
         OverlayConfig(
             name=name or socket.gethostname(),
@@ -63,6 +65,6 @@ def build_overlay(
             udp_host=udp_listen.host,
             udp_port=udp_listen.port,
         ),
-        _token_provider(token_file, key=f"[{section}].token_file"),
+        tokens,
         on_stream=on_stream,
     )

@@ -126,6 +126,12 @@ class AgentConfig:
     token_file: str = ""
     derp_region: int = field(default=1, metadata={"check": _region})
     udp_listen: HostPort = HostPort("0.0.0.0", 0)
+    # Other token sources (at most one of token_file, token_env, token_command).
+    token_env: str = ""
+    token_command: tuple[str, ...] = ()
+    token_command_timeout: Duration = field(
+        default=Duration(10.0), metadata={"check": _positive_duration}
+    )
 
 
 def _socket_mode(value: int) -> None:
@@ -154,6 +160,12 @@ class DaemonConfig:
     derp_region: int = field(default=1, metadata={"check": _region})
     udp_listen: HostPort = HostPort("0.0.0.0", 0)
     shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
+    # Other token sources (at most one of token_file, token_env, token_command).
+    token_env: str = ""
+    token_command: tuple[str, ...] = ()
+    token_command_timeout: Duration = field(
+        default=Duration(10.0), metadata={"check": _positive_duration}
+    )
 
 
 def _optional_listen(value: str) -> None:

@@ -297,6 +297,12 @@ class LocalApi:
                 "idle_seconds": None
                 if t.idle_since is None
                 else round(trio.current_time() - t.idle_since, 3),
+                # Seconds until an idle tunnel is removed (unless a lease comes back).
+                "idle_deadline_seconds": None
+                if t.idle_since is None
+                else round(
+                    max(0.0, t.idle_since + self.tunnels.idle_timeout - trio.current_time()), 3
+                ),
             }
             for t in self.tunnels.tunnels()
         ]

@@ -45,3 +45,4 @@ class ErrorCode(StrEnum):
     UNKNOWN_SERVICE = "unknown_service"
     IO_ERROR = "io_error"
     INTERNAL = "internal"
+    VERIFY_FAILED = "verify_failed"  # commit_part: the partial file's size or hash differs

@@ -22,11 +22,14 @@ __all__ = [
     "Cancel",
     "CheckPortRequest",
     "ClientFrame",
+    "CommitPartRequest",
+    "DiscardPartRequest",
     "EditFileRequest",
     "Error",
     "ExecRequest",
     "Exit",
     "FileEdit",
+    "HashFileRequest",
     "ListDirRequest",
     "ProcessListRequest",
     "ProcessOutputRequest",
@@ -41,6 +44,7 @@ __all__ = [
     "StdinEof",
     "Stdout",
     "WriteFileRequest",
+    "WritePartRequest",
     "decode_client_frame",
     "decode_response",
     "encode",
@@ -49,6 +53,7 @@ __all__ = [
 MAX_PATH_LENGTH = 4096
 MAX_ARGV = 4096
 MAX_EDITS = 1000
+SHA256_HEX_LENGTH = 64
 
 # --------------------------------------------------------------------------- requests
 
@@ -144,6 +149,46 @@ class StatRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class WritePartRequest:
+    """Write ``data`` at ``offset`` into the partial file of ``path`` (chunked uploads).
+
+    The partial file lives beside ``path`` until ``commit_part`` renames it over
+    ``path``; ``offset`` 0 starts it afresh, a larger one must not exceed its size.
+    """
+
+    path: str
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CommitPartRequest:
+    """Check the partial file of ``path`` has ``size`` bytes and ``sha256`` (hex), then
+    fsync it, set ``mode`` and rename it over ``path``."""
+
+    path: str
+    size: int
+    sha256: str
+    mode: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardPartRequest:
+    """Remove the partial file of ``path`` if there is one."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class HashFileRequest:
+    """SHA-256 of ``path`` (or of its partial file), of at most the first ``length`` bytes."""
+
+    path: str
+    length: int | None = None
+    partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CheckPortRequest:
     """Is something listening on TCP ``port`` on the agent host (any local address)?"""
 
@@ -177,6 +222,10 @@ Request = (
     | EditFileRequest
     | ListDirRequest
     | StatRequest
+    | WritePartRequest
+    | CommitPartRequest
+    | DiscardPartRequest
+    | HashFileRequest
     | CheckPortRequest
 )
 ClientFrame = Request | StdinData | StdinEof | Cancel
@@ -274,6 +323,32 @@ def _to_wire(message: ClientFrame | Response) -> dict[str, Any]:
             return {"op": "list_dir", "path": message.path}
         case StatRequest():
             return {"op": "stat", "path": message.path}
+        case WritePartRequest():
+            return {
+                "op": "write_part",
+                "path": message.path,
+                "offset": message.offset,
+                "data": message.data,
+            }
+        case CommitPartRequest():
+            out = {
+                "op": "commit_part",
+                "path": message.path,
+                "size": message.size,
+                "sha256": message.sha256,
+            }
+            if message.mode is not None:
+                out["mode"] = message.mode
+            return out
+        case DiscardPartRequest():
+            return {"op": "discard_part", "path": message.path}
+        case HashFileRequest():
+            out = {"op": "hash_file", "path": message.path}
+            if message.length is not None:
+                out["length"] = message.length
+            if message.partial:
+                out["partial"] = True
+            return out
         case CheckPortRequest():
             return {"op": "check_port", "port": message.port}
         case StdinData():
@@ -488,6 +563,17 @@ def _signal(f: _Fields) -> ProcessSignalRequest:
     return ProcessSignalRequest(ident, value)
 
 
+def _commit_part(f: _Fields) -> CommitPartRequest:
+    path = f.path()
+    size = f.integer("size")
+    digest = f.text("sha256", max_len=SHA256_HEX_LENGTH)
+    assert size is not None
+    assert digest is not None
+    if len(digest) != SHA256_HEX_LENGTH or digest.strip("0123456789abcdef"):
+        raise f.fail("sha256", "64 lowercase hex digits")
+    return CommitPartRequest(path, size, digest, f.integer("mode", required=False, high=0o7777))
+
+
 def _str(value: str | None) -> str:
     assert value is not None
     return value
@@ -518,6 +604,14 @@ _CLIENT: dict[str, Callable[[_Fields], ClientFrame]] = {
     "edit_file": _edit_file,
     "list_dir": lambda f: ListDirRequest(f.path()),
     "stat": lambda f: StatRequest(f.path()),
+    "write_part": lambda f: WritePartRequest(
+        f.path(), f.integer("offset") or 0, f.blob("data") or b""
+    ),
+    "commit_part": _commit_part,
+    "discard_part": lambda f: DiscardPartRequest(f.path()),
+    "hash_file": lambda f: HashFileRequest(
+        f.path(), f.integer("length", required=False), f.flag("partial")
+    ),
     "check_port": lambda f: CheckPortRequest(_int(f.integer("port", low=1, high=65535))),
     "stdin": lambda f: StdinData(f.blob("data") or b""),
     "stdin_eof": lambda f: StdinEof(),
