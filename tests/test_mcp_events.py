@@ -40,14 +40,27 @@ async def test_log_is_bounded_and_replays_from_an_id() -> None:
     for n in range(5):
         stream.send({"n": n})
     stream.close()
-    replay = await _collect(stream, 0, prime=False)
-    assert [parse_event_id(c.split(b"\n")[1][4:].decode()) for c in replay] == [
+    replay = b"".join(await _collect(stream, 0, prime=False)).decode()
+    ids = [line[4:] for line in replay.split("\n") if line.startswith("id: ")]
+    assert [parse_event_id(i) for i in ids] == [
         (stream.key, 3),
         (stream.key, 4),
         (stream.key, 5),
     ]
-    assert len(await _collect(stream, 4, prime=False)) == 1
+    assert b"".join(await _collect(stream, 4, prime=False)).count(b"\nid: ") == 1
     assert await _collect(stream, 5, prime=False) == []
+
+
+async def test_ready_events_go_out_as_one_chunk() -> None:
+    stream = EventStream()
+    stream.send({"n": 1})
+    stream.send({"n": 2})
+    stream.close()
+    chunks = await _collect(stream, 0, prime=True)
+    assert len(chunks) == 1
+    assert chunks[0].startswith(f"id: {stream.key}.0\n".encode())
+    assert chunks[0].count(b"event: message") == 2
+    assert stream.delivered == 2
 
 
 async def test_superseded_reader_ends_and_a_new_one_continues() -> None:
