@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -427,15 +427,19 @@ async def _server_process(kind: str) -> AsyncIterator[str]:
 async def _pair_servers(
     args: argparse.Namespace, modes: set[str], notes: list[str]
 ) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
+    # Both servers run at once and take turns level by level, so a change in the
+    # machine's load during the run hits both alike.
     arguments = {"text": "hello"}
-    for mode, kind in (("our_server", "ours"), ("sdk_server", "sdk")):
-        if mode in modes:
-            async with _server_process(kind) as url:
-                rows += await _rows(
-                    mode, url, ECHO_TOOL, arguments, lambda c: args.calls, args.concurrency, notes
+    wanted = [(m, k) for m, k in (("our_server", "ours"), ("sdk_server", "sdk")) if m in modes]
+    by_mode: dict[str, list[dict[str, object]]] = {mode: [] for mode, _ in wanted}
+    async with AsyncExitStack() as stack:
+        urls = {mode: await stack.enter_async_context(_server_process(k)) for mode, k in wanted}
+        for level in args.concurrency:
+            for mode, _ in wanted:
+                by_mode[mode] += await _rows(
+                    mode, urls[mode], ECHO_TOOL, arguments, lambda c: args.calls, (level,), notes
                 )
-    return rows
+    return [row for mode, _ in wanted for row in by_mode[mode]]
 
 
 # -- the benchmark ----------------------------------------------------------------------
