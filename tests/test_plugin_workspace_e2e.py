@@ -73,6 +73,7 @@ async def _agent(
 ) -> AsyncIterator[trio.Process]:
     token_file = tmp / "web1.token"
     token_file.write_text(await h.token("alice", agent="web1") + "\n")
+    token_file.chmod(0o600)  # nodes refuse token files others can read
     config = tmp / "web1.toml"
     config.write_text(
         "[agent]\n"
@@ -186,6 +187,7 @@ async def test_sdk_client_uses_the_workspace_tools_through_the_daemon(
         await h.user("alice")
         token_file = short_dir / "daemon.token"
         token_file.write_text(await h.token("alice") + "\n")
+        token_file.chmod(0o600)
         api_socket = short_dir / "api.sock"
         config = short_dir / "daemon.toml"
         config.write_text(

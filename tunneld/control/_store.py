@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -184,6 +184,7 @@ class Store(Protocol):
     async def add_grant(self, grantee: str, owner: str, agent_name: str, now: float) -> Grant: ...
     async def list_grants(self) -> list[Grant]: ...
     async def has_grant(self, grantee_id: int, owner_id: int, agent_name: str) -> bool: ...
+    async def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant: ...
 
 
 _TOKEN_COLUMNS = (
@@ -293,6 +294,21 @@ class SqliteDatabase:
                 yield self._conn
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from None
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE … COMMIT`` under the database lock, rolled back on error.
+
+        For storage of other packages sharing this file (``tunneld.oauth``). Blocks;
+        call it from one thread at a time (a :class:`SqliteStore` worker).
+
+        Raises:
+            StoreError: an sqlite error inside, with the file name.
+        """
+        return self._write()
+
+    def reading(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The connection under the database lock, for reads (sqlite errors → StoreError)."""
+        return self._read()
 
     def _migrate(self) -> None:
         with self._lock:
@@ -551,6 +567,22 @@ class SqliteDatabase:
             ).fetchall()
         return [Grant(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
 
+    def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant:
+        """Delete one grant (exactly as added). Raises NotFoundError if absent."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT g.id, g.created_at FROM grants g JOIN users a ON a.id = g.grantee_id"
+                " JOIN users b ON b.id = g.owner_id"
+                " WHERE a.name = ? AND b.name = ? AND g.agent_name = ?",
+                (grantee, owner, agent_name),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(
+                    f"no grant of {owner}/{agent_name} to {grantee} (see `grant list`)"
+                )
+            conn.execute("DELETE FROM grants WHERE id = ?", (row[0],))
+        return Grant(int(row[0]), grantee, owner, agent_name, float(row[1]))
+
     def has_grant(self, grantee_id: int, owner_id: int, agent_name: str) -> bool:
         with self._read() as conn:
             row = conn.execute(
@@ -582,6 +614,11 @@ class SqliteStore:
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._lock:
             return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking ``fn(*args, **kwargs)`` (which uses :attr:`db`) in the worker
+        thread, serialised with every other call; same cancellation as the methods."""
+        return await self._run(fn, *args, **kwargs)
 
     async def aclose(self) -> None:
         await self._run(self.db.close)
@@ -658,3 +695,6 @@ class SqliteStore:
 
     async def has_grant(self, grantee_id: int, owner_id: int, agent_name: str) -> bool:
         return await self._run(self.db.has_grant, grantee_id, owner_id, agent_name)
+
+    async def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant:
+        return await self._run(self.db.remove_grant, grantee, owner, agent_name)
