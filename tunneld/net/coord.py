@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import trio
 import trio_websocket
 
-from tunneld.log import Secret
+from tunneld.log import Secret, get_logger
 from tunneld.net._websocket import close_bounded, close_info
 from tunneld.proto.coord import (
     MAX_MESSAGE_SIZE,
@@ -31,6 +31,8 @@ __all__ = [
     "CoordinatorConnection",
     "connect_coordinator",
 ]
+
+log = get_logger(__name__)
 
 
 class CoordinatorConnectError(Exception):
@@ -143,6 +145,8 @@ async def connect_coordinator(
                 for data in messages:
                     await connection.send(data)
                 messages = client.catch_up()
+                if messages:
+                    log.info("coord.replay_caught_up", messages=len(messages))
             yield connection
     except trio_websocket.ConnectionRejected as exc:
         if entered:
