@@ -10,7 +10,12 @@ from _control_support import Harness, running_server, session
 
 from tunneld.config import Duration
 from tunneld.log import Secret
-from tunneld.net.coord import CoordinatorClosed, CoordinatorConnectError, connect_coordinator
+from tunneld.net.coord import (
+    CoordinatorClosed,
+    CoordinatorConnectError,
+    CoordinatorConnection,
+    connect_coordinator,
+)
 from tunneld.proto.coord import CoordinatorClient, PeerUpdate, PeerUpdateKind
 
 
@@ -76,3 +81,59 @@ async def test_bad_token_and_unreachable_server(control: Harness) -> None:
         ):
             pass
     assert unreachable.value.status is None
+
+
+async def test_changes_made_while_the_replay_is_being_sent_are_sent_too(
+    control: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The overlay learns of a session only once connect_coordinator yields it; until
+    # then its add_tunnel/remove_tunnel only update the client (to be replayed). A
+    # tool call's add_tunnel landing while the replay was being sent used to be in
+    # neither that replay nor (the session being up) any later one: lost for good,
+    # agent_offline after the connect timeout. The replay's first send is held here
+    # until the owner has made its changes, as a loaded machine may interleave them.
+    token = Secret(await control.token("alice"))
+    client = CoordinatorClient()
+    client.update_self(name="laptop", node_key=b"\x06" * 32)
+    client.add_tunnel("web2")  # replayed, then given up while the replay is sent
+    replaying, changed = trio.Event(), trio.Event()
+    send = CoordinatorConnection.send
+
+    async def held_send(self: CoordinatorConnection, data: bytes) -> None:
+        if self.client is client and not changed.is_set():
+            replaying.set()
+            await changed.wait()
+        await send(self, data)
+
+    monkeypatch.setattr(CoordinatorConnection, "send", held_send)
+
+    async def owner() -> None:
+        await replaying.wait()
+        # What Overlay.add_tunnel/remove_tunnel do while they have no session yet.
+        client.add_tunnel("web1")
+        client.remove_tunnel("web2")
+        changed.set()
+
+    async with (
+        session(control.info, await control.token("alice", agent="web1"), "web1") as web1,
+        session(control.info, await control.token("alice", agent="web2"), "web2") as web2,
+    ):
+        await web1.announce()
+        await web2.announce()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(owner)
+            async with connect_coordinator(control.info.coordinate_url, token, client) as conn:
+                names = []
+                while "web1" not in names:  # web2's node first (replayed), then web1's
+                    update = await _next_update(conn, PeerUpdateKind.NODE)
+                    assert update.node is not None
+                    names.append(update.node.name)
+                assert names in (["web1"], ["web2", "web1"])
+                learned = await web1.expect_update(PeerUpdateKind.NODE)
+                assert learned.node is not None
+                assert learned.node.name == "laptop"
+                # web2 heard of the laptop (the replayed tunnel), then that it is gone.
+                await web2.expect_update(PeerUpdateKind.NODE)
+                gone = await web2.expect_update(PeerUpdateKind.DISCONNECTED)
+                assert gone.reason == "tunnel removed"
+                assert client.tunnels == {"web1"}

@@ -216,6 +216,34 @@ def test_client_helper_tracks_peers_and_replays() -> None:
         client.receive(encode(REQUESTS[2]))  # a request is not a valid response
 
 
+def test_client_helper_catches_up_with_changes_made_during_a_replay() -> None:
+    client = CoordinatorClient()
+    client.update_self(name="laptop", node_key=KEY)
+    client.add_tunnel("web1")
+    client.add_tunnel("web2")
+    assert len(client.replay()) == 3
+    assert client.catch_up() == []  # nothing changed since
+    # While the replay is being sent the owner has no session: it only records.
+    client.add_tunnel("web3")
+    client.remove_tunnel("web1")
+    client.update_self(name="laptop", node_key=KEY, endpoints=("192.0.2.1:1",))
+    assert [decode_request(m) for m in client.catch_up()] == [
+        UpdateSelf(Node("", "laptop", "", KEY, ("192.0.2.1:1",))),
+        RemoveTunnel("web1"),
+        AddTunnel("web3"),
+    ]
+    assert client.catch_up() == []
+    client.add_tunnel("web1")
+    client.remove_tunnel("web1")  # added and given up in one go: nothing to say
+    assert client.catch_up() == []
+    # A fresh replay starts over from the whole state.
+    assert [decode_request(m) for m in client.replay()][1:] == [
+        AddTunnel("web2"),
+        AddTunnel("web3"),
+    ]
+    assert client.catch_up() == []
+
+
 # --- fuzzing: only RemoteProtocolError may escape ------------------------------------
 
 _VALID = [encode(m) for m in REQUESTS + RESPONSES]

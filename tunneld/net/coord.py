@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import trio
 import trio_websocket
 
-from tunneld.log import Secret
+from tunneld.log import Secret, get_logger
 from tunneld.net._websocket import close_bounded, close_info
 from tunneld.proto.coord import (
     MAX_MESSAGE_SIZE,
@@ -31,6 +31,8 @@ __all__ = [
     "CoordinatorConnection",
     "connect_coordinator",
 ]
+
+log = get_logger(__name__)
 
 
 class CoordinatorConnectError(Exception):
@@ -115,7 +117,8 @@ async def connect_coordinator(
     """Open a session at ``url`` (``ws(s)://host:port/api/v1/coordinate``) and replay.
 
     Everything ``client.replay()`` returns (our node, then each tunnel) is sent before
-    the connection is handed over. Leaving the block closes the WebSocket (1000).
+    the connection is handed over, and so is every change made to ``client`` while
+    that was being sent (``client.catch_up()``). Leaving the block closes the WebSocket (1000).
 
     Raises:
         CoordinatorConnectError: refused (``status`` 401 for a bad token), the
@@ -133,8 +136,17 @@ async def connect_coordinator(
         ) as ws:
             entered = True
             connection = CoordinatorConnection(ws, client)
-            for data in client.replay():
-                await connection.send(data)
+            # The caller only learns of this session when we yield it, so whatever it
+            # asks of the client while the replay is being sent (a tool call's
+            # add_tunnel, say) is not sent by it: catch up until nothing changed during
+            # the sends. No await between the last (empty) catch_up and the yield.
+            messages = client.replay()
+            while messages:
+                for data in messages:
+                    await connection.send(data)
+                messages = client.catch_up()
+                if messages:
+                    log.info("coord.replay_caught_up", messages=len(messages))
             yield connection
     except trio_websocket.ConnectionRejected as exc:
         if entered:

@@ -49,6 +49,9 @@ class CoordinatorClient:
     self_node: Node | None = None
     tunnels: set[str] = field(default_factory=set)
     peers: dict[str, PeerState] = field(default_factory=dict)
+    # What the current session was last brought up to date with (replay/catch_up).
+    _sent_self: Node | None = field(default=None, repr=False)
+    _sent_tunnels: frozenset[str] = field(default=frozenset(), repr=False)
 
     def update_self(
         self,
@@ -82,11 +85,39 @@ class CoordinatorClient:
         return encode(Disconnect())
 
     def replay(self) -> list[bytes]:
-        """Everything to send on a fresh session: our node first, then each tunnel."""
+        """Everything to send on a fresh session: our node first, then each tunnel.
+
+        Also remembers what it returned, for :meth:`catch_up`.
+        """
+        self._sent_self = self.self_node
+        self._sent_tunnels = frozenset(self.tunnels)
         messages = []
         if self.self_node is not None:
             messages.append(encode(UpdateSelf(self.self_node)))
         messages.extend(encode(AddTunnel(peer)) for peer in sorted(self.tunnels))
+        return messages
+
+    def catch_up(self) -> list[bytes]:
+        """What changed since the last :meth:`replay` or :meth:`catch_up`: a newer node,
+        then tunnels removed, then tunnels added; empty when nothing did.
+
+        Sending a replay takes awaits, and the node's owner may call :meth:`add_tunnel`,
+        :meth:`remove_tunnel` or :meth:`update_self` meanwhile while it has no session
+        to send on yet. Those changes are in neither the replay already under way nor
+        (the session being open by then) the next one; the session opener sends what
+        this returns until it is empty.
+        """
+        messages = []
+        if self.self_node is not None and self.self_node is not self._sent_self:
+            messages.append(encode(UpdateSelf(self.self_node)))
+        messages.extend(
+            encode(RemoveTunnel(peer)) for peer in sorted(self._sent_tunnels - self.tunnels)
+        )
+        messages.extend(
+            encode(AddTunnel(peer)) for peer in sorted(self.tunnels - self._sent_tunnels)
+        )
+        self._sent_self = self.self_node
+        self._sent_tunnels = frozenset(self.tunnels)
         return messages
 
     def receive(self, data: bytes) -> Response:
