@@ -25,7 +25,7 @@ log = get_logger(__name__)
 _CLOSE_TIMEOUT: Final = 1.0
 
 StreamOpener = Callable[[str, str], Awaitable[trio.abc.HalfCloseableStream]]
-AgentLister = Callable[[], Sequence[Mapping[str, object]]]
+AgentLister = Callable[[], Awaitable[Sequence[Mapping[str, object]]]]
 
 
 class ServiceUnavailableError(TunnelError):
@@ -38,7 +38,8 @@ class DaemonAgents:
     """:class:`tunneld.mcp.AgentAccess` over the daemon's tunnel table, for ``caller``.
 
     ``open_stream`` is the overlay's (``Overlay.open_stream(peer, service)``);
-    ``agents`` lists what the overlay knows (``GET /v0/agents``). Every caller may
+    ``agents`` lists every agent this node may reach (the daemon's
+    :class:`~tunneld.daemon.AgentDirectory`: control plane, overlay, tunnels). Every caller may
     reach every agent this node may reach: the control plane already limits those to
     the daemon's user (per-caller OAuth limits come with the authorization server).
     """
@@ -93,6 +94,7 @@ class DaemonAgents:
                         log.info("mcp.stream_close_failed", agent=agent, error=str(exc))
 
     async def list_agents(self) -> list[Mapping[str, object]]:
-        """The agents this node knows: name, owner, id, online, handshake, path."""
-        await trio.lowlevel.checkpoint()
-        return [dict(agent) for agent in self._agents()]
+        """Every agent this node may reach, online or not: name, owner, id, online,
+        last_seen, and handshake, path, rtt, tunnel (state, leases) where there is one;
+        ``stale`` when the control plane did not answer (see ``GET /v0/agents``)."""
+        return [dict(agent) for agent in await self._agents()]
