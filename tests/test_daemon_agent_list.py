@@ -8,6 +8,7 @@ answers, from what its overlay knows, marked stale.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -18,14 +19,17 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio_websocket
 
 from tests._control_support import Harness, running_server, session
 from tests.test_daemon_e2e import make_overlay
 from tunneld.config import DaemonConfig, Duration
 from tunneld.daemon import Daemon, open_api_listener
 from tunneld.daemon._client import LocalApiClient
+from tunneld.keys import generate_private_key
 from tunneld.mcp import Caller
-from tunneld.net.overlay import LinkState, Overlay
+from tunneld.net.overlay import CoordinatorUnavailableError, LinkState, Overlay, OverlayConfig
+from tunneld.proto.coord import ListAgents, decode_request
 
 WAIT = 30.0
 
@@ -249,3 +253,50 @@ async def test_without_any_answer_the_overlay_alone_is_listed(
             assert agent["tunnel"] == {"state": "active", "leases": 1}
             await stream.aclose()
             scope.cancel()
+
+
+async def test_an_older_coordinator_is_not_asked_again(nursery: trio.Nursery) -> None:
+    """A coordinator without list_agents closes the session (1008, unknown request type):
+    the overlay reconnects and stops asking, so listing cannot make the session flap."""
+    asked: list[int] = []
+
+    async def old_coordinator(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        while True:
+            try:
+                data = await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            assert isinstance(data, bytes)
+            if isinstance(decode_request(data), ListAgents):
+                # What a coordinator from before list_agents answers (docs/coordinator.md).
+                asked.append(1)
+                await ws.aclose(1008, "unknown request type 'list_agents'")
+                return
+
+    server = await nursery.start(
+        functools.partial(trio_websocket.serve_websocket, old_coordinator, "127.0.0.1", 0, None)
+    )
+    port = server.port
+    config = OverlayConfig(
+        name="laptop",
+        private_key=generate_private_key(),
+        coordinate_url=f"ws://127.0.0.1:{port}/api/v1/coordinate",
+        derp_url="ws://127.0.0.1:9/derp",  # nothing there: relay-less, which is fine here
+        udp_host="127.0.0.1",
+        backoff_cap=0.2,
+    )
+
+    async def token() -> str:
+        return "tnd_test_token"
+
+    overlay = Overlay(config, token)
+    await nursery.start(overlay.serve)
+    await wait_coordinator(overlay)
+    with pytest.raises(CoordinatorUnavailableError, match="session ended"):
+        with trio.fail_after(WAIT):
+            await overlay.list_agents()
+    await wait_coordinator(overlay)
+    with pytest.raises(CoordinatorUnavailableError, match="does not support list_agents"):
+        await overlay.list_agents()
+    assert asked == [1]

@@ -297,6 +297,9 @@ class Overlay:
         self.wakes = 0  # times we noticed the host slept (see _wake_watch)
         self._woken = trio.Event()  # set (and replaced) on every wake-up
         self._listings: dict[int, _Listing] = {}
+        # An older coordinator closes the session on list_agents (unknown request type):
+        # asking again would drop the session every time, so stop asking.
+        self._list_agents_unsupported = False
 
     # -- public API ---------------------------------------------------------------
 
@@ -388,6 +391,10 @@ class Overlay:
             CoordinatorUnavailableError: no coordinator session right now, or it ended
                 before the answer came.
         """
+        if self._list_agents_unsupported:
+            raise CoordinatorUnavailableError(
+                "the coordinator does not support list_agents (upgrade the control plane)"
+            )
         session = self._session
         if session is None:
             raise CoordinatorUnavailableError(
@@ -888,6 +895,11 @@ class Overlay:
                         await self._on_coordinator(message)
             except* (CoordinatorConnectError, CoordinatorClosed, OSError) as group:
                 self.coordinator_error = "; ".join(str(exc) for exc in group.exceptions)
+                if any(
+                    isinstance(exc, CoordinatorClosed) and "'list_agents'" in exc.reason
+                    for exc in group.exceptions
+                ):
+                    self._list_agents_unsupported = True
                 log.warning("overlay.coordinator_lost", error=self.coordinator_error)
             finally:
                 self._session = None
