@@ -310,7 +310,8 @@ def _agent_row(agent: dict[str, object], now: float) -> list[str]:
     tunnel = agent.get("tunnel")
     tunnel_text = "-"
     if isinstance(tunnel, dict):
-        tunnel_text = f"{tunnel.get('state')} ({tunnel.get('leases')} leases)"
+        leases = tunnel.get("leases")
+        tunnel_text = f"{tunnel.get('state')}, {leases} lease{'' if leases == 1 else 's'}"
     return [
         str(agent.get("name")),
         str(agent.get("owner") or "-"),
