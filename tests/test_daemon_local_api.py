@@ -452,9 +452,9 @@ async def test_cli_status_and_agents(daemon: Daemon) -> None:
         "now",
         "direct",
         "12.5ms",
-        "active",
-        "(1",
-        "leases)",
+        "active,",
+        "1",
+        "lease",
     ]
     assert lines[2].split()[:4] == ["web2", "alice", "no", "-"]
     assert b"warning" not in result.stderr
