@@ -381,6 +381,7 @@ async def conformance_daemon(
     ``short_dir`` holds the Unix socket (paths are limited to 108 bytes).
     """
     from tests._control_support import running_server
+    from tests._plugin_support import DISABLE_DEFAULT_ON
     from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
 
     (tmp_path / "control").mkdir()
@@ -401,7 +402,7 @@ async def conformance_daemon(
             f'token_file = "{token_file}"\n'
             'udp_listen = "127.0.0.1:0"\n'
             "[mcp]\n"
-            'listen = "127.0.0.1:0"\n'
+            'listen = "127.0.0.1:0"\n' + DISABLE_DEFAULT_ON
         )
         command = [sys.executable, "-m", "tunneld", "run", "--config", str(config),
                    "--plugin", "conformance"]  # fmt: skip

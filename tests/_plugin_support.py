@@ -8,9 +8,13 @@ exactly as for a pip-installed plugin.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 # A plugin that records every hook call in the file named by its config's "journal".
 RECORDING_PLUGIN = """
@@ -73,3 +77,27 @@ def make_plugin(
 def recording_plugin(root: Path, name: str, tools: list[str]) -> str:
     """A plugin ``name`` registering echo tools ``tools`` and journaling its hooks."""
     return make_plugin(root, name, RECORDING_PLUGIN.format(tools=tools))
+
+
+# First-party plugins that load by default once installed (the README set-up installs
+# them). Tests of the plugin machinery hide them, so that a registry holds only the
+# plugins the test writes (and the opt-in ones it enables).
+DEFAULT_ON_PLUGINS = ("workspace", "report_task")
+DISABLE_DEFAULT_ON = (
+    "[plugins]\ndisable = [" + ", ".join(f'"{n}"' for n in DEFAULT_ON_PLUGINS) + "]\n"
+)
+
+
+def hide_default_on_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``importlib.metadata`` (in this process) not list :data:`DEFAULT_ON_PLUGINS`."""
+    real = importlib.metadata.entry_points
+
+    def entry_points(**params: Any) -> Any:
+        found = real(**params)
+        if params.get("group") != "tunneld":
+            return found
+        return importlib.metadata.EntryPoints(
+            ep for ep in found if ep.name not in DEFAULT_ON_PLUGINS
+        )
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)

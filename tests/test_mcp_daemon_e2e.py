@@ -27,7 +27,12 @@ import trio
 
 from tests._control_support import Harness, running_server
 from tests._mcp_client import RawMcpClient, connector_as, in_asyncio_thread
-from tests._plugin_support import make_plugin, recording_plugin
+from tests._plugin_support import (
+    DISABLE_DEFAULT_ON,
+    hide_default_on_plugins,
+    make_plugin,
+    recording_plugin,
+)
 from tunneld.config import Config, DaemonConfig, Duration, McpConfig, load_config
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
@@ -175,7 +180,7 @@ async def test_sdk_clients_call_the_example_plugin_through_the_daemon(
         (short_dir / "daemon.token").write_text(await h.token("alice") + "\n")
         (short_dir / "daemon.token").chmod(0o600)
         api_socket = short_dir / "api.sock"
-        config = daemon_config(h, short_dir, api_socket)
+        config = daemon_config(h, short_dir, api_socket, DISABLE_DEFAULT_ON)
         env = with_path(site)
         async with agent_process(nursery, h, short_dir, "web1", workspace):
             command = [sys.executable, "-m", "tunneld", "run", "--config", str(config),
@@ -303,6 +308,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = tmp_path / "site"
     root.mkdir()
     monkeypatch.syspath_prepend(str(root))
+    hide_default_on_plugins(monkeypatch)
     yield root
     for name in [m for m in sys.modules if m.startswith("tp_")]:
         del sys.modules[name]

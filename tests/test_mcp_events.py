@@ -40,14 +40,27 @@ async def test_log_is_bounded_and_replays_from_an_id() -> None:
     for n in range(5):
         stream.send({"n": n})
     stream.close()
-    replay = await _collect(stream, 0, prime=False)
-    assert [parse_event_id(c.split(b"\n")[1][4:].decode()) for c in replay] == [
+    replay = b"".join(await _collect(stream, 0, prime=False)).decode()
+    ids = [line[4:] for line in replay.split("\n") if line.startswith("id: ")]
+    assert [parse_event_id(i) for i in ids] == [
         (stream.key, 3),
         (stream.key, 4),
         (stream.key, 5),
     ]
-    assert len(await _collect(stream, 4, prime=False)) == 1
+    assert b"".join(await _collect(stream, 4, prime=False)).count(b"\nid: ") == 1
     assert await _collect(stream, 5, prime=False) == []
+
+
+async def test_ready_events_go_out_as_one_chunk() -> None:
+    stream = EventStream()
+    stream.send({"n": 1})
+    stream.send({"n": 2})
+    stream.close()
+    chunks = await _collect(stream, 0, prime=True)
+    assert len(chunks) == 1
+    assert chunks[0].startswith(f"id: {stream.key}.0\n".encode())
+    assert chunks[0].count(b"event: message") == 2
+    assert stream.delivered == 2
 
 
 async def test_superseded_reader_ends_and_a_new_one_continues() -> None:
@@ -89,3 +102,21 @@ def test_parse_event_id() -> None:
     assert parse_event_id("nope") is None
     assert parse_event_id(".1") is None
     assert parse_event_id("k.1" + "0" * 30) is None
+
+
+async def test_events_sent_while_the_reader_waits_at_a_yield_go_out_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The reader yields the priming event; the HTTP layer is busy writing it while the
+    # tool answers and the stream closes. The answer must follow without waiting for
+    # a keepalive.
+    stream = EventStream()
+    reader = stream.read(0, prime=True)
+    start = trio.current_time()
+    priming = await reader.__anext__()
+    assert b"event: message" not in priming
+    stream.send({"n": 1})
+    stream.close()
+    rest = [chunk async for chunk in reader]
+    assert b"".join(rest).count(b"event: message") == 1
+    assert trio.current_time() - start < KEEPALIVE_SECONDS

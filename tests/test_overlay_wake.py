@@ -88,6 +88,9 @@ async def test_a_wall_clock_jump_rebinds_reprobes_and_the_stream_survives(
                 await laptop.wait_direct("web1")
                 await stream.send_all(payload[:half])
             address = laptop.local_address
+            # A starved process (every task late, on both clocks alike) did not sleep.
+            time.sleep(10 * 0.1)  # noqa: ASYNC251 - freezes the event loop on purpose
+            await trio.sleep(0.5)
             assert agent.wakes == laptop.wakes == 0
 
             jump = 3600.0  # the laptop "slept" an hour

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests._plugin_support import make_plugin, recording_plugin
+from tests._plugin_support import (
+    hide_default_on_plugins,
+    make_plugin,
+    recording_plugin,
+)
 from tunneld import hookspecs
 from tunneld.config import PluginsConfig
 from tunneld.plugins import HOOK_NAMES, PluginError, PluginManager
@@ -24,6 +28,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     root = tmp_path / "site"
     root.mkdir()
     monkeypatch.syspath_prepend(str(root))
+    hide_default_on_plugins(monkeypatch)
     yield root
     for name in [m for m in sys.modules if m.startswith("tp_")]:
         del sys.modules[name]
@@ -167,8 +172,9 @@ def test_allowed_tools_filters(site: Path) -> None:
     assert list(manager.load().tools) == ["keep_me"]
 
 
-def test_example_plugin_config_validation_message() -> None:
+def test_example_plugin_config_validation_message(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real, pip-installed example plugin (plugins/tunneld-example).
+    hide_default_on_plugins(monkeypatch)
     bad = PluginsConfig(enable=("example",), tables={"example": {"page_size": "lots"}})
     manager = PluginManager(bad)
     assert not manager.load().tools

@@ -138,6 +138,124 @@ def test_stream_ids_have_the_side_parity_and_limit_is_enforced() -> None:
     assert b.open_stream("s") == 1
 
 
+def test_stream_credit_rides_along_and_never_runs_out() -> None:
+    # Request/response, one stream at a time: MAX_STREAMS goes out with the answers
+    # (no packet of its own while the peer has half its streams left), and the
+    # opener never finds its streams used up.
+    config = MuxConfig(max_concurrent_streams=4)
+    a = Connection(is_initiator=True, config=config, path=PATH)
+    b = Connection(is_initiator=False, config=config, path=PATH)
+    sent_by_b = 0
+
+    def deliver(now: float) -> None:
+        nonlocal sent_by_b
+        for _ in range(20):
+            from_a = a.datagrams_to_send(now)
+            from_b = b.datagrams_to_send(now)
+            sent_by_b += len(from_b)
+            for data, path in from_a:
+                b.receive_datagram(data, path, now)
+            for data, path in from_b:
+                a.receive_datagram(data, path, now)
+            if not from_a and not from_b:
+                return
+
+    now = 0.0
+    rounds = 40
+    for round_ in range(rounds):
+        assert a.can_open_stream(), f"no stream credit in round {round_}"
+        stream_id = a.open_stream("echo")
+        a.send_stream_data(stream_id, b"ping", end_stream=True)
+        deliver(now)
+        assert b.read_stream(stream_id, 100) == (b"ping", True)
+        b.send_stream_data(stream_id, b"pong", end_stream=True)
+        deliver(now)
+        assert a.read_stream(stream_id, 100) == (b"pong", True)
+        now += 0.05  # past the ACK delay: everything gets acknowledged
+        a.handle_timer(now)
+        b.handle_timer(now)
+        deliver(now)
+        assert b.stream_ids() == []
+        assert a.stream_ids() == []
+    # One packet per round from b: its answer (with the ACK and the stream credit).
+    assert sent_by_b == rounds
+    drain(a)
+    drain(b)
+
+
+def test_has_pending_output_says_when_a_driver_must_look() -> None:
+    # Drivers skip waking their sender when this is False, so it must never be
+    # False while datagrams_to_send has something.
+    a = Connection(is_initiator=True, path=PATH)
+    b = Connection(is_initiator=False, path=PATH)
+    exchange(a, b, 0.0)
+    assert not a.has_pending_output()
+    assert a.datagrams_to_send(0.0) == []
+    stream_id = a.open_stream("s")
+    assert a.has_pending_output()
+    a.send_stream_data(stream_id, b"x" * 100)
+    packets = a.datagrams_to_send(0.0)
+    assert len(packets) == 1
+    b.receive_datagram(packets[0][0], PATH, 0.0)
+    # One ack-eliciting packet: the ACK waits for its timer (or a reply to ride on).
+    assert not b.has_pending_output()
+    assert b.datagrams_to_send(0.0) == []
+    timer = b.get_timer()
+    assert timer is not None
+    assert timer <= 0.0 + MuxConfig().max_ack_delay
+    a.send_stream_data(stream_id, b"y" * 100)
+    b.receive_datagram(a.datagrams_to_send(0.0)[0][0], PATH, 0.0)
+    assert b.has_pending_output()  # two unacknowledged: ACK now
+    assert b.datagrams_to_send(0.0)
+    # Reading a little frees no credit worth a frame; reading most of a window does.
+    assert b.read_stream(stream_id, 1000)[0] == b"x" * 100 + b"y" * 100
+    assert not b.has_pending_output()
+    window = MuxConfig().initial_stream_window
+    data = b"z" * (window // 2)
+    sent = 0
+    now = 0.0
+    for _ in range(500):
+        now += 0.01
+        sent += a.send_stream_data(stream_id, data[sent:])
+        a.handle_timer(now)
+        b.handle_timer(now)
+        exchange(a, b, now)
+        while b.read_stream(stream_id, 1 << 20)[0]:
+            if b.has_pending_output():
+                break
+        if b.has_pending_output():
+            break
+    assert b.has_pending_output()
+    assert b.datagrams_to_send(now)
+
+
+def test_lost_stream_credit_is_repeated_at_once() -> None:
+    config = MuxConfig(max_concurrent_streams=2)
+    a = Connection(is_initiator=True, config=config, path=PATH)
+    b = Connection(is_initiator=False, config=config, path=PATH)
+    first, second = a.open_stream("s"), a.open_stream("s")
+    for stream_id in (first, second):
+        a.send_stream_data(stream_id, b"x", end_stream=True)
+    exchange(a, b, 0.0)
+    assert not a.can_open_stream()
+    for stream_id in (first, second):
+        assert b.read_stream(stream_id, 10) == (b"x", True)
+        b.send_stream_data(stream_id, b"", end_stream=True)
+    # Everything b says now (the FINs and the new MAX_STREAMS) is lost...
+    lost = b.datagrams_to_send(0.0)
+    assert lost
+    # ...so b's loss recovery (PTO) repeats it, credit included.
+    now = 0.0
+    for _ in range(10):
+        if a.can_open_stream():
+            break
+        now += 1.0
+        b.handle_timer(now)
+        a.handle_timer(now)
+        exchange(a, b, now)
+    assert a.can_open_stream()
+
+
 def test_slow_reader_bounds_buffering_and_sender_stalls() -> None:
     config = MuxConfig(initial_stream_window=16 * 1024, max_stream_window=64 * 1024)
     a = Connection(is_initiator=True, config=config, path=PATH)

@@ -13,10 +13,12 @@ from tunneld.agent._files import edit_file, list_dir, read_file, stat_path, writ
 from tunneld.agent._framed import RECEIVE_SIZE, FramedStream
 from tunneld.agent._parts import commit_part, discard_part, hash_file, write_part
 from tunneld.agent._paths import PathPolicy
+from tunneld.agent._ports import check_port
 from tunneld.config import AgentConfig
 from tunneld.log import get_logger
 from tunneld.proto.agentrpc import (
     Cancel,
+    CheckPortRequest,
     CommitPartRequest,
     DiscardPartRequest,
     EditFileRequest,
@@ -279,6 +281,16 @@ class AgentServices:
             case ProcessSignalRequest(ident, sig):
                 self._require(self.config.allow_exec, "allow_exec", "process_signal")
                 return self.processes.signal(ident, sig)
+            case CheckPortRequest(port):
+                # Reveals nothing a caller could not learn already: with exec it could run
+                # `ss -ltn`, and an allowed port it could simply connect to.
+                if not (self.config.allow_exec or port in self.config.allowed_tcp_ports):
+                    raise OperationError(
+                        ErrorCode.DENIED,
+                        f"check_port {port}: needs [agent].allow_exec or the port in "
+                        "[agent].allowed_tcp_ports",
+                    )
+                return await trio.to_thread.run_sync(check_port, port)
         raise OperationError(ErrorCode.INVALID_REQUEST, f"unsupported request {request!r}")
 
     def _cwd(self, cwd: str | None) -> Path | None:

@@ -22,6 +22,7 @@ import trio
 from tunneld.agent._framed import FramedStream
 from tunneld.proto.agentrpc import (
     Cancel,
+    CheckPortRequest,
     CommitPartRequest,
     DiscardPartRequest,
     EditFileRequest,
@@ -57,6 +58,7 @@ __all__ = [
     "ExecRun",
     "FileHash",
     "FileStat",
+    "PortStatus",
     "ReadResult",
 ]
 
@@ -109,6 +111,20 @@ class DirEntry:
     size: int
     mode: int
     mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class PortStatus:
+    """Whether a TCP ``port`` has a listener on the agent host, and on which local addresses.
+
+    ``method`` is ``"proc"`` (the kernel's socket tables: every address) or ``"connect"``
+    (loopback connect attempts, on hosts without ``/proc``).
+    """
+
+    port: int
+    listening: bool
+    addresses: tuple[str, ...]
+    method: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,4 +432,21 @@ class AgentClient:
         value = await self._call(HashFileRequest(path, length, partial))
         return FileHash(
             _field(value, "sha256", str), _field(value, "length", int), _field(value, "size", int)
+        )
+
+    # ------------------------------------------------------------------ host
+
+    async def check_port(self, port: int) -> PortStatus:
+        """Is something listening on TCP ``port`` on the agent host? (needs ``allow_exec``
+        or the port in ``allowed_tcp_ports``; an agent too old to know the request answers
+        ``invalid_request``)."""
+        value = await self._call(CheckPortRequest(port))
+        addresses = _field(value, "addresses", list)
+        if not all(isinstance(a, str) for a in addresses):
+            raise RemoteProtocolError("check_port: an address is not a string")
+        return PortStatus(
+            _field(value, "port", int),
+            _field(value, "listening", bool),
+            tuple(addresses),
+            _field(value, "method", str),
         )

@@ -14,11 +14,16 @@ from typing import Final
 
 import trio
 
-from tunneld.daemon._tunnels import TunnelError, TunnelTable, UnreachableError
+from tunneld.daemon._tunnels import (
+    NotPermittedError,
+    TunnelError,
+    TunnelTable,
+    UnreachableError,
+)
 from tunneld.log import get_logger
 from tunneld.mcp import Caller
 
-__all__ = ["DaemonAgents", "ServiceUnavailableError"]
+__all__ = ["AccessCheck", "DaemonAgents", "ServiceUnavailableError"]
 
 log = get_logger(__name__)
 
@@ -26,6 +31,9 @@ _CLOSE_TIMEOUT: Final = 1.0
 
 StreamOpener = Callable[[str, str], Awaitable[trio.abc.HalfCloseableStream]]
 AgentLister = Callable[[], Awaitable[Sequence[Mapping[str, object]]]]
+# Per-caller authorization (docs/oauth.md): the agent reference to use for this caller
+# (e.g. "owner/name" as the control plane resolved it), or None when it may not.
+AccessCheck = Callable[[Caller, str], Awaitable[str | None]]
 
 
 class ServiceUnavailableError(TunnelError):
@@ -50,11 +58,13 @@ class DaemonAgents:
         open_stream: StreamOpener,
         agents: AgentLister,
         caller: Caller | None = None,
+        access_check: AccessCheck | None = None,
     ) -> None:
         self.tunnels = tunnels
         self.caller = caller if caller is not None else Caller()
         self._open_stream = open_stream
         self._agents = agents
+        self._access_check = access_check
 
     @asynccontextmanager
     async def open_stream(
@@ -70,6 +80,14 @@ class DaemonAgents:
             TunnelError: unknown agent, not permitted, offline, unreachable, shutting
                 down; ServiceUnavailableError if the agent refuses the stream.
         """
+        if self._access_check is not None:
+            allowed = await self._access_check(self.caller, agent)
+            if allowed is None:
+                raise NotPermittedError(
+                    f"{self.caller.subject or 'this caller'} may not reach agent {agent!r}",
+                    agent=agent,
+                )
+            agent = allowed
         async with self.tunnels.acquire(agent) as lease:
             try:
                 with trio.fail_after(self.tunnels.connect_timeout):
@@ -96,5 +114,14 @@ class DaemonAgents:
     async def list_agents(self) -> list[Mapping[str, object]]:
         """Every agent this node may reach, online or not: name, owner, id, online,
         last_seen, and handshake, path, rtt, tunnel (state, leases) where there is one;
-        ``stale`` when the control plane did not answer (see ``GET /v0/agents``)."""
-        return [dict(agent) for agent in await self._agents()]
+        ``stale`` when the control plane did not answer (see ``GET /v0/agents``).
+        With an access check, only those this caller may reach."""
+        agents: list[Mapping[str, object]] = [dict(agent) for agent in await self._agents()]
+        if self._access_check is None:
+            return agents
+        visible: list[Mapping[str, object]] = []
+        for agent in agents:
+            ref = f"{agent.get('owner')}/{agent.get('name')}"
+            if await self._access_check(self.caller, ref) is not None:
+                visible.append(agent)
+        return visible

@@ -147,6 +147,8 @@ class LocalApiClient:
                 event = await _next_event(conn, stream)
                 if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
                     trailing, _closed = conn.trailing_data
+                    if not trailing:
+                        return stream  # nothing read ahead: no wrapper needed
                     return HalfCloseableReplayStream(stream, trailing)
                 if isinstance(event, h11.Response):
                     status = event.status_code

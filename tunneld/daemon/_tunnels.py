@@ -304,9 +304,8 @@ class TunnelTable:
         entry.leases += 1
         entry.state = TunnelState.ACTIVE
         entry.idle_since = None
-        if entry.idle_scope is not None:
-            entry.idle_scope.cancel()
-            entry.idle_scope = None
+        # A running idle timer is left to find the entry busy when it wakes: one
+        # timer task per idle period, not a spawn and a cancel per lease.
         self._next_lease += 1
         return Lease(entry.agent, entry.peer, self._next_lease)
 
@@ -321,15 +320,24 @@ class TunnelTable:
     def _start_idle(self, entry: _Entry) -> None:
         entry.state = TunnelState.IDLE
         entry.idle_since = trio.current_time()
-        if self._nursery is None:
-            return
+        if self._nursery is None or entry.idle_scope is not None:
+            return  # the running timer sees the new idle_since when it wakes
         scope = trio.CancelScope(deadline=math.inf)
         entry.idle_scope = scope
         self._nursery.start_soon(self._idle, entry, scope)
 
     async def _idle(self, entry: _Entry, scope: trio.CancelScope) -> None:
         with scope:
-            await trio.sleep(self.idle_timeout)
+            while True:
+                since = entry.idle_since
+                if entry.state is not TunnelState.IDLE or since is None:
+                    break  # leased again: the next release starts a timer
+                deadline = since + self.idle_timeout
+                if trio.current_time() >= deadline:
+                    break
+                await trio.sleep_until(deadline)
+        if entry.idle_scope is scope:
+            entry.idle_scope = None
         if scope.cancelled_caught or entry.state is not TunnelState.IDLE:
             return
         entry.state = TunnelState.REMOVING

@@ -7,9 +7,6 @@ sent right after) are gone from the socket. Protocols taking over the connection
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import trio
 
 __all__ = ["HalfCloseableReplayStream", "ReplayStream", "replay_stream"]
@@ -23,15 +20,17 @@ class _OneAtATime:
         self._operation = operation
         self._busy = False
 
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
+    # A plain context manager, not @contextmanager: it wraps every read and write.
+    def __call__(self) -> _OneAtATime:
+        return self
+
+    def __enter__(self) -> None:
         if self._busy:
             raise trio.BusyResourceError(f"another task is already {self._operation}")
         self._busy = True
-        try:
-            yield
-        finally:
-            self._busy = False
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._busy = False
 
 
 class ReplayStream(trio.abc.Stream):

@@ -176,7 +176,9 @@ async def serve_upgrade(
     # RFC 9110 §15.2.2: after the 101 the connection speaks the new protocol.
     await connection.send(h11.InformationalResponse(status_code=101, headers=headers))
     connection.access_log(request.request_id, request.method, request.path, 101, 0, started)
-    stream = replay_stream(connection.stream, trailing)
+    # Nothing read ahead (the usual case): hand over the transport itself, one
+    # wrapper less on every read and write of the upgraded stream.
+    stream = replay_stream(connection.stream, trailing) if trailing else connection.stream
     try:
         await route.handler(request, stream)
     except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from email.utils import formatdate
 
@@ -35,7 +36,13 @@ def is_disconnect(exc: BaseException) -> bool:
 
 def http_date() -> str:
     """The current time as an IMF-fixdate (RFC 9110 §5.6.7), for the ``Date`` header."""
-    return formatdate(time.time(), usegmt=True)
+    return _http_date_at(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _http_date_at(second: int) -> str:
+    # One formatting per second, not per response (the header has 1 s resolution).
+    return formatdate(second, usegmt=True)
 
 
 async def close_body(body: object) -> None:

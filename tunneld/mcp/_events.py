@@ -106,23 +106,30 @@ class EventStream:
         generation = self._reader_generation
         self.readers += 1
         try:
+            # What is ready goes out as one chunk: one write, one wake-up of the client.
+            batch: list[bytes] = []
             if prime:
                 # MCP 2025-11-25: an event with an id and empty data primes the client
                 # to reconnect with Last-Event-ID (seq 0 = "before everything").
                 # ``retry`` tells it how long to wait before doing so (SEP-1699).
-                yield format_sse("", id=f"{self.key}.{after}", retry=retry_ms)
+                batch.append(format_sse("", id=f"{self.key}.{after}", retry=retry_ms))
             cursor = after
             while True:
+                # Taken before looking, so a send or close while we are suspended at
+                # the yield below wakes the wait at once (not after a keepalive).
+                changed = self._changed
                 for seq, data in list(self._events):
                     if seq > cursor:
                         cursor = seq
-                        self.delivered = max(self.delivered, seq)
-                        yield data
+                        batch.append(data)
+                if batch:
+                    self.delivered = max(self.delivered, cursor)
+                    chunk, batch = b"".join(batch), []
+                    yield chunk
                 if self._closed and cursor >= self._last_seq:
                     return
                 if generation != self._reader_generation:
                     return
-                changed = self._changed
                 with trio.move_on_after(keepalive) as idle:
                     await changed.wait()
                 if idle.cancelled_caught:

@@ -43,6 +43,10 @@ __all__ = [
 DEFAULT_RECEIVE_SIZE = 65536
 # The largest UDP payload we accept from the socket (anything larger is not ours).
 _UDP_RECEIVE_SIZE = 65535
+# Scheduling rounds the sender waits for more frames after a wake-up (see _sender).
+_CORK_ROUNDS = 3
+# Datagrams the sender asks the core for at a time.
+_SEND_BATCH = 64
 
 
 class DatagramTransport(Protocol):
@@ -143,6 +147,12 @@ class MuxConnection:
         self._streams: dict[int, MuxStream] = {}
         self._accept_send, self._accept_receive = trio.open_memory_channel[MuxStream](math.inf)
         self._kicked = trio.Event()
+        # The core's timer runs in its own task under one long-lived cancel scope
+        # whose deadline is moved (by the sender before it sleeps; earlier-only by
+        # pokes meanwhile): a CancelScope per sender wait cost more than the rest
+        # of the wait. ``_armed`` is that deadline.
+        self._armed = math.inf
+        self._timer_scope: trio.CancelScope | None = None
         self._changed = trio.Event()
         self.closed: ConnectionClosed | None = None
 
@@ -155,17 +165,47 @@ class MuxConnection:
         """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receiver)
+            nursery.start_soon(self._timer)
             task_status.started()
             await self._sender()
             nursery.cancel_scope.cancel()
+
+    async def _timer(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._armed) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self._armed = math.inf
+            self._kicked.set()  # the sender runs what is due and re-arms
+
+    def _arm(self, timer: float | None, *, exact: bool = False) -> None:
+        """Make sure the timer task fires no later than ``timer`` (``exact``: at it)."""
+        deadline = math.inf if timer is None else timer
+        if deadline < self._armed or (exact and deadline != self._armed):
+            self._armed = deadline
+            if self._timer_scope is not None:
+                self._timer_scope.deadline = deadline
 
     async def _receiver(self) -> None:
         core = self.core
         while core.state is not ConnectionState.CLOSED:
             data, path = await self._transport.receive()
-            core.receive_datagram(data, path, trio.current_time())
-            self._process_events()
-            self._kick()
+            self.receive_datagram(data, path)
+
+    def receive_datagram(self, data: bytes, path: Path) -> None:
+        """Feed one received payload to the connection now (synchronously).
+
+        A transport whose owner already runs a reader task (the overlay's UDP and
+        relay readers) calls this directly instead of queueing the payload for
+        ``transport.receive``: one task switch less per packet. Ignored once closed.
+        """
+        core = self.core
+        if core.state is ConnectionState.CLOSED:
+            return
+        core.receive_datagram(data, path, trio.current_time())
+        self._process_events()
+        self._poke()
 
     async def _sender(self) -> None:
         core = self.core
@@ -175,22 +215,45 @@ class MuxConnection:
             if timer is not None and timer <= now:
                 core.handle_timer(now)
                 self._process_events()
-            datagrams = core.datagrams_to_send(now)
+            datagrams = core.datagrams_to_send(now, _SEND_BATCH)
             for data, path in datagrams:
                 await self._transport.send(data, path)
             self._process_events()
-            if datagrams:
+            if len(datagrams) == _SEND_BATCH:
+                # Maybe more to send; transports need not yield, so yield here.
+                await trio.lowlevel.checkpoint()
                 continue
             if core.state is ConnectionState.CLOSED:
                 return
-            timer = core.get_timer()
-            with trio.move_on_at(math.inf if timer is None else timer):
-                await self._kicked.wait()
-            self._kicked = trio.Event()
+            # Exact, so an ACK that left early with a reply does not leave its
+            # delayed-ACK deadline behind to wake us for nothing.
+            self._arm(core.get_timer(), exact=True)
+            await self._kicked.wait()
+            if self._kicked.is_set():
+                self._kicked = trio.Event()
+                # Cork while frames keep coming (a reader about to answer, a writer
+                # about to send FIN), a few scheduling rounds at most: a reply
+                # then carries the ACK and data leaves with its FIN — one packet
+                # instead of three for a request/response.
+                for _ in range(_CORK_ROUNDS):
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not self._kicked.is_set():
+                        break
+                    self._kicked = trio.Event()
 
     def _kick(self) -> None:
         """Something changed: let the sender look for work."""
         self._kicked.set()
+
+    def _poke(self) -> None:
+        """Wake the sender only if the core has something to send; otherwise just
+        make sure the timer fires in time: a received pure ACK or a read that frees
+        no credit worth announcing then costs no task switch."""
+        core = self.core
+        if core.has_pending_output():
+            self._kicked.set()
+        else:
+            self._arm(core.get_timer())
 
     def _notify(self) -> None:
         self._changed.set()
@@ -310,7 +373,9 @@ class MuxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this stream")
         self._send_busy = True
         try:
-            await trio.lowlevel.checkpoint()
+            # Queue first, yield after (as trio's SocketStream does): the sender then
+            # sees these bytes together with whatever this task does next (a FIN).
+            await trio.lowlevel.checkpoint_if_cancelled()
             view = memoryview(data).cast("B")
             while True:
                 if self._closed or self._send_closed:
@@ -318,6 +383,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
                 if self._send_broken or self._connection_broken():
                     raise trio.BrokenResourceError("peer stopped reading or connection closed")
                 if not view:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                     return
                 try:
                     accepted = self._core.send_stream_data(self.stream_id, view)
@@ -356,15 +422,17 @@ class MuxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this stream")
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
-        await trio.lowlevel.checkpoint()
-        if self._send_closed:
-            return
-        self._send_closed = True
-        try:
-            self._core.send_eof(self.stream_id)
-        except (StreamError, ConnectionClosedError):
-            pass
-        self._connection._kick()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._send_closed:
+            self._send_closed = True
+            try:
+                self._core.send_eof(self.stream_id)
+            except (StreamError, ConnectionClosedError):
+                pass
+            self._connection._kick()
+        # Yield only after FIN is queued: data just written by send_all and the FIN
+        # then leave in one packet.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
@@ -394,7 +462,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
                     self._eof = True
                 if data:
                     # Reading frees credit the peer may be waiting for.
-                    self._connection._kick()
+                    self._connection._poke()
                     return data
                 if eof:
                     return b""
@@ -416,6 +484,6 @@ class MuxStream(trio.abc.HalfCloseableStream):
             except (StreamError, ConnectionClosedError):
                 pass
             self._connection._forget(self.stream_id)
-            self._connection._kick()
+            self._connection._poke()
             self._connection._notify()
         await trio.lowlevel.checkpoint()

@@ -53,8 +53,9 @@ class OverlayConfig:
         forget_after: how long a peer the coordinator called disconnected is kept (with
             its mux and streams) in case it comes back with the same key.
         wake_poll: seconds between sleep checks: wall time advancing more than 1.5 x
-            this between two checks means the host slept (or we were frozen), and the
-            node re-validates its socket, relay, direct paths and reflexive address.
+            this beyond monotonic time between two checks means the host slept (or the
+            wall clock was stepped), and the node re-validates its socket, relay, direct
+            paths and reflexive address. A merely late check (CPU starvation) is not a wake.
     """
 
     name: str

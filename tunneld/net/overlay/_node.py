@@ -54,6 +54,7 @@ from tunneld.net.overlay._ids import (
     ConnectionIds,
     Verdict,
 )
+from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
 from tunneld.proto.coord import (
     AgentInfo,
@@ -117,6 +118,8 @@ RELAY_PATH = Path(
 # sender's node key (34 bytes, so it can never be mistaken for a packed UDP address).
 _DERP_SOURCE = b"D:"
 _MAX_DATAGRAM = 65535
+_READ_BURST = 32  # datagrams the UDP reader handles between two yields
+_MAX_UDP_SOURCES = 1024  # cached source addresses (cleared when full)
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
@@ -139,14 +142,15 @@ class _PeerTransport:
     """One mux connection's DatagramTransport: WireGuard over relay/UDP to one peer.
 
     ``local_id`` names the mux connection; packets of a connection that has been
-    replaced are dropped rather than sent with the new connection's ids.
+    replaced are dropped rather than sent with the new connection's ids. Received
+    payloads do not come through ``receive``: the overlay's readers hand them to
+    ``MuxConnection.receive_datagram`` directly (no queue, no extra task switch).
     """
 
     def __init__(self, overlay: Overlay, peer: _Peer, local_id: bytes) -> None:
         self._overlay = overlay
         self._peer = peer
         self.local_id = local_id
-        self.send_channel, self._receive = trio.open_memory_channel[tuple[bytes, Path]](1024)
 
     async def send(self, data: bytes, path: Path) -> None:
         if self.local_id != self._peer.ids.local_id:
@@ -155,7 +159,7 @@ class _PeerTransport:
         await self._overlay._send_mux(self._peer, data, path)
 
     async def receive(self) -> tuple[bytes, Path]:
-        return await self._receive.receive()
+        await trio.sleep_forever()  # see the class docstring
 
 
 class _Peer:
@@ -281,10 +285,12 @@ class Overlay:
         self._by_key: dict[bytes, _Peer] = {}
         self._changed = trio.Event()
         self._wakeup = trio.Event()
-        self._sock: trio.socket.SocketType | None = None
+        self._sock: OverlaySocket | None = None
+        # source address -> (the core's packed source, its Path), so the reader does
+        # not parse an address and build a Path for every datagram; bounded.
+        self._udp_sources: dict[UdpAddress, tuple[bytes, Path]] = {}
         self._nursery: trio.Nursery | None = None
         self._handlers: trio.Nursery | None = None
-        self._send_lock = trio.StrictFIFOLock()
         self._relay_send, self._relay_receive = trio.open_memory_channel[tuple[bytes, bytes]](
             relay_queue
         )
@@ -311,12 +317,10 @@ class Overlay:
         Cancellation closes the UDP socket, the relay and coordinator connections, and
         every stream (peers see the mux go silent and, after ``direct_timeout``, the relay).
         """
-        family = socket.AF_INET6 if ":" in self.config.udp_host else socket.AF_INET
-        with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
-            await sock.bind((self.config.udp_host, self.config.udp_port))
-            name = sock.getsockname()
+        sock = await OverlaySocket.bind((self.config.udp_host, self.config.udp_port))
+        try:
             self._sock = sock
-            self.local_address = (str(name[0]), int(name[1]))
+            self.local_address = sock.getsockname()
             self._announce()
             async with trio.open_nursery() as handlers, trio.open_nursery() as nursery:
                 self._handlers = handlers
@@ -330,10 +334,11 @@ class Overlay:
                     nursery.start_soon(self._stun_loop, self.config.stun)
                 nursery.start_soon(self._wake_watch)
                 task_status.started(self.local_address)
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._sock.close()  # a socket made by _rebind is ours to close
+                await trio.sleep_forever()
+        finally:
+            sock.close()
+            if self._sock is not None:
+                self._sock.close()  # a socket made by _rebind is ours to close too
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def set_endpoints(self, endpoints: tuple[str, ...] | None) -> None:
@@ -647,27 +652,24 @@ class Overlay:
         return [link.direct]
 
     async def _transmit(self, outgoing: list[Outgoing], targets: list[Path] | None) -> None:
-        async with self._send_lock:
-            for packet in outgoing:
-                if packet.destination is not None:
-                    await self._send_to_source(packet.destination, packet.data)
-                    continue
-                if packet.peer is None:
-                    continue
-                link = self._by_key.get(packet.peer)
-                if link is None:
-                    continue
-                paths = targets if targets is not None else self._route(link, trio.current_time())
-                if packet.data[:1] == b"\x01":
-                    link.last_initiation = packet.data
-                if (
-                    packet.data
-                    and packet.data[0] in _WG_HANDSHAKE_TYPES
-                    and RELAY_PATH not in paths
-                ):
-                    paths = [*paths, RELAY_PATH]
-                for path in paths:
-                    await self._send_path(link.key, path, packet.data)
+        # No lock: sends do not wait unless the socket buffer is full, and then the
+        # socket serialises the waiting (OverlaySocket.send).
+        for packet in outgoing:
+            if packet.destination is not None:
+                await self._send_to_source(packet.destination, packet.data)
+                continue
+            if packet.peer is None:
+                continue
+            link = self._by_key.get(packet.peer)
+            if link is None:
+                continue
+            paths = targets if targets is not None else self._route(link, trio.current_time())
+            if packet.data[:1] == b"\x01":
+                link.last_initiation = packet.data
+            if packet.data and packet.data[0] in _WG_HANDSHAKE_TYPES and RELAY_PATH not in paths:
+                paths = [*paths, RELAY_PATH]
+            for path in paths:
+                await self._send_path(link.key, path, packet.data)
 
     async def _send_path(self, key: bytes, path: Path, data: bytes) -> None:
         if path == RELAY_PATH:
@@ -696,7 +698,7 @@ class Overlay:
     async def _sendto(self, data: bytes, address: UdpAddress) -> None:
         assert self._sock is not None
         try:
-            await self._sock.sendto(data, address)
+            await self._sock.send(data, address)
         except (OSError, trio.ClosedResourceError) as exc:  # closed: _rebind, lost datagram
             log.debug("overlay.udp_send_failed", address=_format(address), error=str(exc))
 
@@ -741,31 +743,47 @@ class Overlay:
                 if path == link.direct:
                     link.last_direct_rx = trio.current_time()
                 link.bytes_received += len(payload)
-                try:
-                    link.transport.send_channel.send_nowait((payload[HEADER_SIZE:], path))
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the mux is behind: a lost datagram, it will retransmit
+                link.mux.receive_datagram(payload[HEADER_SIZE:], path)
 
     # -- tasks ------------------------------------------------------------------------
 
     async def _udp_reader(self) -> NoReturn:
-        assert self._sock is not None
+        # Read whatever is queued without waiting, yield every _READ_BURST datagrams
+        # (so the tasks this wakes get to run), wait only when the socket is empty.
+        sources = self._udp_sources
+        burst = 0
         while True:
+            sock = self._sock
+            assert sock is not None
             try:
-                data, address = await self._sock.recvfrom(_MAX_DATAGRAM)
+                received = sock.receive_now(_MAX_DATAGRAM)
+                if received is None:
+                    burst = 0
+                    await sock.wait_readable()
+                    continue
             except trio.ClosedResourceError:
+                await trio.lowlevel.checkpoint()
                 continue  # _rebind replaced the socket under us; read the new one
             except OSError:
                 continue
-            udp = (str(address[0]), int(address[1]))
+            burst += 1
+            if burst >= _READ_BURST:
+                burst = 0
+                await trio.lowlevel.checkpoint()
+            data, udp = received
             if looks_like_stun(data):
                 self._stun_answer(data)
                 continue
-            try:
-                source = pack_address(udp)
-            except ValueError:
-                continue
-            await self._receive_wg(data, source, _udp_path(udp))
+            known = sources.get(udp)
+            if known is None:
+                try:
+                    known = (pack_address(udp), _udp_path(udp))
+                except ValueError:
+                    continue
+                if len(sources) >= _MAX_UDP_SOURCES:
+                    sources.clear()
+                sources[udp] = known
+            await self._receive_wg(data, known[0], known[1])
 
     def _wake_pump(self) -> None:
         self._wakeup.set()
@@ -1069,14 +1087,19 @@ class Overlay:
 
     async def _wake_watch(self) -> NoReturn:
         """Notice the host sleeping: trio's clock is CLOCK_MONOTONIC, which stops while
-        the machine is suspended; the wall clock does not. Wall time running ahead of
-        1.5 poll periods between two polls means we were away."""
+        the machine is suspended; the wall clock does not. Wall time running more than
+        1.5 poll periods ahead of monotonic time between two polls means we were away.
+
+        The two clocks are compared with each other, not with the poll period: a process
+        starved of CPU wakes late from its sleep on both clocks alike, and that is not a
+        suspend (re-validating every path then would only add load)."""
         period = self.config.wake_poll
-        last = self._wall()
+        last_wall, last_mono = self._wall(), trio.current_time()
         while True:
             await trio.sleep(period)
-            wall = self._wall()
-            away, last = wall - last, wall
+            wall, mono = self._wall(), trio.current_time()
+            away = (wall - last_wall) - (mono - last_mono)
+            last_wall, last_mono = wall, mono
             if away > 1.5 * period:
                 await self._on_wake(away)
 
@@ -1124,7 +1147,7 @@ class Overlay:
         except OSError:
             raw.bind((self.local_address[0], 0))
         name = raw.getsockname()
-        self._sock = trio.socket.from_stdlib_socket(raw)
+        self._sock = OverlaySocket(raw)
         moved = (str(name[0]), int(name[1])) != self.local_address
         self.local_address = (str(name[0]), int(name[1]))
         log.info("overlay.rebound", udp=_format(self.local_address), moved=moved)

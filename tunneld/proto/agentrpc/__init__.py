@@ -14,6 +14,7 @@ from tunneld.proto.agentrpc._errors import AgentRpcError, ErrorCode, RemoteProto
 from tunneld.proto.agentrpc._framing import HEADER_SIZE, MAX_FRAME_SIZE, FrameDecoder, frame
 from tunneld.proto.agentrpc._messages import (
     Cancel,
+    CheckPortRequest,
     ClientFrame,
     CommitPartRequest,
     DiscardPartRequest,
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_FRAME_SIZE",
     "AgentRpcError",
     "Cancel",
+    "CheckPortRequest",
     "ClientFrame",
     "CommitPartRequest",
     "DiscardPartRequest",

@@ -20,6 +20,7 @@ from tunneld.proto.agentrpc._framing import MAX_FRAME_SIZE, frame
 
 __all__ = [
     "Cancel",
+    "CheckPortRequest",
     "ClientFrame",
     "CommitPartRequest",
     "DiscardPartRequest",
@@ -188,6 +189,13 @@ class HashFileRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckPortRequest:
+    """Is something listening on TCP ``port`` on the agent host (any local address)?"""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class StdinData:
     """A chunk of stdin for the running foreground ``exec`` (with ``stream_stdin``)."""
 
@@ -218,6 +226,7 @@ Request = (
     | CommitPartRequest
     | DiscardPartRequest
     | HashFileRequest
+    | CheckPortRequest
 )
 ClientFrame = Request | StdinData | StdinEof | Cancel
 
@@ -340,6 +349,8 @@ def _to_wire(message: ClientFrame | Response) -> dict[str, Any]:
             if message.partial:
                 out["partial"] = True
             return out
+        case CheckPortRequest():
+            return {"op": "check_port", "port": message.port}
         case StdinData():
             return {"op": "stdin", "data": message.data}
         case StdinEof():
@@ -568,6 +579,11 @@ def _str(value: str | None) -> str:
     return value
 
 
+def _int(value: int | None) -> int:
+    assert value is not None
+    return value
+
+
 _CLIENT: dict[str, Callable[[_Fields], ClientFrame]] = {
     "exec": _exec,
     "process_list": lambda f: ProcessListRequest(),
@@ -596,6 +612,7 @@ _CLIENT: dict[str, Callable[[_Fields], ClientFrame]] = {
     "hash_file": lambda f: HashFileRequest(
         f.path(), f.integer("length", required=False), f.flag("partial")
     ),
+    "check_port": lambda f: CheckPortRequest(_int(f.integer("port", low=1, high=65535))),
     "stdin": lambda f: StdinData(f.blob("data") or b""),
     "stdin_eof": lambda f: StdinEof(),
     "cancel": lambda f: Cancel(),

@@ -92,6 +92,10 @@ class ConnectionBase:
         self._peer_next_index = 0
         self._max_streams_local = config.max_concurrent_streams
         self._max_streams_pending = False
+        # What the peer was last told (or will be once a lost frame is repeated):
+        # MAX_STREAMS rides along in packets sent anyway and gets a packet of its own
+        # only when the peer is down to less than half its streams (_max_streams_urgent).
+        self._max_streams_announced = config.max_concurrent_streams
         # connection flow control, receive side (credit grows with bytes *read*)
         self._conn_window = int(config.initial_stream_window * config.connection_window_factor)
         self._conn_max_window = int(config.max_stream_window * config.connection_window_factor)
@@ -186,6 +190,14 @@ class ConnectionBase:
             self._max_streams_local += 1
             self._max_streams_pending = True
 
+    def _max_streams_urgent(self) -> bool:
+        """Whether MAX_STREAMS news deserves a packet of its own: the peer has less
+        than half of ``max_concurrent_streams`` left to open (RFC 9000 section 4.6 lets
+        the receiver choose when; one frame per closed stream doubled the packets of
+        a short request/response)."""
+        left = self._max_streams_announced - self._peer_next_index
+        return 2 * left < self._config.max_concurrent_streams
+
     def _enter_closing(self, error_code: int, reason: str, *, by_peer: bool) -> None:
         self._close_frame = (error_code, reason)
         self._events.append(ConnectionClosed(error_code, reason, by_peer))
@@ -239,6 +251,8 @@ class ConnectionBase:
                         self._control[stream_id] = None
                 elif kind == REC_MAX_STREAMS:
                     self._max_streams_pending = True
+                    # The peer may be waiting for it: repeat it at once.
+                    self._max_streams_announced = self._peer_next_index
                 elif kind == REC_CALL_ME_MAYBE and offset == self._call_me_maybe_version:
                     self._call_me_maybe_pending = True
 

@@ -115,11 +115,39 @@ class SendMixin(ConnectionBase):
         return bool(
             self._control
             or self._max_data_pending
-            or self._max_streams_pending
+            or (self._max_streams_pending and self._max_streams_urgent())
             or self._ping_pending
             or self._call_me_maybe_pending
             or self._data_blocked_pending
         )
+
+    def has_pending_output(self) -> bool:
+        """Whether ``datagrams_to_send`` may have something now (cheap; no side effects).
+
+        Conservative: True can still yield nothing (congestion window, pacing); False
+        means only a timer (``get_timer``) can make something due. Drivers use it to
+        skip waking their sender after an event that changed nothing to send.
+        """
+        if self._state is not ConnectionState.OPEN or self._path_out or self._probes_wanted:
+            return True
+        if self._ack_eliciting_unacked and (
+            self._ack_immediate
+            or self._ack_eliciting_unacked >= self._config.ack_eliciting_threshold
+        ):
+            return True
+        if self._has_control_work() or (self._sendable and self._has_stream_work()):
+            return True
+        if self._max_data_local - self._conn_consumed <= self._conn_window * 0.75:
+            return True
+        for stream_id in self._credit_check:
+            stream = self._streams.get(stream_id)
+            if (
+                stream is not None
+                and stream.final_size is None
+                and stream.max_data_local - stream.read_offset <= stream.window * 0.75
+            ):
+                return True
+        return False
 
     def datagrams_to_send(self, now: float, max_datagrams: int = 64) -> list[tuple[bytes, Path]]:
         """Up to ``max_datagrams`` payloads to send now, each with the path to send on.
@@ -209,6 +237,8 @@ class SendMixin(ConnectionBase):
         if self._sendable and limit - len(buf) >= STREAM_FRAME_MIN:
             self._write_stream_frames(buf, limit, frames)
         ack_eliciting = len(buf) > ack_end
+        if ack_eliciting and self._max_streams_pending and limit - len(buf) >= CONTROL_FRAME_MAX:
+            self._write_max_streams(buf, frames)  # not urgent, but the packet goes anyway
         if probe and not ack_eliciting:
             buf.append(FrameType.PING)
             frames.append((REC_PING, 0, 0, 0, False))
@@ -225,6 +255,13 @@ class SendMixin(ConnectionBase):
             )
         return data
 
+    def _write_max_streams(self, buf: bytearray, frames: list[FrameRecord]) -> None:
+        self._max_streams_pending = False
+        self._max_streams_announced = self._max_streams_local
+        buf.append(FrameType.MAX_STREAMS)
+        push_varint(buf, self._max_streams_local)
+        frames.append((REC_MAX_STREAMS, 0, 0, 0, False))
+
     def _write_control_frames(self, buf: bytearray, limit: int, frames: list[FrameRecord]) -> None:
         if limit - len(buf) < CONTROL_FRAME_MAX:
             return
@@ -233,11 +270,12 @@ class SendMixin(ConnectionBase):
             buf.append(FrameType.MAX_DATA)
             push_varint(buf, self._max_data_local)
             frames.append((REC_MAX_DATA, 0, 0, 0, False))
-        if self._max_streams_pending and limit - len(buf) >= CONTROL_FRAME_MAX:
-            self._max_streams_pending = False
-            buf.append(FrameType.MAX_STREAMS)
-            push_varint(buf, self._max_streams_local)
-            frames.append((REC_MAX_STREAMS, 0, 0, 0, False))
+        if (
+            self._max_streams_pending
+            and limit - len(buf) >= CONTROL_FRAME_MAX
+            and self._max_streams_urgent()
+        ):
+            self._write_max_streams(buf, frames)
         if self._data_blocked_pending and limit - len(buf) >= CONTROL_FRAME_MAX:
             self._data_blocked_pending = False
             buf.append(FrameType.DATA_BLOCKED)

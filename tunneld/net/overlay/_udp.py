@@ -1,0 +1,108 @@
+"""The overlay's UDP socket, with non-waiting fast paths for the data path.
+
+trio's socket methods cost two scheduler round trips per datagram (a checkpoint
+before, a schedule point after, and a fresh address resolution for every
+``sendto``). The overlay sends and receives one small datagram at a time from tasks
+that already yield elsewhere, so it tries the plain non-blocking call first and only
+falls back to trio's waiting call when the kernel says "would block" (or anything
+unusual, such as an address the plain call cannot parse).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+__all__ = ["OverlaySocket"]
+
+UdpAddress = tuple[str, int]
+
+
+class OverlaySocket:
+    """One bound, non-blocking UDP socket: the stdlib object and its trio wrapper.
+
+    Not shared between tasks for waiting: ``send`` serialises its slow path with a
+    lock; ``receive`` must have a single caller (the overlay's reader task).
+    """
+
+    def __init__(self, raw: socket.socket) -> None:
+        self.raw = raw
+        self.trio = trio.socket.from_stdlib_socket(raw)  # makes ``raw`` non-blocking
+        self._send_lock = trio.StrictFIFOLock()
+
+    @classmethod
+    async def bind(cls, address: UdpAddress) -> OverlaySocket:
+        """A socket bound to ``address`` (host, port; port 0 picks one).
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        raw = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock = cls(raw)
+            await sock.trio.bind(address)
+        except BaseException:
+            raw.close()
+            raise
+        return sock
+
+    def getsockname(self) -> UdpAddress:
+        name = self.raw.getsockname()
+        return str(name[0]), int(name[1])
+
+    def close(self) -> None:
+        """Close; a task waiting in ``receive`` gets trio.ClosedResourceError."""
+        self.trio.close()
+
+    def send_now(self, data: bytes, address: UdpAddress) -> bool:
+        """Send without waiting; False if it must wait (or needs trio's resolution).
+
+        Raises:
+            OSError: the send failed for good (e.g. an ICMP error reported late).
+        """
+        try:
+            self.raw.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except (socket.gaierror, TypeError):
+            return False  # e.g. an IPv4 address on an IPv6 socket: let trio map it
+        return True
+
+    async def send(self, data: bytes, address: UdpAddress) -> None:
+        """Send ``data`` to ``address``, waiting for buffer room only if needed.
+
+        No checkpoint when the datagram leaves at once: callers yield elsewhere.
+
+        Raises:
+            OSError, trio.ClosedResourceError: the datagram could not be sent.
+        """
+        if self.raw.fileno() < 0:
+            raise trio.ClosedResourceError("socket closed")
+        if self.send_now(data, address):
+            return
+        async with self._send_lock:
+            await self.trio.sendto(data, address)
+
+    def receive_now(self, size: int) -> tuple[bytes, UdpAddress] | None:
+        """A waiting datagram and its source, or None if none is queued.
+
+        Raises:
+            OSError: the socket reported an error (e.g. ICMP unreachable).
+        """
+        try:
+            data, address = self.raw.recvfrom(size)
+        except (BlockingIOError, InterruptedError):
+            return None
+        return data, (str(address[0]), int(address[1]))
+
+    async def wait_readable(self) -> None:
+        """Until a datagram (or an error) is waiting.
+
+        Raises:
+            trio.ClosedResourceError: the socket was closed meanwhile.
+        """
+        if self.raw.fileno() < 0:
+            raise trio.ClosedResourceError("socket closed")
+        await trio.lowlevel.wait_readable(self.raw)
