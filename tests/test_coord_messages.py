@@ -11,14 +11,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunneld.proto.coord import (
+    AGENTS_PER_PAGE,
     MAX_ENDPOINTS,
     MAX_MESSAGE_SIZE,
     AddTunnel,
+    AgentInfo,
+    AgentList,
     CloseCode,
     CoordinatorClient,
     Disconnect,
     Error,
     HomeRelay,
+    ListAgents,
     Node,
     PeerUpdate,
     PeerUpdateKind,
@@ -58,13 +62,19 @@ REQUESTS = [
     RemoveTunnel("n0123456789abcdef"),
     ReadyForHandshake("n0123456789abcdef"),
     Disconnect(),
+    ListAgents(0),
+    ListAgents(2**32 - 1),
 ]
+AGENT = AgentInfo("n0123456789abcdef", "web1", "alice", True, 1700000000.5)
 RESPONSES = [
     PeerUpdate(NODE.id, PeerUpdateKind.NODE, NODE),
     PeerUpdate(NODE.id, PeerUpdateKind.LOST, reason="session lost"),
     PeerUpdate(NODE.id, PeerUpdateKind.DISCONNECTED, reason="offline"),
     PeerUpdate(NODE.id, PeerUpdateKind.READY_FOR_HANDSHAKE),
     Error("not_found", "no such peer, or not permitted", "web9"),
+    AgentList(7),
+    AgentList(7, (AGENT, AgentInfo("n1", "db1", "bob", False, None)), more=True),
+    AgentList(8, (AGENT,) * AGENTS_PER_PAGE),
 ]
 
 
@@ -296,6 +306,7 @@ _leaf = st.one_of(
     st.text(max_size=40),
     st.binary(max_size=40),
     st.sampled_from(["update_self", "add_tunnel", "peer_update", "error", "node", "lost"]),
+    st.sampled_from(["list_agents", "agents"]),
 )
 _objects = st.recursive(
     _leaf,
@@ -320,6 +331,10 @@ _objects = st.recursive(
                     "message",
                     "region",
                     "url",
+                    "agents",
+                    "online",
+                    "last_seen",
+                    "more",
                 ]
             ),
             inner,
@@ -355,6 +370,91 @@ def test_fuzz_node_fields(kind: str, fields: dict[str, Any]) -> None:
         body.update(id="n1", kind="node", reason="")
     try:
         data = _wire(body)
+    except (OverflowError, ValueError, TypeError):
+        return
+    _decode_both(data)
+
+
+def _agent_wire(**changes: Any) -> dict[str, Any]:
+    agent: dict[str, Any] = {
+        "id": "n1",
+        "name": "web1",
+        "owner": "alice",
+        "online": True,
+        "last_seen": None,
+    }
+    agent.update(changes)
+    return agent
+
+
+@pytest.mark.parametrize(
+    ("obj", "fragment"),
+    [
+        ({"type": "list_agents"}, "list_agents: missing id"),
+        ({"type": "list_agents", "id": -1}, "list_agents.id: expected an integer 0..2^32-1"),
+        ({"type": "list_agents", "id": True}, "list_agents.id: expected an integer"),
+        ({"type": "list_agents", "id": 1, "x": 1}, "unknown field 'x'"),
+    ],
+)
+def test_bad_list_agents_requests(obj: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_request(_wire(obj))
+    assert fragment in info.value.reason
+    assert info.value.close_code is CloseCode.INVALID_PAYLOAD
+
+
+@pytest.mark.parametrize(
+    ("agents", "more", "fragment"),
+    [
+        ([_agent_wire(online="yes")], False, "agents.agents[0].online: expected a boolean"),
+        ([_agent_wire(name="a b")], False, "agents.agents[0].name: may only contain"),
+        ([_agent_wire(owner="")], False, "agents.agents[0].owner: empty"),
+        ([_agent_wire(last_seen=-1.0)], False, "agents.agents[0].last_seen: expected a finite"),
+        ([_agent_wire(last_seen="now")], False, "last_seen: expected a number or nil"),
+        ([_agent_wire(), 5], False, "agents.agents[1]: expected a map"),
+        ([_agent_wire()], 1, "agents.more: expected a boolean"),
+        ([_agent_wire()] * (AGENTS_PER_PAGE + 1), False, "not a msgpack message"),
+    ],
+)
+def test_bad_agent_lists_name_what_and_where(
+    agents: list[Any], more: object, fragment: str
+) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_response(_wire({"type": "agents", "id": 1, "agents": agents, "more": more}))
+    assert fragment in info.value.reason
+
+
+def test_client_gathers_agent_pages_per_request() -> None:
+    client = CoordinatorClient()
+    first, data = client.list_agents()
+    assert decode_request(data) == ListAgents(first)
+    second, _ = client.list_agents()
+    assert second != first
+    other = AgentInfo("n2", "db1", "bob", False, 1.0)
+    # A page for a request nobody asked comes back unchanged and is not kept.
+    assert client.receive(encode(AgentList(99, (AGENT,)))) == AgentList(99, (AGENT,))
+    assert client.receive(encode(AgentList(first, (AGENT,), more=True))).more
+    assert client.receive(encode(AgentList(second, ()))) == AgentList(second, ())
+    assert client.receive(encode(AgentList(first, (other,)))) == AgentList(first, (AGENT, other))
+    # Answered (or given up): later pages with that id are not gathered any more.
+    assert client.receive(encode(AgentList(first, (other,)))) == AgentList(first, (other,))
+    third, _ = client.list_agents()
+    assert client.forget_listings() == [third]
+
+
+@FUZZ_STRUCTURED
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["id", "name", "owner", "online", "last_seen"]), _objects, max_size=6
+        ).map(lambda fields: {**_agent_wire(), **fields}),
+        max_size=4,
+    ),
+    _objects,
+)
+def test_fuzz_agent_list_fields(agents: list[dict[str, Any]], more: object) -> None:
+    try:
+        data = _wire({"type": "agents", "id": 3, "agents": agents, "more": more})
     except (OverflowError, ValueError, TypeError):
         return
     _decode_both(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -12,7 +13,7 @@ import trio_websocket
 from _control_support import WAIT, Harness, read_json, running_server, session
 
 from tunneld.config import Duration
-from tunneld.proto.coord import CloseCode, PeerUpdateKind
+from tunneld.proto.coord import AGENTS_PER_PAGE, AgentList, CloseCode, PeerUpdateKind
 
 
 @pytest.fixture
@@ -360,3 +361,66 @@ async def test_newer_session_replaces_older_and_keys_are_owned(control: Harness)
                 await thief.send(thief.client.update_self(name="thief", node_key=b"\x02" * 32))
                 await thief.expect_error("key_changed")
             await new.sync()
+
+
+async def _list(peer: Any) -> AgentList:
+    request_id, data = peer.client.list_agents()
+    await peer.send(data)
+    while True:
+        message = await peer.recv()
+        if isinstance(message, AgentList) and not message.more:
+            assert message.id == request_id
+            return message
+
+
+async def test_list_agents_follows_the_acl_online_or_not(control: Harness) -> None:
+    await control.store.add_grant("alice", "bob", "db1", time.time())
+    alice_client = await control.token("alice")
+    # web2 was online once and left: listed offline, with when it was last seen.
+    async with session(control.info, await control.token("alice", agent="web2"), "web2") as web2:
+        await web2.announce()
+    async with session(control.info, await control.token("bob", agent="db2"), "db2") as db2:
+        await db2.announce()
+    async with (
+        session(control.info, await control.token("alice", agent="web1"), "web1") as web1,
+        session(control.info, await control.token("bob", agent="db1"), "db1") as db1,
+        session(control.info, alice_client, "laptop") as alice,
+    ):
+        await web1.announce()
+        await db1.announce()
+        # Before update_self too: the question needs no node of its own.
+        answer = await _list(alice)
+        seen = {(a.owner, a.name): a for a in answer.agents}
+        assert set(seen) == {("alice", "web1"), ("alice", "web2"), ("bob", "db1")}
+        assert seen["alice", "web1"].online
+        assert seen["bob", "db1"].online
+        assert not seen["alice", "web2"].online
+        last_seen = seen["alice", "web2"].last_seen
+        assert last_seen is not None
+        assert 0 < time.time() - last_seen < 600
+        # Own agents first, then granted ones.
+        assert [a.owner for a in answer.agents] == ["alice", "alice", "bob"]
+        # Agent tokens may reach nothing, so they list nothing.
+        assert (await _list(web1)).agents == ()
+
+
+async def test_list_agents_pages_a_long_list(control: Harness) -> None:
+    for i in range(AGENTS_PER_PAGE * 2 + 3):
+        async with session(
+            control.info, await control.token("alice", agent=f"a{i:02d}"), f"a{i:02d}"
+        ) as agent:
+            await agent.announce(sync=False)
+            await agent.send(agent.client.disconnect())
+            await agent.expect_closed()
+    async with session(control.info, await control.token("alice"), "laptop") as alice:
+        request_id, data = alice.client.list_agents()
+        await alice.send(data)
+        pages = []
+        while not pages or pages[-1].more:
+            message = await alice.recv()
+            assert isinstance(message, AgentList)
+            pages.append(message)
+        # receive() hands back each page, and the whole list with the last one.
+        assert [len(p.agents) for p in pages] == [AGENTS_PER_PAGE, AGENTS_PER_PAGE, 35]
+        assert [a.name for a in pages[-1].agents] == [f"a{i:02d}" for i in range(35)]
+        assert all(p.id == request_id for p in pages)

@@ -32,6 +32,39 @@ NOBODY = 65534
 WRITE_GID = 4242  # a group nobody is not in, unless a test adds it
 CURL = shutil.which("curl")
 TIMEOUT = 10.0
+# The body shape the real daemon sends (AgentListing.to_json), served as is.
+AGENTS: dict[str, object] = {
+    "agents": [
+        {
+            "name": "web1",
+            "owner": "alice",
+            "id": "n1",
+            "online": True,
+            "last_seen": 1700000000.0,
+            "handshake": True,
+            "path": "direct",
+            "rtt": 0.0125,
+            "tunnel": {"state": "active", "leases": 1},
+            "stale": False,
+        },
+        {
+            "name": "web2",
+            "owner": "alice",
+            "id": "n2",
+            "online": False,
+            "last_seen": None,
+            "handshake": False,
+            "path": None,
+            "rtt": None,
+            "tunnel": None,
+            "stale": False,
+        },
+    ],
+    "source": "control",
+    "stale": False,
+    "error": None,
+    "as_of": 1700000000.0,
+}
 
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="running clients as other uids needs root")
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl not installed")
@@ -103,7 +136,7 @@ async def daemon(socket_dir: Path, nursery: trio.Nursery) -> Daemon:
         tunnels=table,
         open_stream=open_stream,
         status=lambda: {"version": "test", "node": "laptop"},
-        agents=lambda: [{"name": "web1", "online": True}],
+        agents=lambda: AGENTS,
         events=event_source,
         reload=reload,
         write_group=WRITE_GID,
@@ -153,7 +186,7 @@ async def test_status_and_agents(daemon: Daemon) -> None:
         ],
     }
     code, body = await curl(daemon, "/v0/agents")
-    assert (code, body) == (200, {"agents": [{"name": "web1", "online": True}]})
+    assert (code, body) == (200, AGENTS)
 
 
 @needs_curl
@@ -410,7 +443,23 @@ async def test_cli_status_and_agents(daemon: Daemon) -> None:
     assert json.loads(result.stdout)["tunnels"][0]["state"] == "idle"
     result = await tunneld_cli("agents", "--socket", str(daemon.path))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode().split() == ["NAME", "ONLINE", "web1", "True"]
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].split() == ["NAME", "OWNER", "ONLINE", "LAST", "SEEN", "PATH", "RTT", "TUNNEL"]
+    assert lines[1].split() == [
+        "web1",
+        "alice",
+        "yes",
+        "now",
+        "direct",
+        "12.5ms",
+        "active,",
+        "1",
+        "lease",
+    ]
+    assert lines[2].split()[:4] == ["web2", "alice", "no", "-"]
+    assert b"warning" not in result.stderr
+    result = await tunneld_cli("agents", "--json", "--socket", str(daemon.path))
+    assert json.loads(result.stdout) == AGENTS
 
 
 async def test_cli_dial_pipes_stdin_stdout(daemon: Daemon) -> None:

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -100,8 +101,14 @@ def register(sub: Subparsers) -> None:
     status.set_defaults(func=_status)
     agents = sub.add_parser(
         "agents",
-        help="list the agents this node may reach",
-        description="Ask the running daemon which agents it knows and whether they are online.",
+        help="list the agents this node may reach, online or not",
+        description=(
+            "List every agent this node may reach (its user's agents and agents granted to"
+            " it), online or not, as the control plane says (cached a few seconds), with"
+            " path, RTT and tunnel state for those the daemon has a tunnel to. When the"
+            " control plane cannot answer, lists what the daemon already knew and warns"
+            ' on stderr (--json: "stale": true).'
+        ),
     )
     _add_socket(agents)
     agents.add_argument("--json", action="store_true", help="print the raw JSON answer")
@@ -285,20 +292,64 @@ def _print_mcp(mcp: object, plugins: object) -> None:
             )
 
 
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f}s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f}h ago"
+    return f"{seconds / 86400:.0f}d ago"
+
+
+def _agent_row(agent: dict[str, object], now: float) -> list[str]:
+    online = agent.get("online") is True
+    last_seen = agent.get("last_seen")
+    if online:
+        seen = "now"
+    elif isinstance(last_seen, (int, float)):
+        seen = _ago(now - last_seen)
+    else:
+        seen = "-"
+    rtt = agent.get("rtt")
+    tunnel = agent.get("tunnel")
+    tunnel_text = "-"
+    if isinstance(tunnel, dict):
+        leases = tunnel.get("leases")
+        tunnel_text = f"{tunnel.get('state')}, {leases} lease{'' if leases == 1 else 's'}"
+    return [
+        str(agent.get("name")),
+        str(agent.get("owner") or "-"),
+        "yes" if online else "no",
+        seen,
+        str(agent.get("path") or "-"),
+        f"{rtt * 1000:.1f}ms" if isinstance(rtt, (int, float)) else "-",
+        tunnel_text,
+    ]
+
+
 def _agents(args: argparse.Namespace) -> int:
     answer = _call(_client(args), "GET", "/v0/agents")
     if args.json:
         print(json.dumps(answer, indent=2, sort_keys=True))
         return 0
     agents = answer.get("agents") if isinstance(answer, dict) else None
-    if not isinstance(agents, list):
+    if not isinstance(agents, list) or not all(isinstance(a, dict) for a in agents):
         raise CliError("the daemon sent a malformed agent list")
+    assert isinstance(answer, dict)
+    if answer.get("stale"):
+        # stderr: the table on stdout stays a table.
+        print(
+            f"warning: {answer.get('error') or 'the control plane did not answer'};"
+            " showing what this node already knew",
+            file=sys.stderr,
+        )
     if not agents:
         print("no agents")
         return 0
-    columns = sorted({key for agent in agents for key in agent} - {"name"})
-    rows = [["NAME", *(c.upper() for c in columns)]]
-    rows.extend([str(a.get("name")), *(str(a.get(c, "-")) for c in columns)] for a in agents)
+    now = time.time()
+    rows = [["NAME", "OWNER", "ONLINE", "LAST SEEN", "PATH", "RTT", "TUNNEL"]]
+    rows.extend(_agent_row(agent, now) for agent in agents)
     print(_table(rows))
     return 0
 

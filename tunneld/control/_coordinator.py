@@ -36,10 +36,14 @@ from tunneld.control._store import NodeRecord, Store, StoreError
 from tunneld.control._tokens import parse_token, token_matches
 from tunneld.log import get_logger
 from tunneld.proto.coord import (
+    AGENTS_PER_PAGE,
     AddTunnel,
+    AgentInfo,
+    AgentList,
     CloseCode,
     Disconnect,
     Error,
+    ListAgents,
     Node,
     PeerUpdate,
     PeerUpdateKind,
@@ -339,6 +343,8 @@ class Coordinator:
                 await self._remove_tunnel(session, peer)
             case ReadyForHandshake(peer=peer):
                 self._ready_for_handshake(session, peer)
+            case ListAgents(id=request_id):
+                await self._list_agents(session, request_id)
             case Disconnect():
                 session.clean = True
                 session.kill(CloseCode.NORMAL, "disconnect requested", "disconnect")
@@ -444,6 +450,27 @@ class Coordinator:
         if len(reachable) != 1:
             return None
         return self._nodes.get(reachable[0].id, reachable[0])
+
+    async def _list_agents(self, session: _Session, request_id: int) -> None:
+        """Answer ``list_agents``: the agents ``add_tunnel`` would accept, in pages."""
+        principal = session.principal
+        agents: list[AgentInfo] = []
+        # Agent tokens cannot open tunnels, so an agent may reach nothing.
+        if principal.agent is None:
+            for record in await self._visible(principal):
+                if record.kind != "agent" or record.id == session.node_id:
+                    continue
+                online = record.id in self._by_node
+                # An online agent is seen right now; else when its session last spoke.
+                last_seen: float | None = self._wall() if online else record.last_seen
+                if last_seen is not None and not math.isfinite(last_seen):
+                    last_seen = None
+                agents.append(AgentInfo(record.id, record.name, record.owner, online, last_seen))
+        agents.sort(key=lambda a: (a.owner != principal.user, a.owner, a.name))
+        pages = [agents[i : i + AGENTS_PER_PAGE] for i in range(0, len(agents), AGENTS_PER_PAGE)]
+        for index, page in enumerate(pages or [[]]):
+            if not session.push(AgentList(request_id, tuple(page), more=index < len(pages) - 1)):
+                return
 
     async def _add_tunnel(self, session: _Session, ref: str) -> None:
         src = session.node_id
@@ -565,15 +592,25 @@ class Coordinator:
 
     # --- queries ----------------------------------------------------------------------
 
-    async def visible_nodes(self, principal: Principal) -> list[dict[str, object]]:
-        """Nodes ``principal`` may see: its user's nodes and agents granted to it."""
-        result: list[dict[str, object]] = []
+    async def _visible(self, principal: Principal) -> list[NodeRecord]:
+        """Nodes ``principal`` may see: its user's nodes and agents granted to it.
+
+        The one ACL for listings (``GET /api/v1/nodes``, ``list_agents``); it matches
+        :meth:`_may_reach` for agents.
+        """
+        result: list[NodeRecord] = []
         for record in await self.store.list_nodes():
-            if record.user_id != principal.user_id and not (
+            if record.user_id == principal.user_id or (
                 record.kind == "agent"
                 and await self.store.has_grant(principal.user_id, record.user_id, record.name)
             ):
-                continue
+                result.append(record)
+        return result
+
+    async def visible_nodes(self, principal: Principal) -> list[dict[str, object]]:
+        """Nodes ``principal`` may see: its user's nodes and agents granted to it."""
+        result: list[dict[str, object]] = []
+        for record in await self._visible(principal):
             live = self._nodes.get(record.id, record) if record.id in self._by_node else record
             result.append(
                 {

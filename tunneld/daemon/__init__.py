@@ -8,6 +8,7 @@ thin adapter.
 from __future__ import annotations
 
 from tunneld.daemon._agents import DaemonAgents, ServiceUnavailableError
+from tunneld.daemon._directory import AgentDirectory, AgentListing
 from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import (
     DIAL_PROTOCOL,
@@ -56,6 +57,8 @@ __all__ = [
     "SCOPE_WRITE",
     "SD_LISTEN_FDS_START",
     "ActivatedListener",
+    "AgentDirectory",
+    "AgentListing",
     "AgentOfflineError",
     "Daemon",
     "DaemonAgents",

@@ -30,7 +30,7 @@ log = get_logger(__name__)
 _CLOSE_TIMEOUT: Final = 1.0
 
 StreamOpener = Callable[[str, str], Awaitable[trio.abc.HalfCloseableStream]]
-AgentLister = Callable[[], Sequence[Mapping[str, object]]]
+AgentLister = Callable[[], Awaitable[Sequence[Mapping[str, object]]]]
 # Per-caller authorization (docs/oauth.md): the agent reference to use for this caller
 # (e.g. "owner/name" as the control plane resolved it), or None when it may not.
 AccessCheck = Callable[[Caller, str], Awaitable[str | None]]
@@ -46,7 +46,8 @@ class DaemonAgents:
     """:class:`tunneld.mcp.AgentAccess` over the daemon's tunnel table, for ``caller``.
 
     ``open_stream`` is the overlay's (``Overlay.open_stream(peer, service)``);
-    ``agents`` lists what the overlay knows (``GET /v0/agents``). Every caller may
+    ``agents`` lists every agent this node may reach (the daemon's
+    :class:`~tunneld.daemon.AgentDirectory`: control plane, overlay, tunnels). Every caller may
     reach every agent this node may reach: the control plane already limits those to
     the daemon's user (per-caller OAuth limits come with the authorization server).
     """
@@ -111,9 +112,11 @@ class DaemonAgents:
                         log.info("mcp.stream_close_failed", agent=agent, error=str(exc))
 
     async def list_agents(self) -> list[Mapping[str, object]]:
-        """The agents this node knows: name, owner, id, online, handshake, path."""
-        await trio.lowlevel.checkpoint()
-        agents: list[Mapping[str, object]] = [dict(agent) for agent in self._agents()]
+        """Every agent this node may reach, online or not: name, owner, id, online,
+        last_seen, and handshake, path, rtt, tunnel (state, leases) where there is one;
+        ``stale`` when the control plane did not answer (see ``GET /v0/agents``).
+        With an access check, only those this caller may reach."""
+        agents: list[Mapping[str, object]] = [dict(agent) for agent in await self._agents()]
         if self._access_check is None:
             return agents
         visible: list[Mapping[str, object]] = []

@@ -10,7 +10,7 @@ daemon through a forwarded socket or a DNS-rebound proxy.
 Endpoints:
 
 - ``GET /v0/status``: the injected status plus the tunnel table.
-- ``GET /v0/agents``: the injected agent list.
+- ``GET /v0/agents``: the injected agent list (a list, or a body with ``agents``).
 - ``GET /v0/watch``: newline-delimited JSON events, streamed until the client leaves.
 - ``POST /v0/dial`` with ``Upgrade: tunneld-stream``, ``Tunneld-Agent`` and
   ``Tunneld-Service``: a lease on the agent's tunnel and a stream to the service,
@@ -67,7 +67,10 @@ _PIPE_CHUNK: Final = 65536
 
 JsonObject = Mapping[str, object]
 StatusProvider = Callable[[], JsonObject | Awaitable[JsonObject]]
-AgentsProvider = Callable[[], Sequence[JsonObject] | Awaitable[Sequence[JsonObject]]]
+# A list of agents, or a whole body with an "agents" key (plus source, stale, ...).
+AgentsProvider = Callable[
+    [], Sequence[JsonObject] | JsonObject | Awaitable[Sequence[JsonObject] | JsonObject]
+]
 EventSource = Callable[[], AsyncIterator[JsonObject]]
 StreamOpener = Callable[[str, str], Awaitable[trio.abc.HalfCloseableStream]]
 ReloadAction = Callable[[], Awaitable[JsonObject]]
@@ -310,8 +313,11 @@ class LocalApi:
 
     async def _get_agents(self, request: Request) -> Response:
         self._check(request, write=False)
-        agents = await _maybe_await(self._agents())
-        return Response.json({"agents": [dict(a) for a in agents]})
+        answer: object = await _maybe_await(self._agents())
+        if isinstance(answer, Mapping):
+            return Response.json(dict(answer))
+        assert isinstance(answer, Sequence)  # AgentsProvider has two shapes
+        return Response.json({"agents": [dict(a) for a in answer]})
 
     async def _get_watch(self, request: Request) -> Response:
         self._check(request, write=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
@@ -12,6 +13,7 @@ import trio
 from tunneld import __version__
 from tunneld.config import Config, DaemonConfig, McpConfig, PluginsConfig
 from tunneld.daemon._agents import AccessCheck, DaemonAgents
+from tunneld.daemon._directory import AgentDirectory
 from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import LocalApi
 from tunneld.daemon._mcp_auth import SCOPE_READ, SCOPE_WRITE
@@ -82,11 +84,14 @@ class Daemon:
             connect_timeout=settings.connect_timeout.seconds,
             on_event=self.events.publish,
         )
+        self.directory = AgentDirectory(
+            overlay.list_agents, self._peer_statuses, self.tunnels.tunnels, wall=time.time
+        )
         self.api = LocalApi(
             tunnels=self.tunnels,
             open_stream=overlay.open_stream,
             status=self._status,
-            agents=self._agents,
+            agents=self._agents_body,
             events=self.events.subscribe,
             reload=self._reload_endpoint,
             write_group=settings.socket_group or None,
@@ -353,6 +358,18 @@ class Daemon:
             },
         }
 
-    def _agents(self) -> list[Mapping[str, object]]:
-        keys = ("name", "owner", "id", "online", "handshake", "path")
-        return [{key: peer[key] for key in keys} for peer in self._peers()]
+    def _peer_statuses(self) -> list[PeerStatus]:
+        peers = self.overlay.status().get("peers")
+        return [
+            peer
+            for peer in (peers if isinstance(peers, list) else [])
+            if isinstance(peer, PeerStatus)
+        ]
+
+    async def _agents(self) -> list[dict[str, object]]:
+        return (await self.directory.listing()).agents
+
+    async def _agents_body(self) -> Mapping[str, object]:
+        # The socket's callers see everything this node may reach (no per-caller
+        # filter there); MCP callers go through DaemonAgents.list_agents.
+        return (await self.directory.listing()).to_json()

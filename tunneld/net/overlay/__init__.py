@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from tunneld.net.overlay._config import LinkState, OverlayConfig, PeerStatus, backoff_delay
 from tunneld.net.overlay._ids import HEADER_SIZE, ID_SIZE, ConnectionIds, Verdict
-from tunneld.net.overlay._node import RELAY_PATH, Overlay, StreamHandler, TokenProvider
+from tunneld.net.overlay._node import (
+    RELAY_PATH,
+    CoordinatorUnavailableError,
+    Overlay,
+    StreamHandler,
+    TokenProvider,
+)
 
 __all__ = [
     "HEADER_SIZE",
     "ID_SIZE",
     "RELAY_PATH",
     "ConnectionIds",
+    "CoordinatorUnavailableError",
     "LinkState",
     "Overlay",
     "OverlayConfig",

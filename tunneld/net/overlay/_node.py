@@ -57,6 +57,8 @@ from tunneld.net.overlay._ids import (
 from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
 from tunneld.proto.coord import (
+    AgentInfo,
+    AgentList,
     CoordinatorClient,
     Error,
     HomeRelay,
@@ -83,7 +85,13 @@ from tunneld.proto.noise import (
 from tunneld.proto.stun import RemoteProtocolError as StunRemoteProtocolError
 from tunneld.proto.stun import build_binding_request, looks_like_stun, parse_binding_response
 
-__all__ = ["RELAY_PATH", "Overlay", "StreamHandler", "TokenProvider"]
+__all__ = [
+    "RELAY_PATH",
+    "CoordinatorUnavailableError",
+    "Overlay",
+    "StreamHandler",
+    "TokenProvider",
+]
 
 log = get_logger(__name__)
 
@@ -115,6 +123,19 @@ _MAX_UDP_SOURCES = 1024  # cached source addresses (cleared when full)
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
+
+
+class CoordinatorUnavailableError(Exception):
+    """The coordinator cannot answer now: no session, or it ended before answering."""
+
+
+class _Listing:
+    """One pending ``list_agents``: set ``done`` with ``agents`` or ``error``."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.agents: tuple[AgentInfo, ...] = ()
+        self.error: str | None = None
 
 
 class _PeerTransport:
@@ -281,6 +302,10 @@ class Overlay:
         self.last_coordinator_error: Error | None = None
         self.wakes = 0  # times we noticed the host slept (see _wake_watch)
         self._woken = trio.Event()  # set (and replaced) on every wake-up
+        self._listings: dict[int, _Listing] = {}
+        # An older coordinator closes the session on list_agents (unknown request type):
+        # asking again would drop the session every time, so stop asking.
+        self._list_agents_unsupported = False
 
     # -- public API ---------------------------------------------------------------
 
@@ -359,6 +384,41 @@ class Overlay:
         while (link := self._find(peer)) is None:
             await self._changed.wait()
         return await link.mux.open_stream(service)
+
+    async def list_agents(self) -> tuple[AgentInfo, ...]:
+        """Every agent this node may reach, online or not, as the coordinator says now.
+
+        One ``list_agents`` request over the current session (docs/coordinator.md);
+        waits for its last page, so put a timeout around it. Cancellation forgets the
+        request (a late answer is ignored).
+
+        Raises:
+            CoordinatorUnavailableError: no coordinator session right now, or it ended
+                before the answer came.
+        """
+        if self._list_agents_unsupported:
+            raise CoordinatorUnavailableError(
+                "the coordinator does not support list_agents (upgrade the control plane)"
+            )
+        session = self._session
+        if session is None:
+            raise CoordinatorUnavailableError(
+                self.coordinator_error or "not connected to the coordinator"
+            )
+        request_id, data = self._coord.list_agents()
+        listing = self._listings[request_id] = _Listing()
+        try:
+            try:
+                await session.send(data)
+            except CoordinatorClosed as exc:
+                raise CoordinatorUnavailableError(str(exc)) from None
+            await listing.done.wait()
+        finally:
+            self._listings.pop(request_id, None)
+            self._coord.forget_listing(request_id)
+        if listing.error is not None:
+            raise CoordinatorUnavailableError(listing.error)
+        return listing.agents
 
     def peer_node(self, peer: str) -> Node | None:
         """The coordinator's last word on ``peer`` (node id, name or ``owner/name``):
@@ -853,14 +913,29 @@ class Overlay:
                         await self._on_coordinator(message)
             except* (CoordinatorConnectError, CoordinatorClosed, OSError) as group:
                 self.coordinator_error = "; ".join(str(exc) for exc in group.exceptions)
+                if any(
+                    isinstance(exc, CoordinatorClosed) and "'list_agents'" in exc.reason
+                    for exc in group.exceptions
+                ):
+                    self._list_agents_unsupported = True
                 log.warning("overlay.coordinator_lost", error=self.coordinator_error)
             finally:
                 self._session = None
+                self._coord.forget_listings()
+                for listing in self._listings.values():
+                    listing.error = "the coordinator session ended before it answered"
+                    listing.done.set()
             self.coordinator_state = LinkState.BACKOFF
             attempt += 1
             attempt = await self._backoff(attempt)
 
-    async def _on_coordinator(self, message: PeerUpdate | Error) -> None:
+    async def _on_coordinator(self, message: PeerUpdate | Error | AgentList) -> None:
+        if isinstance(message, AgentList):
+            listing = self._listings.get(message.id)
+            if listing is not None and not message.more:
+                listing.agents = message.agents
+                listing.done.set()
+            return
         if isinstance(message, Error):
             log.info("overlay.coordinator_error", code=message.code, peer=message.peer)
             self.last_coordinator_error = message

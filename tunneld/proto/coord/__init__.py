@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from tunneld.proto.coord._client import CoordinatorClient, PeerState
 from tunneld.proto.coord._messages import (
+    AGENTS_PER_PAGE,
     MAX_ENDPOINTS,
     MAX_MESSAGE_SIZE,
     MAX_NAME_LENGTH,
     NODE_KEY_SIZE,
     AddTunnel,
+    AgentInfo,
+    AgentList,
     CloseCode,
     CoordError,
     Disconnect,
     Error,
     HomeRelay,
+    ListAgents,
     Node,
     PeerUpdate,
     PeerUpdateKind,
@@ -34,17 +38,21 @@ from tunneld.proto.coord._messages import (
 )
 
 __all__ = [
+    "AGENTS_PER_PAGE",
     "MAX_ENDPOINTS",
     "MAX_MESSAGE_SIZE",
     "MAX_NAME_LENGTH",
     "NODE_KEY_SIZE",
     "AddTunnel",
+    "AgentInfo",
+    "AgentList",
     "CloseCode",
     "CoordError",
     "CoordinatorClient",
     "Disconnect",
     "Error",
     "HomeRelay",
+    "ListAgents",
     "Node",
     "PeerState",
     "PeerUpdate",

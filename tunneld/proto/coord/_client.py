@@ -11,10 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunneld.proto.coord._messages import (
+    MAX_REQUEST_ID,
     AddTunnel,
+    AgentInfo,
+    AgentList,
     Disconnect,
     Error,
     HomeRelay,
+    ListAgents,
     Node,
     PeerUpdate,
     PeerUpdateKind,
@@ -52,6 +56,9 @@ class CoordinatorClient:
     # What the current session was last brought up to date with (replay/catch_up).
     _sent_self: Node | None = field(default=None, repr=False)
     _sent_tunnels: frozenset[str] = field(default=frozenset(), repr=False)
+    # Pages gathered so far per pending ``list_agents`` request id.
+    _listings: dict[int, list[AgentInfo]] = field(default_factory=dict)
+    _next_id: int = 1
 
     def update_self(
         self,
@@ -83,6 +90,28 @@ class CoordinatorClient:
     def disconnect(self) -> bytes:
         """Leave on purpose: peers hear ``disconnected`` at once instead of ``lost``."""
         return encode(Disconnect())
+
+    def list_agents(self) -> tuple[int, bytes]:
+        """Ask which agents we may reach: (request id, message to send).
+
+        :meth:`receive` returns the whole answer as one :class:`AgentList` with that id
+        and ``more`` false once its last page arrives. Requests are not replayed: after
+        the session drops, call :meth:`forget_listings` and ask again.
+        """
+        request_id = self._next_id
+        self._next_id = self._next_id % MAX_REQUEST_ID + 1
+        self._listings[request_id] = []
+        return request_id, encode(ListAgents(request_id))
+
+    def forget_listing(self, request_id: int) -> None:
+        """Stop gathering the answer to ``request_id`` (the asker gave up)."""
+        self._listings.pop(request_id, None)
+
+    def forget_listings(self) -> list[int]:
+        """Drop every pending ``list_agents`` (the session ended); returns their ids."""
+        pending = list(self._listings)
+        self._listings.clear()
+        return pending
 
     def replay(self) -> list[bytes]:
         """Everything to send on a fresh session: our node first, then each tunnel.
@@ -130,8 +159,24 @@ class CoordinatorClient:
         response = decode_response(data)
         if isinstance(response, Error):
             return response
+        if isinstance(response, AgentList):
+            return self._gather(response)
         self._apply(response)
         return response
+
+    def _gather(self, page: AgentList) -> AgentList:
+        """Fold one page into its request; the last page returns the whole list.
+
+        Pages of an id nobody waits for (unknown, or given up) come back unchanged.
+        """
+        gathered = self._listings.get(page.id)
+        if gathered is None:
+            return page
+        gathered.extend(page.agents)
+        if page.more:
+            return page
+        del self._listings[page.id]
+        return AgentList(page.id, tuple(gathered), more=False)
 
     def _apply(self, update: PeerUpdate) -> None:
         state = self.peers.get(update.id)

@@ -19,16 +19,20 @@ from typing import Any, Final
 import msgpack
 
 __all__ = [
+    "AGENTS_PER_PAGE",
     "MAX_ENDPOINTS",
     "MAX_MESSAGE_SIZE",
     "MAX_NAME_LENGTH",
     "NODE_KEY_SIZE",
     "AddTunnel",
+    "AgentInfo",
+    "AgentList",
     "CloseCode",
     "CoordError",
     "Disconnect",
     "Error",
     "HomeRelay",
+    "ListAgents",
     "Node",
     "PeerUpdate",
     "PeerUpdateKind",
@@ -52,6 +56,10 @@ MAX_ID_LENGTH: Final = 64
 MAX_URL_LENGTH: Final = 512
 MAX_REASON_LENGTH: Final = 256
 MAX_ENDPOINT_LENGTH: Final = 64
+MAX_REQUEST_ID: Final = 2**32 - 1
+# One ``agents`` page; a longer list comes as several pages (each stays far below
+# MAX_MESSAGE_SIZE, and under msgpack's array bound below).
+AGENTS_PER_PAGE: Final = 16
 # A node with 16 endpoints and a long relay URL stays under 2 KiB; 16 KiB leaves room.
 MAX_MESSAGE_SIZE: Final = 16 * 1024
 
@@ -175,8 +183,45 @@ class Error:
     peer: str = ""
 
 
-Request = UpdateSelf | AddTunnel | RemoveTunnel | ReadyForHandshake | Disconnect
-Response = PeerUpdate | Error
+@dataclass(frozen=True, slots=True)
+class ListAgents:
+    """Request: which agents may I reach? Answered by ``agents`` pages with this ``id``.
+
+    ``id`` (0..2³²-1) is the caller's choice; it only pairs the answer with the question.
+    """
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """One agent the asking node may reach, online or not.
+
+    ``last_seen`` is seconds since the Unix epoch when the coordinator last heard from
+    it (its last ``update_self`` or session end), None if never.
+    """
+
+    id: str
+    name: str
+    owner: str
+    online: bool
+    last_seen: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentList:
+    """Response: one page (≤ :data:`AGENTS_PER_PAGE`) of the answer to ``list_agents``.
+
+    ``more`` is true on every page but the last; an empty list is one page, ``more`` false.
+    """
+
+    id: int
+    agents: tuple[AgentInfo, ...] = ()
+    more: bool = False
+
+
+Request = UpdateSelf | AddTunnel | RemoveTunnel | ReadyForHandshake | Disconnect | ListAgents
+Response = PeerUpdate | Error | AgentList
 
 
 # --- encoding ---------------------------------------------------------------------------
@@ -211,6 +256,24 @@ def encode(message: Request | Response) -> bytes:
             body = {"type": "ready_for_handshake", "peer": peer}
         case Disconnect():
             body = {"type": "disconnect"}
+        case ListAgents(id=request_id):
+            body = {"type": "list_agents", "id": request_id}
+        case AgentList(id=request_id, agents=agents, more=more):
+            body = {
+                "type": "agents",
+                "id": request_id,
+                "agents": [
+                    {
+                        "id": a.id,
+                        "name": a.name,
+                        "owner": a.owner,
+                        "online": a.online,
+                        "last_seen": None if a.last_seen is None else float(a.last_seen),
+                    }
+                    for a in agents
+                ],
+                "more": more,
+            }
         case PeerUpdate(id=node_id, kind=kind, node=node, reason=reason):
             body = {
                 "type": "peer_update",
@@ -391,12 +454,63 @@ def _disconnect(obj: dict[str, Any]) -> Request:
     return Disconnect()
 
 
+def _request_id(obj: Mapping[str, Any], where: str) -> int:
+    value = obj["id"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REQUEST_ID:
+        raise _fail(f"{where}.id: expected an integer 0..2^32-1")
+    return value
+
+
+def _list_agents(obj: dict[str, Any]) -> Request:
+    _fields(obj, "list_agents", {"type", "id"}, set())
+    return ListAgents(_request_id(obj, "list_agents"))
+
+
+def _agent_info(value: Any, where: str) -> AgentInfo:
+    if not isinstance(value, dict):
+        raise _fail(f"{where}: expected a map")
+    _fields(value, where, {"id", "name", "owner", "online", "last_seen"}, set())
+    node_id = _str(value, "id", where, MAX_ID_LENGTH, empty=False)
+    name = _str(value, "name", where, MAX_NAME_LENGTH)
+    problem = validate_name(name)
+    if problem is not None:
+        raise _fail(f"{where}.name: {problem}")
+    owner = _str(value, "owner", where, MAX_NAME_LENGTH, empty=False)
+    online = value["online"]
+    if not isinstance(online, bool):
+        raise _fail(f"{where}.online: expected a boolean")
+    last_seen = value["last_seen"]
+    if last_seen is not None:
+        if isinstance(last_seen, bool) or not isinstance(last_seen, (int, float)):
+            raise _fail(f"{where}.last_seen: expected a number or nil")
+        if not math.isfinite(last_seen) or last_seen < 0:
+            raise _fail(f"{where}.last_seen: expected a finite non-negative number")
+        last_seen = float(last_seen)
+    return AgentInfo(node_id, name, owner, online, last_seen)
+
+
+def _agent_list(obj: dict[str, Any]) -> AgentList:
+    _fields(obj, "agents", {"type", "id", "agents", "more"}, set())
+    request_id = _request_id(obj, "agents")
+    entries = obj["agents"]
+    if not isinstance(entries, list):
+        raise _fail("agents.agents: expected a list")
+    if len(entries) > AGENTS_PER_PAGE:
+        raise _fail(f"agents.agents: more than {AGENTS_PER_PAGE}")
+    agents = tuple(_agent_info(entry, f"agents.agents[{i}]") for i, entry in enumerate(entries))
+    more = obj["more"]
+    if not isinstance(more, bool):
+        raise _fail("agents.more: expected a boolean")
+    return AgentList(request_id, agents, more)
+
+
 _REQUESTS: Final[dict[str, Callable[[dict[str, Any]], Request]]] = {
     "update_self": _update_self,
     "add_tunnel": _peer_request(AddTunnel),
     "remove_tunnel": _peer_request(RemoveTunnel),
     "ready_for_handshake": _peer_request(ReadyForHandshake),
     "disconnect": _disconnect,
+    "list_agents": _list_agents,
 }
 
 
@@ -445,4 +559,6 @@ def decode_response(data: bytes) -> Response:
             _str(obj, "message", "error", MAX_REASON_LENGTH),
             _str(obj, "peer", "error", MAX_ID_LENGTH + MAX_NAME_LENGTH),
         )
+    if kind == "agents":
+        return _agent_list(obj)
     raise _fail(f"unknown response type {kind[:32]!r}", CloseCode.POLICY_VIOLATION)
