@@ -105,7 +105,7 @@ async def login(
             reply = await get(f"{control}/.well-known/oauth-authorization-server")
     except (HttpClientError, trio.TooSlowError) as exc:
         raise LoginError(
-            f"cannot reach the control plane at {control}: {str(exc) or "timeout"}"
+            f"cannot reach the control plane at {control}: {str(exc) or 'timeout'}"
         ) from None
     if reply.status != 200:
         raise LoginError(
@@ -202,7 +202,7 @@ async def login(
                 reply = await post_form(token_endpoint, form)
         except (HttpClientError, trio.TooSlowError) as exc:
             raise LoginError(
-                f"exchanging the code at {token_endpoint}: {str(exc) or "timeout"}"
+                f"exchanging the code at {token_endpoint}: {str(exc) or 'timeout'}"
             ) from None
         answer = _json(reply.status, reply.body, "the token endpoint")
         if reply.status != 200:
@@ -250,7 +250,7 @@ async def _register(control: str, meta: dict[str, Any], redirect_uri: str, post_
         with trio.fail_after(_STEP_TIMEOUT):
             reply = await post_json(endpoint, body)
     except (HttpClientError, trio.TooSlowError) as exc:
-        raise LoginError(f"registering a client at {endpoint}: {str(exc) or "timeout"}") from None
+        raise LoginError(f"registering a client at {endpoint}: {str(exc) or 'timeout'}") from None
     answer = _json(reply.status, reply.body, "the registration endpoint")
     if reply.status != 201 or not isinstance(answer.get("client_id"), str):
         raise LoginError(
