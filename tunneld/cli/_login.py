@@ -47,7 +47,7 @@ def register(sub: Subparsers) -> None:
         "--client-id",
         default="",
         metavar="ID",
-        help="use this registered public client (`tunneld control client add --public`)",
+        help="use this registered public client (`tunneld control client add`)",
     )
     parser.add_argument(
         "--port",
