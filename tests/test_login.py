@@ -17,21 +17,27 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests._control_support import Harness, running_server
 from tests._oauth_support import Browser, add_password_user, hidden_fields
 from tunneld.credentials import (
+    LoginError,
     OAuthRefreshTokenProvider,
     TokenUnavailableError,
+    login,
     read_login_file,
     token_provider_for,
 )
+from tunneld.credentials._oauth import _parse
 from tunneld.oauth import CSRF_FIELD
 
 WAIT = 60.0
@@ -281,3 +287,129 @@ async def test_login_file_problems_are_clear(short_dir: Path) -> None:
     path.chmod(0o600)
     with pytest.raises(TokenUnavailableError, match="issuer is missing"):
         OAuthRefreshTokenProvider(path).check()
+
+
+async def _login_in_process(
+    h: Harness, nursery: trio.Nursery
+) -> tuple[trio.MemoryReceiveChannel[str], dict[str, object]]:
+    urls_in, urls_out = trio.open_memory_channel[str](1)
+    outcome: dict[str, object] = {}
+
+    async def run() -> None:
+        try:
+            outcome["record"] = await login(
+                h.info.url, announce=urls_in.send_nowait, browser_timeout=WAIT
+            )
+        except LoginError as exc:
+            outcome["error"] = str(exc)
+
+    nursery.start_soon(run)
+    return urls_out, outcome
+
+
+async def _approved_redirect(h: Harness, url: str) -> str:
+    browser = Browser(h.info.url)
+    try:
+        assert (await browser.login("alice", "correct horse")).status_code == 303
+        consent = await browser.get(url)
+        assert consent.status_code == 200, consent.text
+        approved = await browser.post_form(
+            "/oauth2/authorize", {**hidden_fields(consent.text), "decision": "approve"}
+        )
+        assert approved.status_code == 303, approved.text
+        return str(approved.headers["location"])
+    finally:
+        await browser.aclose()
+
+
+def _with_query(url: str, **changes: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    query.update(changes)
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+async def test_login_checks_state_and_iss(tmp_path: Path) -> None:
+    async with (
+        trio.open_nursery() as nursery,
+        running_server(nursery, tmp_path) as h,
+        httpx.AsyncClient(timeout=WAIT) as loopback,
+    ):
+        await add_password_user(h.store, "alice", "correct horse")
+        urls, outcome = await _login_in_process(h, nursery)
+        with trio.fail_after(WAIT):
+            url = await urls.receive()
+        redirect = await _approved_redirect(h, url)
+        # A redirect with another state is not ours: refused, the login keeps waiting.
+        stray = await loopback.get(_with_query(redirect, state="not-ours"))
+        assert stray.status_code == 400
+        assert outcome == {}
+        # Our state but another issuer (a mix-up attack, RFC 9207): the login fails.
+        mixed = await loopback.get(_with_query(redirect, iss="https://evil.example"))
+        assert mixed.status_code == 400
+        with trio.fail_after(WAIT):
+            while not outcome:  # noqa: ASYNC110 (the login task sets it)
+                await trio.sleep(0.02)
+        assert "iss mismatch" in str(outcome.get("error")), outcome
+
+        # The user says no: the error reaches the terminal, nothing is stored.
+        urls, outcome = await _login_in_process(h, nursery)
+        with trio.fail_after(WAIT):
+            url = await urls.receive()
+        browser = Browser(h.info.url)
+        try:
+            assert (await browser.login("alice", "correct horse")).status_code == 303
+            consent = await browser.get(url)
+            denied = await browser.post_form(
+                "/oauth2/authorize", {**hidden_fields(consent.text), "decision": "deny"}
+            )
+        finally:
+            await browser.aclose()
+        assert denied.status_code == 303, denied.text
+        assert (await loopback.get(denied.headers["location"])).status_code == 400
+        with trio.fail_after(WAIT):
+            while not outcome:  # noqa: ASYNC110 (the login task sets it)
+                await trio.sleep(0.02)
+        assert "access_denied" in str(outcome.get("error")), outcome
+        h.server.shutdown()
+
+
+@settings(max_examples=200)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "control_url",
+                        "issuer",
+                        "token_endpoint",
+                        "client_id",
+                        "refresh_token",
+                        "access_token",
+                        "expires_at",
+                        "scope",
+                        "x",
+                    ]
+                ),
+                inner,
+                max_size=9,
+            )
+        ),
+        max_leaves=20,
+    )
+)
+def test_login_file_parser_never_crashes(doc: object) -> None:
+    message: str | None = None
+    try:
+        record = _parse(json.dumps(doc), "login file F")
+    except TokenUnavailableError as exc:
+        message = str(exc)
+    if message is not None:
+        assert "login file F" in message
+    else:
+        assert isinstance(record.expires_at, float)
+        assert record.access_token
+        assert record.refresh_token

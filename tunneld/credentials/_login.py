@@ -97,7 +97,7 @@ async def login(
 
     Cancellation: closes the loopback listener; nothing is stored.
     """
-    from tunneld.oauth._http_client import HttpClientError, get, post_form, post_json
+    from tunneld.oauth._http_client import HttpClientError, get, post_form
 
     control = control_url.rstrip("/")
     try:
@@ -154,79 +154,125 @@ async def login(
     router = Router()
     router.route("GET", CALLBACK_PATH, callback, max_body_bytes=0)
     server = HttpServer(router)
+    # Errors are kept and raised once the listener's nursery has closed, so callers get
+    # a LoginError rather than an ExceptionGroup around it.
+    failure: LoginError | None = None
+    redirect_uri = verifier = ""
     async with trio.open_nursery() as nursery:
-        _host, bound = await nursery.start(server.serve_tcp, "127.0.0.1", port)
-        redirect_uri = f"http://127.0.0.1:{bound}{CALLBACK_PATH}"
         try:
-            if not client_id:
-                client_id = await _register(control, meta, redirect_uri, post_json)
-            verifier, challenge = _pkce()
-            params = {
-                "response_type": "code",
-                "client_id": client_id,
-                "redirect_uri": redirect_uri,
-                "scope": LOGIN_SCOPE,
-                "resource": control,
-                "state": state,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-            }
-            url = f"{authorize_endpoint}?{urllib.parse.urlencode(params)}"
-            announce(url)
-            if open_browser is not None:
-                try:
-                    open_browser(url)
-                except Exception as exc:  # any browser launcher failure: the URL is shown
-                    log.info("login.browser_failed", error=str(exc)[:200])
-            with trio.move_on_after(browser_timeout) as waited:
-                await arrived.wait()
-            if waited.cancelled_caught:
-                raise LoginError(f"no answer from the browser within {browser_timeout:g}s")
-            # Let the browser get its "logged in" page before the listener closes.
-            await trio.sleep(0.05)
-        finally:
-            server.shutdown(1.0)
-        if result.error is not None or result.code is None:
-            raise LoginError(result.error or "no authorization code")
-        form = {
-            "grant_type": "authorization_code",
-            "code": result.code,
-            "redirect_uri": redirect_uri,
-            "code_verifier": verifier,
-            "client_id": client_id,
-            "resource": control,
-        }
-        now = time.time()
-        try:
-            with trio.fail_after(_STEP_TIMEOUT):
-                reply = await post_form(token_endpoint, form)
-        except (HttpClientError, trio.TooSlowError) as exc:
-            raise LoginError(
-                f"exchanging the code at {token_endpoint}: {str(exc) or 'timeout'}"
-            ) from None
-        answer = _json(reply.status, reply.body, "the token endpoint")
-        if reply.status != 200:
-            raise LoginError(
-                f"the token endpoint refused the code: {str(answer.get('error'))[:64]}"
-                f" {str(answer.get('error_description', ''))[:200]}".strip()
-            )
-        if LOGIN_SCOPE not in str(answer.get("scope", LOGIN_SCOPE)).split():
-            raise LoginError(f"the control plane did not grant the {LOGIN_SCOPE!r} scope")
-        access, refresh = answer.get("access_token"), answer.get("refresh_token")
-        if not isinstance(access, str) or not isinstance(refresh, str) or not refresh:
-            raise LoginError("the token endpoint gave no refresh token (is the client allowed it?)")
-        expires_in = answer.get("expires_in")
-        ttl = float(expires_in) if isinstance(expires_in, (int, float)) else 3600.0
-        log.info("login.done", control=control, client=client_id)
-        return LoginRecord(
-            control_url=control,
-            issuer=issuer,
-            token_endpoint=token_endpoint,
-            client_id=client_id,
-            refresh_token=refresh,
-            access_token=access,
-            expires_at=now + ttl,
+            _host, bound = await nursery.start(server.serve_tcp, "127.0.0.1", port)
+        except OSError as exc:
+            failure = LoginError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}")
+            bound = 0
+        if failure is None:
+            redirect_uri = f"http://127.0.0.1:{bound}{CALLBACK_PATH}"
+            try:
+                client_id, verifier = await _ask_browser(
+                    control,
+                    meta,
+                    client_id,
+                    redirect_uri,
+                    authorize_endpoint,
+                    state,
+                    announce,
+                    open_browser,
+                    browser_timeout,
+                    arrived,
+                )
+            except LoginError as exc:
+                failure = exc
+            finally:
+                server.shutdown(1.0)
+    if failure is not None:
+        raise failure
+    if result.error is not None or result.code is None:
+        raise LoginError(result.error or "no authorization code")
+    form = {
+        "grant_type": "authorization_code",
+        "code": result.code,
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+        "client_id": client_id,
+        "resource": control,
+    }
+    now = time.time()
+    try:
+        with trio.fail_after(_STEP_TIMEOUT):
+            reply = await post_form(token_endpoint, form)
+    except (HttpClientError, trio.TooSlowError) as exc:
+        raise LoginError(
+            f"exchanging the code at {token_endpoint}: {str(exc) or 'timeout'}"
+        ) from None
+    answer = _json(reply.status, reply.body, "the token endpoint")
+    if reply.status != 200:
+        raise LoginError(
+            f"the token endpoint refused the code: {str(answer.get('error'))[:64]}"
+            f" {str(answer.get('error_description', ''))[:200]}".strip()
         )
+    if LOGIN_SCOPE not in str(answer.get("scope", LOGIN_SCOPE)).split():
+        raise LoginError(f"the control plane did not grant the {LOGIN_SCOPE!r} scope")
+    access, refresh = answer.get("access_token"), answer.get("refresh_token")
+    if not isinstance(access, str) or not isinstance(refresh, str) or not refresh:
+        raise LoginError("the token endpoint gave no refresh token (is the client allowed it?)")
+    expires_in = answer.get("expires_in")
+    ttl = float(expires_in) if isinstance(expires_in, (int, float)) else 3600.0
+    log.info("login.done", control=control, client=client_id)
+    return LoginRecord(
+        control_url=control,
+        issuer=issuer,
+        token_endpoint=token_endpoint,
+        client_id=client_id,
+        refresh_token=refresh,
+        access_token=access,
+        expires_at=now + ttl,
+    )
+
+
+async def _ask_browser(
+    control: str,
+    meta: dict[str, Any],
+    client_id: str,
+    redirect_uri: str,
+    authorize_endpoint: str,
+    state: str,
+    announce: Callable[[str], None],
+    open_browser: Callable[[str], object] | None,
+    browser_timeout: float,
+    arrived: trio.Event,
+) -> tuple[str, str]:
+    """Register if needed, show the authorization URL, wait for the redirect.
+
+    Returns the client id and the PKCE verifier.
+    """
+    from tunneld.oauth._http_client import post_json
+
+    if not client_id:
+        client_id = await _register(control, meta, redirect_uri, post_json)
+    verifier, challenge = _pkce()
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": LOGIN_SCOPE,
+        "resource": control,
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    url = f"{authorize_endpoint}?{urllib.parse.urlencode(params)}"
+    announce(url)
+    if open_browser is not None:
+        try:
+            open_browser(url)
+        except Exception as exc:  # any browser launcher failure: the URL is shown
+            log.info("login.browser_failed", error=str(exc)[:200])
+    with trio.move_on_after(browser_timeout) as waited:
+        await arrived.wait()
+    if waited.cancelled_caught:
+        raise LoginError(f"no answer from the browser within {browser_timeout:g}s")
+    # Let the browser get its "logged in" page before the listener closes.
+    await trio.sleep(0.05)
+    return client_id, verifier
 
 
 async def _register(control: str, meta: dict[str, Any], redirect_uri: str, post_json: Any) -> str:
