@@ -1,4 +1,5 @@
-"""``tunneld control``: run the control plane; manage its users, tokens and grants.
+"""``tunneld control``: run the control plane; manage its users, tokens and grants;
+list task reports.
 
 The ``user``/``token``/``grant`` subcommands open the data directory's database
 directly (WAL mode lets them run while a server is up; a revoked token's session is
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import signal
 import sys
 import time
@@ -25,6 +27,7 @@ from tunneld.config._sections import ControlConfig
 from tunneld.control import ControlServer, ControlSetupError, SqliteDatabase, SqliteStore
 from tunneld.control._server import write_ready_file
 from tunneld.control._store import StoreError
+from tunneld.control._tasks import MAX_LIST_LIMIT, TASK_STATES, task_json
 from tunneld.control._tokens import hash_password, new_token
 from tunneld.log import get_logger
 from tunneld.oauth._clients import redirect_uri_problem
@@ -66,8 +69,9 @@ def register(sub: Subparsers) -> None:
         "control",
         help="run the control plane (coordinator, DERP relay, STUN); manage users and tokens",
         description=(
-            "Without a subcommand: serve the coordinator, DERP relay, STUN, /healthz and "
-            "/metrics. With one: manage users, tokens and grants in the data directory."
+            "Without a subcommand: serve the coordinator, DERP relay, STUN, /healthz, "
+            "/metrics and the dashboard at /. With one: manage users, tokens and grants, "
+            "or list task reports, in the data directory."
         ),
     )
     _common(control, top=True)
@@ -147,6 +151,23 @@ def register(sub: Subparsers) -> None:
     _common(glist, top=False)
     glist.set_defaults(func=_grant_list)
 
+    tasks = groups.add_parser(
+        "tasks",
+        help="list task reports (report_task), newest first",
+        description="Task reports of every user, newest first, from the data directory.",
+    )
+    tasks.add_argument("--agent", help="only reports about this agent")
+    tasks.add_argument("--state", choices=TASK_STATES, help="only reports in this state")
+    tasks.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        metavar="N",
+        help=f"at most N reports (1..{MAX_LIST_LIMIT}, default 50)",
+    )
+    tasks.add_argument("--json", action="store_true", help='one JSON object: {"tasks": [...]}')
+    _common(tasks, top=False)
+    tasks.set_defaults(func=_tasks_list)
     client = groups.add_parser("client", help="add, list and remove OAuth clients")
     client_cmds = client.add_subparsers(dest="client_command", metavar="ACTION", required=True)
     cadd = client_cmds.add_parser(
@@ -333,6 +354,28 @@ def _grant_list(args: argparse.Namespace) -> int:
     print(f"{'USER':<16} {'OWNER':<16} AGENT")
     for g in grants:
         print(f"{g.grantee:<16} {g.owner:<16} {g.agent_name}")
+    return 0
+
+
+def _tasks_list(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= MAX_LIST_LIMIT:
+        raise CliError(f"--limit: expected 1..{MAX_LIST_LIMIT}, got {args.limit}")
+    if args.agent is not None:
+        _check_name("--agent", args.agent)
+    with _database(args) as db:
+        reports = db.list_task_reports(None, limit=args.limit, agent=args.agent, state=args.state)
+    if args.json:
+        print(json.dumps({"tasks": [task_json(r) for r in reports]}, ensure_ascii=False))
+        return 0
+    print(f"{'TIME':<20} {'OWNER':<12} {'AGENT':<16} {'STATE':<8} {'REPORTER':<20} SUMMARY")
+    for r in reports:
+        # The reporting token: an agent token shows as OWNER/AGENT, a client token as OWNER.
+        reporter = f"{r.user}/{r.reporter_agent}" if r.reporter_agent else r.user
+        summary = r.summary if r.link is None else f"{r.summary} <{r.link}>"
+        print(
+            f"{_stamp(r.created_at):<20} {r.user:<12} {r.agent:<16} {r.state:<8} "
+            f"{reporter:<20} {summary}"
+        )
     return 0
 
 

@@ -5,9 +5,13 @@ Routes:
 * ``GET /api/v1/coordinate`` — WebSocket coordinator session (``Authorization: Bearer``,
   checked before the upgrade: 401 without a valid token).
 * ``GET /api/v1/nodes`` — JSON list of the nodes the caller may see (bearer auth).
+* ``POST /api/v1/tasks``, ``GET /api/v1/tasks`` — task reports (bearer auth; see
+  ``tunneld/control/_tasks.py``).
 * ``GET /api/v1/access?subject=S&agent=A`` — may user S reach agent A through the
   asking daemon (per-caller authorization, ``tunneld.control._access``).
 * ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
+* ``GET /`` — the dashboard (after a browser login; ``tunneld/control/_dashboard.py``),
+  with ``/dashboard/state`` (JSON), ``/dashboard/app.js`` and ``/dashboard/app.css``.
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
 * ``GET /metrics`` — Prometheus text from this server's own registry.
 * ``GET/POST /login``, ``POST /logout`` — browser login sessions (``tunneld.oauth``),
@@ -41,9 +45,11 @@ from tunneld.control._coordinator import (
     CoordinatorSettings,
     Principal,
 )
+from tunneld.control._dashboard import Dashboard
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
 from tunneld.control._store import SqliteStore, Store
 from tunneld.control._stun import StunStats
+from tunneld.control._tasks import TaskApi
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, load_or_create_key_file
 from tunneld.log import get_logger
@@ -81,6 +87,7 @@ class RelayLike(Protocol):
         self, request: Request, ws: trio_websocket.WebSocketConnection
     ) -> None: ...
     def close_peer(self, key: bytes) -> None: ...
+    def is_connected(self, key: bytes) -> bool: ...
     async def announce_restart(self, reconnect_in: float, try_for: float) -> None: ...
 
 
@@ -176,6 +183,7 @@ class ControlServer:
         self.stopped = trio.Event()
         self._started_at = 0.0
         self._registry = make_registry(self.coordinator, None)
+        self.tasks = TaskApi(self.coordinator, store, wall_clock=wall_clock)
         # Browser sessions (and the OAuth server built on them) keep their rows in the
         # SQLite file; another Store backend serves without them.
         self.sessions: BrowserSessions | None = None
@@ -328,11 +336,14 @@ class ControlServer:
             max_message_size=64 * 1024,
         )
         router.route("GET", "/api/v1/nodes", self._nodes)
+        router.route("POST", "/api/v1/tasks", self.tasks.report, max_body_bytes=8 * 1024)
+        router.route("GET", "/api/v1/tasks", self.tasks.list_tasks)
         router.route("GET", "/api/v1/access", self._access, max_body_bytes=0)
         router.route("GET", "/healthz", self._healthz)
         router.route("GET", "/metrics", self._metrics)
         if self.sessions is not None:
             self.sessions.mount(router)
+            self._dashboard(self.sessions).mount(router)
         if self.oauth is not None:
             self.oauth.mount(router)
         if self.relay is not None:
@@ -343,6 +354,20 @@ class ControlServer:
                 require_subprotocol=True,
             )
         return router
+
+    def _dashboard(self, sessions: BrowserSessions) -> Dashboard:
+        return Dashboard(
+            self.coordinator,
+            self.store,
+            current_user=sessions.current_user,
+            login_redirect=sessions.login_redirect,
+            relay=lambda: self.relay,
+            stun=lambda: (
+                self.stun_stats if self._stun_serve is not None and self.config.stun else None
+            ),
+            uptime=lambda: trio.current_time() - self._started_at,
+            wall_clock=self._wall,
+        )
 
     async def _authorize(self, request: Request) -> Response | None:
         principal = await self.coordinator.authenticate(request.headers.get("authorization"))
