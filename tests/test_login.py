@@ -291,20 +291,24 @@ async def test_login_file_problems_are_clear(short_dir: Path) -> None:
 
 async def _login_in_process(
     h: Harness, nursery: trio.Nursery
-) -> tuple[trio.MemoryReceiveChannel[str], dict[str, object]]:
+) -> tuple[trio.MemoryReceiveChannel[str], dict[str, object], list[str]]:
     urls_in, urls_out = trio.open_memory_channel[str](1)
     outcome: dict[str, object] = {}
+    opened: list[str] = []  # the URLs the "browser launcher" was given
 
     async def run() -> None:
         try:
             outcome["record"] = await login(
-                h.info.url, announce=urls_in.send_nowait, browser_timeout=WAIT
+                h.info.url,
+                announce=urls_in.send_nowait,
+                open_browser=opened.append,
+                browser_timeout=WAIT,
             )
         except LoginError as exc:
             outcome["error"] = str(exc)
 
     nursery.start_soon(run)
-    return urls_out, outcome
+    return urls_out, outcome, opened
 
 
 async def _approved_redirect(h: Harness, url: str) -> str:
@@ -336,10 +340,11 @@ async def test_login_checks_state_and_iss(tmp_path: Path) -> None:
         httpx.AsyncClient(timeout=WAIT) as loopback,
     ):
         await add_password_user(h.store, "alice", "correct horse")
-        urls, outcome = await _login_in_process(h, nursery)
+        urls, outcome, opened = await _login_in_process(h, nursery)
         with trio.fail_after(WAIT):
             url = await urls.receive()
         redirect = await _approved_redirect(h, url)
+        assert opened == [url]
         # A redirect with another state is not ours: refused, the login keeps waiting.
         stray = await loopback.get(_with_query(redirect, state="not-ours"))
         assert stray.status_code == 400
@@ -353,7 +358,7 @@ async def test_login_checks_state_and_iss(tmp_path: Path) -> None:
         assert "iss mismatch" in str(outcome.get("error")), outcome
 
         # The user says no: the error reaches the terminal, nothing is stored.
-        urls, outcome = await _login_in_process(h, nursery)
+        urls, outcome, _ = await _login_in_process(h, nursery)
         with trio.fail_after(WAIT):
             url = await urls.receive()
         browser = Browser(h.info.url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import webbrowser
 from pathlib import Path
@@ -60,7 +61,7 @@ def register(sub: Subparsers) -> None:
     parser.add_argument(
         "--no-browser",
         action="store_true",
-        help="only print the URL to open (e.g. in a browser on this machine)",
+        help="only print the URL to open (the default without a graphical display)",
     )
     parser.add_argument(
         "--timeout",
@@ -70,6 +71,14 @@ def register(sub: Subparsers) -> None:
         help="how long to wait for the browser (default: 300)",
     )
     parser.set_defaults(func=_login, default_log_level="warning")
+
+
+def _graphical() -> bool:
+    # Without a display, webbrowser would start a console browser (lynx, w3m) in our
+    # terminal; the printed URL is the better answer there (e.g. over ssh).
+    return sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
 
 
 def _login(args: argparse.Namespace) -> int:
@@ -99,7 +108,7 @@ def _login(args: argparse.Namespace) -> int:
                 control,
                 client_id=args.client_id,
                 port=args.port,
-                open_browser=None if args.no_browser else webbrowser.open,
+                open_browser=None if args.no_browser or not _graphical() else webbrowser.open,
                 announce=announce,
                 browser_timeout=args.timeout,
             )

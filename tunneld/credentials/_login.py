@@ -178,6 +178,7 @@ async def login(
                     open_browser,
                     browser_timeout,
                     arrived,
+                    nursery,
                 )
             except LoginError as exc:
                 failure = exc
@@ -239,6 +240,7 @@ async def _ask_browser(
     open_browser: Callable[[str], object] | None,
     browser_timeout: float,
     arrived: trio.Event,
+    nursery: trio.Nursery,
 ) -> tuple[str, str]:
     """Register if needed, show the authorization URL, wait for the redirect.
 
@@ -262,10 +264,9 @@ async def _ask_browser(
     url = f"{authorize_endpoint}?{urllib.parse.urlencode(params)}"
     announce(url)
     if open_browser is not None:
-        try:
-            open_browser(url)
-        except Exception as exc:  # any browser launcher failure: the URL is shown
-            log.info("login.browser_failed", error=str(exc)[:200])
+        # In a thread, and abandoned when the login ends: some launchers (a console
+        # browser) only return when the browser exits.
+        nursery.start_soon(_open_browser, open_browser, url)
     with trio.move_on_after(browser_timeout) as waited:
         await arrived.wait()
     if waited.cancelled_caught:
@@ -273,6 +274,13 @@ async def _ask_browser(
     # Let the browser get its "logged in" page before the listener closes.
     await trio.sleep(0.05)
     return client_id, verifier
+
+
+async def _open_browser(open_browser: Callable[[str], object], url: str) -> None:
+    try:
+        await trio.to_thread.run_sync(open_browser, url, abandon_on_cancel=True)
+    except Exception as exc:  # any launcher failure: the URL is shown anyway
+        log.info("login.browser_failed", error=str(exc)[:200])
 
 
 async def _register(control: str, meta: dict[str, Any], redirect_uri: str, post_json: Any) -> str:
