@@ -109,7 +109,7 @@ async def test_metadata_documents(env: Env) -> None:
         assert doc["authorization_response_iss_parameter_supported"] is True
         assert doc["response_types_supported"] == ["code"]
         assert "token" not in doc["response_types_supported"]
-        assert set(doc["scopes_supported"]) == {"mcp:tools", "mcp:tools:write"}
+        assert set(doc["scopes_supported"]) == {"mcp:tools", "mcp:tools:write", "node"}
 
 
 # --- the happy path -----------------------------------------------------------------

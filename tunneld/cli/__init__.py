@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tunneld import __version__
-from tunneld.cli import _agent, _bench, _control, _cp, _daemon, _debug, _demo, _exec, _keys
+from tunneld.cli import _agent, _bench, _control, _cp, _daemon, _debug, _demo, _exec, _keys, _login
 from tunneld.cli._common import CliError
 from tunneld.config import ConfigError
 from tunneld.keys import BadKeyError
@@ -16,7 +16,7 @@ from tunneld.log import setup_logging
 __all__ = ["CliError", "build_parser", "main"]
 
 # Each module adds its subcommands; order here is the order in --help.
-_COMMAND_MODULES = (_demo, _control, _agent, _daemon, _exec, _keys, _debug, _bench, _cp)
+_COMMAND_MODULES = (_demo, _control, _agent, _daemon, _exec, _keys, _debug, _bench, _cp, _login)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -197,7 +197,7 @@ def register(sub: Subparsers) -> None:
     cadd.add_argument(
         "--scope",
         default=None,
-        help="space-separated scopes it may be granted (default: all: mcp:tools mcp:tools:write)",
+        help="space-separated scopes it may be granted (default: all of them)",
     )
     cadd.add_argument("--display-name", help="name shown on the consent page (default: NAME)")
     _common(cadd, top=False)

@@ -15,10 +15,10 @@ from pathlib import Path
 import trio
 
 from tunneld.cli._common import CliError, Subparsers, apply_log_config
-from tunneld.cli._node import build_overlay
+from tunneld.cli._node import build_overlay, node_token_provider
 from tunneld.cli._status_watch import MAX_INTERVAL, MIN_INTERVAL, watch_status
 from tunneld.config import Config, load_config
-from tunneld.credentials import NoTokenSourceError, TokenUnavailableError, token_provider_for
+from tunneld.credentials import NoTokenSourceError, TokenUnavailableError
 from tunneld.daemon import (
     Daemon,
     DaemonRunningError,
@@ -413,17 +413,26 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     apply_log_config(args, config.log)
     settings = config.daemon
+    # One provider for the overlay and the OAuth access checks: a login file's refresh
+    # token rotates, so two providers refreshing it at once would revoke the login.
+    node_tokens = node_token_provider(
+        section="daemon",
+        control_url=settings.control_url,
+        token_file=settings.token_file,
+        token_env=settings.token_env,
+        token_command=settings.token_command,
+        token_command_timeout=settings.token_command_timeout.seconds,
+        login_file=settings.login_file,
+    )
     overlay = build_overlay(
         section="daemon",
         name=settings.name,
         key_file=settings.key_file,
         control_url=settings.control_url,
         token_file=settings.token_file,
-        token_env=settings.token_env,
-        token_command=settings.token_command,
-        token_command_timeout=settings.token_command_timeout.seconds,
         derp_region=settings.derp_region,
         udp_listen=settings.udp_listen,
+        tokens=node_tokens,
     )
 
     def reload_config() -> Config:
@@ -447,13 +456,7 @@ def _run(args: argparse.Namespace) -> int:
             oauth = build_daemon_oauth(
                 config.mcp,
                 control_url=settings.control_url,
-                node_token=token_provider_for(
-                    section="daemon",
-                    token_file=settings.token_file,
-                    token_env=settings.token_env,
-                    token_command=settings.token_command,
-                    token_command_timeout=settings.token_command_timeout.seconds,
-                ),
+                node_token=node_tokens,
                 mcp_url=lambda: daemon.mcp_url,
             )
         except (OSError, ValueError, NoTokenSourceError, TokenUnavailableError) as exc:

@@ -192,6 +192,8 @@ class DaemonConfig:
     token_command_timeout: Duration = field(
         default=Duration(10.0), metadata={"check": _positive_duration}
     )
+    # A `tunneld login` file (OAuth refresh token, mode 0600): another token source.
+    login_file: str = ""
 
 
 def _optional_listen(value: str) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -59,6 +59,7 @@ from tunneld.proto.coord import (
 )
 
 __all__ = [
+    "OAUTH_PRINCIPAL_PREFIX",
     "Coordinator",
     "CoordinatorSettings",
     "CoordinatorStats",
@@ -72,6 +73,9 @@ log = get_logger(__name__)
 _SEND_QUEUE: Final = 1024  # a reconnect with many tunnels queues one update per peer
 _NOT_FOUND: Final = "no such peer, or not permitted"
 _DUMMY_HASH: Final = bytes(32)
+# OAuth access tokens (tunneld.oauth) and the token-id prefix of their principals.
+OAUTH_ACCESS_PREFIX: Final = "tndat_"
+OAUTH_PRINCIPAL_PREFIX: Final = "oauth:"
 
 
 class MessageSocket(Protocol):
@@ -188,6 +192,10 @@ class Coordinator:
         # Called with the node key of a session closed for a revoked/expired token
         # (the server points it at the DERP relay's close_peer).
         self.on_revoked: Callable[[bytes], None] | None = None
+        # Checks an OAuth access token (``tndat_…``, scope ``node``) for a client node;
+        # the server wires it to its authorization server. Its principals' token ids
+        # read ``oauth:<grant family>`` so the revocation poll can find the grant.
+        self.oauth_authenticate: Callable[[str], Awaitable[Principal | None]] | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -233,6 +241,10 @@ class Coordinator:
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
             return None
+        if value.startswith(OAUTH_ACCESS_PREFIX):
+            if self.oauth_authenticate is None:
+                return None
+            return await self.oauth_authenticate(value)
         token_id = parse_token(value)
         if token_id is None:
             return None

@@ -39,7 +39,12 @@ from tunneld._address import format_host_port, websocket_base
 from tunneld._files import write_file_atomic
 from tunneld.config._sections import ControlConfig
 from tunneld.control._access import ACCESS_MAX_AGE, check_access
-from tunneld.control._coordinator import Coordinator, CoordinatorSettings
+from tunneld.control._coordinator import (
+    OAUTH_PRINCIPAL_PREFIX,
+    Coordinator,
+    CoordinatorSettings,
+    Principal,
+)
 from tunneld.control._dashboard import Dashboard
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
 from tunneld.control._store import SqliteStore, Store
@@ -206,6 +211,18 @@ class ControlServer:
                 ),
                 wall_clock=wall_clock,
             )
+            self.coordinator.oauth_authenticate = self._oauth_principal
+
+    async def _oauth_principal(self, value: str) -> Principal | None:
+        # A client node logged in with `tunneld login`: an access token with scope
+        # "node" for this control URL. OAuth tokens never carry an agent name, so an
+        # agent cannot use one (agents keep their `tnd_` agent tokens).
+        if self.oauth is None:
+            return None
+        grant = await self.oauth.node_grant(value)
+        if grant is None:
+            return None
+        return Principal(OAUTH_PRINCIPAL_PREFIX + grant.family, grant.user_id, grant.user, None)
 
     def base_url(self) -> str:
         """This server's public base URL: ``[control].public_url``, else the bound address."""

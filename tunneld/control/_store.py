@@ -243,6 +243,13 @@ _NODE_COLUMNS = (
 # Every token or node read goes through these, so _token() and _node() see one row shape.
 _SELECT_TOKENS = f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id "
 _SELECT_NODES = f"SELECT {_NODE_COLUMNS} FROM nodes n JOIN users u ON u.id = n.user_id "
+# A node's token id "oauth:<family>" names an OAuth grant (migration 0002's oauth_tokens):
+# active while it holds an unrevoked, unrotated, unexpired refresh token.
+_OAUTH_ID = "oauth:"
+_OAUTH_GRANT_ACTIVE = (
+    "SELECT 1 FROM oauth_tokens WHERE family = ? AND kind = 'refresh' AND revoked_at IS NULL"
+    " AND rotated_at IS NULL AND expires_at > ? LIMIT 1"
+)
 _SELECT_TASKS = (
     "SELECT r.id, r.user_id, u.name, r.token_id, r.reporter_agent, r.agent, r.state,"
     " r.summary, r.link, r.created_at FROM task_reports r JOIN users u ON u.id = r.user_id "
@@ -501,16 +508,26 @@ class SqliteDatabase:
         return _token(row)
 
     def inactive_tokens(self, token_ids: list[str], now: float) -> set[str]:
-        if not token_ids:
-            return set()
+        # "oauth:<family>" ids are OAuth grants (client nodes of `tunneld login`): the
+        # session lives as long as its grant, i.e. while the family holds a current
+        # refresh token, so revoking the refresh token (or reusing a rotated one) ends it,
+        # while the short-lived access token that opened it may expire meanwhile.
+        families = {i: i[len(_OAUTH_ID) :] for i in token_ids if i.startswith(_OAUTH_ID)}
+        plain = [i for i in token_ids if i not in families]
+        active: set[str] = set()
         with self._read() as conn:
-            marks = ",".join("?" * len(token_ids))
-            rows = conn.execute(
-                f"SELECT id FROM tokens WHERE id IN ({marks}) AND revoked_at IS NULL "
-                "AND (expires_at IS NULL OR expires_at > ?)",
-                (*token_ids, now),
-            ).fetchall()
-        return set(token_ids) - {str(r[0]) for r in rows}
+            if plain:
+                marks = ",".join("?" * len(plain))
+                rows = conn.execute(
+                    f"SELECT id FROM tokens WHERE id IN ({marks}) AND revoked_at IS NULL "
+                    "AND (expires_at IS NULL OR expires_at > ?)",
+                    (*plain, now),
+                ).fetchall()
+                active.update(str(r[0]) for r in rows)
+            for token_id, family in families.items():
+                if conn.execute(_OAUTH_GRANT_ACTIVE, (family, now)).fetchone() is not None:
+                    active.add(token_id)
+        return set(token_ids) - active
 
     def touch_token(self, token_id: str, now: float) -> None:
         with self._write() as conn:
@@ -584,7 +601,17 @@ class SqliteDatabase:
                 " AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?)",
                 (node_key, now),
             ).fetchone()
-        return row is not None
+            if row is not None:
+                return True
+            ids = conn.execute(
+                "SELECT token_id FROM nodes WHERE node_key = ? AND token_id LIKE 'oauth:%'",
+                (node_key,),
+            ).fetchall()
+            return any(
+                conn.execute(_OAUTH_GRANT_ACTIVE, (str(r[0])[len(_OAUTH_ID) :], now)).fetchone()
+                is not None
+                for r in ids
+            )
 
     def set_tunnel(self, src: str, dst: str, present: bool, now: float) -> None:
         with self._write() as conn:

@@ -6,6 +6,7 @@ so connection reuse would buy little and cost state. Bounded in time and size.
 
 from __future__ import annotations
 
+import json
 import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from typing import Final
 import h11
 import trio
 
-__all__ = ["HttpClientError", "HttpReply", "get", "post_form"]
+__all__ = ["HttpClientError", "HttpReply", "get", "post_form", "post_json"]
 
 _MAX_REPLY: Final = 1024 * 1024
 
@@ -53,6 +54,21 @@ async def post_form(
         body,
         [("Content-Type", "application/x-www-form-urlencoded"), *headers],
         ssl_context,
+    )
+
+
+async def post_json(
+    url: str,
+    body: object,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpReply:
+    """POST ``body`` as JSON (e.g. RFC 7591 registration); bounds and errors as
+    :func:`post_form`."""
+    data = json.dumps(body).encode("utf-8")
+    return await _request(
+        "POST", url, data, [("Content-Type", "application/json"), *headers], ssl_context
     )
 
 

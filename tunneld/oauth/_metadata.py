@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tunneld.oauth._clients import AUTH_METHODS
-from tunneld.oauth._settings import SCOPES
+from tunneld.oauth._settings import MCP_SCOPES, SCOPES
 
 __all__ = ["authorization_server_metadata", "protected_resource_metadata"]
 
@@ -37,7 +37,7 @@ def authorization_server_metadata(issuer: str, *, registration: bool) -> dict[st
 
 
 def protected_resource_metadata(
-    resource: str, authorization_servers: Sequence[str], scopes: Sequence[str] = SCOPES
+    resource: str, authorization_servers: Sequence[str], scopes: Sequence[str] = MCP_SCOPES
 ) -> dict[str, object]:
     """The RFC 9728 document: ``resource`` exactly as clients must name it."""
     return {

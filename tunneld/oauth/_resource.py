@@ -29,7 +29,7 @@ from tunneld.log import get_logger
 from tunneld.mcp import Caller
 from tunneld.oauth._http_client import HttpClientError, post_form
 from tunneld.oauth._metadata import protected_resource_metadata
-from tunneld.oauth._settings import SCOPE_TOOLS, SCOPES
+from tunneld.oauth._settings import MCP_SCOPES, SCOPE_TOOLS
 
 __all__ = [
     "BearerAuthenticator",
@@ -111,7 +111,7 @@ class BearerAuthenticator:
         *,
         cache_ttl: float = 30.0,
         issuer: str | None = None,
-        scopes: Sequence[str] = SCOPES,
+        scopes: Sequence[str] = MCP_SCOPES,
         timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = trio.current_time,
@@ -290,7 +290,7 @@ class ProtectedResourceMetadata:
         self,
         resource: str | Callable[[], str],
         authorization_servers: Sequence[str],
-        scopes: Sequence[str] = SCOPES,
+        scopes: Sequence[str] = MCP_SCOPES,
         *,
         path: str = "/mcp",
     ) -> None:

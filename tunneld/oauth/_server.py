@@ -16,6 +16,7 @@ import json
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import trio
 
@@ -50,18 +51,35 @@ from tunneld.oauth._metadata import authorization_server_metadata
 from tunneld.oauth._pages import escape, hidden_fields, html_page
 from tunneld.oauth._secret import new_secret, secret_hash
 from tunneld.oauth._session import CSRF_FIELD, BrowserSessions, SessionUser
-from tunneld.oauth._settings import SCOPE_TOOLS, SCOPE_TOOLS_WRITE, OAuthSettings
-from tunneld.oauth._storage import Client, CodeRow, add_client, add_code, get_client
+from tunneld.oauth._settings import SCOPE_NODE, SCOPE_TOOLS, SCOPE_TOOLS_WRITE, OAuthSettings
+from tunneld.oauth._storage import (
+    Client,
+    CodeRow,
+    add_client,
+    add_code,
+    get_client,
+    lookup_token,
+)
 
-__all__ = ["AuthorizationServer"]
+__all__ = ["AuthorizationServer", "NodeGrant"]
 
 log = get_logger(__name__)
 
 _SCOPE_TEXT = {
     SCOPE_TOOLS: "list tools and call read-only tools on the agents you may reach",
     SCOPE_TOOLS_WRITE: "call tools that change things (write files, run commands)",
+    SCOPE_NODE: "connect a machine's tunneld daemon to the network as you",
 }
 _FORM_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGrant:
+    """Who a valid ``node`` access token speaks for; ``family`` names its grant."""
+
+    family: str
+    user_id: int
+    user: str
 
 
 class AuthorizationServer:
@@ -105,6 +123,24 @@ class AuthorizationServer:
         router.route("POST", "/oauth2/introspect", self.introspect, max_body_bytes=_FORM_LIMIT)
         if self.registration:
             router.route("POST", "/oauth2/register", self.register, max_body_bytes=_FORM_LIMIT)
+
+    async def node_grant(self, value: str) -> NodeGrant | None:
+        """The grant behind ``value`` if it is an active access token with scope ``node``
+        whose audience is this control plane (its issuer URL), else None.
+
+        Read from our own storage: the coordinator runs in this process, so no
+        introspection round trip is needed.
+        """
+        if not value.startswith("tndat_") or len(value) > 128:
+            return None
+        row = await self.store.run(lookup_token, self.store.db, secret_hash("access", value))
+        if row is None or row.kind != "access" or not row.active(self._wall()):
+            return None
+        if SCOPE_NODE not in row.scope or row.audience is None:
+            return None
+        if row.audience.rstrip("/") != self.issuer().rstrip("/"):
+            return None
+        return NodeGrant(row.family, row.user_id, row.user)
 
     def _ctx(self) -> GrantContext:
         return GrantContext(self.store, self.settings, self.issuer(), self._wall())

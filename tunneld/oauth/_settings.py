@@ -5,11 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_SCOPE", "SCOPES", "SCOPE_TOOLS", "SCOPE_TOOLS_WRITE", "OAuthSettings"]
+__all__ = [
+    "DEFAULT_SCOPE",
+    "MCP_SCOPES",
+    "SCOPES",
+    "SCOPE_NODE",
+    "SCOPE_TOOLS",
+    "SCOPE_TOOLS_WRITE",
+    "OAuthSettings",
+]
 
 SCOPE_TOOLS: Final = "mcp:tools"
 SCOPE_TOOLS_WRITE: Final = "mcp:tools:write"
-SCOPES: Final[tuple[str, ...]] = (SCOPE_TOOLS, SCOPE_TOOLS_WRITE)
+# A client node (`tunneld login`, the daemon's machine) joining the overlay as its user:
+# the coordinator accepts such access tokens when their audience is the control URL.
+SCOPE_NODE: Final = "node"
+# What the daemon's MCP endpoint (a resource server) understands.
+MCP_SCOPES: Final[tuple[str, ...]] = (SCOPE_TOOLS, SCOPE_TOOLS_WRITE)
+SCOPES: Final[tuple[str, ...]] = (SCOPE_TOOLS, SCOPE_TOOLS_WRITE, SCOPE_NODE)
 # Asked for nothing: the least that lets a host do anything (list and call read-only tools).
 DEFAULT_SCOPE: Final[tuple[str, ...]] = (SCOPE_TOOLS,)
 
