@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ _DELETE_TIMEOUT: Final = 3.0
 # After stdin ends, how long answers still in flight may take before we exit anyway.
 _EOF_GRACE: Final = 10.0
 _ACCEPT_POST: Final = "application/json, text/event-stream"
+_LINE_END: Final = re.compile(rb"[\r\n]")
 
 # JSON-RPC error codes (JSON-RPC 2.0 §5.1) the bridge answers with itself.
 PARSE_ERROR: Final = -32700
@@ -72,6 +74,7 @@ class SseDecoder:
     _data: list[str] = field(default_factory=list)
     _event: str = ""
     _pending_cr: bool = False
+    _scanned: int = 0
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Parse ``chunk``; raises ``ValueError`` if one event exceeds ``max_event_bytes``."""
@@ -80,28 +83,27 @@ class SseDecoder:
         if self._pending_cr and data.startswith(b"\n"):
             data = data[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False
-        self._buffer += data
-        while True:
-            cut = -1
-            for i, byte in enumerate(self._buffer):
-                if byte in (0x0A, 0x0D):
-                    cut = i
-                    break
-            if cut < 0:
-                break
-            line = bytes(self._buffer[:cut])
-            ending = self._buffer[cut]
-            skip = 1
-            if ending == 0x0D:
-                if cut + 1 < len(self._buffer):
-                    if self._buffer[cut + 1] == 0x0A:
-                        skip = 2
+        buffer = self._buffer
+        buffer += data
+        # Each byte is searched once: ``_scanned`` bytes of the buffer hold no line end,
+        # and the lines found are cut off in one go at the end.
+        start = 0
+        while (found := _LINE_END.search(buffer, self._scanned)) is not None:
+            cut = found.start()
+            end = cut + 1
+            if buffer[cut] == 0x0D:
+                if end < len(buffer):
+                    if buffer[end] == 0x0A:
+                        end += 1
                 else:
                     self._pending_cr = True
-            del self._buffer[: cut + skip]
+            line = bytes(buffer[start:cut])
+            start = self._scanned = end
             event = self._line(line.decode("utf-8", "replace"))
             if event is not None:
                 events.append(event)
+        del buffer[:start]
+        self._scanned = len(buffer)
         if len(self._buffer) + sum(len(d) for d in self._data) > self.max_event_bytes:
             raise ValueError("SSE event too large")
         return events
