@@ -398,8 +398,20 @@ class McpBridge:
             self._note_version(message)
         await self._write(message)
 
-    async def _forward_sse(self, answer: _HttpAnswer, *, initialize: bool = False) -> None:
-        decoder = SseDecoder()
+    async def _forward_sse(
+        self,
+        answer: _HttpAnswer,
+        *,
+        initialize: bool = False,
+        decoder: SseDecoder | None = None,
+    ) -> None:
+        """Write each message event of ``answer`` to stdout.
+
+        Raises:
+            ValueError: an event exceeds the decoder's bound.
+            OSError, trio.BrokenResourceError, h11.ProtocolError: the answer broke off.
+        """
+        decoder = SseDecoder() if decoder is None else decoder
         async for chunk in answer.chunks():
             for event in decoder.feed(chunk):
                 if event.event == "message" and event.data.strip():
@@ -413,12 +425,12 @@ class McpBridge:
 
     async def _listen(self) -> None:
         """The session's GET stream: server notifications and requests outside any POST."""
-        decoder = SseDecoder()
+        last_event_id: str | None = None
         delay = 0.1
         while True:
             headers = self._headers("text/event-stream")
-            if decoder.last_event_id is not None:
-                headers.append(("Last-Event-ID", decoder.last_event_id))
+            if last_event_id is not None:
+                headers.append(("Last-Event-ID", last_event_id))
             try:
                 answer = await self._open("GET", headers)
             except (OSError, trio.BrokenResourceError, DaemonUnavailableError) as exc:
@@ -433,13 +445,16 @@ class McpBridge:
                             return  # no (longer a) session
                     else:
                         delay = 0.1
+                        # A fresh decoder per connection: a half-read event of a broken
+                        # stream must not run into the next one; only the id carries over.
+                        decoder = SseDecoder(last_event_id=last_event_id)
                         try:
-                            async for chunk in answer.chunks():
-                                for event in decoder.feed(chunk):
-                                    if event.event == "message" and event.data.strip():
-                                        await self._forward_json(event.data.encode())
+                            await self._forward_sse(answer, decoder=decoder)
                         except (OSError, trio.BrokenResourceError, h11.ProtocolError):
                             pass
+                        except ValueError as exc:
+                            log.warning("mcp_bridge.get_event_refused", error=str(exc))
+                        last_event_id = decoder.last_event_id
             await trio.sleep(delay)
             delay = min(delay * 2, _GET_RETRY_MAX)
 
