@@ -64,12 +64,14 @@ from tunneld.mcp._methods import (
 from tunneld.mcp._registry import AgentAccess, Caller
 from tunneld.mcp._session import Session, SessionStore
 
-__all__ = ["Transport", "TransportOptions"]
+__all__ = ["SCOPE_READ", "SCOPE_WRITE", "Transport", "TransportOptions"]
 
 log = get_logger(__name__)
 
 ALLOW: Final = "GET, POST, DELETE, OPTIONS"
 RETRY_MS: Final = 1000  # SSE reconnection delay announced in priming events
+# OAuth scopes a caller needs: reading tools (and resources, prompts), and calling
+# tools that write (ToolAnnotations.writes); the write scope includes reading.
 SCOPE_READ: Final = "mcp:tools"
 SCOPE_WRITE: Final = "mcp:tools:write"
 # Requests answered with an SSE stream when the client accepts one: the ones whose
