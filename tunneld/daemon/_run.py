@@ -134,14 +134,7 @@ class Daemon:
     async def _authenticate_unix(self, request: Request) -> Caller:
         """The socket's caller: read scope for anyone who can connect, write per the API."""
         await trio.lowlevel.checkpoint()
-        for header in ("origin", "referer"):
-            if header in request.headers:
-                raise HttpError(
-                    403,
-                    f"requests with a {header.title()} header are refused:"
-                    " browsers may not use the local API",
-                    code="browser_request",
-                )
+        self.api.refuse_browsers(request)
         creds = request.peer_credentials
         scopes = {SCOPE_READ}
         if self.api.can_write(creds):
