@@ -97,6 +97,9 @@ async def running_cp_world(
             f'control_url = "{h.info.url}"\n'
             f'token_file = "{token_file}"\n'
             'udp_listen = "127.0.0.1:0"\n'
+            # No MCP TCP listener: the default 127.0.0.1:7421 collides across test runs.
+            "[mcp]\n"
+            'listen = ""\n'
         )
         daemon: trio.Process = await nursery.start(
             functools.partial(

@@ -102,3 +102,21 @@ def test_parse_event_id() -> None:
     assert parse_event_id("nope") is None
     assert parse_event_id(".1") is None
     assert parse_event_id("k.1" + "0" * 30) is None
+
+
+async def test_events_sent_while_the_reader_waits_at_a_yield_go_out_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The reader yields the priming event; the HTTP layer is busy writing it while the
+    # tool answers and the stream closes. The answer must follow without waiting for
+    # a keepalive.
+    stream = EventStream()
+    reader = stream.read(0, prime=True)
+    start = trio.current_time()
+    priming = await reader.__anext__()
+    assert b"event: message" not in priming
+    stream.send({"n": 1})
+    stream.close()
+    rest = [chunk async for chunk in reader]
+    assert b"".join(rest).count(b"event: message") == 1
+    assert trio.current_time() - start < KEEPALIVE_SECONDS

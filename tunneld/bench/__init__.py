@@ -38,6 +38,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "tunneld.bench._throughput",
         "overlay stream MB/s, direct UDP and relay, vs WireGuard + loopback UDP ceiling",
     ),
+    "calls": (
+        "tunneld.bench._calls",
+        "MCP tool calls/s: daemon's shared tunnel vs fresh overlay per call; ours vs SDK server",
+    ),
 }
 
 

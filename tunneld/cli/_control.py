@@ -1,4 +1,5 @@
-"""``tunneld control``: run the control plane; manage its users, tokens and grants.
+"""``tunneld control``: run the control plane; manage its users, tokens and grants;
+list task reports.
 
 The ``user``/``token``/``grant`` subcommands open the data directory's database
 directly (WAL mode lets them run while a server is up; a revoked token's session is
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import signal
 import sys
 import time
@@ -25,8 +27,13 @@ from tunneld.config._sections import ControlConfig
 from tunneld.control import ControlServer, ControlSetupError, SqliteDatabase, SqliteStore
 from tunneld.control._server import write_ready_file
 from tunneld.control._store import StoreError
+from tunneld.control._tasks import MAX_LIST_LIMIT, TASK_STATES, task_json
 from tunneld.control._tokens import hash_password, new_token
 from tunneld.log import get_logger
+from tunneld.oauth._clients import redirect_uri_problem
+from tunneld.oauth._secret import new_secret, secret_hash
+from tunneld.oauth._settings import SCOPES
+from tunneld.oauth._storage import Client, add_client, list_clients, remove_client
 from tunneld.proto.coord import validate_name
 
 __all__ = ["register"]
@@ -62,8 +69,9 @@ def register(sub: Subparsers) -> None:
         "control",
         help="run the control plane (coordinator, DERP relay, STUN); manage users and tokens",
         description=(
-            "Without a subcommand: serve the coordinator, DERP relay, STUN, /healthz and "
-            "/metrics. With one: manage users, tokens and grants in the data directory."
+            "Without a subcommand: serve the coordinator, DERP relay, STUN, /healthz, "
+            "/metrics and the dashboard at /. With one: manage users, tokens and grants, "
+            "or list task reports, in the data directory."
         ),
     )
     _common(control, top=True)
@@ -131,9 +139,78 @@ def register(sub: Subparsers) -> None:
     gadd.add_argument("--agent", required=True, help="agent name, or '*' for all of them")
     _common(gadd, top=False)
     gadd.set_defaults(func=_grant_add)
+    gremove = grant_cmds.add_parser(
+        "remove", help="take back a grant (exactly as added); callers lose access within seconds"
+    )
+    gremove.add_argument("--user", required=True, help="who had access")
+    gremove.add_argument("--owner", required=True, help="whose agent")
+    gremove.add_argument("--agent", required=True, help="agent name, or '*'")
+    _common(gremove, top=False)
+    gremove.set_defaults(func=_grant_remove)
     glist = grant_cmds.add_parser("list", help="list grants")
     _common(glist, top=False)
     glist.set_defaults(func=_grant_list)
+
+    tasks = groups.add_parser(
+        "tasks",
+        help="list task reports (report_task), newest first",
+        description="Task reports of every user, newest first, from the data directory.",
+    )
+    tasks.add_argument("--agent", help="only reports about this agent")
+    tasks.add_argument("--state", choices=TASK_STATES, help="only reports in this state")
+    tasks.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        metavar="N",
+        help=f"at most N reports (1..{MAX_LIST_LIMIT}, default 50)",
+    )
+    tasks.add_argument("--json", action="store_true", help='one JSON object: {"tasks": [...]}')
+    _common(tasks, top=False)
+    tasks.set_defaults(func=_tasks_list)
+    client = groups.add_parser("client", help="add, list and remove OAuth clients")
+    client_cmds = client.add_subparsers(dest="client_command", metavar="ACTION", required=True)
+    cadd = client_cmds.add_parser(
+        "add",
+        help="register an OAuth client (its id is NAME); a secret is printed once",
+        description=(
+            "Register an OAuth 2.1 client. Public clients (the default) authenticate "
+            "with PKCE only; --confidential ones get a secret, printed once. A resource "
+            "server (a daemon validating MCP tokens) is --introspect, which implies "
+            "--confidential and needs no redirect URI."
+        ),
+    )
+    cadd.add_argument("name", help="client id (letters, digits, '.', '_', '-')")
+    cadd.add_argument(
+        "--redirect-uri",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="an exact redirect URI (https, or http on loopback); repeatable",
+    )
+    cadd.add_argument("--confidential", action="store_true", help="give the client a secret")
+    cadd.add_argument(
+        "--introspect",
+        action="store_true",
+        help="may call /oauth2/introspect (for resource servers); implies --confidential",
+    )
+    cadd.add_argument(
+        "--scope",
+        default=None,
+        help="space-separated scopes it may be granted (default: all: mcp:tools mcp:tools:write)",
+    )
+    cadd.add_argument("--display-name", help="name shown on the consent page (default: NAME)")
+    _common(cadd, top=False)
+    cadd.set_defaults(func=_client_add)
+    clist = client_cmds.add_parser("list", help="list OAuth clients (never secrets)")
+    _common(clist, top=False)
+    clist.set_defaults(func=_client_list)
+    cremove = client_cmds.add_parser(
+        "remove", help="remove a client; its codes and tokens stop working at once"
+    )
+    cremove.add_argument("id", help="the client id shown by `client list`")
+    _common(cremove, top=False)
+    cremove.set_defaults(func=_client_remove)
 
 
 def _config(args: argparse.Namespace) -> ControlConfig:
@@ -264,12 +341,99 @@ def _grant_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grant_remove(args: argparse.Namespace) -> int:
+    with _database(args) as db:
+        grant = db.remove_grant(args.user, args.owner, args.agent)
+    print(f"removed {grant.grantee}'s access to {grant.owner}/{grant.agent_name}")
+    return 0
+
+
 def _grant_list(args: argparse.Namespace) -> int:
     with _database(args) as db:
         grants = db.list_grants()
     print(f"{'USER':<16} {'OWNER':<16} AGENT")
     for g in grants:
         print(f"{g.grantee:<16} {g.owner:<16} {g.agent_name}")
+    return 0
+
+
+def _tasks_list(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= MAX_LIST_LIMIT:
+        raise CliError(f"--limit: expected 1..{MAX_LIST_LIMIT}, got {args.limit}")
+    if args.agent is not None:
+        _check_name("--agent", args.agent)
+    with _database(args) as db:
+        reports = db.list_task_reports(None, limit=args.limit, agent=args.agent, state=args.state)
+    if args.json:
+        print(json.dumps({"tasks": [task_json(r) for r in reports]}, ensure_ascii=False))
+        return 0
+    print(f"{'TIME':<20} {'OWNER':<12} {'AGENT':<16} {'STATE':<8} {'REPORTER':<20} SUMMARY")
+    for r in reports:
+        # The reporting token: an agent token shows as OWNER/AGENT, a client token as OWNER.
+        reporter = f"{r.user}/{r.reporter_agent}" if r.reporter_agent else r.user
+        summary = r.summary if r.link is None else f"{r.summary} <{r.link}>"
+        print(
+            f"{_stamp(r.created_at):<20} {r.user:<12} {r.agent:<16} {r.state:<8} "
+            f"{reporter:<20} {summary}"
+        )
+    return 0
+
+
+def _client_add(args: argparse.Namespace) -> int:
+    _check_name("client id", args.name)
+    if args.name.startswith("dyn_"):
+        raise CliError("client id: the prefix 'dyn_' is for dynamically registered clients")
+    for uri in args.redirect_uri:
+        problem = redirect_uri_problem(uri)
+        if problem is not None:
+            raise CliError(f"--redirect-uri {uri!r}: {problem}")
+    if not args.redirect_uri and not args.introspect:
+        raise CliError("--redirect-uri: at least one is needed (unless --introspect)")
+    scope = tuple(dict.fromkeys((args.scope or " ".join(SCOPES)).split()))
+    unknown = [s for s in scope if s not in SCOPES]
+    if unknown or not scope:
+        raise CliError(f"--scope: expected some of {' '.join(SCOPES)}, got {args.scope!r}")
+    confidential = args.confidential or args.introspect
+    secret = new_secret("client") if confidential else None
+    client = Client(
+        id=args.name,
+        name=args.display_name or args.name,
+        redirect_uris=tuple(args.redirect_uri),
+        auth_method="client_secret_basic" if confidential else "none",
+        scope=scope,
+        introspect=bool(args.introspect),
+        origin="cli",
+        created_at=time.time(),
+        secret_hash=None if secret is None else secret_hash("client", secret),
+    )
+    with _database(args) as db:
+        add_client(db, client)
+    kind = "confidential" if confidential else "public"
+    if secret is None:
+        print(f"added {kind} client {client.id}")
+        return 0
+    print(f"added {kind} client {client.id}; its secret is shown only now:", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def _client_list(args: argparse.Namespace) -> int:
+    with _database(args) as db:
+        clients = list_clients(db)
+    print(f"{'ID':<32} {'TYPE':<13} {'ORIGIN':<8} {'INTROSPECT':<10} {'CREATED':<20} REDIRECT URIS")
+    for c in clients:
+        kind = "public" if c.public else "confidential"
+        print(
+            f"{c.id:<32} {kind:<13} {c.origin:<8} {'yes' if c.introspect else 'no':<10} "
+            f"{_stamp(c.created_at):<20} {' '.join(c.redirect_uris) or '-'}"
+        )
+    return 0
+
+
+def _client_remove(args: argparse.Namespace) -> int:
+    with _database(args) as db:
+        client = remove_client(db, args.id)
+    print(f"removed client {client.id}")
     return 0
 
 

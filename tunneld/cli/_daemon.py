@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tunneld.cli._common import CliError, Subparsers, apply_log_config
 from tunneld.cli._node import build_overlay
 from tunneld.cli._status_watch import MAX_INTERVAL, MIN_INTERVAL, watch_status
 from tunneld.config import Config, load_config
+from tunneld.credentials import NoTokenSourceError, TokenUnavailableError, token_provider_for
 from tunneld.daemon import (
     Daemon,
     DaemonRunningError,
@@ -27,6 +29,9 @@ from tunneld.daemon import (
     read_token_file,
 )
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
+from tunneld.http import Request
+from tunneld.mcp import Caller
+from tunneld.oauth import build_daemon_oauth
 from tunneld.plugins import PluginError, PluginManager
 
 __all__ = ["register"]
@@ -376,13 +381,34 @@ def _run(args: argparse.Namespace) -> int:
     plugins = PluginManager(
         config.plugins, allowed_tools=config.mcp.allowed_tools, extra_enable=args.plugin
     )
-    authenticate = None
+    authenticate: Callable[[Request], Awaitable[Caller]] | None = None
+    if config.mcp.token_file and config.mcp.authorization_server:
+        raise CliError("[mcp]: set token_file or authorization_server, not both")
     if config.mcp.token_file:
         try:
             authenticate = StaticTokenAuthenticator.single(read_token_file(config.mcp.token_file))
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise CliError(f"[mcp].token_file {config.mcp.token_file}: {reason}") from None
+    oauth = None
+    if config.mcp.authorization_server:
+        try:
+            oauth = build_daemon_oauth(
+                config.mcp,
+                control_url=settings.control_url,
+                node_token=token_provider_for(
+                    section="daemon",
+                    token_file=settings.token_file,
+                    token_env=settings.token_env,
+                    token_command=settings.token_command,
+                    token_command_timeout=settings.token_command_timeout.seconds,
+                ),
+                mcp_url=lambda: daemon.mcp_url,
+            )
+        except (OSError, ValueError, NoTokenSourceError, TokenUnavailableError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CliError(f"[mcp] OAuth: {reason}") from None
+        authenticate = oauth.authenticator
     daemon = Daemon(
         overlay,
         settings,
@@ -392,6 +418,9 @@ def _run(args: argparse.Namespace) -> int:
         mcp=config.mcp,
         plugins=plugins,
         mcp_authenticate=authenticate,
+        mcp_resource_metadata_url=None if oauth is None else oauth.static_metadata_url,
+        mcp_routes=None if oauth is None else oauth.mount,
+        agent_access_check=None if oauth is None else oauth.access_check,
     )
     activated = listen_fds()
     path = args.socket or (Path(settings.socket) if settings.socket else default_socket_path())

@@ -65,6 +65,18 @@ def _region(value: int) -> None:
         raise ValueError("expected an integer 0..2147483647")
 
 
+def _resource_urls(values: tuple[str, ...]) -> None:
+    for value in values:
+        _http_url(value)
+        if "#" in value:
+            raise ValueError("expected URLs without a fragment")
+
+
+def _non_negative_float(value: float) -> None:
+    if value < 0:
+        raise ValueError("expected a number >= 0")
+
+
 @dataclass(frozen=True, slots=True)
 class ControlConfig:
     """``[control]``: the control plane (``tunneld control``)."""
@@ -84,6 +96,20 @@ class ControlConfig:
     update_rate: float = field(default=20.0, metadata={"check": _positive})
     update_burst: float = field(default=200.0, metadata={"check": _positive})
     shutdown_grace: Duration = field(default=Duration(5.0), metadata={"check": _non_negative})
+    # OAuth 2.1 authorization server (tunneld.oauth, docs/oauth.md) and browser logins.
+    oauth_resources: tuple[str, ...] = field(default=(), metadata={"check": _resource_urls})
+    oauth_access_token_ttl: Duration = field(
+        default=Duration(3600.0), metadata={"check": _positive_duration}
+    )
+    oauth_refresh_token_ttl: Duration = field(
+        default=Duration(30 * 86400.0), metadata={"check": _positive_duration}
+    )
+    oauth_registrations_per_hour: float = field(
+        default=10.0, metadata={"check": _non_negative_float}
+    )
+    session_ttl: Duration = field(
+        default=Duration(12 * 3600.0), metadata={"check": _positive_duration}
+    )
 
 
 def _tcp_ports(ports: tuple[int, ...]) -> None:
@@ -205,6 +231,15 @@ class McpConfig:
     )
     # A file (mode 0600) with one bearer token TCP clients must send; "" = no auth on TCP.
     token_file: str = ""
+    # OAuth resource server on the TCP listener (docs/oauth.md): the control plane's
+    # issuer URL ("" = off), this endpoint's canonical URL ("" = the bound http URL),
+    # the introspection client and its secret file, per-caller agent checks.
+    authorization_server: str = field(default="", metadata={"check": _optional_http_url})
+    resource: str = field(default="", metadata={"check": _optional_http_url})
+    introspection_client_id: str = ""
+    introspection_secret_file: str = ""
+    introspection_cache: Duration = field(default=Duration(30.0), metadata={"check": _non_negative})
+    access_check: bool = True
 
 
 def _plugin_names(names: tuple[str, ...]) -> None:

@@ -34,6 +34,7 @@ from tunneld.control._store import (
     User,
 )
 from tunneld.control._stun import StunStats, serve_stun
+from tunneld.control._tasks import TaskValidationError, task_json, validate_task
 from tunneld.control._tokens import new_token, parse_token
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "StoreError",
     "StunServe",
     "StunStats",
+    "TaskValidationError",
     "TokenInfo",
     "User",
     "default_relay_factory",
@@ -67,6 +69,8 @@ __all__ = [
     "node_id_for",
     "parse_token",
     "serve_stun",
+    "task_json",
+    "validate_task",
     "write_ready_file",
 ]
 

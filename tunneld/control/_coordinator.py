@@ -211,6 +211,10 @@ class Coordinator:
     def online(self, node_id: str) -> bool:
         return node_id in self._by_node
 
+    def tunnels(self) -> list[tuple[str, str]]:
+        """The live tunnels as ``(src node id, dst node id)`` pairs, sorted (the dashboard)."""
+        return sorted((src, dst) for src, dsts in self._out.items() for dst in dsts)
+
     # --- authentication ---------------------------------------------------------------
 
     async def authenticate(self, authorization: str | None) -> Principal | None:

@@ -5,9 +5,18 @@ Routes:
 * ``GET /api/v1/coordinate`` — WebSocket coordinator session (``Authorization: Bearer``,
   checked before the upgrade: 401 without a valid token).
 * ``GET /api/v1/nodes`` — JSON list of the nodes the caller may see (bearer auth).
+* ``POST /api/v1/tasks``, ``GET /api/v1/tasks`` — task reports (bearer auth; see
+  ``tunneld/control/_tasks.py``).
+* ``GET /api/v1/access?subject=S&agent=A`` — may user S reach agent A through the
+  asking daemon (per-caller authorization, ``tunneld.control._access``).
 * ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
+* ``GET /`` — the dashboard (after a browser login; ``tunneld/control/_dashboard.py``),
+  with ``/dashboard/state`` (JSON), ``/dashboard/app.js`` and ``/dashboard/app.css``.
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
 * ``GET /metrics`` — Prometheus text from this server's own registry.
+* ``GET/POST /login``, ``POST /logout`` — browser login sessions (``tunneld.oauth``),
+  when the store is the SQLite one; so is the OAuth 2.1 authorization server
+  (``/oauth2/*`` and its ``/.well-known`` metadata, docs/oauth.md).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 import trio_websocket
@@ -29,14 +38,20 @@ import trio_websocket
 from tunneld._address import format_host_port, websocket_base
 from tunneld._files import write_file_atomic
 from tunneld.config._sections import ControlConfig
+from tunneld.control._access import ACCESS_MAX_AGE, check_access
 from tunneld.control._coordinator import Coordinator, CoordinatorSettings
+from tunneld.control._dashboard import Dashboard
 from tunneld.control._metrics import CONTENT_TYPE, RelayStatsLike, make_registry, render
-from tunneld.control._store import Store
+from tunneld.control._store import SqliteStore, Store
 from tunneld.control._stun import StunStats
+from tunneld.control._tasks import TaskApi
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, load_or_create_key_file
 from tunneld.log import get_logger
 from tunneld.proto.coord import CloseCode
+
+if TYPE_CHECKING:
+    from tunneld.oauth import AuthorizationServer, BrowserSessions
 
 __all__ = [
     "ControlServer",
@@ -67,6 +82,7 @@ class RelayLike(Protocol):
         self, request: Request, ws: trio_websocket.WebSocketConnection
     ) -> None: ...
     def close_peer(self, key: bytes) -> None: ...
+    def is_connected(self, key: bytes) -> bool: ...
     async def announce_restart(self, reconnect_in: float, try_for: float) -> None: ...
 
 
@@ -162,6 +178,40 @@ class ControlServer:
         self.stopped = trio.Event()
         self._started_at = 0.0
         self._registry = make_registry(self.coordinator, None)
+        self.tasks = TaskApi(self.coordinator, store, wall_clock=wall_clock)
+        # Browser sessions (and the OAuth server built on them) keep their rows in the
+        # SQLite file; another Store backend serves without them.
+        self.sessions: BrowserSessions | None = None
+        self.oauth: AuthorizationServer | None = None
+        if isinstance(store, SqliteStore):
+            # Imported here: tunneld.oauth builds on tunneld.control's store, so a
+            # module-level import would be circular.
+            from tunneld.oauth import AuthorizationServer, BrowserSessions, OAuthSettings
+
+            self.sessions = BrowserSessions(
+                store,
+                base_url=self.base_url,
+                ttl=config.session_ttl.seconds,
+                wall_clock=wall_clock,
+            )
+            self.oauth = AuthorizationServer(
+                store,
+                self.sessions,
+                issuer=self.base_url,
+                settings=OAuthSettings(
+                    access_token_ttl=config.oauth_access_token_ttl.seconds,
+                    refresh_token_ttl=config.oauth_refresh_token_ttl.seconds,
+                    resources=config.oauth_resources,
+                    registrations_per_hour=config.oauth_registrations_per_hour,
+                ),
+                wall_clock=wall_clock,
+            )
+
+    def base_url(self) -> str:
+        """This server's public base URL: ``[control].public_url``, else the bound address."""
+        if self.config.public_url:
+            return self.config.public_url.rstrip("/")
+        return "" if self.info is None else self.info.url
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; :meth:`serve` returns when it is done."""
@@ -269,8 +319,16 @@ class ControlServer:
             max_message_size=64 * 1024,
         )
         router.route("GET", "/api/v1/nodes", self._nodes)
+        router.route("POST", "/api/v1/tasks", self.tasks.report, max_body_bytes=8 * 1024)
+        router.route("GET", "/api/v1/tasks", self.tasks.list_tasks)
+        router.route("GET", "/api/v1/access", self._access, max_body_bytes=0)
         router.route("GET", "/healthz", self._healthz)
         router.route("GET", "/metrics", self._metrics)
+        if self.sessions is not None:
+            self.sessions.mount(router)
+            self._dashboard(self.sessions).mount(router)
+        if self.oauth is not None:
+            self.oauth.mount(router)
         if self.relay is not None:
             router.websocket(
                 "/derp",
@@ -279,6 +337,20 @@ class ControlServer:
                 require_subprotocol=True,
             )
         return router
+
+    def _dashboard(self, sessions: BrowserSessions) -> Dashboard:
+        return Dashboard(
+            self.coordinator,
+            self.store,
+            current_user=sessions.current_user,
+            login_redirect=sessions.login_redirect,
+            relay=lambda: self.relay,
+            stun=lambda: (
+                self.stun_stats if self._stun_serve is not None and self.config.stun else None
+            ),
+            uptime=lambda: trio.current_time() - self._started_at,
+            wall_clock=self._wall,
+        )
 
     async def _authorize(self, request: Request) -> Response | None:
         principal = await self.coordinator.authenticate(request.headers.get("authorization"))
@@ -304,6 +376,32 @@ class ControlServer:
                 401, "a valid bearer token is required", headers=_UNAUTHORIZED_HEADERS
             )
         return Response.json({"nodes": await self.coordinator.visible_nodes(principal)})
+
+    async def _access(self, request: Request) -> Response:
+        principal = await self.coordinator.authenticate(request.headers.get("authorization"))
+        if principal is None:
+            return Response.error(
+                401, "a valid bearer token is required", headers=_UNAUTHORIZED_HEADERS
+            )
+        if principal.agent is not None:
+            return Response.error(403, "agent tokens cannot ask for access decisions")
+        subject = request.query.get("subject", [])
+        agent = request.query.get("agent", [])
+        if len(subject) != 1 or len(agent) != 1 or not subject[0] or not agent[0]:
+            return Response.error(
+                400, "expected one subject and one agent query parameter", code="bad_request"
+            )
+        answer = await check_access(self.store, principal, subject[0], agent[0])
+        log.info(
+            "control.access",
+            asker=principal.user,
+            subject=subject[0][:64],
+            agent=agent[0][:128],
+            allowed=answer.allowed,
+        )
+        return Response.json(
+            answer.to_json(subject[0], ACCESS_MAX_AGE), headers=[("Cache-Control", "no-store")]
+        )
 
     async def _healthz(self, request: Request) -> Response:
         relay_clients = None if self.relay is None else self.relay.stats.clients_current

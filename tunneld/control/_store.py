@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,6 +41,8 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "TaskReport",
+    "TaskState",
     "TokenCredentials",
     "TokenInfo",
     "User",
@@ -48,8 +50,12 @@ __all__ = [
 ]
 
 NodeKind = Literal["client", "agent"]
+TaskState = Literal["working", "complete", "idle", "failure"]
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# Each user keeps its newest reports only: a chatty agent cannot grow the file forever.
+TASK_REPORTS_KEPT_PER_USER = 1000
 
 _MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
@@ -124,6 +130,26 @@ class Grant:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class TaskReport:
+    """One ``report_task`` report: ``agent``'s task is in ``state``.
+
+    ``user``/``token_id``/``reporter_agent`` say who reported it (from the bearer
+    token, never from the request body).
+    """
+
+    id: int
+    user_id: int
+    user: str
+    token_id: str
+    reporter_agent: str | None
+    agent: str
+    state: TaskState
+    summary: str
+    link: str | None
+    created_at: float
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """``(version, name, sql)`` of every migration shipped in the package, in order."""
     found = []
@@ -184,6 +210,26 @@ class Store(Protocol):
     async def add_grant(self, grantee: str, owner: str, agent_name: str, now: float) -> Grant: ...
     async def list_grants(self) -> list[Grant]: ...
     async def has_grant(self, grantee_id: int, owner_id: int, agent_name: str) -> bool: ...
+    async def add_task_report(
+        self,
+        user_id: int,
+        token_id: str,
+        reporter_agent: str | None,
+        agent: str,
+        state: TaskState,
+        summary: str,
+        link: str | None,
+        now: float,
+    ) -> TaskReport: ...
+    async def list_task_reports(
+        self,
+        viewer_id: int | None,
+        *,
+        limit: int,
+        agent: str | None = None,
+        state: TaskState | None = None,
+    ) -> list[TaskReport]: ...
+    async def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant: ...
 
 
 _TOKEN_COLUMNS = (
@@ -197,6 +243,10 @@ _NODE_COLUMNS = (
 # Every token or node read goes through these, so _token() and _node() see one row shape.
 _SELECT_TOKENS = f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id "
 _SELECT_NODES = f"SELECT {_NODE_COLUMNS} FROM nodes n JOIN users u ON u.id = n.user_id "
+_SELECT_TASKS = (
+    "SELECT r.id, r.user_id, u.name, r.token_id, r.reporter_agent, r.agent, r.state,"
+    " r.summary, r.link, r.created_at FROM task_reports r JOIN users u ON u.id = r.user_id "
+)
 
 
 def _token(row: tuple[object, ...]) -> TokenInfo:
@@ -231,6 +281,24 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
         as_of=float(row[8]),  # type: ignore[arg-type]
         last_seen=float(row[9]),  # type: ignore[arg-type]
         online=bool(row[10]),
+    )
+
+
+def _task(row: tuple[object, ...]) -> TaskReport:
+    state = str(row[6])
+    if state not in ("working", "complete", "idle", "failure"):
+        raise StoreError(f"task report {row[0]}: unknown state {state!r}")
+    return TaskReport(
+        id=int(row[0]),  # type: ignore[call-overload]
+        user_id=int(row[1]),  # type: ignore[call-overload]
+        user=str(row[2]),
+        token_id=str(row[3]),
+        reporter_agent=None if row[4] is None else str(row[4]),
+        agent=str(row[5]),
+        state=state,  # type: ignore[arg-type]
+        summary=str(row[7]),
+        link=None if row[8] is None else str(row[8]),
+        created_at=float(row[9]),  # type: ignore[arg-type]
     )
 
 
@@ -293,6 +361,21 @@ class SqliteDatabase:
                 yield self._conn
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from None
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE … COMMIT`` under the database lock, rolled back on error.
+
+        For storage of other packages sharing this file (``tunneld.oauth``). Blocks;
+        call it from one thread at a time (a :class:`SqliteStore` worker).
+
+        Raises:
+            StoreError: an sqlite error inside, with the file name.
+        """
+        return self._write()
+
+    def reading(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The connection under the database lock, for reads (sqlite errors → StoreError)."""
+        return self._read()
 
     def _migrate(self) -> None:
         with self._lock:
@@ -551,6 +634,22 @@ class SqliteDatabase:
             ).fetchall()
         return [Grant(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
 
+    def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant:
+        """Delete one grant (exactly as added). Raises NotFoundError if absent."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT g.id, g.created_at FROM grants g JOIN users a ON a.id = g.grantee_id"
+                " JOIN users b ON b.id = g.owner_id"
+                " WHERE a.name = ? AND b.name = ? AND g.agent_name = ?",
+                (grantee, owner, agent_name),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(
+                    f"no grant of {owner}/{agent_name} to {grantee} (see `grant list`)"
+                )
+            conn.execute("DELETE FROM grants WHERE id = ?", (row[0],))
+        return Grant(int(row[0]), grantee, owner, agent_name, float(row[1]))
+
     def has_grant(self, grantee_id: int, owner_id: int, agent_name: str) -> bool:
         with self._read() as conn:
             row = conn.execute(
@@ -559,6 +658,86 @@ class SqliteDatabase:
                 (grantee_id, owner_id, agent_name),
             ).fetchone()
         return row is not None
+
+    # --- task reports -----------------------------------------------------------------
+
+    def add_task_report(
+        self,
+        user_id: int,
+        token_id: str,
+        reporter_agent: str | None,
+        agent: str,
+        state: TaskState,
+        summary: str,
+        link: str | None,
+        now: float,
+    ) -> TaskReport:
+        """Store one report (already validated) and prune the user's oldest beyond
+        :data:`TASK_REPORTS_KEPT_PER_USER`.
+
+        Raises:
+            NotFoundError: no user with ``user_id`` (deleted since its token was checked).
+        """
+        with self._write() as conn:
+            row = conn.execute("SELECT name FROM users WHERE id = ?", (user_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no user with id {user_id}")
+            cur = conn.execute(
+                "INSERT INTO task_reports (user_id, token_id, reporter_agent, agent, state,"
+                " summary, link, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (user_id, token_id, reporter_agent, agent, state, summary, link, now),
+            )
+            conn.execute(
+                "DELETE FROM task_reports WHERE user_id = ? AND id <= ("
+                " SELECT id FROM task_reports WHERE user_id = ? ORDER BY id DESC"
+                " LIMIT 1 OFFSET ?)",
+                (user_id, user_id, TASK_REPORTS_KEPT_PER_USER),
+            )
+        return TaskReport(
+            int(cur.lastrowid or 0),
+            user_id,
+            str(row[0]),
+            token_id,
+            reporter_agent,
+            agent,
+            state,
+            summary,
+            link,
+            now,
+        )
+
+    def list_task_reports(
+        self,
+        viewer_id: int | None,
+        *,
+        limit: int,
+        agent: str | None = None,
+        state: TaskState | None = None,
+    ) -> list[TaskReport]:
+        """The newest ``limit`` reports, newest first.
+
+        ``viewer_id`` None lists everyone's (the CLI, which holds the database); a user
+        id lists that user's reports and those about agents another user granted it
+        (the same rule as the nodes it may see).
+        """
+        where: list[str] = []
+        params: list[object] = []
+        if viewer_id is not None:
+            where.append(
+                "(r.user_id = ? OR EXISTS (SELECT 1 FROM grants g WHERE g.grantee_id = ?"
+                " AND g.owner_id = r.user_id AND g.agent_name IN (r.agent, '*')))"
+            )
+            params += [viewer_id, viewer_id]
+        if agent is not None:
+            where.append("r.agent = ?")
+            params.append(agent)
+        if state is not None:
+            where.append("r.state = ?")
+            params.append(state)
+        query = _SELECT_TASKS + (("WHERE " + " AND ".join(where)) if where else "")
+        with self._read() as conn:
+            rows = conn.execute(query + " ORDER BY r.id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [_task(r) for r in rows]
 
 
 class SqliteStore:
@@ -582,6 +761,11 @@ class SqliteStore:
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         async with self._lock:
             return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking ``fn(*args, **kwargs)`` (which uses :attr:`db`) in the worker
+        thread, serialised with every other call; same cancellation as the methods."""
+        return await self._run(fn, *args, **kwargs)
 
     async def aclose(self) -> None:
         await self._run(self.db.close)
@@ -658,3 +842,41 @@ class SqliteStore:
 
     async def has_grant(self, grantee_id: int, owner_id: int, agent_name: str) -> bool:
         return await self._run(self.db.has_grant, grantee_id, owner_id, agent_name)
+
+    async def add_task_report(
+        self,
+        user_id: int,
+        token_id: str,
+        reporter_agent: str | None,
+        agent: str,
+        state: TaskState,
+        summary: str,
+        link: str | None,
+        now: float,
+    ) -> TaskReport:
+        return await self._run(
+            self.db.add_task_report,
+            user_id,
+            token_id,
+            reporter_agent,
+            agent,
+            state,
+            summary,
+            link,
+            now,
+        )
+
+    async def list_task_reports(
+        self,
+        viewer_id: int | None,
+        *,
+        limit: int,
+        agent: str | None = None,
+        state: TaskState | None = None,
+    ) -> list[TaskReport]:
+        return await self._run(
+            self.db.list_task_reports, viewer_id, limit=limit, agent=agent, state=state
+        )
+
+    async def remove_grant(self, grantee: str, owner: str, agent_name: str) -> Grant:
+        return await self._run(self.db.remove_grant, grantee, owner, agent_name)

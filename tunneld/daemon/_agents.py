@@ -14,11 +14,16 @@ from typing import Final
 
 import trio
 
-from tunneld.daemon._tunnels import TunnelError, TunnelTable, UnreachableError
+from tunneld.daemon._tunnels import (
+    NotPermittedError,
+    TunnelError,
+    TunnelTable,
+    UnreachableError,
+)
 from tunneld.log import get_logger
 from tunneld.mcp import Caller
 
-__all__ = ["DaemonAgents", "ServiceUnavailableError"]
+__all__ = ["AccessCheck", "DaemonAgents", "ServiceUnavailableError"]
 
 log = get_logger(__name__)
 
@@ -26,6 +31,9 @@ _CLOSE_TIMEOUT: Final = 1.0
 
 StreamOpener = Callable[[str, str], Awaitable[trio.abc.HalfCloseableStream]]
 AgentLister = Callable[[], Sequence[Mapping[str, object]]]
+# Per-caller authorization (docs/oauth.md): the agent reference to use for this caller
+# (e.g. "owner/name" as the control plane resolved it), or None when it may not.
+AccessCheck = Callable[[Caller, str], Awaitable[str | None]]
 
 
 class ServiceUnavailableError(TunnelError):
@@ -49,11 +57,13 @@ class DaemonAgents:
         open_stream: StreamOpener,
         agents: AgentLister,
         caller: Caller | None = None,
+        access_check: AccessCheck | None = None,
     ) -> None:
         self.tunnels = tunnels
         self.caller = caller if caller is not None else Caller()
         self._open_stream = open_stream
         self._agents = agents
+        self._access_check = access_check
 
     @asynccontextmanager
     async def open_stream(
@@ -69,6 +79,14 @@ class DaemonAgents:
             TunnelError: unknown agent, not permitted, offline, unreachable, shutting
                 down; ServiceUnavailableError if the agent refuses the stream.
         """
+        if self._access_check is not None:
+            allowed = await self._access_check(self.caller, agent)
+            if allowed is None:
+                raise NotPermittedError(
+                    f"{self.caller.subject or 'this caller'} may not reach agent {agent!r}",
+                    agent=agent,
+                )
+            agent = allowed
         async with self.tunnels.acquire(agent) as lease:
             try:
                 with trio.fail_after(self.tunnels.connect_timeout):
@@ -95,4 +113,12 @@ class DaemonAgents:
     async def list_agents(self) -> list[Mapping[str, object]]:
         """The agents this node knows: name, owner, id, online, handshake, path."""
         await trio.lowlevel.checkpoint()
-        return [dict(agent) for agent in self._agents()]
+        agents: list[Mapping[str, object]] = [dict(agent) for agent in self._agents()]
+        if self._access_check is None:
+            return agents
+        visible: list[Mapping[str, object]] = []
+        for agent in agents:
+            ref = f"{agent.get('owner')}/{agent.get('name')}"
+            if await self._access_check(self.caller, ref) is not None:
+                visible.append(agent)
+        return visible

@@ -11,7 +11,7 @@ import trio
 
 from tunneld import __version__
 from tunneld.config import Config, DaemonConfig, McpConfig, PluginsConfig
-from tunneld.daemon._agents import DaemonAgents
+from tunneld.daemon._agents import AccessCheck, DaemonAgents
 from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import LocalApi
 from tunneld.daemon._mcp_auth import SCOPE_READ, SCOPE_WRITE
@@ -48,7 +48,9 @@ class Daemon:
     socket group) gets the MCP write scope, anyone else read-only tools only. On TCP,
     ``mcp_authenticate`` (e.g. a :class:`StaticTokenAuthenticator` for ``[mcp]
     token_file``, or an OAuth resource server) decides; without it the TCP listener
-    has no authentication: keep it on loopback.
+    has no authentication: keep it on loopback. ``mcp_routes`` adds routes next to
+    ``/mcp`` on TCP (RFC 9728 metadata); ``agent_access_check`` is asked, for every TCP
+    caller, which agents it may reach (per-caller authorization, docs/oauth.md).
 
     ``plugins`` defaults to a manager with the default ``[plugins]`` settings.
     """
@@ -65,6 +67,8 @@ class Daemon:
         plugins: PluginManager | None = None,
         mcp_authenticate: Callable[[Request], Awaitable[Caller]] | None = None,
         mcp_resource_metadata_url: str | None = None,
+        mcp_routes: Callable[[Router], None] | None = None,
+        agent_access_check: AccessCheck | None = None,
     ) -> None:
         self.overlay = overlay
         self.settings = settings
@@ -94,6 +98,7 @@ class Daemon:
             else PluginManager(PluginsConfig(), allowed_tools=self.mcp_settings.allowed_tools)
         )
         self.mcp_url: str | None = None
+        self._agent_access_check = agent_access_check
         # One MCP server per transport: they serve the same registry but authenticate
         # differently (SO_PEERCRED on the socket; the TCP side is where OAuth goes).
         self.mcp_unix = self._mcp_server(self._authenticate_unix)
@@ -104,6 +109,8 @@ class Daemon:
             self.mcp_tcp = self._mcp_server(mcp_authenticate, mcp_resource_metadata_url)
             router = Router()
             self.mcp_tcp.mount(router, "/mcp")
+            if mcp_routes is not None:
+                mcp_routes(router)  # e.g. RFC 9728 metadata next to /mcp
             self._mcp_http = HttpServer(router)
         self._stopping = False
         self._reloading = trio.Lock()  # SIGHUP and POST /v0/reload may overlap
@@ -129,7 +136,10 @@ class Daemon:
         )
 
     def _agents_for(self, caller: Caller) -> DaemonAgents:
-        return DaemonAgents(self.tunnels, self.overlay.open_stream, self._agents, caller)
+        # Only remote (TCP) callers are narrowed: socket callers are local users the
+        # daemon already serves as its own user.
+        check = self._agent_access_check if caller.transport == "http" else None
+        return DaemonAgents(self.tunnels, self.overlay.open_stream, self._agents, caller, check)
 
     async def _authenticate_unix(self, request: Request) -> Caller:
         """The socket's caller: read scope for anyone who can connect, write per the API."""

@@ -115,6 +115,9 @@ class EventStream:
                 batch.append(format_sse("", id=f"{self.key}.{after}", retry=retry_ms))
             cursor = after
             while True:
+                # Taken before looking, so a send or close while we are suspended at
+                # the yield below wakes the wait at once (not after a keepalive).
+                changed = self._changed
                 for seq, data in list(self._events):
                     if seq > cursor:
                         cursor = seq
@@ -127,7 +130,6 @@ class EventStream:
                     return
                 if generation != self._reader_generation:
                     return
-                changed = self._changed
                 with trio.move_on_after(keepalive) as idle:
                     await changed.wait()
                 if idle.cancelled_caught:

@@ -1,0 +1,344 @@
+"""A lean MCP client over Streamable HTTP (h11 on trio), for ``tunneld demo`` and benchmarks.
+
+It speaks the 2025-11-25 revision: ``initialize`` (the server mints a session),
+``notifications/initialized``, then requests in that session; answers come as one JSON
+body or as an SSE stream, whichever the server picks. Connections are kept alive and
+pooled, so concurrent requests each get their own connection and sequential ones reuse
+them. Server-to-client requests (sampling, elicitation) are not answered: the tools this
+client calls never ask.
+
+It is not a general-purpose SDK: hosts use the official SDKs (tests run those as real
+peers). It exists so the demo needs nothing beyond tunneld's own dependencies, and so a
+benchmark drives two servers with exactly the same client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+__all__ = ["PROTOCOL_VERSION", "McpClientError", "McpHttpClient"]
+
+PROTOCOL_VERSION: Final = "2025-11-25"
+_MAX_BODY: Final = 16 * 1024 * 1024
+_MAX_IDLE_CONNECTIONS: Final = 256
+_DELETE_TIMEOUT: Final = 3.0
+_CLIENT_INFO: Final = {"name": "tunneld", "version": "0"}
+
+
+class McpClientError(Exception):
+    """The server refused a request: an HTTP error status or a JSON-RPC error.
+
+    ``status`` is the HTTP status (200 for a JSON-RPC error in a 200 answer), ``code``
+    the JSON-RPC error code if there was one.
+    """
+
+    def __init__(self, message: str, *, status: int = 0, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class _SseData:
+    """The ``data`` of each Server-Sent Event in a stream (WHATWG HTML §9.2.6), fed in chunks.
+
+    Lines end in CRLF, LF or CR (a CR at a chunk's end waits for the next chunk, in case
+    an LF follows); ``:`` lines are comments; an event is dispatched at a blank line if
+    it had data. Event names and ids are not needed here and are skipped.
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[str]:
+        data = self._partial + chunk
+        hold = b""
+        if data.endswith(b"\r"):
+            data, hold = data[:-1], b"\r"
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self._partial = lines.pop() + hold
+        if len(self._partial) > _MAX_BODY:
+            raise McpClientError("an SSE line is too long")
+        events: list[str] = []
+        for line in lines:
+            if not line:
+                # An event whose data is empty (a priming event) is not dispatched.
+                if joined := "\n".join(self._data):
+                    events.append(joined)
+                self._data = []
+                continue
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                self._data.append(value.removeprefix(b" ").decode("utf-8", "replace"))
+        return events
+
+    def end(self) -> list[str]:
+        """The stream ended: a CR held back at the very end was a line end after all."""
+        if self._partial.endswith(b"\r"):
+            return self.feed(b"\n")
+        return []
+
+
+class _StaleConnectionError(Exception):
+    """The connection broke before the server answered anything."""
+
+
+@dataclass(slots=True)
+class _Connection:
+    stream: trio.SocketStream
+    conn: h11.Connection
+
+    async def next_event(self) -> Any:
+        while (event := self.conn.next_event()) is h11.NEED_DATA:
+            self.conn.receive_data(bytes(await self.stream.receive_some(65536)))
+        return event
+
+
+class McpHttpClient:
+    """One MCP session with the server at ``url`` (``http://HOST:PORT/PATH``).
+
+    ``token``: sent as ``Authorization: Bearer``. Use as an async context manager, or
+    call :meth:`initialize` then :meth:`aclose`. Safe to use from many tasks at once.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+            raise ValueError(f"expected http://HOST:PORT/PATH, got {url!r}")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port
+        self.path = parts.path or "/"
+        self.authority = parts.netloc
+        self.token = token
+        self.session_id: str | None = None
+        self.protocol_version: str | None = None
+        self.server_info: dict[str, Any] = {}
+        self._idle: list[_Connection] = []
+        self._next_id = 0
+
+    async def __aenter__(self) -> McpHttpClient:
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def initialize(self) -> dict[str, Any]:
+        """Open the session; returns the ``initialize`` result.
+
+        Raises:
+            McpClientError: the server refused (the message has its status and error).
+            OSError: nothing listens at the URL.
+        """
+        result = await self.request(
+            "initialize",
+            {
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": _CLIENT_INFO,
+            },
+        )
+        self.protocol_version = str(result.get("protocolVersion") or PROTOCOL_VERSION)
+        info = result.get("serverInfo")
+        self.server_info = info if isinstance(info, dict) else {}
+        await self.notify("notifications/initialized")
+        return result
+
+    async def list_tools(self) -> list[dict[str, Any]]:
+        """Every tool the server offers (follows ``nextCursor`` pages)."""
+        tools: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        for _ in range(1000):  # bounded: a server that pages forever is broken
+            result = await self.request("tools/list", params)
+            tools.extend(t for t in result.get("tools") or [] if isinstance(t, dict))
+            cursor = result.get("nextCursor")
+            if not cursor:
+                break
+            params = {"cursor": cursor}
+        return tools
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The ``tools/call`` result (``content``, ``structuredContent``, ``isError``)."""
+        return await self.request("tools/call", {"name": name, "arguments": arguments})
+
+    async def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one JSON-RPC request and return its ``result``.
+
+        Raises:
+            McpClientError: an HTTP error status, a JSON-RPC error, or no answer.
+            OSError, trio.BrokenResourceError: the connection failed.
+        """
+        self._next_id += 1
+        request_id = self._next_id
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+        answers = await self._post(message)
+        for answer in answers:
+            if answer.get("id") == request_id and "method" not in answer:
+                error = answer.get("error")
+                if isinstance(error, dict):
+                    raise McpClientError(
+                        f"{method}: {error.get('message')} (JSON-RPC {error.get('code')})",
+                        status=200,
+                        code=error.get("code") if isinstance(error.get("code"), int) else None,
+                    )
+                result = answer.get("result")
+                if not isinstance(result, dict):
+                    raise McpClientError(f"{method}: the answer has no result object")
+                return result
+        raise McpClientError(f"{method}: the server sent no answer")
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """Send a notification (the server answers 202 with no body)."""
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params:
+            message["params"] = params
+        await self._post(message)
+
+    async def aclose(self) -> None:
+        """End the session (DELETE, bounded) and close the pooled connections."""
+        try:
+            if self.session_id is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(_DELETE_TIMEOUT):
+                    try:
+                        await self._exchange("DELETE", b"", self._headers())
+                    except (OSError, trio.BrokenResourceError, h11.ProtocolError, McpClientError):
+                        pass  # the server is gone or forgot us: the session is over anyway
+                self.session_id = None
+        finally:
+            idle, self._idle = self._idle, []
+            for connection in idle:
+                await connection.stream.aclose()
+
+    # -- HTTP ------------------------------------------------------------------
+
+    def _headers(self) -> list[tuple[str, str]]:
+        headers = [("Host", self.authority)]
+        if self.token is not None:
+            headers.append(("Authorization", f"Bearer {self.token}"))
+        if self.session_id is not None:
+            headers.append(("Mcp-Session-Id", self.session_id))
+        if self.protocol_version is not None:
+            headers.append(("MCP-Protocol-Version", self.protocol_version))
+        return headers
+
+    async def _post(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        body = json.dumps(message, separators=(",", ":")).encode()
+        headers = [
+            *self._headers(),
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+        ]
+        return await self._exchange("POST", body, headers)
+
+    async def _exchange(
+        self, method: str, body: bytes, headers: list[tuple[str, str]]
+    ) -> list[dict[str, Any]]:
+        # A pooled connection the server closed while idle (keep-alive timeout) fails
+        # before any answer: then, and only then, the request goes again on a new one.
+        for pooled in (bool(self._idle), False):
+            if pooled:
+                connection = self._idle.pop()
+            else:
+                stream = await trio.open_tcp_stream(self.host, self.port)
+                connection = _Connection(stream, h11.Connection(h11.CLIENT))
+            reusable = False
+            try:
+                answers, reusable = await self._send_and_read(connection, method, body, headers)
+                return answers
+            except _StaleConnectionError:
+                if pooled:
+                    continue
+                raise McpClientError(
+                    f"{method} {self.path}: the server closed the connection"
+                ) from None
+            finally:
+                if reusable and len(self._idle) < _MAX_IDLE_CONNECTIONS:
+                    self._idle.append(connection)
+                else:
+                    with trio.CancelScope(shield=True):
+                        await connection.stream.aclose()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send_and_read(
+        self,
+        connection: _Connection,
+        method: str,
+        body: bytes,
+        headers: list[tuple[str, str]],
+    ) -> tuple[list[dict[str, Any]], bool]:
+        conn = connection.conn
+        request = h11.Request(
+            method=method,
+            target=self.path,
+            headers=[*headers, ("Content-Length", str(len(body)))],
+        )
+        data = conn.send(request) or b""
+        if body:
+            data += conn.send(h11.Data(data=body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        try:
+            await connection.stream.send_all(data)
+            response = await connection.next_event()
+        except (trio.BrokenResourceError, h11.RemoteProtocolError):
+            raise _StaleConnectionError from None
+        while isinstance(response, h11.InformationalResponse):
+            response = await connection.next_event()
+        if not isinstance(response, h11.Response):
+            raise _StaleConnectionError
+        response_headers = {k.decode().lower(): v.decode() for k, v in response.headers}
+        media = response_headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        raw = bytearray()
+        answers: list[dict[str, Any]] = []
+        decoder = _SseData() if media == "text/event-stream" else None
+        while True:
+            event = await connection.next_event()
+            if isinstance(event, h11.Data):
+                if decoder is not None:
+                    for payload in decoder.feed(bytes(event.data)):
+                        if payload.strip():
+                            answers.append(_json_object(payload))
+                else:
+                    raw += event.data
+                    if len(raw) > _MAX_BODY:
+                        raise McpClientError(f"{method} {self.path}: the answer is too large")
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                if decoder is not None:
+                    answers.extend(_json_object(p) for p in decoder.end() if p.strip())
+                break
+        if "mcp-session-id" in response_headers:
+            self.session_id = response_headers["mcp-session-id"]
+        if media == "application/json" and raw:
+            parsed = json.loads(raw)
+            if isinstance(parsed, dict) and response.status_code < 400:
+                answers.append(parsed)
+            elif isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+                error = parsed["error"]
+                raise McpClientError(
+                    f"{method} {self.path}: HTTP {response.status_code}: {error.get('message')}",
+                    status=response.status_code,
+                    code=error.get("code") if isinstance(error.get("code"), int) else None,
+                )
+        if response.status_code >= 400:
+            text = bytes(raw[:300]).decode(errors="replace")
+            raise McpClientError(
+                f"{method} {self.path}: HTTP {response.status_code}: {text}".rstrip(": "),
+                status=response.status_code,
+            )
+        reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        if reusable:
+            conn.start_next_cycle()
+        return answers, reusable
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    parsed = json.loads(text)
+    if not isinstance(parsed, dict):
+        raise McpClientError("the server sent a JSON-RPC message that is not an object")
+    return parsed

@@ -1,0 +1,511 @@
+"""``tunneld bench calls``: MCP tool calls per second and latency, two pairs in one run.
+
+Pair 1, the daemon's point — **shared** vs **per_call**. A control plane, an agent and
+the daemon (``tunneld.daemon.Daemon`` with its plugins and MCP server) run on loopback
+in this process. ``shared``: ``tools/call`` of the workspace plugin's ``read_file`` (a
+small file) at the daemon's MCP endpoint; every call opens a stream on the daemon's one
+warm tunnel to the agent. ``per_call``: the same tool, served by the same MCP server
+code from the same registry, but each call builds a fresh overlay node — UDP socket,
+relay connection, coordinator session, WireGuard handshake — opens its stream, calls
+and tears the node down, which is what ``coder exp mcp server`` does per tool call.
+
+Pair 2, the MCP server itself — **our_server** vs **sdk_server**: a trivial ``echo``
+tool on ``tunneld.mcp.McpServer`` (trio + h11) and on the official ``mcp`` SDK's
+streamable-HTTP server (``MCPServer`` under uvicorn), each in its own process
+(``tunneld.bench._calls_server``) so neither shares a core with the client.
+
+One client drives all four: :class:`tunneld._mcp_client.McpHttpClient`, one MCP session
+per server, keep-alive connections, ``C`` tasks each making calls back to back until
+the row's count is done. ``calls_per_s`` = calls / wall time of the row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from tunneld._mcp_client import McpClientError, McpHttpClient
+from tunneld.agent import AgentServices
+from tunneld.bench import BenchResult, percentile
+from tunneld.bench._calls_server import ECHO_TOOL
+from tunneld.config import AgentConfig, DaemonConfig, Duration, HostPort, McpConfig, PluginsConfig
+from tunneld.config._sections import ControlConfig
+from tunneld.control import (
+    ControlServer,
+    ServerInfo,
+    SqliteStore,
+    default_relay_factory,
+    default_stun_serve,
+    new_token,
+)
+from tunneld.daemon import Daemon, Notifier, open_api_listener
+from tunneld.demo import wait_joined
+from tunneld.http import HttpServer, Router
+from tunneld.keys import generate_private_key
+from tunneld.mcp import McpServer
+from tunneld.net.mux import MuxStream
+from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.plugins import PluginManager
+
+__all__ = ["add_arguments", "run"]
+
+_AGENT: Final = "bench-agent"
+_STEP_TIMEOUT: Final = 60.0
+_FILE_TEXT: Final = "a small file the benchmark reads through the overlay\n" * 4
+_WARMUP: Final = 20
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,10,100, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be 1 or more")
+    return levels
+
+
+_MODES: Final = ("shared", "per_call", "our_server", "sdk_server")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _modes(text: str) -> frozenset[str]:
+    modes = frozenset(m.strip() for m in text.split(",") if m.strip())
+    unknown = modes - set(_MODES)
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(
+            f"unknown {', '.join(sorted(unknown)) or '(none given)'};"
+            f" choose from {', '.join(_MODES)}"
+        )
+    return modes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``tunneld bench calls``."""
+    parser.add_argument(
+        "--calls",
+        type=_positive,
+        metavar="N",
+        default=400,
+        help="calls per row for shared, our_server and sdk_server (default 400)",
+    )
+    parser.add_argument(
+        "--per-call-calls",
+        type=_positive,
+        metavar="N",
+        default=30,
+        help=(
+            "calls per per_call row (default 30; at least the concurrency, so every task"
+            " builds an overlay node at once)"
+        ),
+    )
+    parser.add_argument(
+        "--per-call-max-concurrency",
+        type=_positive,
+        metavar="C",
+        default=10,
+        help=(
+            "highest concurrency to run per_call at (default 10: a hundred overlay nodes"
+            " joining at once take minutes on a small machine); higher levels are compared"
+            " with per_call's best measured rate"
+        ),
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_levels,
+        metavar="LEVELS",
+        default=(1, 10, 100),
+        help="comma-separated concurrency levels (default 1,10,100)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=_modes,
+        metavar="MODES",
+        default=frozenset(_MODES),
+        help="which modes to run (default: all four)",
+    )
+
+
+# -- the load generator --------------------------------------------------------------
+
+
+async def _drive(
+    call: Callable[[], Awaitable[None]], calls: int, concurrency: int
+) -> dict[str, float]:
+    """``calls`` calls from ``concurrency`` tasks; the row's rate and percentiles."""
+    samples: list[float] = []
+    remaining = calls
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            began = time.perf_counter()
+            await call()
+            samples.append(time.perf_counter() - began)
+
+    started = time.perf_counter()
+    try:
+        with trio.fail_after(_STEP_TIMEOUT + calls):
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(concurrency, calls)):
+                    nursery.start_soon(worker)
+    except BaseExceptionGroup as group:
+        # One failed call fails the row: report the first reason, not the group.
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        if isinstance(first, Exception):
+            raise first from None
+        raise
+    wall = time.perf_counter() - started
+    return {
+        "calls_per_s": len(samples) / wall,
+        "p50_ms": percentile(samples, 0.5) * 1000,
+        "p99_ms": percentile(samples, 0.99) * 1000,
+    }
+
+
+def _caller(client: McpHttpClient, tool: str, arguments: dict[str, Any]) -> Callable[[], Any]:
+    async def call() -> None:
+        result = await client.call_tool(tool, arguments)
+        if result.get("isError"):
+            raise RuntimeError(f"{tool} failed: {result.get('content')}")
+
+    return call
+
+
+async def _rows(
+    mode: str,
+    url: str,
+    tool: str,
+    arguments: dict[str, Any],
+    calls_for: Callable[[int], int],
+    levels: tuple[int, ...],
+    notes: list[str],
+) -> list[dict[str, object]]:
+    """One row per concurrency level; a level that fails is a note, not a row."""
+    rows: list[dict[str, object]] = []
+    async with McpHttpClient(url) as client:
+        call = _caller(client, tool, arguments)
+        for concurrency in levels:
+            try:
+                # Warm: connections for this concurrency exist before the clock starts.
+                warm = max(concurrency, min(_WARMUP, calls_for(concurrency)))
+                await _drive(call, warm, concurrency)
+                measured = await _drive(call, calls_for(concurrency), concurrency)
+            except (trio.TooSlowError, RuntimeError, McpClientError, OSError) as exc:
+                notes.append(f"{mode} at c={concurrency} failed: {_describe(exc)}")
+                continue
+            rows.append({"mode": mode, "concurrency": concurrency, **measured})
+    return rows
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+# -- pair 1: the daemon's shared tunnel vs a fresh overlay per call ----------------------
+
+
+def _overlay(info: ServerInfo, name: str, token: str, on_stream: Any = None) -> Overlay:
+    async def provide() -> str:
+        return token
+
+    return Overlay(
+        OverlayConfig(
+            name=name,
+            private_key=generate_private_key(),
+            coordinate_url=info.coordinate_url,
+            derp_url=info.derp_url,
+            udp_host="127.0.0.1",
+        ),
+        provide,
+        on_stream=on_stream,
+    )
+
+
+class _FreshOverlayAgents:
+    """AgentAccess that builds a new overlay node for every stream (per-call tunnels)."""
+
+    def __init__(self, info: ServerInfo, token: str) -> None:
+        self._info = info
+        self._token = token
+        self._count = 0
+
+    @asynccontextmanager
+    async def open_stream(
+        self, agent: str, service: str
+    ) -> AsyncIterator[trio.abc.HalfCloseableStream]:
+        self._count += 1
+        node = _overlay(self._info, f"oneshot-{self._count}", self._token)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.serve)
+            await node.add_tunnel(agent)
+            with trio.fail_after(_STEP_TIMEOUT):
+                stream = await node.open_stream(agent, service)
+            try:
+                yield stream
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await stream.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def list_agents(self) -> list[Mapping[str, object]]:
+        await trio.lowlevel.checkpoint()
+        return [{"name": _AGENT}]
+
+
+async def _pair_overlay(
+    args: argparse.Namespace, modes: set[str], notes: list[str]
+) -> list[dict[str, object]]:
+    with tempfile.TemporaryDirectory(prefix="tunneld-bench-calls-") as tmp:
+        root = Path(tmp)
+        store = await SqliteStore.open(root / "control.db")
+        try:
+            now = time.time()
+            await store.add_user("bench", None, now)
+            tokens = {}
+            for name, agent in (("user", None), ("agent", _AGENT)):
+                token = new_token()
+                await store.add_token(token.id, "bench", agent, token.secret_hash, now, None)
+                tokens[name] = token.value
+            server = ControlServer(
+                ControlConfig(
+                    listen=HostPort("127.0.0.1", 0),
+                    stun_listen=HostPort("127.0.0.1", 0),
+                    data_dir=root,
+                ),
+                store,
+                relay_factory=default_relay_factory(),
+                stun_serve=default_stun_serve(),
+            )
+            async with trio.open_nursery() as outer:
+                info: ServerInfo = await outer.start(server.serve)
+                try:
+                    return await _measure_overlay(args, modes, info, tokens, root, notes)
+                finally:
+                    server.shutdown()
+                    with trio.move_on_after(_STEP_TIMEOUT):
+                        await server.stopped.wait()
+                    outer.cancel_scope.cancel()
+        finally:
+            await store.aclose()
+
+
+async def _measure_overlay(
+    args: argparse.Namespace,
+    modes: set[str],
+    info: ServerInfo,
+    tokens: dict[str, str],
+    root: Path,
+    notes: list[str],
+) -> list[dict[str, object]]:
+    workspace = root / "workspace"
+    workspace.mkdir()
+    (workspace / "small.txt").write_text(_FILE_TEXT)
+    services = AgentServices(AgentConfig(roots=(workspace,)))
+
+    async def serve_agent(peer_id: str, service: str, stream: MuxStream) -> None:
+        await services.dispatch(service, stream)
+
+    arguments = {"agent": _AGENT, "path": str(workspace / "small.txt")}
+    plugins = PluginManager(PluginsConfig())
+    daemon = Daemon(
+        _overlay(info, "bench-laptop", tokens["user"]),
+        DaemonConfig(socket_group="", idle_timeout=Duration(3600.0)),
+        notifier=Notifier({}),
+        mcp=McpConfig(listen="127.0.0.1:0"),
+        plugins=plugins,
+    )
+    rows: list[dict[str, object]] = []
+    agent = _overlay(info, _AGENT, tokens["agent"], serve_agent)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(services.serve)
+        await nursery.start(agent.serve)
+        listener = await open_api_listener(root / "api.sock", mode=0o600)
+        addresses = await nursery.start(
+            functools.partial(daemon.run, [listener], handle_signals=False)
+        )
+        await wait_joined(agent, daemon.overlay)
+        if "read_file" not in plugins.registry.tools:
+            raise RuntimeError(
+                "the workspace plugin is not installed: pip install -e plugins/tunneld-workspace"
+            )
+        if "shared" in modes:
+            rows += await _rows(
+                "shared",
+                str(addresses[-1]),
+                "read_file",
+                arguments,
+                lambda c: args.calls,
+                args.concurrency,
+                notes,
+            )
+        if "per_call" in modes:
+            fresh = McpServer(
+                plugins.registry,
+                lambda caller: _FreshOverlayAgents(info, tokens["user"]),
+                plugin_configs=plugins.configs,
+            )
+            router = Router()
+            fresh.mount(router, "/mcp")
+            http = HttpServer(router)
+            await nursery.start(fresh.run)
+            bound = await nursery.start(http.serve_tcp, "127.0.0.1", 0)
+            levels = tuple(c for c in args.concurrency if c <= args.per_call_max_concurrency)
+            rows += await _rows(
+                "per_call",
+                f"http://127.0.0.1:{bound[1]}/mcp",
+                "read_file",
+                arguments,
+                lambda c: max(args.per_call_calls, c),
+                levels,
+                notes,
+            )
+        daemon.stop()
+        nursery.cancel_scope.cancel()
+    return rows
+
+
+# -- pair 2: our MCP server vs the SDK's --------------------------------------------------
+
+
+@asynccontextmanager
+async def _server_process(kind: str) -> AsyncIterator[str]:
+    """Start ``tunneld.bench._calls_server KIND``; yields its MCP URL; stops it on exit."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "tunneld.bench._calls_server", kind],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(_STEP_TIMEOUT):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(64)
+                if not chunk:
+                    raise RuntimeError(f"the {kind} MCP server exited before listening")
+                line += chunk
+        yield f"http://127.0.0.1:{int(line)}/mcp"
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.stdin is not None:
+                await process.stdin.aclose()  # the server exits when stdin closes
+            with trio.move_on_after(5.0):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def _pair_servers(
+    args: argparse.Namespace, modes: set[str], notes: list[str]
+) -> list[dict[str, object]]:
+    # Both servers run at once and take turns level by level, so a change in the
+    # machine's load during the run hits both alike.
+    arguments = {"text": "hello"}
+    wanted = [(m, k) for m, k in (("our_server", "ours"), ("sdk_server", "sdk")) if m in modes]
+    by_mode: dict[str, list[dict[str, object]]] = {mode: [] for mode, _ in wanted}
+    async with AsyncExitStack() as stack:
+        urls = {mode: await stack.enter_async_context(_server_process(k)) for mode, k in wanted}
+        for level in args.concurrency:
+            for mode, _ in wanted:
+                by_mode[mode] += await _rows(
+                    mode, urls[mode], ECHO_TOOL, arguments, lambda c: args.calls, (level,), notes
+                )
+    return [row for mode, _ in wanted for row in by_mode[mode]]
+
+
+# -- the benchmark ----------------------------------------------------------------------
+
+
+def _rate(rows: list[dict[str, object]], mode: str, level: int | None) -> float | None:
+    """``mode``'s calls/s at ``level``, or its best rate at any level (``None``)."""
+    rates = [
+        float(row["calls_per_s"])  # type: ignore[arg-type]
+        for row in rows
+        if row["mode"] == mode and (level is None or row["concurrency"] == level)
+    ]
+    return max(rates) if rates else None
+
+
+def _ratios(rows: list[dict[str, object]], top: str, bottom: str, levels: tuple[int, ...]) -> str:
+    parts = []
+    for level in levels:
+        a, b = _rate(rows, top, level), _rate(rows, bottom, level)
+        if a is not None and b:
+            parts.append(f"c={level} {a / b:.1f}x")
+        elif a is not None and (best := _rate(rows, bottom, None)):
+            parts.append(f"c={level} {a / best:.1f}x (vs {bottom}'s best rate)")
+    return ", ".join(parts)
+
+
+async def _main(args: argparse.Namespace, modes: set[str]) -> BenchResult:
+    rows: list[dict[str, object]] = []
+    failures: list[str] = []
+    if modes & {"shared", "per_call"}:
+        rows += await _pair_overlay(args, modes, failures)
+    if modes & {"our_server", "sdk_server"}:
+        rows += await _pair_servers(args, modes, failures)
+    notes = [
+        "shared: read_file through the daemon's MCP endpoint on its one warm tunnel;"
+        " per_call: the same tool and server code, a fresh overlay node (UDP socket, relay,"
+        " coordinator session, handshake) per call. our_server / sdk_server: a trivial echo"
+        " tool on tunneld.mcp.McpServer vs the mcp SDK's MCPServer under uvicorn, each in"
+        " its own process. Same client for all (keep-alive, one session).",
+    ]
+    for top, bottom in (("shared", "per_call"), ("our_server", "sdk_server")):
+        ratios = _ratios(rows, top, bottom, args.concurrency)
+        if ratios:
+            notes.append(f"{top} / {bottom} calls/s: {ratios}")
+    notes += failures
+    return BenchResult(
+        title="calls: MCP tools/call per second and latency",
+        columns=["mode", "concurrency", "calls_per_s", "p50_ms", "p99_ms"],
+        rows=rows,
+        notes=notes,
+    )
+
+
+def run(args: argparse.Namespace) -> BenchResult:
+    """Run the benchmark (blocking; starts its own trio run).
+
+    Raises:
+        RuntimeError: the workspace plugin (shared, per_call) or the ``mcp`` SDK with
+            uvicorn (sdk_server) is not installed.
+    """
+    modes = set(args.modes)
+    if "sdk_server" in modes and not all(
+        importlib.util.find_spec(name) for name in ("mcp", "uvicorn")
+    ):
+        raise RuntimeError(
+            "sdk_server needs the official MCP SDK and uvicorn: pip install mcp uvicorn"
+            " (or leave it out: --modes shared,per_call,our_server)"
+        )
+    return trio.run(_main, args, modes)
