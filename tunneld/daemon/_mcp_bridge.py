@@ -217,6 +217,9 @@ class McpBridge:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 buffer = bytearray()
+                # After "message too long", the rest of that line is dropped up to its
+                # newline: its tail is no message of its own.
+                skipping = False
                 while True:
                     chunk = await stdin.receive_some(65536)
                     if not chunk:
@@ -225,10 +228,14 @@ class McpBridge:
                     while (newline := buffer.find(b"\n")) >= 0:
                         line = bytes(buffer[:newline]).strip()
                         del buffer[: newline + 1]
-                        if line:
+                        if skipping:
+                            skipping = False
+                        elif line:
                             await self._message(line, nursery)
-                    if len(buffer) > _MAX_LINE:
-                        await self._write(_error(None, PARSE_ERROR, "message too long"))
+                    if len(buffer) > _MAX_LINE or (skipping and buffer):
+                        if not skipping:
+                            await self._write(_error(None, PARSE_ERROR, "message too long"))
+                        skipping = True
                         buffer.clear()
                 if buffer.strip():
                     await self._message(bytes(buffer).strip(), nursery)
