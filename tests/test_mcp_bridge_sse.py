@@ -49,3 +49,33 @@ def test_any_split_decodes_the_same(
         last = cut
     events += decoder.feed(wire[last:])
     assert [json.loads(e.data) for e in events] == [m for m, _ in messages]
+
+
+async def test_an_over_long_stdin_line_is_refused_once_and_its_tail_dropped() -> None:
+    import trio
+    import trio.testing
+
+    from tunneld.daemon import _mcp_bridge
+
+    written: list[bytes] = []
+    refused = trio.Event()
+
+    def send_line(line: bytes) -> None:
+        written.append(line)
+        refused.set()
+
+    bridge = _mcp_bridge.McpBridge("/nonexistent.sock", send_line=send_line, eof_grace=0)
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bridge.run, receive)
+        too_long = b"x" * (_mcp_bridge._MAX_LINE + 1)
+        for start in range(0, len(too_long), 1 << 20):
+            await send.send_all(too_long[start : start + (1 << 20)])
+        with trio.fail_after(30):
+            await refused.wait()  # the bridge has refused the line so far
+        # The same line goes on with something that would parse as a line of its own.
+        await send.send_all(b'["tail"]\n[1, 2]\n')
+        await send.aclose()
+    codes = [json.loads(line)["error"]["code"] for line in written]
+    # "message too long" once, then the next line's own error; nothing for the tail.
+    assert codes == [_mcp_bridge.PARSE_ERROR, _mcp_bridge.INVALID_REQUEST]

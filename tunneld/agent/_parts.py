@@ -37,6 +37,17 @@ def part_path(target: Path) -> Path:
     return target.with_name(f".{target.name}{PART_SUFFIX}")
 
 
+def pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``pwrite`` may write less); the end."""
+    view = memoryview(data)
+    position = offset
+    while view:
+        written = os.pwrite(fd, view, position)
+        view = view[written:]
+        position += written
+    return position
+
+
 def _open_part(part: Path, flags: int) -> int:
     return os.open(part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
@@ -66,13 +77,7 @@ def write_part(policy: PathPolicy, path: str, offset: int, data: bytes) -> dict[
                     ErrorCode.INVALID_REQUEST,
                     f"{what}: offset {offset} is past the end of the partial file ({size} bytes)",
                 )
-            view = memoryview(data)
-            position = offset
-            while view:
-                written = os.pwrite(fd, view, position)
-                view = view[written:]
-                position += written
-            os.ftruncate(fd, position)
+            os.ftruncate(fd, pwrite_all(fd, data, offset))
         finally:
             os.close(fd)
     except OSError as exc:

@@ -30,6 +30,7 @@ from typing import Final
 
 import trio
 
+from tunneld.agent._parts import PART_SUFFIX, part_path, pwrite_all
 from tunneld.agent.client import AgentClient, AgentError
 
 __all__ = [
@@ -44,7 +45,8 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE: Final = 1 << 20
-LOCAL_PART_SUFFIX: Final = ".tunneld-part"
+# Local partial files are named like the agent's (both sides resume the same way).
+LOCAL_PART_SUFFIX: Final = PART_SUFFIX
 _HASH_BLOCK: Final = 1 << 20
 
 # Called with (bytes done, total bytes or None when unknown) after every chunk.
@@ -67,7 +69,7 @@ class TransferResult:
 
 def local_part_path(target: Path) -> Path:
     """Where a download into ``target`` keeps its partial file: ``.NAME.tunneld-part``."""
-    return target.with_name(f".{target.name}{LOCAL_PART_SUFFIX}")
+    return part_path(target)
 
 
 class _Pacer:
@@ -191,12 +193,7 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
     try:
         if offset == 0:
             os.ftruncate(fd, 0)
-        view = memoryview(data)
-        position = offset
-        while view:
-            written = os.pwrite(fd, view, position)
-            view = view[written:]
-            position += written
+        pwrite_all(fd, data, offset)
     finally:
         os.close(fd)
 

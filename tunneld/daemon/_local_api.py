@@ -268,7 +268,13 @@ class LocalApi:
             or _user_in_group(credentials.uid, gid)
         )
 
-    def _check(self, request: Request, *, write: bool) -> None:
+    @staticmethod
+    def refuse_browsers(request: Request) -> None:
+        """Refuse a request that carries ``Origin`` or ``Referer``: a browser's.
+
+        Raises:
+            HttpError: 403 ``browser_request``.
+        """
         for header in ("origin", "referer"):
             if header in request.headers:
                 raise HttpError(
@@ -277,6 +283,9 @@ class LocalApi:
                     " browsers may not use the local API",
                     code="browser_request",
                 )
+
+    def _check(self, request: Request, *, write: bool) -> None:
+        self.refuse_browsers(request)
         if write and not self.can_write(request.peer_credentials):
             uid = request.peer_credentials.uid if request.peer_credentials else None
             raise HttpError(

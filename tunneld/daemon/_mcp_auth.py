@@ -18,12 +18,11 @@ from typing import Final
 import trio
 
 from tunneld.http import HttpError, Request
-from tunneld.mcp import Caller
+from tunneld.mcp import SCOPE_READ, SCOPE_WRITE, Caller
 
 __all__ = ["SCOPE_READ", "SCOPE_WRITE", "StaticTokenAuthenticator", "read_token_file"]
 
-SCOPE_READ: Final = "mcp:tools"
-SCOPE_WRITE: Final = "mcp:tools:write"
+# The scope names are the MCP server's, which checks them; re-exported for callers.
 FULL_ACCESS: Final = frozenset({SCOPE_READ, SCOPE_WRITE})
 
 

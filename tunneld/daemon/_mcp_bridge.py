@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ _DELETE_TIMEOUT: Final = 3.0
 # After stdin ends, how long answers still in flight may take before we exit anyway.
 _EOF_GRACE: Final = 10.0
 _ACCEPT_POST: Final = "application/json, text/event-stream"
+_LINE_END: Final = re.compile(rb"[\r\n]")
 
 # JSON-RPC error codes (JSON-RPC 2.0 §5.1) the bridge answers with itself.
 PARSE_ERROR: Final = -32700
@@ -72,6 +74,7 @@ class SseDecoder:
     _data: list[str] = field(default_factory=list)
     _event: str = ""
     _pending_cr: bool = False
+    _scanned: int = 0
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         """Parse ``chunk``; raises ``ValueError`` if one event exceeds ``max_event_bytes``."""
@@ -80,28 +83,27 @@ class SseDecoder:
         if self._pending_cr and data.startswith(b"\n"):
             data = data[1:]  # the LF of a CRLF split across chunks
         self._pending_cr = False
-        self._buffer += data
-        while True:
-            cut = -1
-            for i, byte in enumerate(self._buffer):
-                if byte in (0x0A, 0x0D):
-                    cut = i
-                    break
-            if cut < 0:
-                break
-            line = bytes(self._buffer[:cut])
-            ending = self._buffer[cut]
-            skip = 1
-            if ending == 0x0D:
-                if cut + 1 < len(self._buffer):
-                    if self._buffer[cut + 1] == 0x0A:
-                        skip = 2
+        buffer = self._buffer
+        buffer += data
+        # Each byte is searched once: ``_scanned`` bytes of the buffer hold no line end,
+        # and the lines found are cut off in one go at the end.
+        start = 0
+        while (found := _LINE_END.search(buffer, self._scanned)) is not None:
+            cut = found.start()
+            end = cut + 1
+            if buffer[cut] == 0x0D:
+                if end < len(buffer):
+                    if buffer[end] == 0x0A:
+                        end += 1
                 else:
                     self._pending_cr = True
-            del self._buffer[: cut + skip]
+            line = bytes(buffer[start:cut])
+            start = self._scanned = end
             event = self._line(line.decode("utf-8", "replace"))
             if event is not None:
                 events.append(event)
+        del buffer[:start]
+        self._scanned = len(buffer)
         if len(self._buffer) + sum(len(d) for d in self._data) > self.max_event_bytes:
             raise ValueError("SSE event too large")
         return events
@@ -215,6 +217,9 @@ class McpBridge:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 buffer = bytearray()
+                # After "message too long", the rest of that line is dropped up to its
+                # newline: its tail is no message of its own.
+                skipping = False
                 while True:
                     chunk = await stdin.receive_some(65536)
                     if not chunk:
@@ -223,10 +228,14 @@ class McpBridge:
                     while (newline := buffer.find(b"\n")) >= 0:
                         line = bytes(buffer[:newline]).strip()
                         del buffer[: newline + 1]
-                        if line:
+                        if skipping:
+                            skipping = False
+                        elif line:
                             await self._message(line, nursery)
-                    if len(buffer) > _MAX_LINE:
-                        await self._write(_error(None, PARSE_ERROR, "message too long"))
+                    if len(buffer) > _MAX_LINE or (skipping and buffer):
+                        if not skipping:
+                            await self._write(_error(None, PARSE_ERROR, "message too long"))
+                        skipping = True
                         buffer.clear()
                 if buffer.strip():
                     await self._message(bytes(buffer).strip(), nursery)
@@ -396,8 +405,20 @@ class McpBridge:
             self._note_version(message)
         await self._write(message)
 
-    async def _forward_sse(self, answer: _HttpAnswer, *, initialize: bool = False) -> None:
-        decoder = SseDecoder()
+    async def _forward_sse(
+        self,
+        answer: _HttpAnswer,
+        *,
+        initialize: bool = False,
+        decoder: SseDecoder | None = None,
+    ) -> None:
+        """Write each message event of ``answer`` to stdout.
+
+        Raises:
+            ValueError: an event exceeds the decoder's bound.
+            OSError, trio.BrokenResourceError, h11.ProtocolError: the answer broke off.
+        """
+        decoder = SseDecoder() if decoder is None else decoder
         async for chunk in answer.chunks():
             for event in decoder.feed(chunk):
                 if event.event == "message" and event.data.strip():
@@ -411,12 +432,12 @@ class McpBridge:
 
     async def _listen(self) -> None:
         """The session's GET stream: server notifications and requests outside any POST."""
-        decoder = SseDecoder()
+        last_event_id: str | None = None
         delay = 0.1
         while True:
             headers = self._headers("text/event-stream")
-            if decoder.last_event_id is not None:
-                headers.append(("Last-Event-ID", decoder.last_event_id))
+            if last_event_id is not None:
+                headers.append(("Last-Event-ID", last_event_id))
             try:
                 answer = await self._open("GET", headers)
             except (OSError, trio.BrokenResourceError, DaemonUnavailableError) as exc:
@@ -431,13 +452,16 @@ class McpBridge:
                             return  # no (longer a) session
                     else:
                         delay = 0.1
+                        # A fresh decoder per connection: a half-read event of a broken
+                        # stream must not run into the next one; only the id carries over.
+                        decoder = SseDecoder(last_event_id=last_event_id)
                         try:
-                            async for chunk in answer.chunks():
-                                for event in decoder.feed(chunk):
-                                    if event.event == "message" and event.data.strip():
-                                        await self._forward_json(event.data.encode())
+                            await self._forward_sse(answer, decoder=decoder)
                         except (OSError, trio.BrokenResourceError, h11.ProtocolError):
                             pass
+                        except ValueError as exc:
+                            log.warning("mcp_bridge.get_event_refused", error=str(exc))
+                        last_event_id = decoder.last_event_id
             await trio.sleep(delay)
             delay = min(delay * 2, _GET_RETRY_MAX)
 

@@ -11,7 +11,7 @@ from typing import Final
 import trio
 
 from tunneld import __version__
-from tunneld.config import Config, DaemonConfig, McpConfig, PluginsConfig
+from tunneld.config import Config, DaemonConfig, McpConfig, PluginsConfig, parse_host_port
 from tunneld.daemon._agents import AccessCheck, DaemonAgents
 from tunneld.daemon._directory import AgentDirectory
 from tunneld.daemon._events import EventHub
@@ -126,7 +126,7 @@ class Daemon:
         resource_metadata_url: str | None = None,
     ) -> McpServer:
         settings = self.mcp_settings
-        host = settings.listen.rsplit(":", 1)[0].strip("[]") if settings.listen else ""
+        host = parse_host_port(settings.listen).host if settings.listen else ""
         return McpServer(
             self.plugins.registry,
             self._agents_for,
@@ -149,14 +149,7 @@ class Daemon:
     async def _authenticate_unix(self, request: Request) -> Caller:
         """The socket's caller: read scope for anyone who can connect, write per the API."""
         await trio.lowlevel.checkpoint()
-        for header in ("origin", "referer"):
-            if header in request.headers:
-                raise HttpError(
-                    403,
-                    f"requests with a {header.title()} header are refused:"
-                    " browsers may not use the local API",
-                    code="browser_request",
-                )
+        self.api.refuse_browsers(request)
         creds = request.peer_credentials
         scopes = {SCOPE_READ}
         if self.api.can_write(creds):
@@ -175,13 +168,12 @@ class Daemon:
         listen = self.mcp_settings.listen
         if not listen:
             return []
-        host, _, port_text = listen.rpartition(":")
-        host = host.strip("[]")
+        address = parse_host_port(listen)
         try:
-            listeners = await trio.open_tcp_listeners(int(port_text), host=host or None)
+            listeners = await trio.open_tcp_listeners(address.port, host=address.host)
         except OSError as exc:
             raise OSError(exc.errno, f"[mcp] listen {listen}: {exc.strerror or exc}") from None
-        if int(port_text) == 0 and len(listeners) > 1:
+        if address.port == 0 and len(listeners) > 1:
             # Every address family would get its own random port: serve one, truthfully.
             for extra in listeners[1:]:
                 await extra.aclose()

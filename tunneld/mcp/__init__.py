@@ -30,11 +30,14 @@ from tunneld.mcp._registry import (
     validate_tool_name,
 )
 from tunneld.mcp._server import McpServer
+from tunneld.mcp._transport import SCOPE_READ, SCOPE_WRITE
 
 __all__ = [
     "DESTRUCTIVE",
     "MUTATING",
     "READ_ONLY",
+    "SCOPE_READ",
+    "SCOPE_WRITE",
     "AgentAccess",
     "Caller",
     "Content",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import jsonschema.exceptions
 
@@ -28,6 +28,9 @@ from tunneld.mcp._jsonrpc import (
 from tunneld.mcp._registry import (
     AgentAccess,
     Caller,
+    Prompt,
+    Resource,
+    ResourceTemplate,
     Tool,
     ToolContext,
     ToolError,
@@ -45,6 +48,8 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
+
+_T = TypeVar("_T")
 
 HANDSHAKE_VERSIONS: Final[tuple[str, ...]] = ("2025-03-26", "2025-06-18", "2025-11-25")
 """Revisions negotiated by ``initialize`` (sessions), oldest first."""
@@ -209,8 +214,19 @@ class Methods:
         self, ex: Exchange, catalog: Catalog, params: dict[str, Any]
     ) -> dict[str, Any]:
         tools = list(catalog.registry.tools.values())
-        page, cursor = paginate(tools, params, catalog.generation, self.info.page_size)
-        result: dict[str, Any] = {"tools": [tool.to_json() for tool in page]}
+        return self._listing("tools", tools, params, catalog, Tool.to_json)
+
+    def _listing(
+        self,
+        key: str,
+        items: Sequence[_T],
+        params: dict[str, Any],
+        catalog: Catalog,
+        entry: Callable[[_T], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """A ``*/list`` result: the page ``params`` asks for, as ``key``, and its cursor."""
+        page, cursor = paginate(items, params, catalog.generation, self.info.page_size)
+        result: dict[str, Any] = {key: [entry(item) for item in page]}
         if cursor is not None:
             result["nextCursor"] = cursor
         return result
@@ -305,41 +321,13 @@ class Methods:
         self, ex: Exchange, catalog: Catalog, params: dict[str, Any]
     ) -> dict[str, Any]:
         resources = list(catalog.registry.resources.values())
-        page, cursor = paginate(resources, params, catalog.generation, self.info.page_size)
-        entries = []
-        for res in page:
-            entry: dict[str, Any] = {"uri": res.uri, "name": res.name, "mimeType": res.mime_type}
-            if res.description:
-                entry["description"] = res.description
-            if res.title:
-                entry["title"] = res.title
-            entries.append(entry)
-        result: dict[str, Any] = {"resources": entries}
-        if cursor is not None:
-            result["nextCursor"] = cursor
-        return result
+        return self._listing("resources", resources, params, catalog, _resource_entry)
 
     async def _templates_list(
         self, ex: Exchange, catalog: Catalog, params: dict[str, Any]
     ) -> dict[str, Any]:
         templates = list(catalog.registry.templates.values())
-        page, cursor = paginate(templates, params, catalog.generation, self.info.page_size)
-        entries = []
-        for tpl in page:
-            entry: dict[str, Any] = {
-                "uriTemplate": tpl.uri_template,
-                "name": tpl.name,
-                "mimeType": tpl.mime_type,
-            }
-            if tpl.description:
-                entry["description"] = tpl.description
-            if tpl.title:
-                entry["title"] = tpl.title
-            entries.append(entry)
-        result: dict[str, Any] = {"resourceTemplates": entries}
-        if cursor is not None:
-            result["nextCursor"] = cursor
-        return result
+        return self._listing("resourceTemplates", templates, params, catalog, _template_entry)
 
     async def _resources_read(
         self, ex: Exchange, catalog: Catalog, params: dict[str, Any]
@@ -396,28 +384,7 @@ class Methods:
         self, ex: Exchange, catalog: Catalog, params: dict[str, Any]
     ) -> dict[str, Any]:
         prompts = list(catalog.registry.prompts.values())
-        page, cursor = paginate(prompts, params, catalog.generation, self.info.page_size)
-        entries = []
-        for prompt in page:
-            entry: dict[str, Any] = {"name": prompt.name}
-            if prompt.title:
-                entry["title"] = prompt.title
-            if prompt.description:
-                entry["description"] = prompt.description
-            if prompt.arguments:
-                entry["arguments"] = [
-                    {
-                        "name": arg.name,
-                        **({"description": arg.description} if arg.description else {}),
-                        "required": arg.required,
-                    }
-                    for arg in prompt.arguments
-                ]
-            entries.append(entry)
-        result: dict[str, Any] = {"prompts": entries}
-        if cursor is not None:
-            result["nextCursor"] = cursor
-        return result
+        return self._listing("prompts", prompts, params, catalog, _prompt_entry)
 
     async def _prompts_get(
         self, ex: Exchange, catalog: Catalog, params: dict[str, Any]
@@ -492,6 +459,41 @@ class Methods:
                 "hasMore": len(values) > _COMPLETION_LIMIT,
             }
         }
+
+
+def _described(entry: dict[str, Any], item: Resource | ResourceTemplate) -> dict[str, Any]:
+    if item.description:
+        entry["description"] = item.description
+    if item.title:
+        entry["title"] = item.title
+    return entry
+
+
+def _resource_entry(res: Resource) -> dict[str, Any]:
+    return _described({"uri": res.uri, "name": res.name, "mimeType": res.mime_type}, res)
+
+
+def _template_entry(tpl: ResourceTemplate) -> dict[str, Any]:
+    entry = {"uriTemplate": tpl.uri_template, "name": tpl.name, "mimeType": tpl.mime_type}
+    return _described(entry, tpl)
+
+
+def _prompt_entry(prompt: Prompt) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": prompt.name}
+    if prompt.title:
+        entry["title"] = prompt.title
+    if prompt.description:
+        entry["description"] = prompt.description
+    if prompt.arguments:
+        entry["arguments"] = [
+            {
+                "name": arg.name,
+                **({"description": arg.description} if arg.description else {}),
+                "required": arg.required,
+            }
+            for arg in prompt.arguments
+        ]
+    return entry
 
 
 def _error_result(message: str) -> dict[str, Any]:

@@ -64,12 +64,14 @@ from tunneld.mcp._methods import (
 from tunneld.mcp._registry import AgentAccess, Caller
 from tunneld.mcp._session import Session, SessionStore
 
-__all__ = ["Transport", "TransportOptions"]
+__all__ = ["SCOPE_READ", "SCOPE_WRITE", "Transport", "TransportOptions"]
 
 log = get_logger(__name__)
 
 ALLOW: Final = "GET, POST, DELETE, OPTIONS"
 RETRY_MS: Final = 1000  # SSE reconnection delay announced in priming events
+# OAuth scopes a caller needs: reading tools (and resources, prompts), and calling
+# tools that write (ToolAnnotations.writes); the write scope includes reading.
 SCOPE_READ: Final = "mcp:tools"
 SCOPE_WRITE: Final = "mcp:tools:write"
 # Requests answered with an SSE stream when the client accepts one: the ones whose
@@ -177,14 +179,26 @@ class Transport:
             ]
         return Response(204, headers)
 
-    def _session(self, request: Request) -> Session:
+    async def _session(self, request: Request) -> tuple[Session, str, Caller]:
+        """The request's session, protocol version and caller, checked in that order.
+
+        Raises:
+            Reject: no ``Mcp-Session-Id`` (400), a bad version (400), or a session that
+                is unknown or another caller's (404, the same answer for both).
+            HttpError: from ``authenticate`` (401 and the like).
+        """
         session_id = request.headers.get("mcp-session-id")
         if session_id is None:
             raise rpc_error(400, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required")
         session = self.sessions.get(session_id.strip())
         if session is None:
-            raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
-        return session
+            raise _session_not_found()
+        version = check_version(request)
+        caller = await self._authenticate(request)
+        if not session.owned_by(caller):
+            # A session belongs to whoever initialized it; to anyone else it does not exist.
+            raise _session_not_found()
+        return session, version, caller
 
     async def _authenticate(self, request: Request) -> Caller:
         if self.options.authenticate is None:
@@ -262,12 +276,7 @@ class Transport:
                     "requested": header_version,
                 },
             )
-        session = self._session(request)
-        version = check_version(request)
-        caller = await self._authenticate(request)
-        if not session.owned_by(caller):
-            # A session belongs to whoever initialized it; to anyone else it does not exist.
-            raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
+        session, version, caller = await self._session(request)
         catalog = self.catalog()
         self._authorize(caller, catalog, message)
         headers = [("Mcp-Session-Id", session.id)]
@@ -547,11 +556,7 @@ class Transport:
         if request.method != "GET":
             raise Reject(Response.error(405, "method not allowed", headers=[("Allow", ALLOW)]))
         check_accept(request, json=False, sse=True)
-        session = self._session(request)
-        check_version(request)
-        caller = await self._authenticate(request)
-        if not session.owned_by(caller):
-            raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
+        session, _, _ = await self._session(request)
         headers = [("Mcp-Session-Id", session.id)]
         last_event_id = request.headers.get("last-event-id")
         if last_event_id is not None:
@@ -572,11 +577,7 @@ class Transport:
         return self._sse(standalone.read(standalone.delivered, prime=True), headers)
 
     async def _delete(self, request: Request) -> Response:
-        session = self._session(request)
-        check_version(request)
-        caller = await self._authenticate(request)
-        if not session.owned_by(caller):
-            raise rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
+        session, _, _ = await self._session(request)
         self.sessions.remove(session.id)
         log.info("mcp.session_ended", sessions=len(self.sessions))
         return Response(200)
@@ -598,6 +599,10 @@ class Transport:
             if subscribed is not None and subscribed not in session.subscriptions:
                 continue
             session.get_standalone().send(message)
+
+
+def _session_not_found() -> Reject:
+    return rpc_error(404, -32001, "Session not found (expired or ended): initialize again")
 
 
 async def _cancel_on_disconnect(
