@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+# The scopes the MCP server checks are its own names: the AS issues exactly those.
+from tunneld.mcp import SCOPE_READ as SCOPE_TOOLS
+from tunneld.mcp import SCOPE_WRITE as SCOPE_TOOLS_WRITE
+
 __all__ = [
     "DEFAULT_SCOPE",
     "MCP_SCOPES",
@@ -15,8 +19,6 @@ __all__ = [
     "OAuthSettings",
 ]
 
-SCOPE_TOOLS: Final = "mcp:tools"
-SCOPE_TOOLS_WRITE: Final = "mcp:tools:write"
 # A client node (`tunneld login`, the daemon's machine) joining the overlay as its user:
 # the coordinator accepts such access tokens when their audience is the control URL.
 SCOPE_NODE: Final = "node"
