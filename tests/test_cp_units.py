@@ -199,3 +199,21 @@ async def test_a_source_that_changes_during_a_download_fails_verification(
                 await download(client, "moving.bin", target, chunk_size=4096, progress=rewrite)
             assert not target.exists()
             assert not local_part_path(target).exists()
+
+
+async def test_a_new_download_gets_0666_minus_the_umask_which_it_leaves_alone(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f.bin").write_bytes(b"payload")
+    previous = os.umask(0o027)
+    try:
+        async with running_services(make_config(root)) as (services, nursery):
+            client = await open_client(services, nursery, tcp=True)
+            async with client:
+                await download(client, "f.bin", tmp_path / "new.bin")
+        assert (tmp_path / "new.bin").stat().st_mode & 0o777 == 0o640
+        assert os.umask(0o027) == 0o027  # still the umask we set
+    finally:
+        os.umask(previous)

@@ -198,6 +198,24 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where Linux allows.
+
+    ``os.umask`` can only be read by setting it, and this runs in a worker thread:
+    for that moment every other thread's new files would get mode 0o666/0o777.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
 def _finish_local(part: Path, target: Path, mode: int | None) -> None:
     fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -205,9 +223,7 @@ def _finish_local(part: Path, target: Path, mode: int | None) -> None:
             try:
                 mode = stat_module.S_IMODE(os.stat(target).st_mode)
             except FileNotFoundError:
-                umask = os.umask(0)
-                os.umask(umask)
-                mode = 0o666 & ~umask
+                mode = 0o666 & ~_current_umask()
         os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
