@@ -27,7 +27,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -40,16 +39,9 @@ from tunneld._mcp_client import McpClientError, McpHttpClient
 from tunneld.agent import AgentServices
 from tunneld.bench import BenchResult, percentile
 from tunneld.bench._calls_server import ECHO_TOOL
-from tunneld.config import AgentConfig, DaemonConfig, Duration, HostPort, McpConfig, PluginsConfig
-from tunneld.config._sections import ControlConfig
-from tunneld.control import (
-    ControlServer,
-    ServerInfo,
-    SqliteStore,
-    default_relay_factory,
-    default_stun_serve,
-    new_token,
-)
+from tunneld.bench._control import embedded_control
+from tunneld.config import AgentConfig, DaemonConfig, Duration, McpConfig, PluginsConfig
+from tunneld.control import ServerInfo
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.demo import wait_joined
 from tunneld.http import HttpServer, Router
@@ -282,38 +274,11 @@ class _FreshOverlayAgents:
 async def _pair_overlay(
     args: argparse.Namespace, modes: set[str], notes: list[str]
 ) -> list[dict[str, object]]:
-    with tempfile.TemporaryDirectory(prefix="tunneld-bench-calls-") as tmp:
-        root = Path(tmp)
-        store = await SqliteStore.open(root / "control.db")
-        try:
-            now = time.time()
-            await store.add_user("bench", None, now)
-            tokens = {}
-            for name, agent in (("user", None), ("agent", _AGENT)):
-                token = new_token()
-                await store.add_token(token.id, "bench", agent, token.secret_hash, now, None)
-                tokens[name] = token.value
-            server = ControlServer(
-                ControlConfig(
-                    listen=HostPort("127.0.0.1", 0),
-                    stun_listen=HostPort("127.0.0.1", 0),
-                    data_dir=root,
-                ),
-                store,
-                relay_factory=default_relay_factory(),
-                stun_serve=default_stun_serve(),
-            )
-            async with trio.open_nursery() as outer:
-                info: ServerInfo = await outer.start(server.serve)
-                try:
-                    return await _measure_overlay(args, modes, info, tokens, root, notes)
-                finally:
-                    server.shutdown()
-                    with trio.move_on_after(_STEP_TIMEOUT):
-                        await server.stopped.wait()
-                    outer.cancel_scope.cancel()
-        finally:
-            await store.aclose()
+    async with embedded_control(
+        "tunneld-bench-calls-", _AGENT, stop_timeout=_STEP_TIMEOUT
+    ) as control:
+        info, tokens, root = control
+        return await _measure_overlay(args, modes, info, tokens, root, notes)
 
 
 async def _measure_overlay(

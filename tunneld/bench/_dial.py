@@ -15,23 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-import time
 from pathlib import Path
 
 import trio
 
 from tunneld.bench import BenchResult, percentile
-from tunneld.config import DaemonConfig, Duration, HostPort
-from tunneld.config._sections import ControlConfig
-from tunneld.control import (
-    ControlServer,
-    ServerInfo,
-    SqliteStore,
-    default_relay_factory,
-    default_stun_serve,
-    new_token,
-)
+from tunneld.bench._control import embedded_control
+from tunneld.config import DaemonConfig, Duration
+from tunneld.control import ServerInfo
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.daemon._client import LocalApiClient
 from tunneld.keys import generate_private_key
@@ -144,39 +135,11 @@ async def _measure(
 
 async def _main(args: argparse.Namespace) -> BenchResult:
     payload = os.urandom(_PAYLOAD_SIZE)
-    with tempfile.TemporaryDirectory(prefix="tunneld-bench-dial-") as tmp:
-        root = Path(tmp)
-        store = await SqliteStore.open(root / "control.db")
-        try:
-            now = time.time()
-            await store.add_user("bench", None, now)
-            tokens = {}
-            for name, agent in (("user", None), ("agent", _AGENT)):
-                token = new_token()
-                await store.add_token(token.id, "bench", agent, token.secret_hash, now, None)
-                tokens[name] = token.value
-            server = ControlServer(
-                ControlConfig(
-                    listen=HostPort("127.0.0.1", 0),
-                    stun_listen=HostPort("127.0.0.1", 0),
-                    data_dir=root,
-                ),
-                store,
-                relay_factory=default_relay_factory(),
-                stun_serve=default_stun_serve(),
-            )
-            async with trio.open_nursery() as outer:
-                info: ServerInfo = await outer.start(server.serve)
-                try:
-                    shared, per_call = await _measure(info, tokens, root, payload, args)
-                finally:
-                    # Nodes are gone by now; then the server, so its sessions end cleanly.
-                    server.shutdown()
-                    with trio.move_on_after(_STEP_TIMEOUT):
-                        await server.stopped.wait()
-                    outer.cancel_scope.cancel()
-        finally:
-            await store.aclose()
+    async with embedded_control(
+        "tunneld-bench-dial-", _AGENT, stop_timeout=_STEP_TIMEOUT
+    ) as control:
+        info, tokens, root = control
+        shared, per_call = await _measure(info, tokens, root, payload, args)
     row: dict[str, object] = {
         "shared_p50_ms": percentile(shared, 0.5) * 1000,
         "shared_p99_ms": percentile(shared, 0.99) * 1000,
