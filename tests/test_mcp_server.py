@@ -962,3 +962,52 @@ async def test_stateless_disconnect_cancels(served: Served, probe: Probe) -> Non
     with trio.fail_after(10):
         await probe.cancelled.wait()
     assert not probe.finished.is_set()
+
+
+async def test_requests_running_on_one_session_are_bounded(
+    client: McpHttpClient, probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tunneld.mcp._transport.MAX_INFLIGHT", 2)
+    async with (
+        open_request(client.port, "POST", client.headers(), client.call_body("gated", {})) as a,
+        open_request(client.port, "POST", client.headers(), client.call_body("gated", {})) as b,
+    ):
+        assert (await a.next()) is not None  # priming: both calls are running
+        assert (await b.next()) is not None
+        refused = await client.post(client.call_body("echo", {"text": "x"}))
+        assert refused.status == 429
+        assert refused.json()["error"]["code"] == -32000
+        assert "at most 2" in refused.json()["error"]["message"]
+        probe.gate.set()
+        assert len(await a.messages()) >= 1
+        assert len(await b.messages()) >= 1
+    # Once they finish, the session takes requests again.
+    echoed = await client.request("tools/call", {"name": "echo", "arguments": {"text": "y"}})
+    assert echoed["result"]["content"][0]["text"] == "echo y"
+
+
+async def test_resource_subscriptions_per_session_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tunneld.mcp._methods.MAX_SUBSCRIPTIONS", 2)
+    registry = Registry()
+
+    async def read(ctx: ToolContext) -> str:
+        return "text"
+
+    for n in range(3):
+        registry.add_resource(Resource(f"test://r{n}", f"r{n}", read))
+    async with serve_mcp(registry) as served:
+        client = McpHttpClient(served.port)
+        await client.initialize()
+        for n in range(2):
+            assert (await client.request("resources/subscribe", {"uri": f"test://r{n}"}))[
+                "result"
+            ] == {}
+        # Subscribing again to one we hold is fine; a third URI is refused.
+        assert (await client.request("resources/subscribe", {"uri": "test://r0"}))["result"] == {}
+        refused = await client.request("resources/subscribe", {"uri": "test://r2"})
+        assert refused["error"]["code"] == -32602
+        assert "At most 2" in refused["error"]["message"]
+        await client.request("resources/unsubscribe", {"uri": "test://r0"})
+        assert (await client.request("resources/subscribe", {"uri": "test://r2"}))["result"] == {}

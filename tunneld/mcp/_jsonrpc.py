@@ -22,6 +22,7 @@ __all__ = [
     "METHOD_NOT_FOUND",
     "PARSE_ERROR",
     "RESOURCE_NOT_FOUND",
+    "SERVER_BUSY",
     "UNSUPPORTED_PROTOCOL_VERSION",
     "JsonRpcError",
     "McpError",
@@ -46,6 +47,7 @@ INTERNAL_ERROR: Final = -32603
 RESOURCE_NOT_FOUND: Final = -32002  # MCP "Resource not found"
 HEADER_MISMATCH: Final = -32020  # 2026-07-28: a routing header disagrees with the body
 UNSUPPORTED_PROTOCOL_VERSION: Final = -32022  # 2026-07-28
+SERVER_BUSY: Final = -32000  # implementation-defined: a per-session limit was hit
 
 RequestId = str | int
 

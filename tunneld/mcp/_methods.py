@@ -36,7 +36,7 @@ from tunneld.mcp._registry import (
     ToolError,
     ToolResult,
 )
-from tunneld.mcp._session import Session
+from tunneld.mcp._session import MAX_SUBSCRIPTIONS, Session
 
 __all__ = [
     "HANDSHAKE_VERSIONS",
@@ -367,7 +367,12 @@ class Methods:
     ) -> dict[str, Any]:
         uri = _str_param(params, "uri")
         assert ex.session is not None
-        ex.session.subscriptions.add(uri)
+        subscriptions = ex.session.subscriptions
+        if uri not in subscriptions and len(subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise McpError(
+                INVALID_PARAMS, f"At most {MAX_SUBSCRIPTIONS} resource subscriptions per session"
+            )
+        subscriptions.add(uri)
         return {}
 
     async def _unsubscribe(

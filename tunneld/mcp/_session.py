@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -19,7 +19,13 @@ from tunneld.mcp._events import EventStream, StreamTable
 from tunneld.mcp._jsonrpc import RequestId
 from tunneld.mcp._registry import Caller
 
-__all__ = ["PendingRequest", "Session", "SessionStore"]
+__all__ = ["MAX_INFLIGHT", "MAX_SUBSCRIPTIONS", "PendingRequest", "Session", "SessionStore"]
+
+
+MAX_INFLIGHT: Final = 512
+"""Requests one session may have running at once (a flood past it gets an error each)."""
+MAX_SUBSCRIPTIONS: Final = 1024
+"""Resource URIs one session may subscribe to."""
 
 
 @dataclass(slots=True)

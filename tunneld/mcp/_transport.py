@@ -41,6 +41,7 @@ from tunneld.mcp._jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    SERVER_BUSY,
     UNSUPPORTED_PROTOCOL_VERSION,
     McpError,
     Notification,
@@ -62,7 +63,7 @@ from tunneld.mcp._methods import (
     Methods,
 )
 from tunneld.mcp._registry import AgentAccess, Caller
-from tunneld.mcp._session import Session, SessionStore
+from tunneld.mcp._session import MAX_INFLIGHT, Session, SessionStore
 
 __all__ = ["SCOPE_READ", "SCOPE_WRITE", "Transport", "TransportOptions"]
 
@@ -292,6 +293,13 @@ class Transport:
         if message.id in session.inflight:
             raise rpc_error(
                 400, INVALID_REQUEST, f"Request id {message.id!r} is already in use", id=message.id
+            )
+        if len(session.inflight) >= MAX_INFLIGHT:
+            raise rpc_error(
+                429,
+                SERVER_BUSY,
+                f"Too many requests running on this session (at most {MAX_INFLIGHT})",
+                id=message.id,
             )
         stream = session.streams.new() if message.method in _STREAMED else None
         ex = self._exchange(caller, session, version, message, stream, None)
