@@ -55,7 +55,7 @@ def _add_socket(parser: argparse.ArgumentParser) -> None:
 def register(sub: Subparsers) -> None:
     run = sub.add_parser(
         "run",
-        help="run the daemon: the overlay node and its local API",
+        help="run the daemon: the overlay node, its local API and MCP server",
         description=(
             "Run this machine's overlay node and serve the local API on a Unix socket"
             " (socket-activated under systemd) and MCP (Streamable HTTP) at /mcp on that"
