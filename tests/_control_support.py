@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -194,3 +198,54 @@ def raw_update(data: bytes) -> PeerUpdate:
 
 def read_json(data: bytes) -> Any:
     return json.loads(data.decode())
+
+
+AGENT_PROCESS_WAIT = 30.0  # a real process on a busy 2-core box: start-up takes a while
+
+
+@asynccontextmanager
+async def agent_process(
+    nursery: trio.Nursery,
+    h: Harness,
+    tmp: Path,
+    name: str,
+    workspace: Path,
+    *,
+    owner: str = "alice",
+) -> AsyncIterator[trio.Process]:
+    """A real ``tunneld agent`` process named ``name`` (``owner``'s agent token) serving
+    ``workspace``; yields once its ready file exists, SIGTERMs it on exit."""
+    token_file = tmp / f"{name}.token"
+    token_file.write_text(await h.token(owner, agent=name) + "\n")
+    token_file.chmod(0o600)  # token files readable by others are refused
+    config = tmp / f"{name}.toml"
+    config.write_text(
+        "[agent]\n"
+        f'roots = ["{workspace}"]\n'
+        f'name = "{name}"\n'
+        f'key_file = "{tmp / (name + ".key")}"\n'
+        f'control_url = "{h.info.url}"\n'
+        f'token_file = "{token_file}"\n'
+        'udp_listen = "127.0.0.1:0"\n'
+    )
+    ready = tmp / f"{name}.ready"
+    process: trio.Process = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            [sys.executable, "-m", "tunneld", "agent", "--config", str(config),
+             "--ready-file", str(ready)],
+            check=False,
+            stderr=subprocess.DEVNULL,
+        )
+    )  # fmt: skip
+    try:
+        with trio.fail_after(AGENT_PROCESS_WAIT):
+            while not await trio.Path(ready).exists():
+                assert process.returncode is None, "the agent exited before it was ready"
+                await trio.sleep(0.05)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with trio.fail_after(AGENT_PROCESS_WAIT):
+            await process.wait()

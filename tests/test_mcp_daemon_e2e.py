@@ -17,15 +17,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from tests._control_support import Harness, running_server
+from tests._control_support import Harness, agent_process, running_server
 from tests._mcp_client import RawMcpClient, connector_as, in_asyncio_thread
 from tests._plugin_support import (
     DISABLE_DEFAULT_ON,
@@ -55,50 +54,6 @@ def with_path(site: Path) -> dict[str, str]:
     """The environment, with ``site`` (throw-away plugins) first on ``PYTHONPATH``."""
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path}
-
-
-async def _wait_for_file(path: Path, process: trio.Process) -> None:
-    with trio.fail_after(WAIT):
-        while not await trio.Path(path).exists():
-            assert process.returncode is None, "the process exited before it was ready"
-            await trio.sleep(0.05)
-
-
-@asynccontextmanager
-async def agent_process(
-    nursery: trio.Nursery, h: Harness, tmp: Path, name: str, workspace: Path
-) -> AsyncIterator[trio.Process]:
-    token_file = tmp / f"{name}.token"
-    token_file.write_text(await h.token("alice", agent=name) + "\n")
-    token_file.chmod(0o600)  # token files readable by others are refused
-    config = tmp / f"{name}.toml"
-    config.write_text(
-        "[agent]\n"
-        f'roots = ["{workspace}"]\n'
-        f'name = "{name}"\n'
-        f'key_file = "{tmp / (name + ".key")}"\n'
-        f'control_url = "{h.info.url}"\n'
-        f'token_file = "{token_file}"\n'
-        'udp_listen = "127.0.0.1:0"\n'
-    )
-    ready = tmp / f"{name}.ready"
-    process: trio.Process = await nursery.start(
-        functools.partial(
-            trio.run_process,
-            [sys.executable, "-m", "tunneld", "agent", "--config", str(config),
-             "--ready-file", str(ready)],
-            check=False,
-            stderr=subprocess.DEVNULL,
-        )
-    )  # fmt: skip
-    try:
-        await _wait_for_file(ready, process)
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        with trio.fail_after(WAIT):
-            await process.wait()
 
 
 def daemon_config(h: Harness, tmp: Path, socket: Path, extra: str = "") -> Path:

@@ -8,11 +8,7 @@ token, and user A's token calling a tool on user B's agent through the shared da
 
 from __future__ import annotations
 
-import functools
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +21,7 @@ import httpx
 import pytest
 import trio
 
-from tests._control_support import Harness, running_server
+from tests._control_support import Harness, agent_process, running_server
 from tests._mcp_client import McpAnswer, RawMcpClient, in_asyncio_thread
 from tests._oauth_support import (
     Browser,
@@ -52,46 +48,6 @@ def short_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="tunneld-oauth-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@asynccontextmanager
-async def agent_process(
-    nursery: trio.Nursery, h: Harness, tmp: Path, owner: str, name: str, workspace: Path
-) -> AsyncIterator[trio.Process]:
-    token_file = tmp / f"{name}.token"
-    token_file.write_text(await h.token(owner, agent=name) + "\n")
-    token_file.chmod(0o600)
-    config = tmp / f"{name}.toml"
-    config.write_text(
-        "[agent]\n"
-        f'roots = ["{workspace}"]\n'
-        f'name = "{name}"\n'
-        f'key_file = "{tmp / (name + ".key")}"\n'
-        f'control_url = "{h.info.url}"\n'
-        f'token_file = "{token_file}"\n'
-        'udp_listen = "127.0.0.1:0"\n'
-    )
-    ready = tmp / f"{name}.ready"
-    process: trio.Process = await nursery.start(
-        functools.partial(
-            trio.run_process,
-            [sys.executable, "-m", "tunneld", "agent", "--config", str(config),
-             "--ready-file", str(ready)],
-            check=False,
-            stderr=subprocess.DEVNULL,
-        )
-    )  # fmt: skip
-    try:
-        with trio.fail_after(WAIT):
-            while not await trio.Path(ready).exists():
-                assert process.returncode is None, "the agent exited before it was ready"
-                await trio.sleep(0.05)
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        with trio.fail_after(WAIT):
-            await process.wait()
 
 
 class BearerClient(RawMcpClient):
@@ -208,8 +164,8 @@ async def shared_daemon(
         )
         holder.append(daemon)
         async with (
-            agent_process(nursery, h, short_dir, "alice", "web1", workspaces["web1"]),
-            agent_process(nursery, h, short_dir, "bob", "build", workspaces["build"]),
+            agent_process(nursery, h, short_dir, "web1", workspaces["web1"], owner="alice"),
+            agent_process(nursery, h, short_dir, "build", workspaces["build"], owner="bob"),
         ):
             listener = await open_api_listener(short_dir / "api.sock", mode=0o600)
             await nursery.start(daemon.run, [listener])
