@@ -43,12 +43,10 @@ from tunneld.bench._control import embedded_control
 from tunneld.config import AgentConfig, DaemonConfig, Duration, McpConfig, PluginsConfig
 from tunneld.control import ServerInfo
 from tunneld.daemon import Daemon, Notifier, open_api_listener
-from tunneld.demo import wait_joined
+from tunneld.demo import loopback_overlay, wait_joined
 from tunneld.http import HttpServer, Router
-from tunneld.keys import generate_private_key
 from tunneld.mcp import McpServer
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, OverlayConfig
 from tunneld.plugins import PluginManager
 
 __all__ = ["add_arguments", "run"]
@@ -223,23 +221,6 @@ def _describe(exc: BaseException) -> str:
 # -- pair 1: the daemon's shared tunnel vs a fresh overlay per call ----------------------
 
 
-def _overlay(info: ServerInfo, name: str, token: str, on_stream: Any = None) -> Overlay:
-    async def provide() -> str:
-        return token
-
-    return Overlay(
-        OverlayConfig(
-            name=name,
-            private_key=generate_private_key(),
-            coordinate_url=info.coordinate_url,
-            derp_url=info.derp_url,
-            udp_host="127.0.0.1",
-        ),
-        provide,
-        on_stream=on_stream,
-    )
-
-
 class _FreshOverlayAgents:
     """AgentAccess that builds a new overlay node for every stream (per-call tunnels)."""
 
@@ -253,7 +234,7 @@ class _FreshOverlayAgents:
         self, agent: str, service: str
     ) -> AsyncIterator[trio.abc.HalfCloseableStream]:
         self._count += 1
-        node = _overlay(self._info, f"oneshot-{self._count}", self._token)
+        node = loopback_overlay(self._info, f"oneshot-{self._count}", self._token)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.serve)
             await node.add_tunnel(agent)
@@ -300,14 +281,14 @@ async def _measure_overlay(
     arguments = {"agent": _AGENT, "path": str(workspace / "small.txt")}
     plugins = PluginManager(PluginsConfig())
     daemon = Daemon(
-        _overlay(info, "bench-laptop", tokens["user"]),
+        loopback_overlay(info, "bench-laptop", tokens["user"]),
         DaemonConfig(socket_group="", idle_timeout=Duration(3600.0)),
         notifier=Notifier({}),
         mcp=McpConfig(listen="127.0.0.1:0"),
         plugins=plugins,
     )
     rows: list[dict[str, object]] = []
-    agent = _overlay(info, _AGENT, tokens["agent"], serve_agent)
+    agent = loopback_overlay(info, _AGENT, tokens["agent"], serve_agent)
     async with trio.open_nursery() as nursery:
         await nursery.start(services.serve)
         await nursery.start(agent.serve)

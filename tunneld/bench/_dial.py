@@ -25,9 +25,8 @@ from tunneld.config import DaemonConfig, Duration
 from tunneld.control import ServerInfo
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.daemon._client import LocalApiClient
-from tunneld.keys import generate_private_key
+from tunneld.demo import loopback_overlay
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, OverlayConfig
 
 __all__ = ["add_arguments", "run"]
 
@@ -56,20 +55,6 @@ async def _echo(peer: str, service: str, stream: MuxStream) -> None:
         await stream.send_eof()
 
 
-def _overlay(info: ServerInfo, name: str, token: str, *, serve: bool) -> Overlay:
-    async def provide() -> str:
-        return token
-
-    config = OverlayConfig(
-        name=name,
-        private_key=generate_private_key(),
-        coordinate_url=info.coordinate_url,
-        derp_url=info.derp_url,
-        udp_host="127.0.0.1",
-    )
-    return Overlay(config, provide, on_stream=_echo if serve else None)
-
-
 async def _exchange(stream: trio.abc.HalfCloseableStream, payload: bytes) -> None:
     await stream.send_all(payload)
     await stream.send_eof()
@@ -95,7 +80,7 @@ async def _per_call(info: ServerInfo, token: str, payload: bytes, calls: int) ->
     samples = []
     for i in range(calls):
         start = trio.current_time()
-        node = _overlay(info, f"oneshot-{i}", token, serve=False)
+        node = loopback_overlay(info, f"oneshot-{i}", token)
         with trio.fail_after(_STEP_TIMEOUT):
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.serve)
@@ -114,9 +99,9 @@ async def _measure(
     args: argparse.Namespace,
 ) -> tuple[list[float], list[float]]:
     async with trio.open_nursery() as nursery:
-        agent = _overlay(info, _AGENT, tokens["agent"], serve=True)
+        agent = loopback_overlay(info, _AGENT, tokens["agent"], _echo)
         await nursery.start(agent.serve)
-        laptop = _overlay(info, "laptop", tokens["user"], serve=False)
+        laptop = loopback_overlay(info, "laptop", tokens["user"])
         daemon = Daemon(
             laptop,
             DaemonConfig(socket_group="", idle_timeout=Duration(3600.0)),

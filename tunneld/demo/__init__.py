@@ -24,6 +24,7 @@ from tunneld.demo._embedded import (
     ToolCall,
     check_plugins,
     embedded_demo,
+    loopback_overlay,
     wait_joined,
 )
 from tunneld.demo._report import claude_desktop_config, connect_text, show_status, tunneld_command
@@ -42,6 +43,7 @@ __all__ = [
     "claude_desktop_config",
     "connect_text",
     "embedded_demo",
+    "loopback_overlay",
     "show_status",
     "tunneld_command",
     "wait_joined",

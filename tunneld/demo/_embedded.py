@@ -41,7 +41,7 @@ from tunneld.daemon import Daemon, Notifier, StaticTokenAuthenticator, open_api_
 from tunneld.keys import generate_private_key
 from tunneld.log import get_logger
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus
+from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus, StreamHandler
 from tunneld.plugins import ENTRY_POINT_GROUP, PluginManager
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "DemoStatus",
     "ToolCall",
     "embedded_demo",
+    "loopback_overlay",
     "wait_joined",
 ]
 
@@ -293,7 +294,12 @@ async def _running(
             nursery.cancel_scope.cancel()
 
 
-def _overlay(info: ServerInfo, name: str, token: str, on_stream: Any = None) -> Overlay:
+def loopback_overlay(
+    info: ServerInfo, name: str, token: str, on_stream: StreamHandler | None = None
+) -> Overlay:
+    """An overlay node on loopback with a fresh key, joining the control plane ``info``
+    with ``token`` (a fixed token); ``on_stream`` serves peers' streams (agents)."""
+
     async def provide() -> str:
         return token
 
@@ -324,11 +330,11 @@ async def _nodes(
     async def serve_agent(peer_id: str, service: str, stream: MuxStream) -> None:
         await services.dispatch(service, stream)
 
-    agent = _overlay(info, AGENT, tokens[AGENT], serve_agent)
+    agent = loopback_overlay(info, AGENT, tokens[AGENT], serve_agent)
     token = secrets.token_urlsafe(32) if options.auth else None
     socket_path = root / "tunneld.sock"
     daemon = Daemon(
-        _overlay(info, DAEMON, tokens[DAEMON]),
+        loopback_overlay(info, DAEMON, tokens[DAEMON]),
         # The demo is one user's: the socket is 0600 and needs no group.
         DaemonConfig(socket_group="", socket_mode=0o600, idle_timeout=Duration(3600.0)),
         notifier=Notifier({}),
