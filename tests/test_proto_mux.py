@@ -25,7 +25,9 @@ from tunneld.proto.mux import (
     StreamReset,
     StreamResetError,
 )
+from tunneld.proto.mux._config import K_GRANULARITY, K_PACING_BURST_PACKETS
 from tunneld.proto.mux._ranges import RangeSet
+from tunneld.proto.mux._recovery import LossRecovery
 from tunneld.proto.mux._sim import LinkConfig
 from tunneld.proto.mux._wire import Reader, push_varint
 
@@ -1039,3 +1041,21 @@ def test_big_relay_datagrams_lost_are_resent_in_direct_sized_pieces() -> None:
         if len(got) == len(payload):
             break
     assert got == payload
+
+
+def test_pacer_sends_at_once_when_the_wait_is_below_timer_granularity() -> None:
+    # A wait shorter than the timer granularity would sleep a whole millisecond (epoll
+    # rounds up): send now and carry the debt, so the average rate still holds.
+    recovery = LossRecovery(MuxConfig())
+    recovery.cwnd = 96 * recovery.mss
+    recovery.smoothed_rtt = 0.01  # 1.25 x 96 packets per 10 ms: one every 83 us
+    now = 0.0
+    sent = 0
+    while recovery.pacing_delay(now) is None and sent < 100:
+        recovery._pacer_tokens -= recovery.mss
+        sent += 1
+    # It stops once the debt is worth more than one granule of the timer.
+    assert K_PACING_BURST_PACKETS < sent < 100
+    delay = recovery.pacing_delay(now)
+    assert delay is not None
+    assert delay - now >= K_GRANULARITY

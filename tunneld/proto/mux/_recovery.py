@@ -170,7 +170,10 @@ class LossRecovery:
         # One byte of slack: float rounding must not leave a timer that never fires.
         if self._pacer_tokens + 1.0 >= self.mss:
             return None
-        return now + max((self.mss - self._pacer_tokens) / self._pacing_rate(), 1e-6)
+        wait = (self.mss - self._pacer_tokens) / self._pacing_rate()
+        if wait < K_GRANULARITY:
+            return None
+        return now + wait
 
     # -- sending -------------------------------------------------------------------
 
