@@ -527,7 +527,7 @@ async def test_tcp_mcp_with_a_static_token(
 
     token_file = short_dir / "mcp.token"
     token_file.write_text("s3cret-token\n")
-    with pytest.raises(ValueError, match="must not be readable by group or others"):
+    with pytest.raises(ValueError, match=r"MCP token file .* is accessible by group or others"):
         read_token_file(token_file)
     token_file.chmod(0o600)
     token = read_token_file(token_file)
