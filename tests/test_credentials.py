@@ -24,8 +24,7 @@ from tunneld.credentials import (
     TokenUnavailableError,
     token_provider_for,
 )
-from tunneld.keys import generate_private_key
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.demo import loopback_overlay
 
 WAIT = 30.0
 
@@ -226,16 +225,7 @@ async def test_overlay_retries_a_broken_token_file_and_says_why(
         await h.user("alice")
         path = tmp_path / "token"
         write_token(path, await h.token("alice") + "\n", 0o644)
-        overlay = Overlay(
-            OverlayConfig(
-                name="laptop",
-                private_key=generate_private_key(),
-                coordinate_url=h.info.coordinate_url,
-                derp_url=h.info.derp_url,
-                udp_host="127.0.0.1",
-            ),
-            FileTokenProvider(path),
-        )
+        overlay = loopback_overlay(h.info, "laptop", FileTokenProvider(path))
         await nursery.start(overlay.serve)
         with trio.fail_after(WAIT):
             while True:
