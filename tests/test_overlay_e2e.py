@@ -71,6 +71,15 @@ async def running(nursery: trio.Nursery, overlay: Overlay) -> AsyncIterator[Over
             own.cancel_scope.cancel()
 
 
+async def wait_registered(h: Harness, name: str) -> None:
+    """Until the coordinator has registered agent ``name``: an ``add_tunnel`` for a name
+    it has never seen is answered ``not_found``, and a busy machine may let the
+    laptop's request overtake the agent's first ``update_self``."""
+    with trio.fail_after(WAIT):
+        while not await h.store.find_agents(name, None):  # noqa: ASYNC110 (store state)
+            await trio.sleep(0.02)
+
+
 async def wait_until(overlay: Overlay, predicate: object) -> None:
     with trio.fail_after(WAIT):
         # Polling a status snapshot, as a user of Overlay.status() would.
@@ -104,6 +113,7 @@ async def test_stream_moves_from_relay_to_direct_without_losing_a_byte(
         agent = make_overlay(h, "web1", agent_token, endpoints=())
         laptop = make_overlay(h, "laptop", laptop_token, endpoints=())
         async with running(nursery, agent), running(nursery, laptop):
+            await wait_registered(h, "web1")
             await laptop.add_tunnel("web1")
             with trio.fail_after(WAIT):
                 stream = await laptop.open_stream("web1", "sha256")
@@ -160,6 +170,7 @@ async def test_overlay_reconnects_after_the_control_server_restarts(
             laptop = make_overlay(h, "laptop", laptop_token, endpoints=())
             await nodes.start(agent.serve)
             await nodes.start(laptop.serve)
+            await wait_registered(h, "web1")
             await laptop.add_tunnel("web1")
             with trio.fail_after(WAIT):
                 stream = await laptop.open_stream("web1", "echo")
@@ -252,6 +263,7 @@ async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
             box = UdpMiddlebox(agent.local_address)
             box_port = await nursery.start(box.serve)
             await agent.set_endpoints((f"127.0.0.1:{box_port}",))
+            await wait_registered(h, "web1")
             await laptop.add_tunnel("web1")
             payload = bytes(range(251)) * (2 * 1024 * 1024 // 251)
             with trio.fail_after(WAIT * 2):
@@ -293,10 +305,11 @@ async def test_a_restarted_agent_is_reached_on_a_fresh_connection(
         agent_key = generate_private_key()
         laptop = make_overlay(h, "laptop", await h.token("alice"))
         async with running(nursery, laptop):
-            await laptop.add_tunnel("web1")
             async with running(
                 nursery, make_overlay(h, "web1", agent_token, private_key=agent_key)
             ):
+                await wait_registered(h, "web1")
+                await laptop.add_tunnel("web1")
                 with trio.fail_after(WAIT):
                     stream = await laptop.open_stream("web1", "echo")
                     await stream.send_all(b"first life")
@@ -354,6 +367,7 @@ async def test_stun_reflexive_addresses_make_a_direct_path(
         )
         laptop = make_overlay(h, "laptop", await h.token("alice"), endpoints=(), stun=stun)
         async with running(nursery, agent), running(nursery, laptop):
+            await wait_registered(h, "web1")
             await laptop.add_tunnel("web1")
             with trio.fail_after(WAIT):
                 await laptop.wait_direct("web1")
@@ -378,6 +392,7 @@ async def test_remove_tunnel_forgets_the_peer_and_breaks_its_streams(
         agent = make_overlay(h, "web1", await h.token("alice", agent="web1"))
         laptop = make_overlay(h, "laptop", await h.token("alice"))
         async with running(nursery, agent), running(nursery, laptop):
+            await wait_registered(h, "web1")
             await laptop.add_tunnel("web1")
             with trio.fail_after(WAIT):
                 stream = await laptop.open_stream("web1", "echo")
@@ -413,6 +428,7 @@ async def test_relay_only_transfer_never_overruns_the_relay(
         agent = make_overlay(h, "web1", await h.token("alice", agent="web1"), endpoints=())
         laptop = make_overlay(h, "laptop", await h.token("alice"), endpoints=())
         async with running(nursery, agent), running(nursery, laptop):
+            await wait_registered(h, "web1")
             await laptop.add_tunnel("web1")
             with trio.fail_after(WAIT):
                 stream = await laptop.open_stream("web1", "sha256")
