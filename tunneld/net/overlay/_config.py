@@ -56,6 +56,10 @@ class OverlayConfig:
             this beyond monotonic time between two checks means the host slept (or the
             wall clock was stepped), and the node re-validates its socket, relay, direct
             paths and reflexive address. A merely late check (CPU starvation) is not a wake.
+        call_me_maybe: send CALL_ME_MAYBE (our endpoints, over the relay) with every
+            hole-punching try, so the peer probes us at the same moment (off: probe only).
+        punch_tries: tries per hole-punching burst (gaps ``probe_interval``, doubling).
+        reprobe_interval: seconds between tries once a burst found no direct path.
     """
 
     name: str
@@ -75,6 +79,9 @@ class OverlayConfig:
     stun: tuple[str, int] | None = None
     stun_interval: float = 30.0
     wake_poll: float = 15.0
+    call_me_maybe: bool = True
+    punch_tries: int = 5
+    reprobe_interval: float = 30.0
 
 
 @dataclass(slots=True)
@@ -94,3 +101,6 @@ class PeerStatus:
     bytes_received: int
     streams: int
     connection: str  # our mux connection id (hex); changes when the connection is replaced
+    call_me_maybe_sent: int = 0  # CALL_ME_MAYBE frames we sent this peer
+    call_me_maybe_received: int = 0  # and it sent us
+    punch_bursts: int = 0  # hole-punching bursts started for this peer

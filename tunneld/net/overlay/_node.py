@@ -54,6 +54,7 @@ from tunneld.net.overlay._ids import (
     ConnectionIds,
     Verdict,
 )
+from tunneld.net.overlay._punch import PunchSchedule, parse_call_me_maybe
 from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
 from tunneld.proto.coord import (
@@ -68,6 +69,7 @@ from tunneld.proto.coord import (
 )
 from tunneld.proto.derp import RecvPacket
 from tunneld.proto.mux import (
+    CallMeMaybe,
     ConnectionClosed,
     ConnectionClosedError,
     Event,
@@ -185,6 +187,14 @@ class _Peer:
         self.created = now
         self.gone_at: float | None = None
         self.last_initiation: bytes | None = None
+        config = overlay.config
+        self.punch = PunchSchedule(
+            config.probe_interval, config.punch_tries, config.reprobe_interval
+        )
+        self.called: tuple[str, ...] = ()  # endpoints from the peer's CALL_ME_MAYBE
+        self.call_me_maybe_sent = 0
+        self.call_me_maybe_received = 0
+        self.last_called_probe = -math.inf
 
     def new_mux(self, overlay: Overlay) -> tuple[_PeerTransport, MuxConnection]:
         """A fresh mux connection (new id; the peer's id is learnt from its packets)."""
@@ -203,8 +213,10 @@ class _Peer:
         return transport, mux
 
     def candidate_paths(self) -> list[Path]:
+        """The peer's endpoints: what the coordinator announced, then what its last
+        CALL_ME_MAYBE added (fresher when the coordinator is slow or away)."""
         paths = []
-        for endpoint in self.node.endpoints:
+        for endpoint in dict.fromkeys((*self.node.endpoints, *self.called)):
             address = _parse_endpoint(endpoint)
             if address is not None:
                 paths.append(_udp_path(address))
@@ -344,6 +356,7 @@ class Overlay:
     async def set_endpoints(self, endpoints: tuple[str, ...] | None) -> None:
         """Announce other UDP endpoints (None: the automatic ones); peers re-probe."""
         self._announced = endpoints
+        self._restart_punching("our endpoints changed")
         await self._coord_send(self._announce())
 
     def _announce(self) -> bytes:
@@ -454,6 +467,9 @@ class Overlay:
                     bytes_received=link.bytes_received,
                     streams=len(link.mux.core.stream_ids()),
                     connection=link.ids.local_id.hex(),
+                    call_me_maybe_sent=link.call_me_maybe_sent,
+                    call_me_maybe_received=link.call_me_maybe_received,
+                    punch_bursts=link.punch.bursts,
                 )
             )
         return {
@@ -522,6 +538,8 @@ class Overlay:
             self._drop_peer(link)
             link = None
         if link is not None:
+            if node.endpoints != link.node.endpoints and link.direct is None:
+                link.punch.restart(trio.current_time(), "peer endpoints changed")
             link.node = node
             link.online = True
             link.gone_at = None
@@ -618,11 +636,14 @@ class Overlay:
                 return
             link.last_direct_rx = trio.current_time()
             link.rtt = event.rtt
+            link.punch.stop()
             if link.direct != event.path:
                 link.direct = event.path
                 link.mux.set_path(event.path)
                 log.info("overlay.path_direct", peer=link.id, endpoint=event.path.address.decode())
                 self._notify()
+        elif isinstance(event, CallMeMaybe):
+            self._on_call_me_maybe(link, event)
         elif isinstance(event, ConnectionClosed):
             log.warning("overlay.mux_closed", peer=link.id, code=event.error_code)
             if link.id in self._peers:
@@ -836,6 +857,7 @@ class Overlay:
             if mapped is not None and mapped != self.reflexive:
                 self.reflexive = mapped
                 log.info("overlay.reflexive", address=_format(mapped))
+                self._restart_punching("reflexive address changed")
                 await self._coord_send(self._announce())
                 self._notify()
             with trio.move_on_after(self.config.stun_interval):
@@ -886,13 +908,62 @@ class Overlay:
                     log.info("overlay.path_relay", peer=link.id, reason="direct path silent")
                     link.direct = None
                     link.mux.set_path(RELAY_PATH)
+                    link.punch.restart(now, "direct path silent")
                     self._notify()
-                paths = [link.direct] if link.direct is not None else link.candidate_paths()
-                for path in paths:
-                    try:
-                        link.mux.send_path_probe(path, secrets.token_bytes(8))
-                    except ConnectionClosedError:  # nothing to probe on a closed mux
-                        break
+                if link.direct is not None:
+                    # Heartbeat: the validated path stays trusted while it answers.
+                    with contextlib.suppress(ConnectionClosedError):
+                        link.mux.send_path_probe(link.direct, secrets.token_bytes(8))
+                    continue
+                if not link.punch.running and link.punch.bursts == 0:
+                    link.punch.restart(now, "session up")
+                if link.punch.due(now):
+                    self._punch_try(link, now)
+
+    def _punch_try(self, link: _Peer, now: float) -> None:
+        """One hole-punching try (docs/overlay.md): CALL_ME_MAYBE with our endpoints
+        over the relay, so the peer probes us now, and a probe to each of its candidates."""
+        link.punch.note_try(now)
+        try:
+            ours = self._endpoints() if self.config.call_me_maybe else ()
+            if ours:
+                link.mux.send_call_me_maybe([endpoint.encode() for endpoint in ours])
+                link.call_me_maybe_sent += 1
+            for path in link.candidate_paths():
+                link.mux.send_path_probe(path, secrets.token_bytes(8))
+        except ConnectionClosedError:  # nothing to probe on a closed mux
+            return
+        log.debug(
+            "overlay.punch",
+            peer=link.id,
+            attempt=link.punch.tried,
+            reason=link.punch.reason,
+            call_me_maybe=bool(ours),
+        )
+
+    def _on_call_me_maybe(self, link: _Peer, event: CallMeMaybe) -> None:
+        """The peer is probing its candidates of ours right now: probe its endpoints at
+        once, so both NATs open for each other within a relay round trip."""
+        link.call_me_maybe_received += 1
+        link.called = parse_call_me_maybe(event.endpoints)
+        now = trio.current_time()
+        # Bounded: however many CALL_ME_MAYBE frames arrive, at most two probe rounds
+        # per probe_interval.
+        if now - link.last_called_probe < self.config.probe_interval / 2:
+            return
+        link.last_called_probe = now
+        log.info("overlay.call_me_maybe", peer=link.id, endpoints=len(link.called))
+        for path in link.candidate_paths():
+            with contextlib.suppress(ConnectionClosedError):
+                link.mux.send_path_probe(path, secrets.token_bytes(8))
+
+    def _restart_punching(self, reason: str) -> None:
+        """Our endpoints (or the network) changed: a fresh burst for every peer without
+        a direct path."""
+        now = trio.current_time()
+        for link in self._peers.values():
+            if link.direct is None and link.handshake_done:
+                link.punch.restart(now, reason)
 
     async def _coordinator_loop(self) -> NoReturn:
         attempt = 0
@@ -1116,10 +1187,11 @@ class Overlay:
                 link.last_direct_rx = -math.inf
                 if link.mux.closed is None:
                     link.mux.set_path(RELAY_PATH)
-            if link.mux.closed is None:
-                for path in link.candidate_paths():
-                    with contextlib.suppress(ConnectionClosedError):
-                        link.mux.send_path_probe(path, secrets.token_bytes(8))
+            if link.handshake_done and link.mux.closed is None:
+                # A fresh burst, tried at once: CALL_ME_MAYBE makes the peer (which
+                # knows nothing of our sleep) punch from its side at the same moment.
+                link.punch.restart(now, "woke up")
+                self._punch_try(link, now)
             if not link.handshake_done and link.online:
                 self._core.initiate(link.key, now, self._wall())
                 self._wake_pump()
@@ -1152,6 +1224,7 @@ class Overlay:
         self.local_address = (str(name[0]), int(name[1]))
         log.info("overlay.rebound", udp=_format(self.local_address), moved=moved)
         if moved:
+            self._restart_punching("our endpoints changed")
             assert self._nursery is not None
             self._nursery.start_soon(self._coord_send, self._announce())
 
