@@ -55,6 +55,7 @@ from tunneld.net.overlay._ids import (
     Verdict,
 )
 from tunneld.net.overlay._punch import PunchSchedule, parse_call_me_maybe
+from tunneld.net.overlay._relays import RelayLinks, RelaySelector
 from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
 from tunneld.proto.coord import (
@@ -66,8 +67,9 @@ from tunneld.proto.coord import (
     Node,
     PeerUpdate,
     PeerUpdateKind,
+    RelayMap,
 )
-from tunneld.proto.derp import RecvPacket
+from tunneld.proto.derp import RecvPacket, Restarting
 from tunneld.proto.mux import (
     CallMeMaybe,
     ConnectionClosed,
@@ -125,6 +127,10 @@ _MAX_UDP_SOURCES = 1024  # cached source addresses (cleared when full)
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
+# A relay's RESTARTING hint is honoured up to these bounds (a relay cannot park us).
+_MAX_RESTART_WAIT = 30.0
+_MAX_RESTART_TRY = 300.0
+_RESTART_RETRY_CAP = 1.0  # backoff cap while the relay said it is restarting
 
 
 class CoordinatorUnavailableError(Exception):
@@ -241,6 +247,12 @@ def _format(address: UdpAddress) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _with_relay_map(url: str) -> str:
+    """The coordinate URL asking for the ``relays`` message (older coordinators
+    ignore the query; older clients never ask, so never get a message they reject)."""
+    return url + ("&" if "?" in url else "?") + "relay_map=1"
+
+
 def _parse_endpoint(text: str) -> UdpAddress | None:
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -318,6 +330,28 @@ class Overlay:
         # An older coordinator closes the session on list_agents (unknown request type):
         # asking again would drop the session every time, so stop asking.
         self._list_agents_unsupported = False
+        # Relays (docs/overlay.md, "Relays"): the home relay by latency, links to others.
+        self._selector = RelaySelector(
+            HomeRelay(config.derp_region, config.derp_url),
+            (
+                HomeRelay((config.derp_region + 1 + index) % 2**31, url)
+                for index, url in enumerate(config.relays)
+            ),
+            hold=config.relay_switch_after,
+        )
+        self._relay_links = RelayLinks(
+            config.private_key,
+            self._on_link_packet,
+            own_keys=self._home_keys,
+            idle_timeout=config.relay_idle_timeout,
+        )
+        self._relay_links.on_alias = self._on_relay_alias
+        self._peer_relays: dict[bytes, str] = {}  # peer key -> its home relay, if not ours
+        self._home_scope: trio.CancelScope | None = None
+        self._relays_changed = trio.Event()
+        self._relay_restart: tuple[float, float] | None = None  # RESTARTING hint
+        self._restart_until = -math.inf
+        self.home_switches = 0
 
     # -- public API ---------------------------------------------------------------
 
@@ -337,10 +371,12 @@ class Overlay:
             async with trio.open_nursery() as handlers, trio.open_nursery() as nursery:
                 self._handlers = handlers
                 self._nursery = nursery
+                await nursery.start(self._relay_links.run)
                 nursery.start_soon(self._udp_reader)
                 nursery.start_soon(self._wg_pump)
                 nursery.start_soon(self._coordinator_loop)
                 nursery.start_soon(self._relay_loop)
+                nursery.start_soon(self._relay_measure_loop)
                 nursery.start_soon(self._prober)
                 if self.config.stun is not None:
                     nursery.start_soon(self._stun_loop, self.config.stun)
@@ -364,7 +400,7 @@ class Overlay:
             name=self.config.name,
             node_key=self.public_key,
             endpoints=self._endpoints(),
-            home_relay=HomeRelay(self.config.derp_region, self.config.derp_url),
+            home_relay=self._selector.home,
             as_of=self._wall(),
         )
 
@@ -470,6 +506,7 @@ class Overlay:
                     call_me_maybe_sent=link.call_me_maybe_sent,
                     call_me_maybe_received=link.call_me_maybe_received,
                     punch_bursts=link.punch.bursts,
+                    relay=self._peer_relays.get(link.key, self._selector.home.url),
                 )
             )
         return {
@@ -483,6 +520,13 @@ class Overlay:
             "relay": self.relay_state.value,
             "relay_error": self.relay_error,
             "relay_dropped": self.relay_dropped,
+            "home_relay": self._selector.home.url,
+            "relay_latency_ms": {
+                url: None if math.isinf(rtt) else round(rtt * 1000, 2)
+                for url, rtt in self._selector.latency.items()
+            },
+            "relay_links": self._relay_links.connected(),
+            "home_switches": self.home_switches,
             "last_coordinator_error": (
                 None
                 if self.last_coordinator_error is None
@@ -543,6 +587,7 @@ class Overlay:
             link.node = node
             link.online = True
             link.gone_at = None
+            self._route_relay(link)
             self._notify()
             return
         if node.node_key == self.public_key:
@@ -554,6 +599,7 @@ class Overlay:
         link = _Peer(self, node, trio.current_time())
         self._peers[node.id] = link
         self._by_key[link.key] = link
+        self._route_relay(link)
         self._core.add_peer(link.key)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_peer, link)
@@ -565,6 +611,7 @@ class Overlay:
         # Out of the id table at once (no new streams); the key stays known to
         # WireGuard until the mux's CLOSE has gone out (_close_peer).
         self._peers.pop(link.id, None)
+        self._peer_relays.pop(link.key, None)
         assert self._nursery is not None
         self._nursery.start_soon(self._close_peer, link)
         log.info("overlay.peer_removed", peer=link.id)
@@ -972,7 +1019,7 @@ class Overlay:
             try:
                 token = await self._token_provider()
                 async with connect_coordinator(
-                    self.config.coordinate_url, Secret(token), self._coord
+                    _with_relay_map(self.config.coordinate_url), Secret(token), self._coord
                 ) as session:
                     self._session = session
                     self.coordinator_state = LinkState.CONNECTED
@@ -1000,7 +1047,14 @@ class Overlay:
             attempt += 1
             attempt = await self._backoff(attempt)
 
-    async def _on_coordinator(self, message: PeerUpdate | Error | AgentList) -> None:
+    async def _on_coordinator(self, message: PeerUpdate | Error | AgentList | RelayMap) -> None:
+        if isinstance(message, RelayMap):
+            self._selector.offer(message.relays)
+            log.info("overlay.relay_map", relays=len(message.relays))
+            self._reroute_all()
+            self._relays_changed.set()
+            self._relays_changed = trio.Event()
+            return
         if isinstance(message, AgentList):
             listing = self._listings.get(message.id)
             if listing is not None and not message.more:
@@ -1067,32 +1121,53 @@ class Overlay:
         attempt = 0
         while True:
             self.relay_state = LinkState.CONNECTING
+            moved = False
             try:
                 async with DerpClient.connect(
-                    self.config.derp_url, self.config.private_key
+                    self._selector.home.url, self.config.private_key
                 ) as derp:
                     await derp.note_preferred(True)
                     self._derp = derp
                     self.relay_state = LinkState.CONNECTED
                     self.relay_error = None
                     attempt = 0
-                    log.info("overlay.relay_connected")
+                    log.info("overlay.relay_connected", relay=self._selector.home.url)
                     self._nudge_peers()
                     pending, self._ready_pending = self._ready_pending, set()
                     for peer_id in sorted(pending):
                         if peer_id in self._peers:
                             await self._coord_send(self._coord.ready_for_handshake(peer_id))
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._relay_writer, derp)
-                        await self._relay_reader(derp)
+                    # Cancelled when the home relay moves (_switch_home).
+                    with trio.CancelScope() as scope:
+                        self._home_scope = scope
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._relay_writer, derp)
+                            await self._relay_reader(derp)
+                    moved = scope.cancelled_caught
             except* (DerpConnectError, DerpConnectionClosed, OSError) as group:
                 self.relay_error = "; ".join(str(exc) for exc in group.exceptions)
                 log.warning("overlay.relay_lost", error=self.relay_error)
             finally:
                 self._derp = None
+                self._home_scope = None
+            if moved:
+                attempt = 0
+                continue  # straight to the new home relay
             self.relay_state = LinkState.BACKOFF
+            hint, self._relay_restart = self._relay_restart, None
+            if hint is not None:
+                # RESTARTING: come back after the hint's delay, then retry briskly (a
+                # backoff capped at a second) for as long as it said to keep trying.
+                reconnect_in, try_for = hint
+                self._restart_until = trio.current_time() + reconnect_in + try_for
+                attempt = 0
+                woken = self._woken
+                with trio.move_on_after(reconnect_in):
+                    await woken.wait()
+                continue
             attempt += 1
-            attempt = await self._backoff(attempt)
+            restarting = trio.current_time() < self._restart_until
+            attempt = await self._backoff(attempt, _RESTART_RETRY_CAP if restarting else None)
 
     def _nudge_peers(self) -> None:
         """A path came back: ping every peer so lost data is found without a long PTO,
@@ -1113,6 +1188,90 @@ class Overlay:
             event = await derp.receive()
             if isinstance(event, RecvPacket):
                 await self._receive_wg(event.data, _DERP_SOURCE + event.src, RELAY_PATH)
+            elif isinstance(event, Restarting):
+                reconnect_in = min(event.reconnect_in_ms / 1000, _MAX_RESTART_WAIT)
+                try_for = min(event.try_for_ms / 1000, _MAX_RESTART_TRY)
+                self._relay_restart = (reconnect_in, try_for)
+                log.info("overlay.relay_restarting", reconnect_in=reconnect_in, try_for=try_for)
+
+    async def _on_link_packet(self, src: bytes, data: bytes) -> None:
+        """A packet through a relay other than home (a peer's home relay)."""
+        await self._receive_wg(data, _DERP_SOURCE + src, RELAY_PATH)
+
+    def _home_keys(self) -> set[bytes]:
+        derp = self._derp
+        return set() if derp is None else {derp.server_key}
+
+    def _on_relay_alias(self, url: str) -> None:
+        """``url`` is our home relay under another name: never a link or candidate."""
+        log.info("overlay.relay_alias", relay=url, home=self._selector.home.url)
+        self._selector.aliases.add(url)
+        self._reroute_all()
+
+    def _route_relay(self, link: _Peer) -> None:
+        """Send to ``link`` through its home relay when that is another relay we know
+        (an unknown URL is never dialled: a peer cannot make us connect anywhere);
+        otherwise through ours, as every node did before relay maps."""
+        relay = link.node.home_relay
+        url = relay.url if relay is not None else ""
+        if url and url != self._selector.home.url and url in self._selector.candidates:
+            self._peer_relays[link.key] = url
+        else:
+            self._peer_relays.pop(link.key, None)
+
+    def _reroute_all(self) -> None:
+        for link in self._peers.values():
+            self._route_relay(link)
+
+    def _divert(self, item: tuple[bytes, bytes]) -> bool:
+        """Hand ``item`` to the link of the peer's home relay; False: send it via ours."""
+        url = self._peer_relays.get(item[0])
+        return url is not None and self._relay_links.send(url, item[0], item[1])
+
+    async def _relay_measure_loop(self) -> NoReturn:
+        """Ping every candidate relay each ``relay_measure_interval`` (and at once when
+        the relay map changes); move home when the selector says so."""
+        while True:
+            candidates = self._selector.candidates
+            if len(candidates) > 1:
+                for url in candidates:
+                    self._selector.note(url, await self._measure(url))
+                new = self._selector.decide(trio.current_time())
+                if new is not None:
+                    await self._switch_home(new)
+            changed = self._relays_changed
+            with trio.move_on_after(self.config.relay_measure_interval):
+                await changed.wait()
+
+    async def _measure(self, url: str) -> float | None:
+        """The lowest of three DERP ping round trips to ``url``, None if unreachable."""
+        if url != self._selector.home.url:
+            return await self._relay_links.ping(url)
+        derp = self._derp
+        if derp is None:
+            return None  # never a link to our own home: it would replace the home one
+        best = math.inf
+        for _ in range(3):
+            try:
+                best = min(best, await derp.ping(timeout=2.0))
+            except (TimeoutError, DerpConnectionClosed):
+                return None
+        return best
+
+    async def _switch_home(self, new: HomeRelay) -> None:
+        """Move home to ``new``: reconnect there, tell peers through the coordinator."""
+        self.home_switches += 1
+        log.info(
+            "overlay.home_relay",
+            relay=new.url,
+            region=new.region,
+            rtt_ms=round(self._selector.latency.get(new.url, math.inf) * 1000, 1),
+        )
+        self._reroute_all()
+        if self._home_scope is not None:
+            self._home_scope.cancel()
+        await self._coord_send(self._announce())
+        self._notify()
 
     async def _relay_writer(self, derp: DerpClient) -> None:
         # The relay drops whatever exceeds its token bucket (SERVER_INFO's rate hints),
@@ -1121,8 +1280,14 @@ class Overlay:
         rate = derp.server_info.token_bucket_bytes_per_second * _RELAY_RATE_MARGIN
         burst = derp.server_info.token_bucket_bytes_burst * _RELAY_RATE_MARGIN
         tokens, stamp = burst, trio.current_time()
+        # Packets for peers whose home relay is another one go to that relay's link
+        # (the dict is empty, and the check one lookup, when all share our relay).
+        routes = self._peer_relays
         while True:
-            batch = [await self._relay_receive.receive()]
+            first = await self._relay_receive.receive()
+            if routes and self._divert(first):
+                continue
+            batch = [first]
             # Whatever queued up meanwhile goes in the same WebSocket message: one
             # message per WireGuard packet made the relay path CPU-bound on per-message
             # work (framing, task switches) on both ends.
@@ -1132,6 +1297,8 @@ class Overlay:
                     item = self._relay_receive.receive_nowait()
                 except trio.WouldBlock:
                     break
+                if routes and self._divert(item):
+                    continue
                 batch.append(item)
                 size += len(item[1])
             if rate > 0:
@@ -1148,11 +1315,12 @@ class Overlay:
 
     # -- sleep and wake ---------------------------------------------------------------
 
-    async def _backoff(self, attempt: int) -> int:
+    async def _backoff(self, attempt: int, cap: float | None = None) -> int:
         """Sleep the reconnect delay for ``attempt``; returns the attempt count to go on
         with: 0 when a wake-up cut the sleep short (the network is new, start afresh)."""
         woken = self._woken
-        with trio.move_on_after(backoff_delay(attempt, self._rng, self.config.backoff_cap)):
+        cap = self.config.backoff_cap if cap is None else min(cap, self.config.backoff_cap)
+        with trio.move_on_after(backoff_delay(attempt, self._rng, cap)):
             await woken.wait()
         return 0 if woken.is_set() else attempt
 
