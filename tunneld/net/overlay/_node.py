@@ -1268,6 +1268,7 @@ class Overlay:
             rtt_ms=round(self._selector.latency.get(new.url, math.inf) * 1000, 1),
         )
         self._reroute_all()
+        self._relay_links.close(new.url)
         if self._home_scope is not None:
             self._home_scope.cancel()
         await self._coord_send(self._announce())

@@ -215,6 +215,13 @@ class RelayLinks:
         """Relay keys of the links connected now."""
         return {link.derp.server_key for link in self._links.values() if link.derp is not None}
 
+    def close(self, url: str) -> None:
+        """Close the link to ``url`` if one is open (it is about to be our home relay,
+        and a relay keeps only one connection per client key)."""
+        link = self._links.pop(url, None)
+        if link is not None:
+            link.cancel.cancel()
+
     def _link(self, url: str) -> _Link | None:
         """The live link to ``url``, opened if needed; None while it is known bad."""
         link = self._links.get(url)
