@@ -1232,6 +1232,7 @@ class Overlay:
         """Ping every candidate relay each ``relay_measure_interval`` (and at once when
         the relay map changes); move home when the selector says so."""
         while True:
+            changed = self._relays_changed  # a map arriving mid-round: another round
             candidates = self._selector.candidates
             if len(candidates) > 1:
                 for url in candidates:
@@ -1239,7 +1240,6 @@ class Overlay:
                 new = self._selector.decide(trio.current_time())
                 if new is not None:
                     await self._switch_home(new)
-            changed = self._relays_changed
             with trio.move_on_after(self.config.relay_measure_interval):
                 await changed.wait()
 
