@@ -203,3 +203,32 @@ async def test_home_moves_to_the_faster_relay_and_each_side_sends_through_the_ot
                 while data := await echo.receive_some():
                     reply += data
             assert reply == b"5 " + hashlib.sha256(b"again").hexdigest().encode()
+
+
+async def test_a_second_name_for_the_home_relay_becomes_an_alias_and_never_replaces_it(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        # The node reaches the control plane as "localhost"; the relay map names the
+        # same relay by its address. Joining it twice would replace the home connection.
+        alias_url = h.info.derp_url.replace("127.0.0.1", "localhost")
+        node = make_node(
+            h.info.coordinate_url,
+            alias_url,
+            "laptop",
+            await h.token("alice"),
+            relay_measure_interval=0.2,
+            relay_switch_after=0.0,
+        )
+        async with running(nursery, node):
+            await wait_until(node, lambda: node.status()["relay_aliases"] == [h.info.derp_url])
+            await trio.sleep(1.0)  # several more measuring rounds
+            status = node.status()
+            assert status["home_relay"] == alias_url
+            assert status["relay"] == "connected"
+            assert status["relay_links"] == []
+            assert node.home_switches == 0
+            relay = h.server.relay
+            assert relay is not None
+            assert relay.stats.duplicates_replaced == 0

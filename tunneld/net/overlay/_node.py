@@ -526,6 +526,7 @@ class Overlay:
                 for url, rtt in self._selector.latency.items()
             },
             "relay_links": self._relay_links.connected(),
+            "relay_aliases": sorted(self._selector.aliases),
             "home_switches": self.home_switches,
             "last_coordinator_error": (
                 None
@@ -582,8 +583,11 @@ class Overlay:
             self._drop_peer(link)
             link = None
         if link is not None:
-            if node.endpoints != link.node.endpoints and link.direct is None:
-                link.punch.restart(trio.current_time(), "peer endpoints changed")
+            if link.direct is None and link.handshake_done:
+                if node.endpoints != link.node.endpoints:
+                    link.punch.restart(trio.current_time(), "peer endpoints changed")
+                elif not link.online:
+                    link.punch.restart(trio.current_time(), "peer back online")
             link.node = node
             link.online = True
             link.gone_at = None
@@ -1126,12 +1130,15 @@ class Overlay:
                 async with DerpClient.connect(
                     self._selector.home.url, self.config.private_key
                 ) as derp:
-                    await derp.note_preferred(True)
+                    # Published first: a relay link must see this relay's key at once, or
+                    # a link to an alias URL of it could replace this connection.
                     self._derp = derp
+                    await derp.note_preferred(True)
                     self.relay_state = LinkState.CONNECTED
                     self.relay_error = None
                     attempt = 0
                     log.info("overlay.relay_connected", relay=self._selector.home.url)
+                    self._notify()
                     self._nudge_peers()
                     pending, self._ready_pending = self._ready_pending, set()
                     for peer_id in sorted(pending):
@@ -1205,7 +1212,7 @@ class Overlay:
     def _on_relay_alias(self, url: str) -> None:
         """``url`` is our home relay under another name: never a link or candidate."""
         log.info("overlay.relay_alias", relay=url, home=self._selector.home.url)
-        self._selector.aliases.add(url)
+        self._selector.alias(url)
         self._reroute_all()
 
     def _route_relay(self, link: _Peer) -> None:
@@ -1234,6 +1241,12 @@ class Overlay:
         while True:
             changed = self._relays_changed  # a map arriving mid-round: another round
             candidates = self._selector.candidates
+            if len(candidates) > 1 and self._derp is None:
+                # Let the home relay connect first (briefly): its key tells links which
+                # candidate URLs are only other names for it.
+                with trio.move_on_after(5.0):
+                    while self._derp is None:
+                        await self._changed.wait()
             if len(candidates) > 1:
                 for url in candidates:
                     self._selector.note(url, await self._measure(url))

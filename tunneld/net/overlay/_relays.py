@@ -87,9 +87,15 @@ class RelaySelector:
             if url not in known:
                 del self.latency[url]
 
+    def alias(self, url: str) -> None:
+        """``url`` names the home relay (or another candidate) under a second name."""
+        self.aliases.add(url)
+        self.latency.pop(url, None)
+
     def note(self, url: str, rtt: float | None) -> None:
         """One measurement of ``url``: the round trip in seconds, None if unreachable."""
-        self.latency[url] = math.inf if rtt is None else rtt
+        if url not in self.aliases:
+            self.latency[url] = math.inf if rtt is None else rtt
 
     def decide(self, now: float) -> HomeRelay | None:
         """The new home relay if it is time to move, else None (then ``home`` stays)."""
