@@ -15,8 +15,7 @@ import trio
 
 from tests._control_support import running_server
 from tunneld.agent.client import AgentClient, AgentError
-from tunneld.keys import generate_private_key
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.demo import loopback_overlay
 
 WAIT = 20.0
 
@@ -73,19 +72,7 @@ async def test_agent_process_serves_exec_and_files_to_a_permitted_node(
 
             user_token = await h.token("alice")
 
-            async def provide() -> str:
-                return user_token
-
-            laptop = Overlay(
-                OverlayConfig(
-                    name="laptop",
-                    private_key=generate_private_key(),
-                    coordinate_url=h.info.coordinate_url,
-                    derp_url=h.info.derp_url,
-                    udp_host="127.0.0.1",
-                ),
-                provide,
-            )
+            laptop = loopback_overlay(h.info, "laptop", user_token)
             await nursery.start(laptop.serve)
             await laptop.add_tunnel("web1")
             with trio.fail_after(WAIT):

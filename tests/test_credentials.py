@@ -24,8 +24,7 @@ from tunneld.credentials import (
     TokenUnavailableError,
     token_provider_for,
 )
-from tunneld.keys import generate_private_key
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.demo import loopback_overlay
 
 WAIT = 30.0
 
@@ -73,7 +72,7 @@ async def test_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> 
     with pytest.raises(TokenUnavailableError) as info:
         await provider()
     message = str(info.value)
-    assert f"is readable by group or others (mode {mode:04o})" in message
+    assert f"is accessible by group or others (mode {mode:04o})" in message
     assert f"chmod 600 {path}" in message
     assert "tok_secret" not in message
     # Fixed by the operator: the next call (the overlay's next reconnect) works.
@@ -92,7 +91,7 @@ async def test_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> 
         ("\n  \n", "is empty"),
         ("tok_a\ntok_b\n", "does not hold one token"),
         ("tok with space", "does not hold one token"),
-        ("x" * 9000, "not a token"),
+        ("x" * 9000, "is over 8194 bytes"),
     ],
 )
 async def test_file_content_must_be_one_token(tmp_path: Path, content: str, reason: str) -> None:
@@ -164,7 +163,7 @@ async def test_agent_process_refuses_a_loose_token_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.decode() == (
-        f"tunneld: error: token file {token} is readable by group or others (mode 0644);"
+        f"tunneld: error: token file {token} is accessible by group or others (mode 0644);"
         f" it holds a secret: run chmod 600 {token}\n"
     )
 
@@ -226,16 +225,7 @@ async def test_overlay_retries_a_broken_token_file_and_says_why(
         await h.user("alice")
         path = tmp_path / "token"
         write_token(path, await h.token("alice") + "\n", 0o644)
-        overlay = Overlay(
-            OverlayConfig(
-                name="laptop",
-                private_key=generate_private_key(),
-                coordinate_url=h.info.coordinate_url,
-                derp_url=h.info.derp_url,
-                udp_host="127.0.0.1",
-            ),
-            FileTokenProvider(path),
-        )
+        overlay = loopback_overlay(h.info, "laptop", FileTokenProvider(path))
         await nursery.start(overlay.serve)
         with trio.fail_after(WAIT):
             while True:
@@ -249,3 +239,10 @@ async def test_overlay_retries_a_broken_token_file_and_says_why(
                 if overlay.status()["coordinator"] == "connected":
                     break
                 await poll_pause()
+
+
+async def test_command_printing_without_end_is_killed_at_the_output_cap() -> None:
+    # `yes` never stops: the provider must stop reading at the cap, not at the timeout.
+    provider = CommandTokenProvider(["yes"], timeout=60)
+    with pytest.raises(TokenUnavailableError, match=r"printed over 65536 bytes.*killed"):
+        await provider()

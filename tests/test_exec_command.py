@@ -26,9 +26,9 @@ from tests._agent_support import make_config, poll_pause
 from tests._control_support import Harness, running_server
 from tunneld.agent import AgentServices
 from tunneld.daemon._client import DaemonUnavailableError, LocalApiClient
-from tunneld.keys import generate_private_key
+from tunneld.demo import loopback_overlay
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.net.overlay import Overlay
 
 WAIT = 30.0
 
@@ -43,17 +43,7 @@ def agent_overlay(h: Harness, name: str, token: str, services: AgentServices) ->
     async def on_stream(peer: str, service: str, stream: MuxStream) -> None:
         await services.dispatch(service, stream)
 
-    async def token_provider() -> str:
-        return token
-
-    config = OverlayConfig(
-        name=name,
-        private_key=generate_private_key(),
-        coordinate_url=h.info.coordinate_url,
-        derp_url=h.info.derp_url,
-        udp_host="127.0.0.1",
-    )
-    return Overlay(config, token_provider, on_stream=on_stream)
+    return loopback_overlay(h.info, name, token, on_stream=on_stream)
 
 
 @pytest.fixture

@@ -69,13 +69,14 @@ def test_group_readable_key_file_is_refused(tmp_path: Path) -> None:
     write_key_file(path, generate_private_key())
     path.chmod(0o640)
     with pytest.raises(
-        BadKeyError, match=r"accessible by group or others \(mode 0640\); run: chmod 600"
+        BadKeyError,
+        match=r"accessible by group or others \(mode 0640\); it holds a secret: run chmod 600",
     ):
         read_key_file(path)
 
 
 def test_missing_key_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(BadKeyError, match="cannot read private key: No such file"):
+    with pytest.raises(BadKeyError, match=r"cannot read private key file .*: No such file"):
         read_key_file(tmp_path / "absent.key")
 
 

@@ -31,11 +31,13 @@ from tests._control_support import Harness, running_server
 from tests._oauth_support import Browser, add_password_user, hidden_fields
 from tunneld.credentials import (
     LoginError,
+    LoginRecord,
     OAuthRefreshTokenProvider,
     TokenUnavailableError,
     login,
     read_login_file,
     token_provider_for,
+    write_login_file,
 )
 from tunneld.credentials._oauth import _parse
 from tunneld.oauth import CSRF_FIELD
@@ -218,14 +220,18 @@ async def test_login_then_daemon_joins_then_refresh_and_revocation(
             await trio.sleep(0.3)
             assert alice_online()
 
-            # Revoke the login (RFC 7009, as `tunneld logout` would): the daemon's
-            # session closes (revocation poll) and the provider says what to do.
-            async with httpx.AsyncClient(timeout=WAIT) as http:
-                answer = await http.post(
-                    f"{h.info.url}/oauth2/revoke",
-                    data={"token": rotated.refresh_token, "client_id": rotated.client_id},
-                )
-            assert answer.status_code == 200, answer.text
+            # `tunneld logout` revokes the login (RFC 7009) and deletes the file: the
+            # daemon's session closes (revocation poll) and the provider says what to do.
+            result = await trio.run_process(
+                [sys.executable, "-m", "tunneld", "logout", "--out", str(out)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert f"Logged out of {h.info.url}" in result.stdout.decode()
+            assert not out.exists()
+            write_login_file(out, rotated)  # the stale copy a provider may still hold
             await _wait(lambda: not alice_online())
             with pytest.raises(TokenUnavailableError, match="run `tunneld login"):
                 await forced()
@@ -418,3 +424,35 @@ def test_login_file_parser_never_crashes(doc: object) -> None:
         assert isinstance(record.expires_at, float)
         assert record.access_token
         assert record.refresh_token
+
+
+def test_logout_keeps_the_file_when_the_control_plane_is_away(short_dir: Path) -> None:
+    # A login whose control plane does not answer: the grant may still be live, so the
+    # file stays unless the user says --forget.
+    out = short_dir / "login.json"
+    record = LoginRecord(
+        control_url="http://127.0.0.1:9",
+        issuer="http://127.0.0.1:9",
+        token_endpoint="http://127.0.0.1:9/oauth2/token",
+        client_id="c",
+        refresh_token="tndrt_x",
+        access_token="tndat_x",
+        expires_at=time.time() + 3600,
+    )
+    write_login_file(out, record)
+    command = [sys.executable, "-m", "tunneld", "logout", "--out", str(out)]
+    kept = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, check=False)
+    assert kept.returncode == 1
+    assert "logout failed: cannot reach the control plane at http://127.0.0.1:9" in kept.stderr
+    assert f"the login file {out} is kept" in kept.stderr
+    assert "tndrt_x" not in kept.stderr
+    assert out.exists()
+    forced = subprocess.run(
+        [*command, "--forget"], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert "deleting" in forced.stderr
+    assert not out.exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, check=False)
+    assert again.returncode == 1
+    assert "not logged in: cannot read login file" in again.stderr

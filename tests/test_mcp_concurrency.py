@@ -22,9 +22,9 @@ from tests._mcp_client import RawMcpClient
 from tunneld.agent import AgentServices
 from tunneld.config import AgentConfig, DaemonConfig, Duration, McpConfig, PluginsConfig
 from tunneld.daemon import Daemon, DaemonAgents, Notifier, TunnelError, open_api_listener
-from tunneld.keys import generate_private_key
+from tunneld.demo import loopback_overlay
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.net.overlay import Overlay
 from tunneld.plugins import PluginManager
 
 AGENTS = 20
@@ -58,20 +58,7 @@ async def test_200_concurrent_calls_over_20_agents_make_20_tunnels(
             await h.user("alice")
 
             def overlay(name: str, token: str, *, serve: bool) -> Overlay:
-                async def provide() -> str:
-                    return token
-
-                return Overlay(
-                    OverlayConfig(
-                        name=name,
-                        private_key=generate_private_key(),
-                        coordinate_url=h.info.coordinate_url,
-                        derp_url=h.info.derp_url,
-                        udp_host="127.0.0.1",
-                    ),
-                    provide,
-                    on_stream=on_stream if serve else None,
-                )
+                return loopback_overlay(h.info, name, token, on_stream=on_stream if serve else None)
 
             names = [f"agent{i:02d}" for i in range(AGENTS)]
             for name in names:

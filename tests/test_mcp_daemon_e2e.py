@@ -35,8 +35,7 @@ from tests._plugin_support import (
 from tunneld.config import Config, DaemonConfig, Duration, McpConfig, load_config
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
-from tunneld.keys import generate_private_key
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.demo import loopback_overlay
 from tunneld.plugins import PluginManager
 
 WAIT = 30.0
@@ -281,19 +280,7 @@ async def test_reload_sends_tools_list_changed_to_a_live_session(
         await h.user("alice")
         token = await h.token("alice")
 
-        async def provide() -> str:
-            return token
-
-        overlay = Overlay(
-            OverlayConfig(
-                name="laptop",
-                private_key=generate_private_key(),
-                coordinate_url=h.info.coordinate_url,
-                derp_url=h.info.derp_url,
-                udp_host="127.0.0.1",
-            ),
-            provide,
-        )
+        overlay = loopback_overlay(h.info, "laptop", token)
         first = load_config(config_file)
 
         def reload_config() -> Config:
@@ -402,19 +389,7 @@ async def test_socket_callers_without_write_access_get_read_only_tools(
         await h.user("alice")
         token = await h.token("alice")
 
-        async def provide() -> str:
-            return token
-
-        overlay = Overlay(
-            OverlayConfig(
-                name="laptop",
-                private_key=generate_private_key(),
-                coordinate_url=h.info.coordinate_url,
-                derp_url=h.info.derp_url,
-                udp_host="127.0.0.1",
-            ),
-            provide,
-        )
+        overlay = loopback_overlay(h.info, "laptop", token)
         # No write group: only root and the daemon's user may write.
         daemon = Daemon(overlay, DaemonConfig(socket_group=""), notifier=Notifier({}))
         await trio.Path(short_dir).chmod(0o755)
@@ -527,7 +502,7 @@ async def test_tcp_mcp_with_a_static_token(
 
     token_file = short_dir / "mcp.token"
     token_file.write_text("s3cret-token\n")
-    with pytest.raises(ValueError, match="must not be readable by group or others"):
+    with pytest.raises(ValueError, match=r"MCP token file .* is accessible by group or others"):
         read_token_file(token_file)
     token_file.chmod(0o600)
     token = read_token_file(token_file)
@@ -536,19 +511,7 @@ async def test_tcp_mcp_with_a_static_token(
         await h.user("alice")
         user_token = await h.token("alice")
 
-        async def provide() -> str:
-            return user_token
-
-        overlay = Overlay(
-            OverlayConfig(
-                name="laptop",
-                private_key=generate_private_key(),
-                coordinate_url=h.info.coordinate_url,
-                derp_url=h.info.derp_url,
-                udp_host="127.0.0.1",
-            ),
-            provide,
-        )
+        overlay = loopback_overlay(h.info, "laptop", user_token)
         daemon = Daemon(
             overlay,
             DaemonConfig(socket_group=""),

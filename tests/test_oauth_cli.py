@@ -130,7 +130,7 @@ def test_grant_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         (
             'authorization_server = "http://127.0.0.1:7420"\nintrospection_client_id = "rs"\n'
             'introspection_secret_file = "{open}"\n',
-            "must not be readable by group or others",
+            "is accessible by group or others",
         ),
     ],
 )

@@ -34,8 +34,7 @@ from tests._oauth_support import (
 from tests._plugin_support import make_plugin
 from tunneld.config import Config, DaemonConfig, Duration, McpConfig
 from tunneld.daemon import Daemon, Notifier, open_api_listener
-from tunneld.keys import generate_private_key
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.demo import loopback_overlay
 from tunneld.oauth._daemon import DaemonOAuth, build_daemon_oauth
 from tunneld.plugins import PluginManager
 
@@ -129,16 +128,7 @@ async def shared_daemon(
         async def provide() -> str:
             return daemon_token
 
-        overlay = Overlay(
-            OverlayConfig(
-                name="laptop",
-                private_key=generate_private_key(),
-                coordinate_url=h.info.coordinate_url,
-                derp_url=h.info.derp_url,
-                udp_host="127.0.0.1",
-            ),
-            provide,
-        )
+        overlay = loopback_overlay(h.info, "laptop", provide)
         mcp = McpConfig(
             listen="127.0.0.1:0",
             authorization_server=h.info.url,

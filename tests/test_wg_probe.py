@@ -282,8 +282,8 @@ def test_cli_refuses_a_key_file_others_can_read(key_file: Path, silent_endpoint:
     result = _wg_probe("--key", str(key_file), "--peer", PEER, "--endpoint", silent_endpoint)
     assert result.returncode == 1
     assert result.stderr == (
-        f"tunneld: error: {key_file}: private key file is accessible by group or others "
-        f"(mode 0644); run: chmod 600 {key_file}\n"
+        f"tunneld: error: private key file {key_file} is accessible by group or others "
+        f"(mode 0644); it holds a secret: run chmod 600 {key_file}\n"
     )
 
 
@@ -298,7 +298,7 @@ def test_cli_bad_key_file_contents(tmp_path: Path, silent_endpoint: str) -> None
         "--key", str(tmp_path / "nope.key"), "--peer", PEER, "--endpoint", silent_endpoint
     )
     assert missing.returncode == 1
-    assert "cannot read private key: No such file or directory" in missing.stderr
+    assert "cannot read private key file" in missing.stderr
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-import stat
 from pathlib import Path
 
 from nacl.bindings import crypto_scalarmult_base
 
-from tunneld._files import write_file_atomic
+from tunneld._files import SecretFileError, read_secret_file, write_file_atomic
+
+# A key file holds 44 characters of base64; anything much bigger is not a key file.
+_MAX_KEY_FILE = 1024
 
 __all__ = [
     "KEY_SIZE",
@@ -81,19 +83,12 @@ def read_key_file(path: Path, *, what: str = "private key") -> bytes:
         BadKeyError: missing/unreadable file, loose permissions, or bad contents.
     """
     try:
-        st = path.stat()
-    except OSError as exc:
-        raise BadKeyError(f"{path}: cannot read {what}: {exc.strerror}") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        mode = stat.S_IMODE(st.st_mode)
-        raise BadKeyError(
-            f"{path}: {what} file is accessible by group or others (mode {mode:04o}); "
-            f"run: chmod 600 {path}"
-        )
-    try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadKeyError(f"{path}: cannot read {what}: {exc}") from None
+        raw, _ = read_secret_file(path, what=f"{what} file", max_bytes=_MAX_KEY_FILE)
+        text = raw.decode("ascii")
+    except SecretFileError as exc:
+        raise BadKeyError(str(exc)) from None
+    except UnicodeDecodeError:
+        raise BadKeyError(f"{what} file {path} is not base64 text") from None
     return decode_key(text, what=f"{path}")
 
 

@@ -1,4 +1,5 @@
-"""``tunneld login``: log this machine's daemon in to the control plane as a user (OAuth)."""
+"""``tunneld login`` / ``tunneld logout``: this machine's daemon as a user of the control
+plane (OAuth), and the end of that login."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import trio
 
 from tunneld.cli._common import CliError, Subparsers
 from tunneld.config import load_config
-from tunneld.credentials import LoginError, default_login_file, login, write_login_file
+from tunneld.credentials import (
+    LoginError,
+    TokenUnavailableError,
+    default_login_file,
+    login,
+    logout,
+    read_login_file,
+    write_login_file,
+)
 
 __all__ = ["register"]
 
@@ -72,6 +81,42 @@ def register(sub: Subparsers) -> None:
     )
     parser.set_defaults(func=_login, default_log_level="warning")
 
+    out = sub.add_parser(
+        "logout",
+        help="revoke this machine's login at the control plane and delete the login file",
+        description=(
+            "Revoke the login that `tunneld login` stored (RFC 7009: its refresh token, which"
+            " ends the whole grant, so the daemon's coordinator session closes within the"
+            " control plane's revocation poll) and delete the login file. If the control"
+            " plane cannot be reached the file is kept, unless --forget."
+        ),
+    )
+    out.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "the login file (default: [daemon].login_file of --config, else"
+            " $XDG_CONFIG_HOME/tunneld/login.json)"
+        ),
+    )
+    out.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    out.add_argument(
+        "--forget",
+        action="store_true",
+        help="delete the login file even when the revocation fails (the grant may stay live)",
+    )
+    out.set_defaults(func=_logout, default_log_level="warning")
+
+
+def _login_file(args: argparse.Namespace) -> Path:
+    out: Path | None = args.out
+    if out is None and args.config is not None:
+        daemon = load_config(args.config).daemon
+        if daemon.login_file:
+            out = Path(daemon.login_file)
+    return out if out is not None else default_login_file()
+
 
 def _graphical() -> bool:
     # Without a display, webbrowser would start a console browser (lynx, w3m) in our
@@ -83,12 +128,8 @@ def _graphical() -> bool:
 
 def _login(args: argparse.Namespace) -> int:
     control: str | None = args.control
-    out: Path | None = args.out
     if args.config is not None:
-        daemon = load_config(args.config).daemon
-        control = control or daemon.control_url
-        if out is None and daemon.login_file:
-            out = Path(daemon.login_file)
+        control = control or load_config(args.config).daemon.control_url
     if not control:
         raise CliError("--control URL is required (or --config with [daemon].control_url)")
     if not control.startswith(("http://", "https://")):
@@ -97,7 +138,7 @@ def _login(args: argparse.Namespace) -> int:
         raise CliError(f"--port: expected 0..65535, got {args.port}")
     if args.timeout <= 0:
         raise CliError("--timeout: expected a positive number of seconds")
-    target = out if out is not None else default_login_file()
+    target = _login_file(args)
 
     def announce(url: str) -> None:
         print(f"Open this URL in a browser to log in:\n\n    {url}\n", file=sys.stderr, flush=True)
@@ -121,4 +162,31 @@ def _login(args: argparse.Namespace) -> int:
         raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
     print(f"Logged in to {record.control_url}; login stored in {target}")
     print(f'Use it with `tunneld run`: [daemon] login_file = "{target}"')
+    return 0
+
+
+def _logout(args: argparse.Namespace) -> int:
+    target = _login_file(args)
+    try:
+        record = read_login_file(target)
+    except TokenUnavailableError as exc:
+        raise CliError(f"not logged in: {exc}") from None
+    try:
+        trio.run(logout, record)
+    except LoginError as exc:
+        if not args.forget:
+            raise CliError(
+                f"logout failed: {exc}; the login file {target} is kept (--forget deletes it"
+                " anyway, leaving the grant live until it expires or an operator revokes it)"
+            ) from None
+        print(f"tunneld: warning: {exc}; deleting {target} anyway", file=sys.stderr)
+    else:
+        print(f"Logged out of {record.control_url}: the login is revoked")
+    try:
+        target.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise CliError(f"cannot delete {target}: {exc.strerror or exc}") from None
+    print(f"Deleted {target}")
     return 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunneld.control._coordinator import Principal
-from tunneld.control._store import NodeRecord, Store, User
+from tunneld.control._records import NodeRecord, Store, User
 
 __all__ = ["ACCESS_MAX_AGE", "AccessAnswer", "check_access"]
 

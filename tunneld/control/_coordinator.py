@@ -32,7 +32,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from tunneld.control._ratelimit import TokenBucket
-from tunneld.control._store import NodeRecord, Store, StoreError
+from tunneld.control._records import NodeRecord, Store, StoreError
 from tunneld.control._tokens import parse_token, token_matches
 from tunneld.log import get_logger
 from tunneld.proto.coord import (

@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol
 
 from tunneld.control._coordinator import Coordinator, Principal
 from tunneld.control._metrics import RelayStatsLike
-from tunneld.control._store import NodeRecord, Store
+from tunneld.control._records import NodeRecord, Store
 from tunneld.control._stun import StunStats
 from tunneld.control._tasks import task_json
 from tunneld.http import Request, Response, Router

@@ -22,7 +22,7 @@ from typing import Final, get_args
 from urllib.parse import urlsplit
 
 from tunneld.control._coordinator import Coordinator, Principal
-from tunneld.control._store import NotFoundError, Store, TaskReport, TaskState
+from tunneld.control._records import NotFoundError, Store, TaskReport, TaskState
 from tunneld.http import HttpError, Request, Response
 from tunneld.log import get_logger
 from tunneld.proto.coord import validate_name

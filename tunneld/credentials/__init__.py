@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tunneld.credentials._login import LoginError, login
+from tunneld.credentials._login import LoginError, login, logout
 from tunneld.credentials._oauth import (
     LOGIN_SCOPE,
     LoginRecord,
@@ -50,6 +50,7 @@ __all__ = [
     "check_token",
     "default_login_file",
     "login",
+    "logout",
     "read_login_file",
     "token_provider_for",
     "write_login_file",

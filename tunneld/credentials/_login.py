@@ -26,7 +26,7 @@ from tunneld.credentials._oauth import LOGIN_SCOPE, LoginRecord
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.log import get_logger
 
-__all__ = ["LoginError", "login"]
+__all__ = ["LoginError", "login", "logout"]
 
 log = get_logger(__name__)
 
@@ -312,3 +312,43 @@ async def _register(control: str, meta: dict[str, Any], redirect_uri: str, post_
             f" {str(answer.get('error_description', ''))[:200]}".strip()
         )
     return str(answer["client_id"])
+
+
+async def logout(record: LoginRecord) -> None:
+    """Revoke ``record``'s grant at its control plane (RFC 7009, the refresh token).
+
+    Revoking the refresh token ends the whole grant: its access tokens stop working and
+    the coordinator closes the daemon's session at its next revocation check. The
+    revocation endpoint comes from the issuer's metadata (RFC 8414).
+
+    Raises:
+        LoginError: the control plane cannot be reached, has no revocation endpoint or
+            refuses (the message says which); the grant may still be live then.
+    """
+    from tunneld.oauth._http_client import HttpClientError, get, post_form
+
+    issuer = record.issuer.rstrip("/")
+    try:
+        with trio.fail_after(_STEP_TIMEOUT):
+            reply = await get(f"{issuer}/.well-known/oauth-authorization-server")
+    except (HttpClientError, trio.TooSlowError) as exc:
+        raise LoginError(
+            f"cannot reach the control plane at {issuer}: {str(exc) or 'timeout'}"
+        ) from None
+    meta = _json(reply.status, reply.body, "authorization server metadata")
+    endpoint = meta.get("revocation_endpoint")
+    if reply.status != 200 or not isinstance(endpoint, str) or not endpoint:
+        raise LoginError(f"{issuer} names no revocation endpoint (HTTP {reply.status})")
+    form = {
+        "token": record.refresh_token,
+        "token_type_hint": "refresh_token",
+        "client_id": record.client_id,
+    }
+    try:
+        with trio.fail_after(_STEP_TIMEOUT):
+            answer = await post_form(endpoint, form)
+    except (HttpClientError, trio.TooSlowError) as exc:
+        raise LoginError(f"revoking at {endpoint}: {str(exc) or 'timeout'}") from None
+    if answer.status != 200:
+        raise LoginError(f"{endpoint} refused the revocation (HTTP {answer.status})")
+    log.info("credentials.logged_out", issuer=issuer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -21,7 +20,7 @@ from typing import Final
 
 import trio
 
-from tunneld._files import write_file_atomic
+from tunneld._files import SecretFileError, read_secret_file, write_file_atomic
 from tunneld.credentials._providers import TokenUnavailableError, check_token
 from tunneld.log import get_logger
 
@@ -94,31 +93,15 @@ def read_login_file(path: Path) -> LoginRecord:
     """The record in ``path``.
 
     Raises:
-        TokenUnavailableError: missing, readable by group or others, not a regular
+        TokenUnavailableError: missing, accessible by group or others, not a regular
             file, or not a login file (the message says what to run).
     """
     where = f"login file {path}"
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise TokenUnavailableError(
-            f"cannot read {where}: {exc.strerror or exc} (run `tunneld login`)"
-        ) from None
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o044:
-        raise TokenUnavailableError(
-            f"{where} is readable by group or others (mode {mode:04o}); it holds a"
-            f" secret: run chmod 600 {path}"
-        )
-    if not stat.S_ISREG(st.st_mode):
-        raise TokenUnavailableError(f"{where} is not a regular file")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_FILE + 1)
-    except OSError as exc:
-        raise TokenUnavailableError(f"cannot read {where}: {exc.strerror or exc}") from None
-    if len(raw) > _MAX_FILE:
-        raise TokenUnavailableError(f"{where} is over {_MAX_FILE} bytes: not a login file")
+        raw, _ = read_secret_file(path, what="login file", max_bytes=_MAX_FILE)
+    except SecretFileError as exc:
+        hint = " (run `tunneld login`)" if str(exc).startswith("cannot read") else ""
+        raise TokenUnavailableError(f"{exc}{hint}") from None
     return _parse(raw.decode("utf-8", errors="replace"), where)
 
 

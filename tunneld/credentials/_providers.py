@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 import trio
 
+from tunneld._files import SecretFileError, read_secret_file
 from tunneld.log import get_logger
 
 __all__ = [
@@ -115,25 +116,12 @@ class FileTokenProvider:
     def _read(self) -> str:
         where = f"token file {self.path}"
         try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            raise TokenUnavailableError(f"cannot read {where}: {exc.strerror or exc}") from None
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o044:
-            raise TokenUnavailableError(
-                f"{where} is readable by group or others (mode {mode:04o}); it holds a"
-                f" secret: run chmod 600 {self.path}"
-            )
-        if not stat.S_ISREG(st.st_mode):
-            raise TokenUnavailableError(f"{where} is not a regular file")
+            raw, st = read_secret_file(self.path, what="token file", max_bytes=MAX_TOKEN_LENGTH + 2)
+        except SecretFileError as exc:
+            raise TokenUnavailableError(str(exc)) from None
         seen = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
         if seen == self._seen and self._token is not None:
             return self._token
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read(MAX_TOKEN_LENGTH + 2)
-        except OSError as exc:
-            raise TokenUnavailableError(f"cannot read {where}: {exc.strerror or exc}") from None
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -172,26 +160,51 @@ class CommandTokenProvider:
         where = f"token command {self.argv[0]!r}"
         try:
             with trio.fail_after(self.timeout):
-                result = await trio.run_process(
-                    self.argv, capture_stdout=True, stdin=b"", check=False
-                )
+                returncode, stdout = await _run_capped(self.argv, _MAX_COMMAND_OUTPUT)
         except trio.TooSlowError:
             raise TokenUnavailableError(
                 f"{where} did not finish within {self.timeout:g}s (it was killed)"
             ) from None
         except OSError as exc:
             raise TokenUnavailableError(f"cannot run {where}: {exc.strerror or exc}") from None
-        if result.returncode != 0:
+        if stdout is None:
+            raise TokenUnavailableError(
+                f"{where} printed over {_MAX_COMMAND_OUTPUT} bytes: not a token (it was killed)"
+            )
+        if returncode != 0:
             how = (
-                f"was killed by signal {-result.returncode}"
-                if result.returncode < 0
-                else f"exited with status {result.returncode}"
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else f"exited with status {returncode}"
             )
             raise TokenUnavailableError(f"{where} {how} (its stderr went to ours)")
-        if len(result.stdout) > _MAX_COMMAND_OUTPUT:
-            raise TokenUnavailableError(f"{where} printed {len(result.stdout)} bytes: not a token")
         try:
-            text = result.stdout.decode("ascii")
+            text = stdout.decode("ascii")
         except UnicodeDecodeError:
             raise TokenUnavailableError(f"{where} printed non-ASCII output: not a token") from None
         return check_token(text, f"the output of {where}")
+
+
+async def _run_capped(argv: Sequence[str], cap: int) -> tuple[int, bytes | None]:
+    """Run ``argv`` (stdin empty, stderr ours); its exit status and stdout, or None for
+    stdout once it printed more than ``cap`` bytes (it is killed then: we never hold
+    more than ``cap`` bytes of it). Cancellation kills it too.
+    """
+    process = await trio.lowlevel.open_process(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    )
+    stdout = process.stdout
+    assert stdout is not None
+    try:
+        out = bytearray()
+        while chunk := await stdout.receive_some(cap + 1 - len(out)):
+            out += chunk
+            if len(out) > cap:
+                return -1, None
+        return await process.wait(), bytes(out)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            await stdout.aclose()

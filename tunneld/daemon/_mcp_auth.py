@@ -17,6 +17,7 @@ from typing import Final
 
 import trio
 
+from tunneld._files import read_secret_file
 from tunneld.http import HttpError, Request
 from tunneld.mcp import SCOPE_READ, SCOPE_WRITE, Caller
 
@@ -24,24 +25,20 @@ __all__ = ["SCOPE_READ", "SCOPE_WRITE", "StaticTokenAuthenticator", "read_token_
 
 # The scope names are the MCP server's, which checks them; re-exported for callers.
 FULL_ACCESS: Final = frozenset({SCOPE_READ, SCOPE_WRITE})
+MAX_TOKEN_FILE: Final = 8192
 
 
 def read_token_file(path: str | os.PathLike[str]) -> str:
     """The token in ``path`` (surrounding whitespace stripped).
 
     Raises:
-        ValueError: the file is readable by group or others, or holds no token; the
+        ValueError: the file is accessible by group or others, or holds no token; the
             message names the file (never the token).
         OSError: the file cannot be read.
     """
     target = Path(path)
-    mode = target.stat().st_mode
-    if mode & 0o077:
-        raise ValueError(
-            f"{target}: the MCP token file must not be readable by group or others"
-            f" (mode {mode & 0o777:o}; chmod 600 it)"
-        )
-    token = target.read_text(encoding="utf-8").strip()
+    raw, _ = read_secret_file(target, what="MCP token file", max_bytes=MAX_TOKEN_FILE)
+    token = raw.decode("utf-8", errors="replace").strip()
     if not token or any(c.isspace() for c in token):
         raise ValueError(f"{target}: expected one token (no spaces) in the MCP token file")
     return token

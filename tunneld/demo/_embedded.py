@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,7 +41,14 @@ from tunneld.daemon import Daemon, Notifier, StaticTokenAuthenticator, open_api_
 from tunneld.keys import generate_private_key
 from tunneld.log import get_logger
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus, StreamHandler
+from tunneld.net.overlay import (
+    LinkState,
+    Overlay,
+    OverlayConfig,
+    PeerStatus,
+    StreamHandler,
+    TokenProvider,
+)
 from tunneld.plugins import ENTRY_POINT_GROUP, PluginManager
 
 __all__ = [
@@ -295,14 +302,25 @@ async def _running(
 
 
 def loopback_overlay(
-    info: ServerInfo, name: str, token: str, on_stream: StreamHandler | None = None
+    info: ServerInfo,
+    name: str,
+    token: str | TokenProvider,
+    on_stream: StreamHandler | None = None,
+    **changes: Any,
 ) -> Overlay:
     """An overlay node on loopback with a fresh key, joining the control plane ``info``
-    with ``token`` (a fixed token); ``on_stream`` serves peers' streams (agents)."""
+    with ``token`` (a fixed token or a provider); ``on_stream`` serves peers' streams
+    (agents); ``changes`` replace further ``OverlayConfig`` fields."""
+    provide: TokenProvider
+    if isinstance(token, str):
+        fixed = token
 
-    async def provide() -> str:
-        return token
+        async def fixed_token() -> str:
+            return fixed
 
+        provide = fixed_token
+    else:
+        provide = token
     config = OverlayConfig(
         name=name,
         private_key=generate_private_key(),
@@ -310,7 +328,7 @@ def loopback_overlay(
         derp_url=info.derp_url,
         udp_host="127.0.0.1",
     )
-    return Overlay(config, provide, on_stream=on_stream)
+    return Overlay(replace(config, **changes), provide, on_stream=on_stream)
 
 
 @asynccontextmanager

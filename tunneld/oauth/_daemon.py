@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunneld._files import read_secret_file as read_secret
 from tunneld.config._sections import McpConfig
 from tunneld.http import Router
 from tunneld.log import get_logger
@@ -24,23 +25,20 @@ __all__ = ["DaemonOAuth", "build_daemon_oauth", "read_secret_file"]
 
 log = get_logger(__name__)
 
+MAX_SECRET_FILE = 8192
+
 
 def read_secret_file(path: str | os.PathLike[str], *, key: str) -> str:
     """The one secret in ``path`` (whitespace stripped).
 
     Raises:
-        ValueError: the file is readable by group or others, or empty; names ``key``
+        ValueError: the file is accessible by group or others, or empty; names ``key``
             and the file, never the secret.
         OSError: it cannot be read.
     """
     target = Path(path)
-    mode = target.stat().st_mode
-    if mode & 0o077:
-        raise ValueError(
-            f"{key} {target}: must not be readable by group or others"
-            f" (mode {mode & 0o777:o}; chmod 600 it)"
-        )
-    secret = target.read_text(encoding="utf-8").strip()
+    raw, _ = read_secret(target, what=key, max_bytes=MAX_SECRET_FILE)
+    secret = raw.decode("utf-8", errors="replace").strip()
     if not secret or any(c.isspace() for c in secret):
         raise ValueError(f"{key} {target}: expected one secret (no spaces)")
     return secret
