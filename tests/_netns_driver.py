@@ -67,6 +67,7 @@ async def client(options: dict[str, Any]) -> None:
             derp_url=options["derp_url"],
             udp_host=options["host"],
             probe_interval=0.5,
+            reprobe_interval=float(options.get("reprobe_interval", 2.0)),
         ),
         provide,
     )

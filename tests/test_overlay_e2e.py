@@ -253,7 +253,13 @@ class UdpMiddlebox:
 async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    timings = {"probe_interval": 0.2, "unsure_after": 0.4, "direct_timeout": 1.0}
+    # reprobe_interval: once the burst after the fallback is spent, a try every second.
+    timings = {
+        "probe_interval": 0.2,
+        "unsure_after": 0.4,
+        "direct_timeout": 1.0,
+        "reprobe_interval": 1.0,
+    }
     async with running_server(nursery, tmp_path, relay=True) as h:
         await h.user("alice")
         agent = make_overlay(h, "web1", await h.token("alice", agent="web1"), **timings)

@@ -72,6 +72,15 @@ def _resource_urls(values: tuple[str, ...]) -> None:
             raise ValueError("expected URLs without a fragment")
 
 
+def _relay_urls(values: tuple[str, ...]) -> None:
+    # The coordinator's relay map holds at most 16 relays, ours first.
+    if len(values) > 15:
+        raise ValueError("expected at most 15 relay URLs")
+    for value in values:
+        if not value.startswith(("ws://", "wss://")) or len(value) > 512 or "#" in value:
+            raise ValueError("expected ws:// or wss:// URLs (at most 512 characters)")
+
+
 def _non_negative_float(value: float) -> None:
     if value < 0:
         raise ValueError("expected a number >= 0")
@@ -110,6 +119,8 @@ class ControlConfig:
     session_ttl: Duration = field(
         default=Duration(12 * 3600.0), metadata={"check": _positive_duration}
     )
+    # Other DERP relays offered to nodes as home relay candidates (ws:// or wss:// URLs).
+    relays: tuple[str, ...] = field(default=(), metadata={"check": _relay_urls})
 
 
 def _tcp_ports(ports: tuple[int, ...]) -> None:

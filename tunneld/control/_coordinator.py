@@ -43,11 +43,13 @@ from tunneld.proto.coord import (
     CloseCode,
     Disconnect,
     Error,
+    HomeRelay,
     ListAgents,
     Node,
     PeerUpdate,
     PeerUpdateKind,
     ReadyForHandshake,
+    RelayMap,
     RemoteProtocolError,
     RemoveTunnel,
     Request,
@@ -262,8 +264,17 @@ class Coordinator:
 
     # --- sessions ---------------------------------------------------------------------
 
-    async def handle_session(self, principal: Principal, ws: MessageSocket) -> None:
+    async def handle_session(
+        self,
+        principal: Principal,
+        ws: MessageSocket,
+        *,
+        relay_map: tuple[HomeRelay, ...] | None = None,
+    ) -> None:
         """Serve one coordinator session until it ends; closes ``ws`` before returning.
+
+        ``relay_map``: sent first as a ``relays`` message (only to a client that asked
+        for it on connect: older clients reject unknown message types).
 
         Cancellation: cancelling the caller closes the session like a dropped
         connection (peers see ``lost``).
@@ -271,6 +282,8 @@ class Coordinator:
         session = _Session(
             principal, ws, TokenBucket(self.settings.rate, self.settings.burst, trio.current_time())
         )
+        if relay_map is not None:
+            session.send.send_nowait(encode(RelayMap(relay_map)))
         self._sessions.add(session)
         self.stats.sessions_total += 1
         slog = log.bind(user=principal.user, agent=principal.agent, auth_id=principal.token_id)

@@ -53,7 +53,7 @@ from tunneld.control._tasks import TaskApi
 from tunneld.http import HttpServer, Request, Response, Router
 from tunneld.keys import BadKeyError, load_or_create_key_file
 from tunneld.log import get_logger
-from tunneld.proto.coord import CloseCode
+from tunneld.proto.coord import CloseCode, HomeRelay
 
 if TYPE_CHECKING:
     from tunneld.oauth import AuthorizationServer, BrowserSessions
@@ -384,7 +384,19 @@ class ControlServer:
         if principal is None:
             await ws.aclose(CloseCode.POLICY_VIOLATION, "token revoked or expired")
             return
-        await self.coordinator.handle_session(principal, ws)
+        # ``?relay_map=1``: the client understands the ``relays`` message (newer nodes).
+        relay_map = self._relay_map() if request.query.get("relay_map") == ["1"] else None
+        await self.coordinator.handle_session(principal, ws, relay_map=relay_map)
+
+    def _relay_map(self) -> tuple[HomeRelay, ...]:
+        """Our own relay (when we run one) in region ``derp_region``, then
+        ``[control].relays`` in regions numbered on from it."""
+        relays = []
+        if self.relay is not None and self.info is not None:
+            relays.append(HomeRelay(self.config.derp_region, self.info.derp_url))
+        for index, url in enumerate(self.config.relays):
+            relays.append(HomeRelay((self.config.derp_region + 1 + index) % 2**31, url))
+        return tuple(relays)
 
     async def _nodes(self, request: Request) -> Response:
         principal = await self.coordinator.authenticate(request.headers.get("authorization"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Container, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
@@ -43,6 +43,7 @@ class DerpConnectError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+        self.alias: bytes | None = None  # the relay key, when refused as an alias
 
 
 class DerpConnectionClosed(Exception):
@@ -96,6 +97,7 @@ class DerpClient:
         handshake_timeout: float = 10.0,
         event_buffer: int = 256,
         silence_timeout: float = 120.0,
+        refuse_server_keys: Container[bytes] = (),
     ) -> AsyncIterator[DerpClient]:
         """Connect to the relay at ``url`` (``ws://`` or ``wss://``) as ``private_key``.
 
@@ -107,10 +109,14 @@ class DerpClient:
                 reading (back-pressure onto the relay's queue for us).
             silence_timeout: close the connection when the relay has sent nothing for
                 this long (it sends a keep-alive every 60-65 s; SPECS: 120 s).
+            refuse_server_keys: relay keys we are already connected to under another
+                URL: such a relay is left before it learns our key (a relay keeps one
+                connection per client key, so joining twice would drop the other one).
 
         Raises:
             DerpConnectError: the relay refused the WebSocket or our key, closed during
-                the handshake, spoke something that is not DERP, or timed out.
+                the handshake, spoke something that is not DERP, timed out, or has a key
+                in ``refuse_server_keys`` (then ``code`` is None and ``alias`` is set).
             OSError: the relay cannot be reached.
 
         Leaving the block closes the connection and stops the reader task.
@@ -129,7 +135,7 @@ class DerpClient:
             core = ClientConnection(private_key)
             try:
                 with trio.fail_after(handshake_timeout):
-                    connected = await cls._handshake(ws, core)
+                    connected = await cls._handshake(ws, core, refuse_server_keys)
             except trio.TooSlowError:
                 raise DerpConnectError("DERP handshake timed out") from None
             client = cls(ws, core, connected.server_info, event_buffer, silence_timeout)
@@ -142,7 +148,9 @@ class DerpClient:
 
     @staticmethod
     async def _handshake(
-        ws: trio_websocket.WebSocketConnection, core: ClientConnection
+        ws: trio_websocket.WebSocketConnection,
+        core: ClientConnection,
+        refuse_server_keys: Container[bytes] = (),
     ) -> Connected:
         while core.state is not ConnectionState.CONNECTED:
             try:
@@ -157,6 +165,12 @@ class DerpClient:
             except RemoteProtocolError as exc:
                 await close_bounded(ws, exc.close_code, exc.reason)
                 raise DerpConnectError(f"relay broke the DERP handshake: {exc.reason}") from None
+            if core.server_key is not None and core.server_key in refuse_server_keys:
+                # Before CLIENT_INFO: the relay never registers our key on this socket.
+                await close_bounded(ws, _CLOSE_GOING_AWAY, "already connected to this relay")
+                error = DerpConnectError("already connected to this relay under another URL")
+                error.alias = core.server_key
+                raise error
             outgoing = core.data_to_send()
             if outgoing:
                 await ws.send_message(outgoing)

@@ -56,6 +56,19 @@ class OverlayConfig:
             this beyond monotonic time between two checks means the host slept (or the
             wall clock was stepped), and the node re-validates its socket, relay, direct
             paths and reflexive address. A merely late check (CPU starvation) is not a wake.
+        call_me_maybe: send CALL_ME_MAYBE (our endpoints, over the relay) with every
+            hole-punching try, so the peer probes us at the same moment (off: probe only).
+        punch_tries: tries per hole-punching burst (gaps ``probe_interval``, doubling).
+        reprobe_interval: seconds between tries once a burst found no direct path.
+        relays: other DERP relays (``ws(s)://`` URLs) that may become our home relay, in
+            regions ``derp_region + 1``, ``+ 2``, ... (the coordinator's relay map adds
+            more). With more than one candidate the node pings each and moves home to
+            a clearly faster one (docs/overlay.md, "Relays").
+        relay_measure_interval: seconds between two rounds of relay pings.
+        relay_switch_after: how long another relay must stay clearly faster (>= 10 ms
+            and below 2/3 of the home relay's round trip) before we move home to it.
+        relay_idle_timeout: a connection to a relay other than home (a peer's home
+            relay, or one being measured) closes after this long unused.
     """
 
     name: str
@@ -75,6 +88,13 @@ class OverlayConfig:
     stun: tuple[str, int] | None = None
     stun_interval: float = 30.0
     wake_poll: float = 15.0
+    call_me_maybe: bool = True
+    punch_tries: int = 5
+    reprobe_interval: float = 30.0
+    relays: tuple[str, ...] = ()
+    relay_measure_interval: float = 30.0
+    relay_switch_after: float = 60.0
+    relay_idle_timeout: float = 20.0
 
 
 @dataclass(slots=True)
@@ -94,3 +114,7 @@ class PeerStatus:
     bytes_received: int
     streams: int
     connection: str  # our mux connection id (hex); changes when the connection is replaced
+    call_me_maybe_sent: int = 0  # CALL_ME_MAYBE frames we sent this peer
+    call_me_maybe_received: int = 0  # and it sent us
+    punch_bursts: int = 0  # hole-punching bursts started for this peer
+    relay: str = ""  # the relay we send to it through (its home, or ours)

@@ -54,6 +54,8 @@ from tunneld.net.overlay._ids import (
     ConnectionIds,
     Verdict,
 )
+from tunneld.net.overlay._punch import PunchSchedule, parse_call_me_maybe
+from tunneld.net.overlay._relays import RelayLinks, RelaySelector
 from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
 from tunneld.proto.coord import (
@@ -65,9 +67,11 @@ from tunneld.proto.coord import (
     Node,
     PeerUpdate,
     PeerUpdateKind,
+    RelayMap,
 )
-from tunneld.proto.derp import RecvPacket
+from tunneld.proto.derp import RecvPacket, Restarting
 from tunneld.proto.mux import (
+    CallMeMaybe,
     ConnectionClosed,
     ConnectionClosedError,
     Event,
@@ -123,6 +127,10 @@ _MAX_UDP_SOURCES = 1024  # cached source addresses (cleared when full)
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
+# A relay's RESTARTING hint is honoured up to these bounds (a relay cannot park us).
+_MAX_RESTART_WAIT = 30.0
+_MAX_RESTART_TRY = 300.0
+_RESTART_RETRY_CAP = 1.0  # backoff cap while the relay said it is restarting
 
 
 class CoordinatorUnavailableError(Exception):
@@ -185,6 +193,14 @@ class _Peer:
         self.created = now
         self.gone_at: float | None = None
         self.last_initiation: bytes | None = None
+        config = overlay.config
+        self.punch = PunchSchedule(
+            config.probe_interval, config.punch_tries, config.reprobe_interval
+        )
+        self.called: tuple[str, ...] = ()  # endpoints from the peer's CALL_ME_MAYBE
+        self.call_me_maybe_sent = 0
+        self.call_me_maybe_received = 0
+        self.last_called_probe = -math.inf
 
     def new_mux(self, overlay: Overlay) -> tuple[_PeerTransport, MuxConnection]:
         """A fresh mux connection (new id; the peer's id is learnt from its packets)."""
@@ -203,8 +219,10 @@ class _Peer:
         return transport, mux
 
     def candidate_paths(self) -> list[Path]:
+        """The peer's endpoints: what the coordinator announced, then what its last
+        CALL_ME_MAYBE added (fresher when the coordinator is slow or away)."""
         paths = []
-        for endpoint in self.node.endpoints:
+        for endpoint in dict.fromkeys((*self.node.endpoints, *self.called)):
             address = _parse_endpoint(endpoint)
             if address is not None:
                 paths.append(_udp_path(address))
@@ -227,6 +245,12 @@ def _udp_path(address: UdpAddress) -> Path:
 def _format(address: UdpAddress) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _with_relay_map(url: str) -> str:
+    """The coordinate URL asking for the ``relays`` message (older coordinators
+    ignore the query; older clients never ask, so never get a message they reject)."""
+    return url + ("&" if "?" in url else "?") + "relay_map=1"
 
 
 def _parse_endpoint(text: str) -> UdpAddress | None:
@@ -306,6 +330,28 @@ class Overlay:
         # An older coordinator closes the session on list_agents (unknown request type):
         # asking again would drop the session every time, so stop asking.
         self._list_agents_unsupported = False
+        # Relays (docs/overlay.md, "Relays"): the home relay by latency, links to others.
+        self._selector = RelaySelector(
+            HomeRelay(config.derp_region, config.derp_url),
+            (
+                HomeRelay((config.derp_region + 1 + index) % 2**31, url)
+                for index, url in enumerate(config.relays)
+            ),
+            hold=config.relay_switch_after,
+        )
+        self._relay_links = RelayLinks(
+            config.private_key,
+            self._on_link_packet,
+            own_keys=self._home_keys,
+            idle_timeout=config.relay_idle_timeout,
+        )
+        self._relay_links.on_alias = self._on_relay_alias
+        self._peer_relays: dict[bytes, str] = {}  # peer key -> its home relay, if not ours
+        self._home_scope: trio.CancelScope | None = None
+        self._relays_changed = trio.Event()
+        self._relay_restart: tuple[float, float] | None = None  # RESTARTING hint
+        self._restart_until = -math.inf
+        self.home_switches = 0
 
     # -- public API ---------------------------------------------------------------
 
@@ -325,10 +371,12 @@ class Overlay:
             async with trio.open_nursery() as handlers, trio.open_nursery() as nursery:
                 self._handlers = handlers
                 self._nursery = nursery
+                await nursery.start(self._relay_links.run)
                 nursery.start_soon(self._udp_reader)
                 nursery.start_soon(self._wg_pump)
                 nursery.start_soon(self._coordinator_loop)
                 nursery.start_soon(self._relay_loop)
+                nursery.start_soon(self._relay_measure_loop)
                 nursery.start_soon(self._prober)
                 if self.config.stun is not None:
                     nursery.start_soon(self._stun_loop, self.config.stun)
@@ -344,6 +392,7 @@ class Overlay:
     async def set_endpoints(self, endpoints: tuple[str, ...] | None) -> None:
         """Announce other UDP endpoints (None: the automatic ones); peers re-probe."""
         self._announced = endpoints
+        self._restart_punching("our endpoints changed")
         await self._coord_send(self._announce())
 
     def _announce(self) -> bytes:
@@ -351,7 +400,7 @@ class Overlay:
             name=self.config.name,
             node_key=self.public_key,
             endpoints=self._endpoints(),
-            home_relay=HomeRelay(self.config.derp_region, self.config.derp_url),
+            home_relay=self._selector.home,
             as_of=self._wall(),
         )
 
@@ -454,6 +503,10 @@ class Overlay:
                     bytes_received=link.bytes_received,
                     streams=len(link.mux.core.stream_ids()),
                     connection=link.ids.local_id.hex(),
+                    call_me_maybe_sent=link.call_me_maybe_sent,
+                    call_me_maybe_received=link.call_me_maybe_received,
+                    punch_bursts=link.punch.bursts,
+                    relay=self._peer_relays.get(link.key, self._selector.home.url),
                 )
             )
         return {
@@ -467,6 +520,14 @@ class Overlay:
             "relay": self.relay_state.value,
             "relay_error": self.relay_error,
             "relay_dropped": self.relay_dropped,
+            "home_relay": self._selector.home.url,
+            "relay_latency_ms": {
+                url: None if math.isinf(rtt) else round(rtt * 1000, 2)
+                for url, rtt in self._selector.latency.items()
+            },
+            "relay_links": self._relay_links.connected(),
+            "relay_aliases": sorted(self._selector.aliases),
+            "home_switches": self.home_switches,
             "last_coordinator_error": (
                 None
                 if self.last_coordinator_error is None
@@ -522,9 +583,15 @@ class Overlay:
             self._drop_peer(link)
             link = None
         if link is not None:
+            if link.direct is None and link.handshake_done:
+                if node.endpoints != link.node.endpoints:
+                    link.punch.restart(trio.current_time(), "peer endpoints changed")
+                elif not link.online:
+                    link.punch.restart(trio.current_time(), "peer back online")
             link.node = node
             link.online = True
             link.gone_at = None
+            self._route_relay(link)
             self._notify()
             return
         if node.node_key == self.public_key:
@@ -536,6 +603,7 @@ class Overlay:
         link = _Peer(self, node, trio.current_time())
         self._peers[node.id] = link
         self._by_key[link.key] = link
+        self._route_relay(link)
         self._core.add_peer(link.key)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_peer, link)
@@ -547,6 +615,7 @@ class Overlay:
         # Out of the id table at once (no new streams); the key stays known to
         # WireGuard until the mux's CLOSE has gone out (_close_peer).
         self._peers.pop(link.id, None)
+        self._peer_relays.pop(link.key, None)
         assert self._nursery is not None
         self._nursery.start_soon(self._close_peer, link)
         log.info("overlay.peer_removed", peer=link.id)
@@ -618,11 +687,14 @@ class Overlay:
                 return
             link.last_direct_rx = trio.current_time()
             link.rtt = event.rtt
+            link.punch.stop()
             if link.direct != event.path:
                 link.direct = event.path
                 link.mux.set_path(event.path)
                 log.info("overlay.path_direct", peer=link.id, endpoint=event.path.address.decode())
                 self._notify()
+        elif isinstance(event, CallMeMaybe):
+            self._on_call_me_maybe(link, event)
         elif isinstance(event, ConnectionClosed):
             log.warning("overlay.mux_closed", peer=link.id, code=event.error_code)
             if link.id in self._peers:
@@ -836,6 +908,7 @@ class Overlay:
             if mapped is not None and mapped != self.reflexive:
                 self.reflexive = mapped
                 log.info("overlay.reflexive", address=_format(mapped))
+                self._restart_punching("reflexive address changed")
                 await self._coord_send(self._announce())
                 self._notify()
             with trio.move_on_after(self.config.stun_interval):
@@ -886,13 +959,62 @@ class Overlay:
                     log.info("overlay.path_relay", peer=link.id, reason="direct path silent")
                     link.direct = None
                     link.mux.set_path(RELAY_PATH)
+                    link.punch.restart(now, "direct path silent")
                     self._notify()
-                paths = [link.direct] if link.direct is not None else link.candidate_paths()
-                for path in paths:
-                    try:
-                        link.mux.send_path_probe(path, secrets.token_bytes(8))
-                    except ConnectionClosedError:  # nothing to probe on a closed mux
-                        break
+                if link.direct is not None:
+                    # Heartbeat: the validated path stays trusted while it answers.
+                    with contextlib.suppress(ConnectionClosedError):
+                        link.mux.send_path_probe(link.direct, secrets.token_bytes(8))
+                    continue
+                if not link.punch.running and link.punch.bursts == 0:
+                    link.punch.restart(now, "session up")
+                if link.punch.due(now):
+                    self._punch_try(link, now)
+
+    def _punch_try(self, link: _Peer, now: float) -> None:
+        """One hole-punching try (docs/overlay.md): CALL_ME_MAYBE with our endpoints
+        over the relay, so the peer probes us now, and a probe to each of its candidates."""
+        link.punch.note_try(now)
+        try:
+            ours = self._endpoints() if self.config.call_me_maybe else ()
+            if ours:
+                link.mux.send_call_me_maybe([endpoint.encode() for endpoint in ours])
+                link.call_me_maybe_sent += 1
+            for path in link.candidate_paths():
+                link.mux.send_path_probe(path, secrets.token_bytes(8))
+        except ConnectionClosedError:  # nothing to probe on a closed mux
+            return
+        log.debug(
+            "overlay.punch",
+            peer=link.id,
+            attempt=link.punch.tried,
+            reason=link.punch.reason,
+            call_me_maybe=bool(ours),
+        )
+
+    def _on_call_me_maybe(self, link: _Peer, event: CallMeMaybe) -> None:
+        """The peer is probing its candidates of ours right now: probe its endpoints at
+        once, so both NATs open for each other within a relay round trip."""
+        link.call_me_maybe_received += 1
+        link.called = parse_call_me_maybe(event.endpoints)
+        now = trio.current_time()
+        # Bounded: however many CALL_ME_MAYBE frames arrive, at most two probe rounds
+        # per probe_interval.
+        if now - link.last_called_probe < self.config.probe_interval / 2:
+            return
+        link.last_called_probe = now
+        log.info("overlay.call_me_maybe", peer=link.id, endpoints=len(link.called))
+        for path in link.candidate_paths():
+            with contextlib.suppress(ConnectionClosedError):
+                link.mux.send_path_probe(path, secrets.token_bytes(8))
+
+    def _restart_punching(self, reason: str) -> None:
+        """Our endpoints (or the network) changed: a fresh burst for every peer without
+        a direct path."""
+        now = trio.current_time()
+        for link in self._peers.values():
+            if link.direct is None and link.handshake_done:
+                link.punch.restart(now, reason)
 
     async def _coordinator_loop(self) -> NoReturn:
         attempt = 0
@@ -901,7 +1023,7 @@ class Overlay:
             try:
                 token = await self._token_provider()
                 async with connect_coordinator(
-                    self.config.coordinate_url, Secret(token), self._coord
+                    _with_relay_map(self.config.coordinate_url), Secret(token), self._coord
                 ) as session:
                     self._session = session
                     self.coordinator_state = LinkState.CONNECTED
@@ -929,7 +1051,14 @@ class Overlay:
             attempt += 1
             attempt = await self._backoff(attempt)
 
-    async def _on_coordinator(self, message: PeerUpdate | Error | AgentList) -> None:
+    async def _on_coordinator(self, message: PeerUpdate | Error | AgentList | RelayMap) -> None:
+        if isinstance(message, RelayMap):
+            self._selector.offer(message.relays)
+            log.info("overlay.relay_map", relays=len(message.relays))
+            self._reroute_all()
+            self._relays_changed.set()
+            self._relays_changed = trio.Event()
+            return
         if isinstance(message, AgentList):
             listing = self._listings.get(message.id)
             if listing is not None and not message.more:
@@ -996,32 +1125,56 @@ class Overlay:
         attempt = 0
         while True:
             self.relay_state = LinkState.CONNECTING
+            moved = False
             try:
                 async with DerpClient.connect(
-                    self.config.derp_url, self.config.private_key
+                    self._selector.home.url, self.config.private_key
                 ) as derp:
-                    await derp.note_preferred(True)
+                    # Published first: a relay link must see this relay's key at once, or
+                    # a link to an alias URL of it could replace this connection.
                     self._derp = derp
+                    await derp.note_preferred(True)
                     self.relay_state = LinkState.CONNECTED
                     self.relay_error = None
                     attempt = 0
-                    log.info("overlay.relay_connected")
+                    log.info("overlay.relay_connected", relay=self._selector.home.url)
+                    self._notify()
                     self._nudge_peers()
                     pending, self._ready_pending = self._ready_pending, set()
                     for peer_id in sorted(pending):
                         if peer_id in self._peers:
                             await self._coord_send(self._coord.ready_for_handshake(peer_id))
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._relay_writer, derp)
-                        await self._relay_reader(derp)
+                    # Cancelled when the home relay moves (_switch_home).
+                    with trio.CancelScope() as scope:
+                        self._home_scope = scope
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._relay_writer, derp)
+                            await self._relay_reader(derp)
+                    moved = scope.cancelled_caught
             except* (DerpConnectError, DerpConnectionClosed, OSError) as group:
                 self.relay_error = "; ".join(str(exc) for exc in group.exceptions)
                 log.warning("overlay.relay_lost", error=self.relay_error)
             finally:
                 self._derp = None
+                self._home_scope = None
+            if moved:
+                attempt = 0
+                continue  # straight to the new home relay
             self.relay_state = LinkState.BACKOFF
+            hint, self._relay_restart = self._relay_restart, None
+            if hint is not None:
+                # RESTARTING: come back after the hint's delay, then retry briskly (a
+                # backoff capped at a second) for as long as it said to keep trying.
+                reconnect_in, try_for = hint
+                self._restart_until = trio.current_time() + reconnect_in + try_for
+                attempt = 0
+                woken = self._woken
+                with trio.move_on_after(reconnect_in):
+                    await woken.wait()
+                continue
             attempt += 1
-            attempt = await self._backoff(attempt)
+            restarting = trio.current_time() < self._restart_until
+            attempt = await self._backoff(attempt, _RESTART_RETRY_CAP if restarting else None)
 
     def _nudge_peers(self) -> None:
         """A path came back: ping every peer so lost data is found without a long PTO,
@@ -1042,6 +1195,97 @@ class Overlay:
             event = await derp.receive()
             if isinstance(event, RecvPacket):
                 await self._receive_wg(event.data, _DERP_SOURCE + event.src, RELAY_PATH)
+            elif isinstance(event, Restarting):
+                reconnect_in = min(event.reconnect_in_ms / 1000, _MAX_RESTART_WAIT)
+                try_for = min(event.try_for_ms / 1000, _MAX_RESTART_TRY)
+                self._relay_restart = (reconnect_in, try_for)
+                log.info("overlay.relay_restarting", reconnect_in=reconnect_in, try_for=try_for)
+
+    async def _on_link_packet(self, src: bytes, data: bytes) -> None:
+        """A packet through a relay other than home (a peer's home relay)."""
+        await self._receive_wg(data, _DERP_SOURCE + src, RELAY_PATH)
+
+    def _home_keys(self) -> set[bytes]:
+        derp = self._derp
+        return set() if derp is None else {derp.server_key}
+
+    def _on_relay_alias(self, url: str) -> None:
+        """``url`` is our home relay under another name: never a link or candidate."""
+        log.info("overlay.relay_alias", relay=url, home=self._selector.home.url)
+        self._selector.alias(url)
+        self._reroute_all()
+
+    def _route_relay(self, link: _Peer) -> None:
+        """Send to ``link`` through its home relay when that is another relay we know
+        (an unknown URL is never dialled: a peer cannot make us connect anywhere);
+        otherwise through ours, as every node did before relay maps."""
+        relay = link.node.home_relay
+        url = relay.url if relay is not None else ""
+        if url and url != self._selector.home.url and url in self._selector.candidates:
+            self._peer_relays[link.key] = url
+        else:
+            self._peer_relays.pop(link.key, None)
+
+    def _reroute_all(self) -> None:
+        for link in self._peers.values():
+            self._route_relay(link)
+
+    def _divert(self, item: tuple[bytes, bytes]) -> bool:
+        """Hand ``item`` to the link of the peer's home relay; False: send it via ours."""
+        url = self._peer_relays.get(item[0])
+        return url is not None and self._relay_links.send(url, item[0], item[1])
+
+    async def _relay_measure_loop(self) -> NoReturn:
+        """Ping every candidate relay each ``relay_measure_interval`` (and at once when
+        the relay map changes); move home when the selector says so."""
+        while True:
+            changed = self._relays_changed  # a map arriving mid-round: another round
+            candidates = self._selector.candidates
+            if len(candidates) > 1 and self._derp is None:
+                # Let the home relay connect first (briefly): its key tells links which
+                # candidate URLs are only other names for it.
+                with trio.move_on_after(5.0):
+                    while self._derp is None:
+                        await self._changed.wait()
+            if len(candidates) > 1:
+                for url in candidates:
+                    self._selector.note(url, await self._measure(url))
+                new = self._selector.decide(trio.current_time())
+                if new is not None:
+                    await self._switch_home(new)
+            with trio.move_on_after(self.config.relay_measure_interval):
+                await changed.wait()
+
+    async def _measure(self, url: str) -> float | None:
+        """The lowest of three DERP ping round trips to ``url``, None if unreachable."""
+        if url != self._selector.home.url:
+            return await self._relay_links.ping(url)
+        derp = self._derp
+        if derp is None:
+            return None  # never a link to our own home: it would replace the home one
+        best = math.inf
+        for _ in range(3):
+            try:
+                best = min(best, await derp.ping(timeout=2.0))
+            except (TimeoutError, DerpConnectionClosed):
+                return None
+        return best
+
+    async def _switch_home(self, new: HomeRelay) -> None:
+        """Move home to ``new``: reconnect there, tell peers through the coordinator."""
+        self.home_switches += 1
+        log.info(
+            "overlay.home_relay",
+            relay=new.url,
+            region=new.region,
+            rtt_ms=round(self._selector.latency.get(new.url, math.inf) * 1000, 1),
+        )
+        self._reroute_all()
+        self._relay_links.close(new.url)
+        if self._home_scope is not None:
+            self._home_scope.cancel()
+        await self._coord_send(self._announce())
+        self._notify()
 
     async def _relay_writer(self, derp: DerpClient) -> None:
         # The relay drops whatever exceeds its token bucket (SERVER_INFO's rate hints),
@@ -1050,8 +1294,14 @@ class Overlay:
         rate = derp.server_info.token_bucket_bytes_per_second * _RELAY_RATE_MARGIN
         burst = derp.server_info.token_bucket_bytes_burst * _RELAY_RATE_MARGIN
         tokens, stamp = burst, trio.current_time()
+        # Packets for peers whose home relay is another one go to that relay's link
+        # (the dict is empty, and the check one lookup, when all share our relay).
+        routes = self._peer_relays
         while True:
-            batch = [await self._relay_receive.receive()]
+            first = await self._relay_receive.receive()
+            if routes and self._divert(first):
+                continue
+            batch = [first]
             # Whatever queued up meanwhile goes in the same WebSocket message: one
             # message per WireGuard packet made the relay path CPU-bound on per-message
             # work (framing, task switches) on both ends.
@@ -1061,6 +1311,8 @@ class Overlay:
                     item = self._relay_receive.receive_nowait()
                 except trio.WouldBlock:
                     break
+                if routes and self._divert(item):
+                    continue
                 batch.append(item)
                 size += len(item[1])
             if rate > 0:
@@ -1077,11 +1329,12 @@ class Overlay:
 
     # -- sleep and wake ---------------------------------------------------------------
 
-    async def _backoff(self, attempt: int) -> int:
+    async def _backoff(self, attempt: int, cap: float | None = None) -> int:
         """Sleep the reconnect delay for ``attempt``; returns the attempt count to go on
         with: 0 when a wake-up cut the sleep short (the network is new, start afresh)."""
         woken = self._woken
-        with trio.move_on_after(backoff_delay(attempt, self._rng, self.config.backoff_cap)):
+        cap = self.config.backoff_cap if cap is None else min(cap, self.config.backoff_cap)
+        with trio.move_on_after(backoff_delay(attempt, self._rng, cap)):
             await woken.wait()
         return 0 if woken.is_set() else attempt
 
@@ -1116,10 +1369,11 @@ class Overlay:
                 link.last_direct_rx = -math.inf
                 if link.mux.closed is None:
                     link.mux.set_path(RELAY_PATH)
-            if link.mux.closed is None:
-                for path in link.candidate_paths():
-                    with contextlib.suppress(ConnectionClosedError):
-                        link.mux.send_path_probe(path, secrets.token_bytes(8))
+            if link.handshake_done and link.mux.closed is None:
+                # A fresh burst, tried at once: CALL_ME_MAYBE makes the peer (which
+                # knows nothing of our sleep) punch from its side at the same moment.
+                link.punch.restart(now, "woke up")
+                self._punch_try(link, now)
             if not link.handshake_done and link.online:
                 self._core.initiate(link.key, now, self._wall())
                 self._wake_pump()
@@ -1152,6 +1406,7 @@ class Overlay:
         self.local_address = (str(name[0]), int(name[1]))
         log.info("overlay.rebound", udp=_format(self.local_address), moved=moved)
         if moved:
+            self._restart_punching("our endpoints changed")
             assert self._nursery is not None
             self._nursery.start_soon(self._coord_send, self._announce())
 

@@ -23,6 +23,7 @@ from tunneld.proto.coord._messages import (
     PeerUpdate,
     PeerUpdateKind,
     ReadyForHandshake,
+    RelayMap,
     RemoveTunnel,
     Response,
     UpdateSelf,
@@ -157,7 +158,7 @@ class CoordinatorClient:
                 ``close_code`` and ``reason`` and reconnect.
         """
         response = decode_response(data)
-        if isinstance(response, Error):
+        if isinstance(response, (Error, RelayMap)):
             return response
         if isinstance(response, AgentList):
             return self._gather(response)

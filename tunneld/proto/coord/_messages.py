@@ -37,6 +37,7 @@ __all__ = [
     "PeerUpdate",
     "PeerUpdateKind",
     "ReadyForHandshake",
+    "RelayMap",
     "RemoteProtocolError",
     "RemoveTunnel",
     "Request",
@@ -220,17 +221,33 @@ class AgentList:
     more: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RelayMap:
+    """Response: the DERP relays this control plane offers (home relay candidates).
+
+    Sent once at the start of a session, and only to a client that asked for it when
+    it connected (``?relay_map=1`` on the coordinate URL): an older client rejects
+    message types it does not know, so it never gets one.
+    """
+
+    relays: tuple[HomeRelay, ...] = ()
+
+
 Request = UpdateSelf | AddTunnel | RemoveTunnel | ReadyForHandshake | Disconnect | ListAgents
-Response = PeerUpdate | Error | AgentList
+Response = PeerUpdate | Error | AgentList | RelayMap
 
 
 # --- encoding ---------------------------------------------------------------------------
 
 
+def _relay_to_wire(relay: HomeRelay) -> dict[str, Any]:
+    return {"region": relay.region, "url": relay.url}
+
+
 def _node_to_wire(node: Node) -> dict[str, Any]:
     relay = None
     if node.home_relay is not None:
-        relay = {"region": node.home_relay.region, "url": node.home_relay.url}
+        relay = _relay_to_wire(node.home_relay)
     return {
         "id": node.id,
         "name": node.name,
@@ -284,6 +301,8 @@ def encode(message: Request | Response) -> bytes:
             }
         case Error(code=code, message=text, peer=peer):
             body = {"type": "error", "code": code, "message": text, "peer": peer}
+        case RelayMap(relays=relays):
+            body = {"type": "relays", "relays": [_relay_to_wire(r) for r in relays]}
         case _:
             raise TypeError(f"not a coordinator message: {message!r}")
     data: bytes = msgpack.packb(body, use_bin_type=True)
@@ -417,23 +436,37 @@ def _node(value: Any, where: str) -> Node:
     relay_value = value["home_relay"]
     relay: HomeRelay | None = None
     if relay_value is not None:
-        relay_where = f"{where}.home_relay"
-        if not isinstance(relay_value, dict):
-            raise _fail(f"{relay_where}: expected a map or nil")
-        _fields(relay_value, relay_where, {"region", "url"}, set())
-        region = relay_value["region"]
-        if isinstance(region, bool) or not isinstance(region, int) or not 0 <= region < 2**31:
-            raise _fail(f"{relay_where}.region: expected an integer 0..2^31-1")
-        url = _str(relay_value, "url", relay_where, MAX_URL_LENGTH)
-        if url and not url.startswith(("http://", "https://", "ws://", "wss://")):
-            raise _fail(f"{relay_where}.url: expected an http(s)/ws(s) URL")
-        relay = HomeRelay(region, url)
+        relay = _relay(relay_value, f"{where}.home_relay")
     as_of = value["as_of"]
     if isinstance(as_of, bool) or not isinstance(as_of, (int, float)):
         raise _fail(f"{where}.as_of: expected a number")
     if not math.isfinite(as_of) or as_of < 0:
         raise _fail(f"{where}.as_of: expected a finite non-negative number")
     return Node(node_id, name, owner, key, tuple(endpoints), relay, float(as_of))
+
+
+def _relay(value: Any, where: str) -> HomeRelay:
+    if not isinstance(value, dict):
+        raise _fail(f"{where}: expected a map or nil")
+    _fields(value, where, {"region", "url"}, set())
+    region = value["region"]
+    if isinstance(region, bool) or not isinstance(region, int) or not 0 <= region < 2**31:
+        raise _fail(f"{where}.region: expected an integer 0..2^31-1")
+    url = _str(value, "url", where, MAX_URL_LENGTH)
+    if url and not url.startswith(("http://", "https://", "ws://", "wss://")):
+        raise _fail(f"{where}.url: expected an http(s)/ws(s) URL")
+    return HomeRelay(region, url)
+
+
+def _relay_map(obj: dict[str, Any]) -> RelayMap:
+    _fields(obj, "relays", {"type", "relays"}, set())
+    entries = obj["relays"]
+    if not isinstance(entries, list):
+        raise _fail("relays.relays: expected a list")
+    relays = tuple(_relay(entry, f"relays.relays[{i}]") for i, entry in enumerate(entries))
+    if any(not relay.url for relay in relays):
+        raise _fail("relays.relays: empty url")
+    return RelayMap(relays)
 
 
 def _peer_request(cls: Callable[[str], Request]) -> Callable[[dict[str, Any]], Request]:
@@ -561,4 +594,6 @@ def decode_response(data: bytes) -> Response:
         )
     if kind == "agents":
         return _agent_list(obj)
+    if kind == "relays":
+        return _relay_map(obj)
     raise _fail(f"unknown response type {kind[:32]!r}", CloseCode.POLICY_VIOLATION)
