@@ -6,7 +6,8 @@ share a process, let alone one trio thread):
 
 * ``control`` — a control server (coordinator and DERP relay) on loopback with a fresh
   SQLite store in a temporary directory; prints one JSON line ``{"coordinate_url",
-  "derp_url", "agent_token", "client_token"}`` once it serves.
+  "derp_url", "agent_token", "client_token"}`` once it serves. ``--relay-rate-mib R``
+  sets the relay's per-client rate limit (0: none; default: the relay's own default).
 * ``agent`` — an overlay node named ``bench-agent`` whose streams go to a counting sink
   (it answers the byte count at EOF); prints ``{"udp": "HOST:PORT"}`` once it runs.
 * ``client`` — an overlay node that opens one stream to ``bench-agent``'s sink (after
@@ -42,6 +43,9 @@ from tunneld.config import Duration, HostPort
 from tunneld.config._sections import ControlConfig
 from tunneld.control import (
     ControlServer,
+    DerpRelay,
+    RelayFactory,
+    RelayLimits,
     SqliteStore,
     default_relay_factory,
     default_stun_serve,
@@ -144,11 +148,25 @@ async def _settings() -> dict[str, object]:
     return settings
 
 
+def relay_factory(rate_mib: float | None) -> RelayFactory:
+    """The default relay, or (``rate_mib`` given) one whose per-client token bucket
+    allows ``rate_mib`` MiB/s (0: no limit); every other limit stays the default."""
+    if rate_mib is None:
+        return default_relay_factory()
+    limits = RelayLimits(bytes_per_second=int(rate_mib * 1024 * 1024))
+
+    def build(private_key: bytes, authorize: Callable[[bytes], Awaitable[bool]]) -> DerpRelay:
+        return DerpRelay(private_key, authorize=authorize, limits=limits)
+
+    return build
+
+
 @asynccontextmanager
-async def control_plane() -> AsyncIterator[dict[str, str]]:
-    """A control server (coordinator and DERP relay) on loopback with a user and two
-    tokens; yields ``coordinate_url``, ``derp_url``, ``agent_token``, ``client_token``.
-    Shut down on exit."""
+async def control_plane(relay_rate_mib: float | None = None) -> AsyncIterator[dict[str, str]]:
+    """A control server (coordinator and DERP relay; see ``relay_factory`` for
+    ``relay_rate_mib``) on loopback with a user and two tokens; yields
+    ``coordinate_url``, ``derp_url``, ``agent_token``, ``client_token``. Shut down
+    on exit."""
     with tempfile.TemporaryDirectory(prefix="tunneld-bench-") as tmp:
         data_dir = Path(tmp)
         store = await SqliteStore.open(data_dir / "control.db")
@@ -160,7 +178,10 @@ async def control_plane() -> AsyncIterator[dict[str, str]]:
             shutdown_grace=Duration(0.5),
         )
         server = ControlServer(
-            config, store, relay_factory=default_relay_factory(), stun_serve=default_stun_serve()
+            config,
+            store,
+            relay_factory=relay_factory(relay_rate_mib),
+            stun_serve=default_stun_serve(),
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -188,8 +209,8 @@ async def control_plane() -> AsyncIterator[dict[str, str]]:
             await store.aclose()
 
 
-async def _control() -> None:
-    async with control_plane() as plane:
+async def _control(relay_rate_mib: float | None) -> None:
+    async with control_plane(relay_rate_mib) as plane:
         _say(dict(plane))
         await _stdin_closed()
 
@@ -218,31 +239,38 @@ async def _client() -> None:
         nursery.cancel_scope.cancel()
 
 
-ROLES: dict[str, Callable[[], Awaitable[None]]] = {
-    "control": _control,
-    "agent": _agent,
-    "client": _client,
-}
+ROLES = ("agent", "client", "control")
 
 
-async def _bounded(role: Callable[[], Awaitable[None]], max_seconds: float) -> None:
-    with trio.move_on_after(max_seconds) as scope:
-        await role()
+async def _bounded(args: argparse.Namespace) -> None:
+    with trio.move_on_after(args.max_seconds) as scope:
+        if args.role == "control":
+            await _control(args.relay_rate_mib)
+        elif args.role == "agent":
+            await _agent()
+        else:
+            await _client()
     if scope.cancelled_caught:
-        raise SystemExit(f"gave up after {max_seconds} s")
+        raise SystemExit(f"gave up after {args.max_seconds} s")
 
 
 def main(argv: list[str]) -> int:
     """Run one role until it is done, stdin closes or ``--max-seconds`` pass."""
     parser = argparse.ArgumentParser(prog="python -m tunneld.bench._overlay_peer")
-    parser.add_argument("role", choices=sorted(ROLES))
+    parser.add_argument("role", choices=ROLES)
     parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument(
+        "--relay-rate-mib",
+        type=float,
+        default=None,
+        help="control: the relay's per-client rate limit in MiB/s (0: none; default: "
+        "the relay's default)",
+    )
     args = parser.parse_args(argv)
     setup_logging("warning")
-    role = ROLES[args.role]
     profile_dir = os.environ.get("TUNNELD_BENCH_PROFILE")
     if not profile_dir:
-        trio.run(_bounded, role, args.max_seconds)
+        trio.run(_bounded, args)
         return 0
     import cProfile
 
@@ -250,7 +278,7 @@ def main(argv: list[str]) -> int:
     # otherwise be charged to whatever function was running when we were preempted.
     profiler = cProfile.Profile(time.process_time)
     try:
-        profiler.runcall(trio.run, _bounded, role, args.max_seconds)
+        profiler.runcall(trio.run, _bounded, args)
     finally:
         profiler.dump_stats(Path(profile_dir) / f"{args.role}-{os.getpid()}.prof")
     return 0

@@ -23,16 +23,18 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
 
 from tunneld.bench import BenchResult
 from tunneld.bench._overlay_peer import AGENT, control_plane, node, transfer
+from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
 from tunneld.proto.mux import MuxConfig
 from tunneld.proto.noise import DataReceived, WireGuardCore
@@ -47,6 +49,10 @@ _WALL0 = 1_700_000_000.0
 _READY_WAIT = 60.0
 _PEER_MAX_SECONDS = 300.0
 _LAYOUTS = ("processes", "one-process", "both")
+MIB = 1024 * 1024
+# The ceiling is measured this many times (before, between and after the transfers)
+# and its median reported: on a shared machine one sample can catch a busy moment.
+_CEILING_SAMPLES = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=4.0,
         help="megabytes over the relay (default 4)",
+    )
+    parser.add_argument(
+        "--relay-rate-mib",
+        type=float,
+        default=None,
+        help="the relay's per-client rate limit in MiB/s (0: none; default: the relay's "
+        f"default, {RelayLimits().bytes_per_second / MIB:g})",
     )
     parser.add_argument(
         "--layout",
@@ -99,7 +112,7 @@ class _Peer:
 
 
 @asynccontextmanager
-async def _peer(role: str) -> AsyncIterator[_Peer]:
+async def _peer(role: str, *options: str) -> AsyncIterator[_Peer]:
     """Start a peer process; on exit close its stdin (it exits) and reap it."""
     process = await trio.lowlevel.open_process(
         [
@@ -109,6 +122,7 @@ async def _peer(role: str) -> AsyncIterator[_Peer]:
             role,
             "--max-seconds",
             str(_PEER_MAX_SECONDS),
+            *options,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -129,14 +143,20 @@ async def _peer(role: str) -> AsyncIterator[_Peer]:
                 await process.stdout.aclose()
 
 
-async def _process_rates(direct_size: int, relay_size: int) -> tuple[float, float]:
-    """MB/s with the control server, the agent and the client in three processes."""
-    rates = []
-    async with _peer("control") as control:
+Measure = Callable[[bool, int], Awaitable[float]]
+
+
+@asynccontextmanager
+async def _processes(relay_rate_mib: float | None) -> AsyncIterator[Measure]:
+    """Yields ``measure(direct, size) -> MB/s`` with the control server, the agent and
+    the client in three processes (a fresh agent and client per measurement)."""
+    options = () if relay_rate_mib is None else ("--relay-rate-mib", str(relay_rate_mib))
+    async with _peer("control", *options) as control:
         with trio.fail_after(_READY_WAIT):
             plane = await control.line()
-        for direct, size in ((True, direct_size), (False, relay_size)):
-            urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+        urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+
+        async def measure(direct: bool, size: int) -> float:
             async with _peer("agent") as agent, _peer("client") as client:
                 await agent.tell({**urls, "token": plane["agent_token"], "direct": direct})
                 with trio.fail_after(_READY_WAIT):
@@ -150,18 +170,23 @@ async def _process_rates(direct_size: int, relay_size: int) -> tuple[float, floa
             assert isinstance(seconds, float)
             if result["bytes"] != size:
                 raise RuntimeError(f"the client reports {result['bytes']} bytes, expected {size}")
-            rates.append(size / seconds / 1e6)
-    return rates[0], rates[1]
+            return size / seconds / 1e6
+
+        yield measure
 
 
-async def _one_process_rates(direct_size: int, relay_size: int) -> tuple[float, float]:
-    """MB/s with the control server and both nodes on this trio thread."""
-    rates = []
-    async with control_plane() as plane:
-        for direct, size in ((True, direct_size), (False, relay_size)):
-            urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+@asynccontextmanager
+async def _one_process(relay_rate_mib: float | None) -> AsyncIterator[Measure]:
+    """Yields ``measure(direct, size) -> MB/s`` with the control server and both nodes
+    on this trio thread."""
+    async with control_plane(relay_rate_mib) as plane:
+        urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+
+        async def measure(direct: bool, size: int) -> float:
             agent = node(
-                {**urls, "token": plane["agent_token"], "direct": direct}, AGENT, sink_streams=True
+                {**urls, "token": plane["agent_token"], "direct": direct},
+                AGENT,
+                sink_streams=True,
             )
             client = node(
                 {**urls, "token": plane["client_token"], "direct": direct},
@@ -173,8 +198,23 @@ async def _one_process_rates(direct_size: int, relay_size: int) -> tuple[float, 
                 await nursery.start(client.serve)
                 seconds = await transfer(client, direct=direct, size=size)
                 nursery.cancel_scope.cancel()
-            rates.append(size / seconds / 1e6)
-    return rates[0], rates[1]
+            return size / seconds / 1e6
+
+        yield measure
+
+
+async def _rates(
+    layout: str, sizes: tuple[int, int], relay_rate_mib: float | None, ceiling: Callable[[], None]
+) -> tuple[float, float]:
+    """(direct, relay) MB/s in ``layout``; ``ceiling()`` samples the ceiling between
+    and after the transfers (while the nodes' processes are idle)."""
+    layouts = {"processes": _processes, "one-process": _one_process}
+    async with layouts[layout](relay_rate_mib) as measure:
+        direct = await measure(True, sizes[0])
+        ceiling()
+        relay = await measure(False, sizes[1])
+        ceiling()
+    return direct, relay
 
 
 def _ceiling(size: int, packet: int) -> float:
@@ -230,12 +270,22 @@ def run(args: argparse.Namespace) -> BenchResult:
     direct_size = int(args.mb * 1e6)
     relay_size = int(args.relay_mb * 1e6)
     packet = MuxConfig().max_datagram_size + HEADER
-    ceiling = _ceiling(direct_size, packet)
+    ceilings = [_ceiling(direct_size, packet)]
+
+    def sample_ceiling() -> None:
+        ceilings.append(_ceiling(direct_size, packet))
+
     layouts = ["processes", "one-process"] if args.layout == "both" else [args.layout]
-    rows: list[dict[str, object]] = []
+    measured = []
     for layout in layouts:
-        measure = _process_rates if layout == "processes" else _one_process_rates
-        direct, relay = trio.run(measure, direct_size, relay_size)
+        rates = trio.run(
+            _rates, layout, (direct_size, relay_size), args.relay_rate_mib, sample_ceiling
+        )
+        measured.append((layout, rates))
+    # The first samples, before, between and after the first layout's transfers.
+    ceiling = statistics.median(ceilings[:_CEILING_SAMPLES])
+    rows: list[dict[str, object]] = []
+    for layout, (direct, relay) in measured:
         rows += [
             {
                 "path": path,
@@ -250,6 +300,17 @@ def run(args: argparse.Namespace) -> BenchResult:
                 ("relay", relay_size, relay),
             )
         ]
+    limit = (
+        RelayLimits().bytes_per_second if args.relay_rate_mib is None else args.relay_rate_mib * MIB
+    )
+    if limit:
+        relay_note = (
+            f"relay rate limit: {limit / MIB:g} MiB/s per client (the relay's token bucket; "
+            "the node keeps under 90% of it), i.e. at most "
+            f"{0.9 * limit / 1e6 / ceiling:.2f} of this ceiling; --relay-rate-mib 0 lifts it."
+        )
+    else:
+        relay_note = "relay rate limit: none (--relay-rate-mib 0)."
     return BenchResult(
         title="overlay throughput: one stream between two overlay nodes on loopback",
         columns=["path", "layout", "mb", "mb_per_s", "ceiling_mb_per_s", "fraction"],
@@ -257,13 +318,18 @@ def run(args: argparse.Namespace) -> BenchResult:
         notes=[
             "mb_per_s: stream bytes from the first send to the sink's answer after EOF.",
             f"ceiling: {packet}-byte WireGuard payloads (one mux datagram plus our header): "
-            "encrypt + loopback UDP send/recv + decrypt, one thread, no mux, no trio.",
+            "encrypt + loopback UDP send/recv + decrypt, one thread, no mux, no trio; "
+            f"median of {len(ceilings[:_CEILING_SAMPLES])} samples "
+            f"({', '.join(f'{c:.3g}' for c in ceilings)} MB/s) taken before, between and "
+            "after the transfers.",
             "relay: no endpoints announced, every packet through the control server's DERP relay.",
+            relay_note,
             "layout processes: control server (coordinator + DERP relay), agent node (sink) "
             "and client node (sender) each in its own process, as deployed; the bench "
             "process only waits.",
             "layout one-process: all three on one trio thread (one core for sender, "
             "receiver and relay).",
-            f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end.",
+            f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end "
+            "(other processes' load lowers mb_per_s and the ceiling alike, but not equally).",
         ],
     )
