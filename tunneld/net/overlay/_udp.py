@@ -106,7 +106,9 @@ class OverlaySocket:
             data, address = self.raw.recvfrom(size)
         except (BlockingIOError, InterruptedError):
             return None
-        return data, (str(address[0]), int(address[1]))
+        if len(address) == 2:  # IPv4: already (host, port); no new tuple per datagram
+            return data, address
+        return data, (str(address[0]), int(address[1]))  # IPv6: drop flow info and scope
 
     async def wait_readable(self) -> None:
         """Until a datagram (or an error) is waiting.
