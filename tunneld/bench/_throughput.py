@@ -1,51 +1,58 @@
 """``tunneld bench throughput``: one overlay stream's bulk MB/s, direct and over the relay.
 
-Two in-process overlay nodes and an in-process control server (coordinator, DERP relay)
-on loopback; one stream carries ``--mb`` megabytes to a counting sink that answers at
-EOF. ``direct``: both nodes announce their loopback UDP address and the transfer starts
-once the direct path is validated. ``relay``: neither announces any endpoint
+Two overlay nodes and a control server (coordinator, DERP relay) on loopback; one
+stream carries ``--mb`` megabytes to a counting sink that answers at EOF. ``direct``:
+both nodes announce their loopback UDP address and the transfer starts once the direct
+path is validated. ``relay``: neither announces any endpoint
 (``OverlayConfig(endpoints=())``, no STUN), so every packet goes through DERP.
+
+Layout (``--layout``): ``processes`` (the default) runs the control server, the agent
+and the client each in its own process (``tunneld.bench._overlay_peer``), as they run
+in real deployments; ``one-process`` runs all three on this process's trio thread
+(sender, receiver and relay then share one core: a lower bound, kept for comparison).
 
 The ceiling, measured in the same run: the same number of bytes as WireGuard transport
 packets of one mux datagram each (encrypt, a real loopback UDP send and receive,
-decrypt) between a ``WireGuardCore`` pair, without the mux or trio.
+decrypt) between a ``WireGuardCore`` pair, without the mux or trio, in this process on
+one thread (before any node starts).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
-import tempfile
+import statistics
+import subprocess
+import sys
 import time
-from dataclasses import replace
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
 from tunneld.bench import BenchResult
-from tunneld.config import Duration, HostPort
-from tunneld.config._sections import ControlConfig
-from tunneld.control import (
-    ControlServer,
-    SqliteStore,
-    default_relay_factory,
-    default_stun_serve,
-    new_token,
-)
+from tunneld.bench._overlay_peer import AGENT, control_plane, node, transfer
+from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
-from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, OverlayConfig
 from tunneld.proto.mux import MuxConfig
 from tunneld.proto.noise import DataReceived, WireGuardCore
 
 __all__ = ["add_arguments", "run"]
 
-WAIT = 30.0
-CHUNK = 64 * 1024
 # Our 17-byte connection-id header rides in front of every mux datagram (docs/overlay.md).
 HEADER = 17
 _WALL0 = 1_700_000_000.0
+# A peer process: ready lines (imports, control server, node start) and the whole
+# transfer are bounded; the processes bound themselves too (--max-seconds).
+_READY_WAIT = 60.0
+_PEER_MAX_SECONDS = 300.0
+_LAYOUTS = ("processes", "one-process", "both")
+MIB = 1024 * 1024
+# The ceiling is measured this many times (before, between and after the transfers)
+# and its median reported: on a shared machine one sample can catch a busy moment.
+_CEILING_SAMPLES = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,106 +65,156 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4.0,
         help="megabytes over the relay (default 4)",
     )
+    parser.add_argument(
+        "--relay-rate-mib",
+        type=float,
+        default=None,
+        help="the relay's per-client rate limit in MiB/s (0: none; default: the relay's "
+        f"default, {RelayLimits().bytes_per_second / MIB:g})",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=_LAYOUTS,
+        default="processes",
+        help="control, agent and client each in its own process (default), all in this "
+        "one process, or both layouts in turn",
+    )
 
 
-async def _sink(peer: str, service: str, stream: MuxStream) -> None:
-    total = 0
-    while data := await stream.receive_some(CHUNK):
-        total += len(data)
-    await stream.send_all(str(total).encode())
-    await stream.send_eof()
+class _Peer:
+    """One ``tunneld.bench._overlay_peer`` process: JSON lines out, settings in."""
+
+    def __init__(self, role: str, process: trio.Process) -> None:
+        self.role = role
+        self.process = process
+        self._buffer = b""
+
+    async def tell(self, settings: dict[str, object]) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(json.dumps(settings).encode() + b"\n")
+
+    async def line(self) -> dict[str, object]:
+        """The next JSON line the process prints.
+
+        Raises:
+            RuntimeError: it exited first (its stderr, inherited, says why).
+        """
+        assert self.process.stdout is not None
+        while b"\n" not in self._buffer:
+            chunk = await self.process.stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError(f"bench {self.role} process exited without an answer")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        message = json.loads(line)
+        assert isinstance(message, dict)
+        return message
 
 
-async def _transfer(
-    urls: tuple[str, str], tokens: tuple[str, str], *, direct: bool, size: int
-) -> float:
-    """Seconds for ``size`` bytes through one stream, from first byte to the sink's answer."""
-    coordinate_url, derp_url = urls
-    endpoints = None if direct else ()
-
-    def node(name: str, token: str) -> Overlay:
-        async def provide() -> str:
-            return token
-
-        config = OverlayConfig(
-            name=name,
-            private_key=generate_private_key(),
-            coordinate_url=coordinate_url,
-            derp_url=derp_url,
-            udp_host="127.0.0.1",
-            endpoints=endpoints,
-            stun=None,
-        )
-        return Overlay(config, provide, on_stream=_sink)
-
-    agent = node("bench-agent", tokens[0])
-    client = node("bench-client", tokens[1])
-    async with trio.open_nursery() as own:
-        await own.start(agent.serve)
-        await own.start(client.serve)
-        await client.add_tunnel("bench-agent")
-        with trio.fail_after(WAIT):
-            stream = await client.open_stream("bench-agent", "sink")
-            if direct:
-                await client.wait_direct("bench-agent")
-        block = os.urandom(CHUNK)
-        start = time.perf_counter()
-        sent = 0
-        while sent < size:
-            piece = block[: min(CHUNK, size - sent)]
-            await stream.send_all(piece)
-            sent += len(piece)
-        await stream.send_eof()
-        answer = b""
-        while data := await stream.receive_some():
-            answer += data
-        elapsed = time.perf_counter() - start
-        if int(answer) != size:
-            raise RuntimeError(f"the sink counted {answer!r} bytes, expected {size}")
-        await stream.aclose()
-        own.cancel_scope.cancel()
-    return elapsed
+@asynccontextmanager
+async def _peer(role: str, *options: str) -> AsyncIterator[_Peer]:
+    """Start a peer process; on exit close its stdin (it exits) and reap it."""
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "tunneld.bench._overlay_peer",
+            role,
+            "--max-seconds",
+            str(_PEER_MAX_SECONDS),
+            *options,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        yield _Peer(role, process)
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.stdin is not None:
+                await process.stdin.aclose()
+            with trio.move_on_after(10.0):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            if process.stdout is not None:
+                await process.stdout.aclose()
 
 
-async def _overlay_rates(direct_size: int, relay_size: int) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory(prefix="tunneld-bench-") as tmp:
-        data_dir = Path(tmp)
-        store = await SqliteStore.open(data_dir / "control.db")
-        config = replace(
-            ControlConfig(),
-            listen=HostPort("127.0.0.1", 0),
-            stun_listen=HostPort("127.0.0.1", 0),
-            data_dir=data_dir,
-            shutdown_grace=Duration(0.5),
-        )
-        server = ControlServer(
-            config,
-            store,
-            relay_factory=default_relay_factory(),
-            stun_serve=default_stun_serve(),
-        )
-        try:
+Measure = Callable[[bool, int], Awaitable[float]]
+
+
+@asynccontextmanager
+async def _processes(relay_rate_mib: float | None) -> AsyncIterator[Measure]:
+    """Yields ``measure(direct, size) -> MB/s`` with the control server, the agent and
+    the client in three processes (a fresh agent and client per measurement)."""
+    options = () if relay_rate_mib is None else ("--relay-rate-mib", str(relay_rate_mib))
+    async with _peer("control", *options) as control:
+        with trio.fail_after(_READY_WAIT):
+            plane = await control.line()
+        urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+
+        async def measure(direct: bool, size: int) -> float:
+            async with _peer("agent") as agent, _peer("client") as client:
+                await agent.tell({**urls, "token": plane["agent_token"], "direct": direct})
+                with trio.fail_after(_READY_WAIT):
+                    await agent.line()
+                await client.tell(
+                    {**urls, "token": plane["client_token"], "direct": direct, "size": size}
+                )
+                with trio.fail_after(_PEER_MAX_SECONDS + _READY_WAIT):
+                    result = await client.line()
+            seconds = result["seconds"]
+            assert isinstance(seconds, float)
+            if result["bytes"] != size:
+                raise RuntimeError(f"the client reports {result['bytes']} bytes, expected {size}")
+            return size / seconds / 1e6
+
+        yield measure
+
+
+@asynccontextmanager
+async def _one_process(relay_rate_mib: float | None) -> AsyncIterator[Measure]:
+    """Yields ``measure(direct, size) -> MB/s`` with the control server and both nodes
+    on this trio thread."""
+    async with control_plane(relay_rate_mib) as plane:
+        urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+
+        async def measure(direct: bool, size: int) -> float:
+            agent = node(
+                {**urls, "token": plane["agent_token"], "direct": direct},
+                AGENT,
+                sink_streams=True,
+            )
+            client = node(
+                {**urls, "token": plane["client_token"], "direct": direct},
+                "bench-client",
+                sink_streams=False,
+            )
             async with trio.open_nursery() as nursery:
-                info = await nursery.start(server.serve)
-                now = time.time()
-                await store.add_user("bench", None, now)
-                agent_token, client_token = new_token(), new_token()
-                await store.add_token(
-                    agent_token.id, "bench", "bench-agent", agent_token.secret_hash, now, None
-                )
-                await store.add_token(
-                    client_token.id, "bench", None, client_token.secret_hash, now, None
-                )
-                urls = (info.coordinate_url, info.derp_url)
-                tokens = (agent_token.value, client_token.value)
-                direct = await _transfer(urls, tokens, direct=True, size=direct_size)
-                relay = await _transfer(urls, tokens, direct=False, size=relay_size)
-                server.shutdown()
-                with trio.move_on_after(5):
-                    await server.stopped.wait()
-        finally:
-            await store.aclose()
-    return direct_size / direct / 1e6, relay_size / relay / 1e6
+                await nursery.start(agent.serve)
+                await nursery.start(client.serve)
+                seconds = await transfer(client, direct=direct, size=size)
+                nursery.cancel_scope.cancel()
+            return size / seconds / 1e6
+
+        yield measure
+
+
+async def _rates(
+    layout: str, sizes: tuple[int, int], relay_rate_mib: float | None, ceiling: Callable[[], None]
+) -> tuple[float, float]:
+    """(direct, relay) MB/s in ``layout``; ``ceiling()`` samples the ceiling between
+    and after the transfers (while the nodes' processes are idle)."""
+    layouts = {"processes": _processes, "one-process": _one_process}
+    async with layouts[layout](relay_rate_mib) as measure:
+        direct = await measure(True, sizes[0])
+        ceiling()
+        relay = await measure(False, sizes[1])
+        ceiling()
+    return direct, relay
 
 
 def _ceiling(size: int, packet: int) -> float:
@@ -213,26 +270,66 @@ def run(args: argparse.Namespace) -> BenchResult:
     direct_size = int(args.mb * 1e6)
     relay_size = int(args.relay_mb * 1e6)
     packet = MuxConfig().max_datagram_size + HEADER
-    ceiling = _ceiling(direct_size, packet)
-    direct, relay = trio.run(_overlay_rates, direct_size, relay_size)
-    rows: list[dict[str, object]] = [
-        {
-            "path": path,
-            "mb": size / 1e6,
-            "mb_per_s": rate,
-            "ceiling_mb_per_s": ceiling,
-            "fraction": rate / ceiling,
-        }
-        for path, size, rate in (("direct", direct_size, direct), ("relay", relay_size, relay))
-    ]
+    ceilings = [_ceiling(direct_size, packet)]
+
+    def sample_ceiling() -> None:
+        ceilings.append(_ceiling(direct_size, packet))
+
+    layouts = ["processes", "one-process"] if args.layout == "both" else [args.layout]
+    measured = []
+    for layout in layouts:
+        rates = trio.run(
+            _rates, layout, (direct_size, relay_size), args.relay_rate_mib, sample_ceiling
+        )
+        measured.append((layout, rates))
+    # The first samples, before, between and after the first layout's transfers.
+    ceiling = statistics.median(ceilings[:_CEILING_SAMPLES])
+    rows: list[dict[str, object]] = []
+    for layout, (direct, relay) in measured:
+        rows += [
+            {
+                "path": path,
+                "layout": layout,
+                "mb": size / 1e6,
+                "mb_per_s": rate,
+                "ceiling_mb_per_s": ceiling,
+                "fraction": rate / ceiling,
+            }
+            for path, size, rate in (
+                ("direct", direct_size, direct),
+                ("relay", relay_size, relay),
+            )
+        ]
+    limit = (
+        RelayLimits().bytes_per_second if args.relay_rate_mib is None else args.relay_rate_mib * MIB
+    )
+    if limit:
+        relay_note = (
+            f"relay rate limit: {limit / MIB:g} MiB/s per client (the relay's token bucket; "
+            "the node keeps under 90% of it), i.e. at most "
+            f"{0.9 * limit / 1e6 / ceiling:.2f} of this ceiling; --relay-rate-mib 0 lifts it."
+        )
+    else:
+        relay_note = "relay rate limit: none (--relay-rate-mib 0)."
     return BenchResult(
-        title="overlay throughput: one stream, two in-process nodes on loopback",
-        columns=["path", "mb", "mb_per_s", "ceiling_mb_per_s", "fraction"],
+        title="overlay throughput: one stream between two overlay nodes on loopback",
+        columns=["path", "layout", "mb", "mb_per_s", "ceiling_mb_per_s", "fraction"],
         rows=rows,
         notes=[
             "mb_per_s: stream bytes from the first send to the sink's answer after EOF.",
             f"ceiling: {packet}-byte WireGuard payloads (one mux datagram plus our header): "
-            "encrypt + loopback UDP send/recv + decrypt, one thread, no mux, no trio.",
-            "relay: no endpoints announced, every packet through the in-process DERP relay.",
+            "encrypt + loopback UDP send/recv + decrypt, one thread, no mux, no trio; "
+            f"median of {len(ceilings[:_CEILING_SAMPLES])} samples "
+            f"({', '.join(f'{c:.3g}' for c in ceilings)} MB/s) taken before, between and "
+            "after the transfers.",
+            "relay: no endpoints announced, every packet through the control server's DERP relay.",
+            relay_note,
+            "layout processes: control server (coordinator + DERP relay), agent node (sink) "
+            "and client node (sender) each in its own process, as deployed; the bench "
+            "process only waits.",
+            "layout one-process: all three on one trio thread (one core for sender, "
+            "receiver and relay).",
+            f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end "
+            "(other processes' load lowers mb_per_s and the ceiling alike, but not equally).",
         ],
     )

@@ -18,6 +18,12 @@ __all__ = ["OverlaySocket"]
 
 UdpAddress = tuple[str, int]
 
+# Socket buffers asked for (wireguard-go asks for 7 MiB too): the kernel's default
+# (~200 KiB, under 100 full datagrams) overflows at once when a peer's congestion
+# window outgrows it, and a bulk transfer then loses packets to our own socket
+# rather than to the network. The kernel caps the request at net.core.[rw]mem_max.
+SOCKET_BUFFER = 7 << 20
+
 
 class OverlaySocket:
     """One bound, non-blocking UDP socket: the stdlib object and its trio wrapper.
@@ -28,6 +34,11 @@ class OverlaySocket:
 
     def __init__(self, raw: socket.socket) -> None:
         self.raw = raw
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                raw.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass  # keep the default: a smaller buffer only costs more loss
         self.trio = trio.socket.from_stdlib_socket(raw)  # makes ``raw`` non-blocking
         self._send_lock = trio.StrictFIFOLock()
 
@@ -95,7 +106,9 @@ class OverlaySocket:
             data, address = self.raw.recvfrom(size)
         except (BlockingIOError, InterruptedError):
             return None
-        return data, (str(address[0]), int(address[1]))
+        if len(address) == 2:  # IPv4: already (host, port); no new tuple per datagram
+            return data, address
+        return data, (str(address[0]), int(address[1]))  # IPv6: drop flow info and scope
 
     async def wait_readable(self) -> None:
         """Until a datagram (or an error) is waiting.

@@ -38,11 +38,16 @@ from tunneld.proto.mux._wire import MAX_VARINT, FrameType, Reader, push_varint
 
 __all__ = ["ReceiveMixin"]
 
+_STREAM = FrameType.STREAM
+_PADDING = FrameType.PADDING
+# Value bits of a QUIC varint by its encoded size (the top two bits give the size).
+_VARINT_MASK = {1: 0x3F, 2: 0x3FFF, 4: 0x3FFFFFFF, 8: 0x3FFFFFFFFFFFFFFF}
+
 
 class ReceiveMixin(ConnectionBase):
     """Turns datagrams into stream data, credit, acknowledgements and events."""
 
-    def receive_datagram(self, data: bytes, path: Path, now: float) -> None:
+    def receive_datagram(self, data: bytes | memoryview, path: Path, now: float) -> None:
         """Process one datagram payload that arrived on ``path`` at ``now``.
 
         Never raises for bad input: garbage closes the connection with a protocol
@@ -60,7 +65,7 @@ class ReceiveMixin(ConnectionBase):
         except RemoteProtocolError as exc:
             self._enter_closing(exc.error_code, exc.reason, by_peer=False)
 
-    def _receive(self, data: bytes, path: Path, now: float) -> None:
+    def _receive(self, data: bytes | memoryview, path: Path, now: float) -> None:
         reader = Reader(data)
         pn = reader.varint("packet number")
         if pn < self._ack_floor or self._received_pns.contains(pn):
@@ -70,21 +75,30 @@ class ReceiveMixin(ConnectionBase):
         ack_eliciting = False
         not_probe_only = False
         raw = reader.data
-        while reader.pos < reader.end:
+        end = reader.end
+        # Where the trailing run of zero bytes starts (found at the first PADDING):
+        # WireGuard pads every payload to 16 bytes, so most packets end in up to 15
+        # PADDING frames, which are skipped at once instead of one loop turn each.
+        padding_from = -1
+        while reader.pos < end:
             frame_start = reader.pos
             ftype = raw[frame_start]
             if ftype < 0x40:  # every frame type we know fits one byte
                 reader.pos = frame_start + 1
             else:
                 ftype = reader.varint("frame type")
-            if FrameType.STREAM <= ftype <= 0x0F:
+            if _STREAM <= ftype <= 0x0F:
                 self._on_stream_frame(reader, ftype)
                 ack_eliciting = True
+            elif ftype == _PADDING:
+                if padding_from < 0:
+                    padding_from = frame_start + len(raw[frame_start:end].tobytes().rstrip(b"\0"))
+                if frame_start >= padding_from:
+                    break  # zeros to the end: nothing but PADDING left
+                continue
             elif ftype == FrameType.ACK:
                 self._on_ack_frame(reader, now)
                 not_probe_only = True
-            elif ftype == FrameType.PADDING:
-                pass
             elif ftype == FrameType.PING:
                 ack_eliciting = True
             elif ftype == FrameType.MAX_DATA:
@@ -210,12 +224,39 @@ class ReceiveMixin(ConnectionBase):
         return self._streams[stream_id]
 
     def _on_stream_frame(self, reader: Reader, ftype: int) -> None:
+        raw = reader.data
+        pos = reader.pos
+        end = reader.end
+        # The common layout inline (one-byte stream id, offset and length present, in
+        # bounds); anything else goes through the Reader and its error messages.
+        if ftype & 0x06 == 0x06 and pos + 1 < end and raw[pos] < 0x40:
+            stream_id = raw[pos]
+            first = raw[pos + 1]
+            size = 1 << (first >> 6)
+            pos += 1
+            if pos + size <= end:
+                offset = int.from_bytes(raw[pos : pos + size], "big") & _VARINT_MASK[size]
+                pos += size
+                if pos < end:
+                    first = raw[pos]
+                    size = 1 << (first >> 6)
+                    if pos + size <= end:
+                        length = int.from_bytes(raw[pos : pos + size], "big") & _VARINT_MASK[size]
+                        pos += size
+                        if length <= end - pos:
+                            data = raw[pos : pos + length]
+                            reader.pos = pos + length
+                            self._on_stream_data(stream_id, offset, data, ftype)
+                            return
         stream_id = reader.varint("STREAM stream id")
         offset = reader.varint("STREAM offset") if ftype & FrameType.STREAM_OFF else 0
         if ftype & FrameType.STREAM_LEN:
             data = reader.take(reader.varint("STREAM length"), "STREAM data")
         else:
             data = reader.rest()
+        self._on_stream_data(stream_id, offset, data, ftype)
+
+    def _on_stream_data(self, stream_id: int, offset: int, data: memoryview, ftype: int) -> None:
         if offset + len(data) > MAX_VARINT:
             raise RemoteProtocolError(
                 ErrorCode.FRAME_ENCODING_ERROR, f"stream {stream_id}: offset beyond 2**62"

@@ -357,9 +357,10 @@ class SendMixin(ConnectionBase):
                 end = stream.send_end
                 self._put_stream_frame(buf, stream_id, end, stream.send_buf, 0, 0, True)
                 frames.append((REC_STREAM, stream_id, end, 0, True))
-            # New data, within stream and connection credit.
+            # New data, within stream and connection credit. (send_end inline: the
+            # property is a call, and this runs for every packet of a bulk transfer.)
             next_new = stream.next_new
-            send_end = stream.send_end
+            send_end = base + len(stream.send_buf)
             room = limit - len(buf)
             if room >= STREAM_FRAME_MIN:
                 credit_end = min(
@@ -401,10 +402,11 @@ class SendMixin(ConnectionBase):
                         self._data_blocked_at = self._max_data_remote
                         self._data_blocked_pending = True
             del sendable[stream_id]
+            next_new = stream.next_new
             more = (
                 stream.lost
                 or stream.fin_lost
-                or (stream.next_new < stream.send_end and stream.next_new < stream.max_data_remote)
+                or (next_new < send_end and next_new < stream.max_data_remote)
                 or (stream.fin_requested and not stream.fin_sent)
             )
             if more:
