@@ -49,6 +49,11 @@ K_PROBE_RTT_CWND_GAIN = 0.5  # BBRv2: half a BDP still re-measures the min RTT
 K_FULL_BW_GROWTH = 1.25
 K_FULL_BW_ROUNDS = 3
 K_LOSS_THRESH = 0.02
+# A round's loss counts as congestion only with a standing queue (its smallest RTT
+# this far above the min RTT: a tail-drop queue overflows only when full) or when
+# it is too heavy to be noise (a buffer far below one BDP overflows without delay).
+K_QUEUE_RTT_FACTOR = 1.25
+K_SEVERE_LOSS = 0.2
 K_BETA = 0.7
 K_STARTUP_FULL_LOSS_PACKETS = 8
 K_MIN_PIPE_PACKETS = 4
@@ -94,6 +99,7 @@ class Bbr(CongestionController):
         self._probe_rtt_round_done = False
         self._prior_cwnd = 0
         self._loss_since_ack = False
+        self._congested_since_probe = False
         self._start_round_counters()
 
     def _start_round_counters(self) -> None:
@@ -101,6 +107,7 @@ class Bbr(CongestionController):
         self._round_acked = 0
         self._bw_latest = 0.0
         self._inflight_latest = 0
+        self._round_min_rtt = float("inf")
 
     # -- the model ---------------------------------------------------------------
 
@@ -168,6 +175,8 @@ class Bbr(CongestionController):
         newest = acked[-1]
         if rtt_sample is not None:
             self._update_min_rtt(rtt_sample, now, smoothed_rtt)
+            if rtt_sample < self._round_min_rtt:
+                self._round_min_rtt = rtt_sample
         sample = self.rate.on_ack(newest, acked_bytes, now, self.min_rtt)
         round_start = sample.prior_delivered >= self._next_round_delivered
         if round_start:
@@ -206,10 +215,12 @@ class Bbr(CongestionController):
 
     def _on_round_end(self, app_limited: bool) -> None:
         lost = self._round_lost
-        high_loss = lost > 0 and lost > K_LOSS_THRESH * (lost + self._round_acked)
-        if high_loss:
+        loss_rate = lost / (lost + self._round_acked) if lost else 0.0
+        if loss_rate > K_LOSS_THRESH:
             if self.filled_pipe:
-                self._adapt_lower_bounds()
+                queue_standing = self._round_min_rtt > K_QUEUE_RTT_FACTOR * self.min_rtt
+                if queue_standing or loss_rate > K_SEVERE_LOSS:
+                    self._adapt_lower_bounds()
             elif lost >= K_STARTUP_FULL_LOSS_PACKETS * self.mss:
                 # A queue overflowed during STARTUP: the pipe is full.
                 self.filled_pipe = True
@@ -225,8 +236,16 @@ class Bbr(CongestionController):
         self._start_round_counters()
 
     def _adapt_lower_bounds(self) -> None:
-        # Follow what was delivered, never below it: a random loss delivers nearly
-        # everything (the bounds stay near the model), a congested path delivers less.
+        # Follow what was delivered, never below it: a path that loses by accident
+        # still delivers nearly everything (the bounds stay near the model), a
+        # congested one delivers less.
+        self._congested_since_probe = True
+        if self._bw_latest and self._bw_latest < K_BETA * self.max_bw:
+            # Congested while delivering far below the model: the bandwidth dropped
+            # (or is shared now). The max filter would hold the old value for 10
+            # rounds, each one long behind a full queue; start it over.
+            self._bw_samples = deque([[float(self.round_count), self._bw_latest]])
+            self.max_bw = self._bw_latest
         if self.bw_lo == float("inf"):
             self.bw_lo = self.max_bw
         if self.inflight_lo == float("inf"):
@@ -276,9 +295,11 @@ class Bbr(CongestionController):
         self._cycle_stamp = now
         self.pacing_gain = K_PROBE_BW_GAINS[self._cycle_index]
         if self.pacing_gain > 1.0:
-            # Probe past the short-term bounds: they may have come from a loss burst
-            # that is over, or a bandwidth that has come back.
-            self.bw_lo = self.inflight_lo = float("inf")
+            # Probe past the short-term bounds after a cycle without congestion: they
+            # may have come from a loss burst that is over or a bandwidth that is back.
+            if not self._congested_since_probe:
+                self.bw_lo = self.inflight_lo = float("inf")
+            self._congested_since_probe = False
 
     def _probe_rtt(self, now: float, bytes_in_flight: int, round_start: bool) -> None:
         if self._probe_rtt_done is None:
