@@ -170,3 +170,38 @@ def test_reliable_path_gets_no_time_threshold_loss(cc: str) -> None:
     assert timer >= 0.1 + 0.9
     a.handle_timer(0.5)
     assert a.bytes_in_flight > 0  # nothing declared lost
+
+
+def test_an_application_pause_keeps_the_bandwidth_estimate() -> None:
+    # Rate samples taken while the application had nothing to send are app-limited:
+    # 3 s (60 round trips) of a 1 KB/s trickle must not make the path look slow.
+    link = LinkConfig(delay=RTT / 2, bandwidth=RATE, queue_limit=int(BDP))
+    sim, a, b = make_pair(link, 4, MuxConfig(idle_timeout=600.0))
+    bulk = bytes(2_500_000)
+    stream_id = open_with_data(a, "bulk", bulk)
+
+    def pump() -> bool:
+        a.pump()
+        b.pump()
+        return len(b.incoming.get(stream_id, b"")) == len(bulk)
+
+    assert sim.run(10.0, pump)
+    controller = sim.a._recovery.cc
+    assert isinstance(controller, Bbr)
+    estimate = controller.max_bw
+    assert estimate >= 0.9 * RATE
+    trickle = sim.a.open_stream("trickle")
+    next_write = [sim.now]
+
+    def trickle_pump() -> bool:
+        if sim.now >= next_write[0]:
+            sim.a.send_stream_data(trickle, bytes(50))
+            next_write[0] = sim.now + 0.05
+        b.pump()
+        return False
+
+    end = sim.now + 3.0
+    sim.run(end, trickle_pump)
+    assert controller.round_count > 50  # the trickle kept rounds going
+    assert controller.max_bw >= 0.9 * estimate
+    assert controller.pacing_rate(sim.a.smoothed_rtt) >= 0.7 * RATE

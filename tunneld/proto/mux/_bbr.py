@@ -125,22 +125,17 @@ class Bbr(CongestionController):
         return int(gain * bw * max(self.min_rtt, K_GRANULARITY))
 
     def _update_max_bw(self, rate: float) -> None:
+        # Old samples expire only when a new one is taken (as Linux's minmax does):
+        # an application that pauses must not make the path look slow.
         samples = self._bw_samples
+        oldest = self.round_count - K_BW_FILTER_ROUNDS
+        while samples and samples[0][0] <= oldest:
+            samples.popleft()
         if samples and samples[-1][0] == self.round_count:
-            if rate <= samples[-1][1]:
-                return
-            samples[-1][1] = rate
+            samples[-1][1] = max(samples[-1][1], rate)
         else:
             samples.append([self.round_count, rate])
         self.max_bw = max(sample[1] for sample in samples)
-
-    def _expire_bw_samples(self) -> None:
-        samples = self._bw_samples
-        oldest = self.round_count - K_BW_FILTER_ROUNDS
-        if samples and samples[0][0] <= oldest:
-            while samples and samples[0][0] <= oldest:
-                samples.popleft()
-            self.max_bw = max((sample[1] for sample in samples), default=0.0)
 
     # -- events from loss recovery --------------------------------------------------
 
@@ -182,7 +177,6 @@ class Bbr(CongestionController):
         if round_start:
             self._next_round_delivered = self.rate.delivered
             self.round_count += 1
-            self._expire_bw_samples()
         if sample.rate and (sample.rate >= self.max_bw or not sample.is_app_limited):
             self._update_max_bw(sample.rate)
         if sample.rate > self._bw_latest:
