@@ -205,3 +205,24 @@ def test_an_application_pause_keeps_the_bandwidth_estimate() -> None:
     assert controller.round_count > 50  # the trickle kept rounds going
     assert controller.max_bw >= 0.9 * estimate
     assert controller.pacing_rate(sim.a.smoothed_rtt) >= 0.7 * RATE
+
+
+def test_probe_rtt_relearns_a_longer_path() -> None:
+    # The route grows from 50 to 80 ms RTT: no sample reaches the old min RTT again,
+    # so after 10 s PROBE_RTT drains the queue and takes the new one; the window
+    # follows (its BDP is larger).
+    link = LinkConfig(delay=RTT / 2, bandwidth=RATE, queue_limit=int(BDP))
+    bulk, a, trace = _bulk("bbr", link)
+    _run(bulk, 2.0)
+    for link_dir in bulk.sim.links[PATH]:
+        link_dir.config = dataclasses.replace(link_dir.config, delay=0.04)
+    _run(bulk, 15.0)
+    controller = a._recovery.cc
+    assert isinstance(controller, Bbr)
+    probe_rtt = [now for now, _, _, mode in trace if mode is BbrMode.PROBE_RTT]
+    assert probe_rtt
+    assert min(probe_rtt) > 2.0 + 8.0
+    assert max(probe_rtt) - min(probe_rtt) < 1.0  # one short visit
+    assert controller.mode is BbrMode.PROBE_BW
+    assert controller.min_rtt >= 0.08
+    assert controller.cwnd > 1.5 * RATE * 0.08
