@@ -9,15 +9,22 @@ built; PROBE_BW cycling gains 1.25, 0.75, 1 x 6 (one min RTT each).
 
 Why not NewReno: a random (non-congestive) 1% loss halves NewReno's window every
 few round trips (the Mathis bound: about 24% of a 10 Mbit/s, 50 ms path). Here a
-loss does nothing by itself. Like BBRv2/v3, loss bounds the model only when a round
-trip's loss rate exceeds ``K_LOSS_THRESH`` (2%); then short-term bounds follow
-what the path *delivered* in that round (``bw_lo = max(bw_latest, beta x bw_lo)``,
-same for in-flight), so random loss, which barely lowers delivery, cannot collapse
-the window, while a queue overflow or a bandwidth drop, which does lower delivery,
-brings the sending rate down within a few rounds (and the 10-round max filter
-forgets the old bandwidth). The bounds are lifted when the next probe-up phase
-starts. STARTUP also ends when a round loses more than 2% and at least
-``K_STARTUP_FULL_LOSS_PACKETS`` packets (BBRv2), so a shallow queue stops it.
+loss does nothing by itself. A round trip counts as *congested* when it lost
+something while its smallest RTT sample stayed above ``K_QUEUE_RTT_FACTOR`` x min
+RTT (a standing queue that overflows: a tail-drop queue only drops when full, and
+BBR alone drains its queue every gain cycle), or when its loss was severe (more
+than ``K_SEVERE_LOSS`` and at least ``K_LOSS_EVENTS`` packets: a buffer far below
+one BDP overflows without adding delay). Random loss on a path we do not congest is
+neither, so it costs only the lost packets. A congested round sets short-term
+bounds (``_adapt_lower_bounds``): the rate bound follows what was delivered
+(``bw_lo = max(bw_latest, beta x bw_lo)``), the in-flight bound backs off by beta
+but not below one BDP; and delivering under beta x the model restarts the 10-round
+max filter (the bandwidth dropped). The bounds are lifted at the next probe-up phase
+that follows a cycle without congestion. STARTUP also ends on a round losing more
+than ``K_LOSS_THRESH`` (2%) and at least ``K_LOSS_EVENTS`` packets (as BBRv2).
+
+Known limit: connections sharing one bottleneck split it unevenly when one starts
+late (BBRv1's cwnd-limited equilibrium; BBRv3's in-flight headroom is not here).
 
 Deterministic: no randomness (PROBE_BW starts at a fixed phase of its cycle).
 """
@@ -48,14 +55,16 @@ K_PROBE_RTT_DURATION = 0.2
 K_PROBE_RTT_CWND_GAIN = 0.5  # BBRv2: half a BDP still re-measures the min RTT
 K_FULL_BW_GROWTH = 1.25
 K_FULL_BW_ROUNDS = 3
-K_LOSS_THRESH = 0.02
+K_LOSS_THRESH = 0.02  # ends STARTUP (with K_LOSS_EVENTS)
 # A round's loss counts as congestion only with a standing queue (its smallest RTT
 # this far above the min RTT: a tail-drop queue overflows only when full) or when
 # it is too heavy to be noise (a buffer far below one BDP overflows without delay).
 K_QUEUE_RTT_FACTOR = 1.25
 K_SEVERE_LOSS = 0.2
 K_BETA = 0.7
-K_STARTUP_FULL_LOSS_PACKETS = 8
+# Loss counted in packets before it can end STARTUP or count as severe (BBRv2's
+# full-loss count): a round of a few packets losing one is noise, not a signal.
+K_LOSS_EVENTS = 8
 K_MIN_PIPE_PACKETS = 4
 K_PACING_MARGIN = 0.01  # pace 1% under the estimate so a queue can drain
 
@@ -210,15 +219,20 @@ class Bbr(CongestionController):
     def _on_round_end(self, app_limited: bool) -> None:
         lost = self._round_lost
         loss_rate = lost / (lost + self._round_acked) if lost else 0.0
-        if loss_rate > K_LOSS_THRESH:
-            if self.filled_pipe:
-                queue_standing = self._round_min_rtt > K_QUEUE_RTT_FACTOR * self.min_rtt
-                if queue_standing or loss_rate > K_SEVERE_LOSS:
-                    self._adapt_lower_bounds()
-            elif lost >= K_STARTUP_FULL_LOSS_PACKETS * self.mss:
-                # A queue overflowed during STARTUP: the pipe is full.
-                self.filled_pipe = True
+        if self.filled_pipe:
+            # A queue that stood a whole round (even through a 0.75 phase) is not
+            # ours alone: someone else fills it too, or the path got slower.
+            round_min_rtt = self._round_min_rtt
+            queue_standing = (
+                round_min_rtt != float("inf") and round_min_rtt > K_QUEUE_RTT_FACTOR * self.min_rtt
+            )
+            severe = loss_rate > K_SEVERE_LOSS and lost >= K_LOSS_EVENTS * self.mss
+            if (queue_standing and lost) or severe:
                 self._adapt_lower_bounds()
+        elif loss_rate > K_LOSS_THRESH and lost >= K_LOSS_EVENTS * self.mss:
+            # A queue overflowed during STARTUP: the pipe is full.
+            self.filled_pipe = True
+            self._adapt_lower_bounds()
         if not self.filled_pipe and not app_limited:
             if self.max_bw >= self._full_bw * K_FULL_BW_GROWTH:
                 self._full_bw = self.max_bw
@@ -230,9 +244,12 @@ class Bbr(CongestionController):
         self._start_round_counters()
 
     def _adapt_lower_bounds(self) -> None:
-        # Follow what was delivered, never below it: a path that loses by accident
-        # still delivers nearly everything (the bounds stay near the model), a
-        # congested one delivers less.
+        # The rate bound follows what was delivered, never below it. The in-flight
+        # bound backs off multiplicatively from what was in flight (queue included)
+        # but not below one BDP of the (bounded) model: flows that share a full
+        # queue each keep 2 BDP of their own share in flight and would split the
+        # link however they happened to start; backing off drains the queue, and
+        # the pacing-limited flows converge as BBR's probing makes them do.
         self._congested_since_probe = True
         if self._bw_latest and self._bw_latest < K_BETA * self.max_bw:
             # Congested while delivering far below the model: the bandwidth dropped
@@ -245,7 +262,8 @@ class Bbr(CongestionController):
         if self.inflight_lo == float("inf"):
             self.inflight_lo = self.cwnd
         self.bw_lo = max(self._bw_latest, K_BETA * self.bw_lo)
-        self.inflight_lo = max(self._inflight_latest, K_BETA * self.inflight_lo)
+        backed_off = K_BETA * min(self._inflight_latest, self.inflight_lo)
+        self.inflight_lo = max(backed_off, self.bdp(1.0))
 
     def _update_mode(
         self,
@@ -278,7 +296,10 @@ class Bbr(CongestionController):
         gain = self.pacing_gain
         full_length = now - self._cycle_stamp > self.min_rtt
         if gain > 1.0:
-            advance = full_length and (losses or prior_in_flight >= self.bdp(gain))
+            # Probed enough once in flight reaches gain x BDP, or the window when a
+            # lower bound holds it below that (else the probe would never end).
+            target = min(self.bdp(gain), self.cwnd - self.mss)
+            advance = full_length and (losses or prior_in_flight >= target)
         elif gain < 1.0:
             advance = full_length or prior_in_flight <= self.bdp(1.0)
         else:
