@@ -70,6 +70,8 @@ K_PACING_MARGIN = 0.01  # pace 1% under the estimate so a queue can drain
 
 
 class BbrMode(Enum):
+    """The controller's phase (module docstring)."""
+
     STARTUP = 0
     DRAIN = 1
     PROBE_BW = 2
@@ -178,7 +180,7 @@ class Bbr(CongestionController):
         prior_in_flight = bytes_in_flight + acked_bytes
         newest = acked[-1]
         if rtt_sample is not None:
-            self._update_min_rtt(rtt_sample, now, smoothed_rtt)
+            self._update_min_rtt(rtt_sample, now)
             if rtt_sample < self._round_min_rtt:
                 self._round_min_rtt = rtt_sample
         sample = self.rate.on_ack(newest, acked_bytes, now, self.min_rtt)
@@ -201,7 +203,7 @@ class Bbr(CongestionController):
         self._update_pacing_rate()
         self._update_cwnd(acked_bytes)
 
-    def _update_min_rtt(self, rtt: float, now: float, smoothed_rtt: float) -> None:
+    def _update_min_rtt(self, rtt: float, now: float) -> None:
         expired = now > self.min_rtt_stamp + K_MIN_RTT_WINDOW
         if rtt <= self.min_rtt or expired:
             if self.min_rtt == float("inf"):
