@@ -131,3 +131,74 @@ def open_with_data(side: Side, service: str, data: bytes) -> int:
 
 def no_errors(side: Side) -> bool:
     return all(event.error_code == ErrorCode.NO_ERROR for event in side.closed)
+
+
+class SharedBottleneck:
+    """Several connection pairs whose a -> b (and b -> a) traffic share one link each.
+
+    Each pair moves one bulk stream a -> b from ``starts[i]`` on; a datagram is tagged
+    with its pair's index on the shared link (a byte the link model ignores).
+    """
+
+    def __init__(
+        self, link: LinkConfig, configs: list[MuxConfig], starts: list[float], seed: int = 1
+    ) -> None:
+        rng = random.Random(seed)
+        self.forward = Link(link, random.Random(rng.random()))
+        self.backward = Link(link, rng)
+        self.pairs = [
+            (
+                Connection(is_initiator=True, config=config, path=PATH),
+                Connection(is_initiator=False, config=config, path=PATH),
+            )
+            for config in configs
+        ]
+        self.starts = starts
+        self.streams = [a.open_stream("bulk") for a, _ in self.pairs]
+        self.peer_streams: list[int | None] = [None] * len(self.pairs)
+        self.received = [0] * len(self.pairs)
+        self.now = 0.0
+
+    def _flush(self) -> None:
+        chunk = bytes(256 * 1024)
+        for index, (a, b) in enumerate(self.pairs):
+            if self.now < self.starts[index]:
+                continue
+            while a.send_stream_data(self.streams[index], chunk) == len(chunk):
+                pass
+            for conn, link in ((a, self.forward), (b, self.backward)):
+                while True:
+                    datagrams = conn.datagrams_to_send(self.now)
+                    for data, _path in datagrams:
+                        link.send(bytes([index]) + data, self.now)
+                    if len(datagrams) < 64:
+                        break
+
+    def run(self, until: float) -> None:
+        """Advance the virtual clock to ``until``, reading everything that arrives."""
+        while self.now < until:
+            self._flush()
+            times = [until]
+            for a, b in self.pairs:
+                times += [t for t in (a.get_timer(), b.get_timer()) if t is not None]
+            for link in (self.forward, self.backward):
+                arrival = link.next_arrival()
+                if arrival is not None:
+                    times.append(arrival)
+            self.now = max(self.now, min(times))
+            for data in self.forward.pop_due(self.now):
+                self.pairs[data[0]][1].receive_datagram(data[1:], PATH, self.now)
+            for data in self.backward.pop_due(self.now):
+                self.pairs[data[0]][0].receive_datagram(data[1:], PATH, self.now)
+            for index, (a, b) in enumerate(self.pairs):
+                for conn in (a, b):
+                    timer = conn.get_timer()
+                    if timer is not None and timer <= self.now:
+                        conn.handle_timer(self.now)
+                while (event := b.next_event()) is not None:
+                    if isinstance(event, StreamOpened):
+                        self.peer_streams[index] = event.stream_id
+                peer = self.peer_streams[index]
+                if peer is not None:
+                    while data := b.read_stream(peer, 1 << 22)[0]:
+                        self.received[index] += len(data)

@@ -25,3 +25,6 @@ def test_bench_mux_json_has_the_documented_columns() -> None:
     (core,) = (row for row in rows if row["test"] == "pure core")
     assert core["mb_per_s"] > 0
     assert core["ceiling_mb_per_s"] > 0
+    # Every grid point for both controllers, the default (bbr) first; reno_bound kept.
+    assert [row["cc"] for row in goodput] == ["bbr"] * 6 + ["newreno"] * 6
+    assert all("reno_bound" in row for row in goodput)

@@ -3,7 +3,8 @@
 Two measurements, each with its baseline from the same run:
 
 * goodput of one bulk stream over the deterministic link simulator at 0%, 1% and 5%
-  loss with 10 ms and 50 ms RTT, as a fraction of the link rate (the baseline);
+  loss with 10 ms and 50 ms RTT, as a fraction of the link rate (the baseline), for
+  each congestion controller (the default first; NewReno as the RFC 9002 reference);
 * in-process pure-core throughput (two cores handing datagrams to each other, no
   link) against the cost of ChaCha20-Poly1305 encrypt + decrypt of exactly the
   packets that run produced (the ceiling a WireGuard transport would impose).
@@ -18,6 +19,7 @@ import time
 
 from tunneld.bench import BenchResult
 from tunneld.proto.mux import Connection, MuxConfig, Path, StreamOpened
+from tunneld.proto.mux._config import CONGESTION_CONTROLLERS
 from tunneld.proto.mux._sim import Link, LinkConfig, Simulation
 
 __all__ = ["add_arguments", "run"]
@@ -38,8 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="link simulator seed")
 
 
-def _goodput(loss: float, rtt: float, rate: float, seconds: float, seed: int) -> dict[str, object]:
-    config = MuxConfig(idle_timeout=3600.0)
+def _goodput(
+    loss: float, rtt: float, rate: float, seconds: float, seed: int, cc: str
+) -> dict[str, object]:
+    config = MuxConfig(idle_timeout=3600.0, congestion_control=cc)
     a = Connection(is_initiator=True, config=config, path=_PATH)
     b = Connection(is_initiator=False, config=config, path=_PATH)
     rng = random.Random(seed)
@@ -74,6 +78,7 @@ def _goodput(loss: float, rtt: float, rate: float, seconds: float, seed: int) ->
     )
     return {
         "test": "sim goodput",
+        "cc": cc,
         "loss": loss,
         "rtt_ms": round(rtt * 1000),
         "link_mbps": round(rate * 8 / 1e6, 3),
@@ -146,6 +151,7 @@ def _pure_core(megabytes: float) -> dict[str, object]:
     mb = received / 1e6
     return {
         "test": "pure core",
+        "cc": MuxConfig().congestion_control,
         "loss": None,
         "rtt_ms": None,
         "goodput_fraction": None,
@@ -160,14 +166,18 @@ def run(args: argparse.Namespace) -> BenchResult:
     """Run the goodput grid and the pure-core comparison (about a minute)."""
     rate = args.link_mbps * 1e6 / 8
     rows: list[dict[str, object]] = []
-    for rtt in (0.010, 0.050):
-        for loss in (0.0, 0.01, 0.05):
-            rows.append(_goodput(loss, rtt, rate, args.seconds, args.seed))
+    default = MuxConfig().congestion_control
+    controllers = [default, *(cc for cc in CONGESTION_CONTROLLERS if cc != default)]
+    for cc in controllers:
+        for rtt in (0.010, 0.050):
+            for loss in (0.0, 0.01, 0.05):
+                rows.append(_goodput(loss, rtt, rate, args.seconds, args.seed, cc))
     rows.append(_pure_core(args.core_mb))
     return BenchResult(
         title=f"mux: goodput on a simulated {args.link_mbps:g} Mbit/s link; pure-core throughput",
         columns=[
             "test",
+            "cc",
             "loss",
             "rtt_ms",
             "goodput_mbps",
@@ -185,6 +195,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             "wire_overhead: bytes on the link beyond the goodput (headers, ACKs, resends).",
             "reno_bound: the Mathis model's ceiling for NewReno under that random loss, "
             "as a fraction of the link rate.",
+            f"cc: the congestion controller (MuxConfig.congestion_control; {default} is the "
+            "default, newreno the RFC 9002 reference); pure core uses the default.",
             "ceiling: ChaCha20-Poly1305 encrypt+decrypt (libsodium) of the same packets.",
         ],
     )

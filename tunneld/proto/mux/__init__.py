@@ -1,7 +1,8 @@
 """Reliable multiplexed streams over encrypted datagrams (sans-IO, QUIC-like).
 
 One ``Connection`` per peer pair turns datagram payloads into many bidirectional
-byte streams with loss recovery (RFC 9002), NewReno congestion control with pacing,
+byte streams with loss recovery (RFC 9002), paced congestion control (a BBR-style
+model by default, NewReno as the RFC 9002 reference: ``MuxConfig.congestion_control``)
 and flow control whose credit grows with bytes the application has read. The wire
 format is specified in ``docs/mux.md``.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CONGESTION_CONTROLLERS",
     "K_GRANULARITY",
     "K_INITIAL_WINDOW_PACKETS",
     "K_LOSS_REDUCTION",
@@ -40,6 +41,7 @@ MAX_CLOSE_REASON = 255
 MAX_CALL_ME_MAYBE_ENDPOINTS = 32
 MAX_ENDPOINT_LENGTH = 64
 MAX_OUTSTANDING_PROBES = 16
+CONGESTION_CONTROLLERS = ("bbr", "newreno")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class MuxConfig:
     max_congestion_window: int = 16 * 1024 * 1024
     autotune_rtts: float = 4.0
     close_pto_multiplier: int = 3
+    # "bbr" (model-based, loss-tolerant; see _bbr.py) or "newreno" (RFC 9002).
+    congestion_control: str = "bbr"
 
     def __post_init__(self) -> None:
         if self.max_datagram_size < MIN_DATAGRAM_SIZE:
@@ -76,3 +80,6 @@ class MuxConfig:
             raise ValueError("max_concurrent_streams must be >= 1")
         if self.stream_send_buffer < 1 or self.connection_send_buffer < 1:
             raise ValueError("send buffers must be positive")
+        if self.congestion_control not in CONGESTION_CONTROLLERS:
+            choices = ", ".join(CONGESTION_CONTROLLERS)
+            raise ValueError(f"congestion_control must be one of {choices}")

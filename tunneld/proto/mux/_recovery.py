@@ -1,17 +1,19 @@
-"""Loss detection and congestion control (RFC 9002): RTT, PTO, NewReno, pacing."""
+"""Loss detection (RFC 9002): RTT, PTO, packet/time thresholds, and pacing.
+
+The congestion window and pacing rate come from a controller (``_cc.py``): RFC
+9002's NewReno, or the BBR-style ``_bbr.py`` (``MuxConfig.congestion_control``).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 
+from tunneld.proto.mux._bbr import Bbr
+from tunneld.proto.mux._cc import CongestionController, NewReno
 from tunneld.proto.mux._config import (
     K_GRANULARITY,
-    K_INITIAL_WINDOW_PACKETS,
-    K_LOSS_REDUCTION,
-    K_MIN_WINDOW_PACKETS,
     K_PACING_BURST_PACKETS,
-    K_PACING_GAIN,
     K_PACKET_THRESHOLD,
     K_PERSISTENT_CONGESTION_THRESHOLD,
     K_TIME_THRESHOLD,
@@ -19,7 +21,7 @@ from tunneld.proto.mux._config import (
 )
 from tunneld.proto.mux._events import Path
 
-__all__ = ["LossRecovery", "SentPacket"]
+__all__ = ["LossRecovery", "SentPacket", "make_controller"]
 
 # A retransmittable frame record: (kind, stream_id, offset, length, fin); see _connection.
 FrameRecord = tuple[int, int, int, int, bool]
@@ -28,7 +30,20 @@ FrameRecord = tuple[int, int, int, int, bool]
 class SentPacket:
     """What we remember about one sent packet until it is acked or declared lost."""
 
-    __slots__ = ("ack_eliciting", "frames", "in_flight", "is_probe", "path", "pn", "size", "time")
+    __slots__ = (
+        "ack_eliciting",
+        "app_limited",
+        "delivered",
+        "delivered_time",
+        "first_sent_time",
+        "frames",
+        "in_flight",
+        "is_probe",
+        "path",
+        "pn",
+        "size",
+        "time",
+    )
 
     def __init__(
         self,
@@ -49,10 +64,24 @@ class SentPacket:
         self.is_probe = is_probe
         self.path = path
         self.frames = frames
+        # Delivery-rate stamps (_rate.py), set by the controller when it is sent.
+        self.delivered = 0
+        self.delivered_time = 0.0
+        self.first_sent_time = 0.0
+        self.app_limited = False
+
+
+def make_controller(config: MuxConfig, mss: int) -> CongestionController:
+    """A fresh controller of the kind ``config.congestion_control`` names."""
+    if config.congestion_control == "newreno":
+        return NewReno(config, mss)
+    return Bbr(config, mss)
 
 
 class LossRecovery:
-    """Sent-packet history, RTT estimate, loss/PTO timers and NewReno with pacing.
+    """Sent-packet history, RTT estimate, loss/PTO timers and pacing.
+
+    The window and pacing rate are the controller's (``cc``), fresh on every path.
 
     ``reliable`` (the current path runs over TCP) turns off time-threshold loss and
     raises the PTO floor to ``config.reliable_pto_floor``.
@@ -110,12 +139,19 @@ class LossRecovery:
             pto = max(pto, self._config.reliable_pto_floor)
         return pto
 
-    # -- congestion control (RFC 9002 section 7, NewReno) ---------------------------
+    # -- congestion control (RFC 9002 section 7; the controller in _cc.py) ----------
+
+    @property
+    def cwnd(self) -> int:
+        """The congestion window in bytes."""
+        return self.cc.cwnd
+
+    @cwnd.setter
+    def cwnd(self, value: int) -> None:
+        self.cc.cwnd = value
 
     def _reset_congestion(self) -> None:
-        self.cwnd = K_INITIAL_WINDOW_PACKETS * self.mss
-        self.ssthresh = math.inf
-        self.recovery_start: float | None = None
+        self.cc = make_controller(self._config, self.mss)
         self._pacer_tokens = float(K_PACING_BURST_PACKETS * self.mss)
         self._pacer_time: float | None = None
 
@@ -126,35 +162,20 @@ class LossRecovery:
         self._reset_congestion()
         self.pto_count = 0
 
-    def _min_window(self) -> int:
-        return K_MIN_WINDOW_PACKETS * self.mss
-
-    def _on_congestion_event(self, sent_time: float, now: float) -> None:
-        # Halve once per recovery period (RFC 9002 section 7.3.2).
-        if self.recovery_start is not None and sent_time <= self.recovery_start:
-            return
-        self.recovery_start = now
-        self.cwnd = max(int(self.cwnd * K_LOSS_REDUCTION), self._min_window())
-        self.ssthresh = self.cwnd
-
-    def _on_acked_cc(self, packet: SentPacket) -> None:
-        if self.recovery_start is not None and packet.time <= self.recovery_start:
-            return
-        if self.cwnd < self.ssthresh:
-            self.cwnd += packet.size
-        else:
-            self.cwnd += self.mss * packet.size // self.cwnd
-        self.cwnd = min(self.cwnd, self._config.max_congestion_window)
-
     def congestion_room(self) -> int:
         """Bytes that may still be put in flight without exceeding the window."""
-        window = min(self.cwnd, self.max_in_flight) if self.max_in_flight else self.cwnd
+        cwnd = self.cc.cwnd
+        window = min(cwnd, self.max_in_flight) if self.max_in_flight else cwnd
         return window - self.bytes_in_flight
+
+    def on_app_limited(self) -> None:
+        """The window had room but nothing was waiting to be sent."""
+        self.cc.on_app_limited(self.bytes_in_flight)
 
     # -- pacing (RFC 9002 section 7.7) ------------------------------------------------
 
     def _pacing_rate(self) -> float:
-        return K_PACING_GAIN * self.cwnd / max(self.smoothed_rtt, K_GRANULARITY)
+        return self.cc.pacing_rate(self.smoothed_rtt)
 
     def _pacer_refill(self, now: float) -> None:
         burst = K_PACING_BURST_PACKETS * self.mss
@@ -179,6 +200,7 @@ class LossRecovery:
 
     def on_packet_sent(self, packet: SentPacket) -> None:
         if packet.in_flight:
+            self.cc.on_packet_sent(packet, self.bytes_in_flight)
             self.sent[packet.pn] = packet
             self.bytes_in_flight += packet.size
             if packet.is_probe:
@@ -221,12 +243,19 @@ class LossRecovery:
         if not acked:
             return acked, []
         newest = max(acked, key=lambda p: p.pn)
+        rtt_sample = None
         if newest.pn == largest and any(p.ack_eliciting for p in acked):
-            self._update_rtt(now - newest.time, ack_delay, now)
+            rtt_sample = now - newest.time
+            self._update_rtt(rtt_sample, ack_delay, now)
+        on_path: list[SentPacket] = []
         for packet in acked:
             self._remove(packet)
             if packet.path == current_path:
-                self._on_acked_cc(packet)
+                on_path.append(packet)
+        if on_path:
+            if on_path[-1].pn < newest.pn:
+                on_path.sort(key=lambda p: p.pn)
+            self.cc.on_ack(on_path, now, self.bytes_in_flight, rtt_sample, self.smoothed_rtt)
         lost = self.detect_lost(now, current_path)
         self.pto_count = 0
         return acked, lost
@@ -261,7 +290,7 @@ class LossRecovery:
         on_path = [p for p in lost if p.path == current_path and p.ack_eliciting]
         if not on_path:
             return
-        self._on_congestion_event(on_path[-1].time, now)
+        self.cc.on_congestion_loss(on_path, now, self.bytes_in_flight)
         # Persistent congestion (RFC 9002 section 7.6), simplified: the lost packets
         # span more than 3 PTOs and were sent after the first RTT sample.
         if self.has_rtt_sample:
@@ -269,8 +298,7 @@ class LossRecovery:
             if len(eligible) >= 2:
                 span = eligible[-1].time - eligible[0].time
                 if span > self.pto_interval() * K_PERSISTENT_CONGESTION_THRESHOLD:
-                    self.cwnd = self._min_window()
-                    self.recovery_start = now
+                    self.cc.on_persistent_congestion(now)
 
     # -- timers -------------------------------------------------------------------
 

@@ -201,6 +201,10 @@ class SendMixin(ConnectionBase):
                 break
             packet = self._build_packet(now, path, room, probe)
             if packet is None:
+                if not probe:
+                    # Room in the window, nothing to send: rate samples from now on
+                    # measure the application, not the path.
+                    recovery.on_app_limited()
                 break
             out.append((packet, path))
             if probe:
