@@ -20,6 +20,7 @@ from tunneld.http import (
     Headers,
     HttpError,
     HttpServer,
+    LastChunk,
     Request,
     Response,
     Router,
@@ -654,6 +655,55 @@ async def test_handler_returning_garbage_is_500(nursery: trio.Nursery) -> None:
     _server, port = await start_server(nursery, router)
     status, _h, _b = await trio.to_thread.run_sync(http_request, port, "GET", "/wrong")
     assert status == 500
+
+
+async def test_streamed_first_bytes_and_last_chunk(nursery: trio.Nursery) -> None:
+    # ``first`` goes out with the head before the iterator is asked for anything; a
+    # LastChunk ends the body without asking the iterator for more.
+    go = trio.Event()
+    asked_after_last = False
+    producer_closed = trio.Event()
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal asked_after_last
+            try:
+                await go.wait()
+                yield b"middle;"
+                yield LastChunk(b"last")
+                asked_after_last = True
+                yield b"never sent"
+            finally:
+                producer_closed.set()
+
+        return Response.stream(chunks(), content_type="text/plain", first=b"first;")
+
+    router = Router()
+    router.route("GET", "/stream", stream)
+    _server, port = await start_server(nursery, router)
+    client = await RawClient.connect(port)
+    for _ in range(2):  # the connection stays usable after a LastChunk
+        go = trio.Event()
+        producer_closed = trio.Event()
+        await client.send(request_bytes("GET", "/stream"))
+        status, _reason, headers = await client.read_head()
+        assert status == 200
+        assert ("Transfer-Encoding", "chunked") in headers
+        with trio.fail_after(5):
+            assert await client.read_chunk() == b"first;"
+        go.set()
+        assert await client.read_chunk() == b"middle;"
+        assert await client.read_chunk() == b"last"
+        assert await client.read_chunk() == b""
+        with trio.fail_after(5):
+            await producer_closed.wait()
+        assert not asked_after_last
+    # HEAD: no body, ``first`` included.
+    await client.send(request_bytes("HEAD", "/stream"))
+    response = await client.read_response(head_request=True)
+    assert response.status == 200
+    assert response.body == b""
+    await client.aclose()
 
 
 async def test_head_on_streamed_route_sends_no_body_and_closes_producer(

@@ -18,7 +18,7 @@ import trio
 
 from tunneld._address import format_address
 from tunneld.http._headers import Headers
-from tunneld.http._messages import Handler, HttpError, Request, Response
+from tunneld.http._messages import Handler, HttpError, LastChunk, Request, Response
 from tunneld.http._router import dispatch
 from tunneld.http._unix import PeerCredentials
 from tunneld.http._upgrade import serve_upgrade, serve_websocket
@@ -420,17 +420,23 @@ class Connection:
                 return len(body)
             await self.send(head, h11.EndOfMessage())
             return 0
-        await self.send(head)
         if skip_body:
+            await self.send(head)
             await close_body(body)
             await self.send(h11.EndOfMessage())
             return 0
-        return await self._stream_body(body, request_id)
+        # The head and the bytes known up front share a write: fewer syscalls, and the
+        # client wakes once, not twice.
+        if response.first:
+            await self.send(head, h11.Data(data=response.first))
+        else:
+            await self.send(head)
+        return await self._stream_body(body, request_id, len(response.first))
 
-    async def _stream_body(self, chunks: AsyncIterator[bytes], request_id: str) -> int:
-        sent = 0
+    async def _stream_body(self, chunks: AsyncIterator[bytes], request_id: str, sent: int) -> int:
         disconnected = False
         failure: BaseException | None = None
+        last = b""
 
         async def watch_for_disconnect(scope: trio.CancelScope) -> None:
             # The request is complete, so anything the client sends now is the next
@@ -456,6 +462,9 @@ class Connection:
             nursery.start_soon(watch_for_disconnect, nursery.cancel_scope)
             try:
                 async for chunk in chunks:
+                    if isinstance(chunk, LastChunk):
+                        last = bytes(chunk)  # written with the end of the body, below
+                        break
                     if chunk:
                         await self.send(h11.Data(data=chunk))
                         sent += len(chunk)
@@ -472,6 +481,9 @@ class Connection:
             raise failure
         if disconnected:
             raise Abort("client went away during a streamed response")
+        if last:
+            await self.send(h11.Data(data=last), h11.EndOfMessage())
+            return sent + len(last)
         await self.send(h11.EndOfMessage())
         return sent
 

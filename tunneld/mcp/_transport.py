@@ -313,7 +313,11 @@ class Transport:
             del session.inflight[message.id]
             raise
         if stream is not None:
-            return self._sse(stream.read(0, prime=True, retry_ms=RETRY_MS), headers)
+            return self._sse(
+                stream.read(0, prime=False),
+                headers,
+                first=stream.priming(0, retry_ms=RETRY_MS),
+            )
         assert reply is not None
         await reply.done.wait()
         if reply.message is None:  # cancelled by the client: nothing to answer
@@ -356,11 +360,15 @@ class Transport:
         )
 
     @staticmethod
-    def _sse(body: AsyncIterator[bytes], headers: list[tuple[str, str]]) -> Response:
+    def _sse(
+        body: AsyncIterator[bytes], headers: list[tuple[str, str]], *, first: bytes = b""
+    ) -> Response:
+        # ``first`` (a priming event) is written with the head, in one write.
         return Response.stream(
             body,
             content_type="text/event-stream",
             headers=[*headers, ("X-Accel-Buffering", "no")],
+            first=first,
         )
 
     async def _run(
@@ -582,7 +590,10 @@ class Transport:
         standalone = session.get_standalone()
         # One GET stream per session: a new one replaces an old, perhaps dead, reader.
         standalone.supersede_readers()
-        return self._sse(standalone.read(standalone.delivered, prime=True), headers)
+        after = standalone.delivered
+        return self._sse(
+            standalone.read(after, prime=False), headers, first=standalone.priming(after)
+        )
 
     async def _delete(self, request: Request) -> Response:
         session, _, _ = await self._session(request)
