@@ -706,6 +706,47 @@ async def test_streamed_first_bytes_and_last_chunk(nursery: trio.Nursery) -> Non
     await client.aclose()
 
 
+async def test_unwatched_stream_notices_a_departed_client_at_a_later_write(
+    nursery: trio.Nursery,
+) -> None:
+    # watch_disconnect=False: no watcher task; the producer is closed once a write
+    # fails (the first write after the client left may still be accepted by the kernel).
+    tick = trio.Event()
+    producer_closed = trio.Event()
+    ticks = 0
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal tick, ticks
+            try:
+                yield b"hello"
+                while True:
+                    await tick.wait()
+                    tick = trio.Event()
+                    ticks += 1
+                    yield b"x" * 1024
+            finally:
+                producer_closed.set()
+
+        return Response.stream(chunks(), content_type="text/plain", watch_disconnect=False)
+
+    router = Router()
+    router.route("GET", "/stream", stream)
+    _server, port = await start_server(nursery, router)
+    client = await RawClient.connect(port)
+    await client.send(request_bytes("GET", "/stream"))
+    await client.read_head()
+    assert await client.read_chunk() == b"hello"
+    await client.aclose()
+    await trio.sleep(0.05)
+    assert not producer_closed.is_set()  # nobody watched the socket
+    with trio.fail_after(10):
+        while not producer_closed.is_set():
+            tick.set()
+            await trio.sleep(0.05)
+    assert ticks >= 1
+
+
 async def test_head_on_streamed_route_sends_no_body_and_closes_producer(
     nursery: trio.Nursery,
 ) -> None:

@@ -483,9 +483,13 @@ class Connection:
             await self.send(head, h11.Data(data=response.first))
         else:
             await self.send(head)
-        return await self._stream_body(body, request_id, len(response.first))
+        return await self._stream_body(
+            body, request_id, len(response.first), response.watch_disconnect
+        )
 
-    async def _stream_body(self, chunks: AsyncIterator[bytes], request_id: str, sent: int) -> int:
+    async def _stream_body(
+        self, chunks: AsyncIterator[bytes], request_id: str, sent: int, watch: bool
+    ) -> int:
         disconnected = False
         failure: BaseException | None = None
         last = b""
@@ -510,8 +514,8 @@ class Connection:
                 if buffered > self.limits.max_request_head_bytes:
                     await trio.sleep_forever()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_for_disconnect, nursery.cancel_scope)
+        async def pump() -> None:
+            nonlocal sent, last, failure
             try:
                 async for chunk in chunks:
                     if isinstance(chunk, LastChunk):
@@ -529,7 +533,16 @@ class Connection:
                 # One scope, shielded and with its own deadline (cheaper than two).
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_SECONDS):
                     await close_body(chunks)
-            nursery.cancel_scope.cancel()
+
+        if watch:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_for_disconnect, nursery.cancel_scope)
+                await pump()
+                nursery.cancel_scope.cancel()
+        else:
+            # No watcher task (a good share of a small response's cost): a client that
+            # went away is noticed at the next write instead.
+            await pump()
         if failure is not None:
             raise failure
         if disconnected:

@@ -134,13 +134,18 @@ class Response:
     it is cancelled. ``headers`` must not contain ``Content-Length``/``Transfer-Encoding``
     for streamed bodies; the server sets framing. ``first`` (streamed bodies only):
     bytes of the body known when the response is made, written in one go with the
-    head (an SSE priming event); the iterator's chunks follow.
+    head (an SSE priming event); the iterator's chunks follow. ``watch_disconnect=False``
+    (streamed bodies only) saves the task that watches for the client going away while
+    the iterator waits: a departed client is then noticed at the next write. Only for
+    bodies that write at least every few seconds (SSE keepalives) and whose producer
+    need not stop at once when nobody reads.
     """
 
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: Body = b""
     first: bytes = b""
+    watch_disconnect: bool = True
 
     @classmethod
     def json(
@@ -190,6 +195,7 @@ class Response:
         status: int = 200,
         headers: Iterable[tuple[str, str]] = (),
         first: bytes = b"",
+        watch_disconnect: bool = True,
     ) -> Response:
         """A streamed body; for SSE use ``content_type="text/event-stream"`` and
         :func:`format_sse`. Adds ``Cache-Control: no-store`` so proxies do not buffer.
@@ -200,6 +206,7 @@ class Response:
             [("Content-Type", content_type), ("Cache-Control", "no-store"), *headers],
             chunks,
             first,
+            watch_disconnect,
         )
 
     def header(self, name: str) -> str | None:

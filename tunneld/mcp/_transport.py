@@ -313,10 +313,15 @@ class Transport:
             del session.inflight[message.id]
             raise
         if stream is not None:
+            # No disconnect watcher: on these revisions a disconnect cancels nothing
+            # (the call runs on, its events wait for Last-Event-ID), so noticing it at
+            # the next write (an event, a keepalive within KEEPALIVE_SECONDS, the end)
+            # is enough, and a watcher task per call is a good share of a small call.
             return self._sse(
                 stream.read(0, prime=False),
                 headers,
                 first=stream.priming(0, retry_ms=RETRY_MS),
+                watch_disconnect=False,
             )
         assert reply is not None
         await reply.done.wait()
@@ -361,7 +366,11 @@ class Transport:
 
     @staticmethod
     def _sse(
-        body: AsyncIterator[bytes], headers: list[tuple[str, str]], *, first: bytes = b""
+        body: AsyncIterator[bytes],
+        headers: list[tuple[str, str]],
+        *,
+        first: bytes = b"",
+        watch_disconnect: bool = True,
     ) -> Response:
         # ``first`` (a priming event) is written with the head, in one write.
         return Response.stream(
@@ -369,6 +378,7 @@ class Transport:
             content_type="text/event-stream",
             headers=[*headers, ("X-Accel-Buffering", "no")],
             first=first,
+            watch_disconnect=watch_disconnect,
         )
 
     async def _run(
