@@ -162,14 +162,18 @@ class StreamTable:
     def new(self) -> EventStream:
         stream = EventStream(max_events=self._max_events)
         self._streams[stream.key] = stream
-        while len(self._streams) > self._max_streams:
-            victim = next(
-                (k for k, s in self._streams.items() if s.closed and s.readers == 0),
-                None,
-            )
-            if victim is None:
-                break
-            del self._streams[victim]
+        excess = len(self._streams) - self._max_streams
+        if excess > 0:
+            # One pass from the oldest (not a rescan per victim): with many calls in
+            # flight on one session the open streams ahead are many.
+            victims: list[str] = []
+            for key, old in self._streams.items():
+                if old._closed and old.readers == 0:
+                    victims.append(key)
+                    if len(victims) == excess:
+                        break
+            for key in victims:
+                del self._streams[key]
         return stream
 
     def get(self, key: str) -> EventStream | None:
