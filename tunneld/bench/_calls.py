@@ -131,6 +131,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated concurrency levels (default 1,10,100)",
     )
     parser.add_argument(
+        "--server-rounds",
+        type=_positive,
+        metavar="N",
+        default=1,
+        help=(
+            "rounds per level for our_server and sdk_server, the two taking turns each"
+            " round; each row is the median round by calls/s (default 1)"
+        ),
+    )
+    parser.add_argument(
         "--modes",
         type=_modes,
         metavar="MODES",
@@ -396,18 +406,38 @@ async def _pair_servers(
     async with AsyncExitStack() as stack:
         servers = {mode: await stack.enter_async_context(_server_process(k)) for mode, k in wanted}
         for level in args.concurrency:
-            for mode, _ in wanted:
-                url, pid = servers[mode]
-                before = _cpu_seconds(pid)
-                rows = await _rows(
-                    mode, url, ECHO_TOOL, arguments, lambda c: args.calls, (level,), notes
-                )
-                after = _cpu_seconds(pid)
-                by_mode[mode] += rows
-                if rows and before is not None and after is not None:
+            rounds: dict[str, list[tuple[dict[str, object], float | None]]] = {
+                mode: [] for mode, _ in wanted
+            }
+            for _ in range(args.server_rounds):
+                for mode, _ in wanted:
+                    url, pid = servers[mode]
+                    before = _cpu_seconds(pid)
+                    rows = await _rows(
+                        mode, url, ECHO_TOOL, arguments, lambda c: args.calls, (level,), notes
+                    )
+                    after = _cpu_seconds(pid)
                     # _rows warms up before measuring: count those calls too.
                     made = args.calls + max(level, min(_WARMUP, args.calls))
-                    cpu[mode].append(f"c={level} {(after - before) / made * 1000:.2f}")
+                    per_call = None
+                    if before is not None and after is not None:
+                        per_call = (after - before) / made * 1000
+                    rounds[mode] += [(row, per_call) for row in rows]
+            for mode, _ in wanted:
+                if not rounds[mode]:
+                    continue
+                # The median round (by calls/s) stands for the level, whole: its rate,
+                # its latencies; CPU per call is the median over the rounds.
+                ordered = sorted(rounds[mode], key=lambda r: float(r[0]["calls_per_s"]))  # type: ignore[arg-type]
+                by_mode[mode].append(ordered[(len(ordered) - 1) // 2][0])
+                costs = sorted(c for _, c in rounds[mode] if c is not None)
+                if costs:
+                    cpu[mode].append(f"c={level} {costs[(len(costs) - 1) // 2]:.2f}")
+    if args.server_rounds > 1:
+        notes.append(
+            f"our_server, sdk_server: each row is the median of {args.server_rounds} rounds"
+            " per level, the servers taking turns every round"
+        )
     for mode, _ in wanted:
         if cpu[mode]:
             notes.append(f"{mode} CPU ms per call (server process): {', '.join(cpu[mode])}")
