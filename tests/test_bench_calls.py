@@ -58,3 +58,15 @@ def test_bench_calls_bad_options_are_refused(args: tuple[str, ...], message: str
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bench_calls_server_rounds_give_one_median_row_per_level() -> None:
+    result = _bench(
+        "--calls", "3", "--concurrency", "1,2", "--modes", "our_server", "--server-rounds", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.split("\n\n")[1]
+    rows = [line.split() for line in table.splitlines() if line.startswith("our_server ")]
+    assert [row[1] for row in rows] == ["1", "2"]
+    assert "each row is the median of 3 rounds per level" in result.stdout
+    assert "our_server CPU ms per call (server process): c=1 " in result.stdout

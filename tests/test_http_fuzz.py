@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import h11
 import pytest
 import trio
 import trio_websocket
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunneld.http import HttpServer, Request, Response, Router
-from tunneld.http._connection import _parse_target
+from tunneld.http._connection import _header_lines, _parse_target
 from tunneld.http._router import dispatch
 
 CI_SETTINGS = settings(
@@ -218,3 +219,77 @@ def test_routing_any_target_gives_a_decision(
     assert sum(t is not None for t in targets) == 1
     if decision.response is not None:
         assert 200 <= decision.response.status < 600
+
+
+_HEADER_TEXT = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(["a", "Z", "-", " ", "\t", "\r", "\n", "\x00", "\x01", "\x7f", "é", "ÿ"]),
+        st.characters(max_codepoint=0x17F),
+    ),
+    max_size=12,
+)
+
+
+def _h11_accepts(name: str, value: str) -> bool:
+    try:
+        h11.Response(status_code=200, headers=[(name.encode("latin-1"), value.encode("latin-1"))])
+    except (h11.LocalProtocolError, UnicodeEncodeError):
+        return False
+    return True
+
+
+def _ours_accepts(name: str, value: str) -> bool:
+    try:
+        _header_lines([(name, value)])
+    except ValueError:
+        return False
+    return True
+
+
+def test_response_header_checks_match_h11_for_every_character() -> None:
+    # Every latin-1 character (and one beyond), alone, inside, leading and trailing.
+    for code in [*range(256), 0x100]:
+        c = chr(code)
+        for name, value in [
+            ("X", c),
+            ("X", f"a{c}b"),
+            ("X", f"{c}a"),
+            ("X", f"a{c}"),
+            (c, "v"),
+            (f"a{c}b", "v"),
+        ]:
+            assert _ours_accepts(name, value) == _h11_accepts(name, value), (name, value)
+
+
+@CI_SETTINGS
+@given(
+    name=st.one_of(_HEADER_TEXT, st.sampled_from(["Content-Length", "connection", "Date"])),
+    value=_HEADER_TEXT,
+)
+def test_response_header_checks_match_h11(name: str, value: str) -> None:
+    # The server writes handlers' header fields itself (h11 only sees framing): it must
+    # accept exactly what h11 accepts, and write what h11 would have written. Framing
+    # fields are dropped (the server frames the body), so h11 judges their value under
+    # a neutral name.
+    framing = name.lower() in ("content-length", "transfer-encoding")
+    expected: bytes | None
+    try:
+        h11_response = h11.Response(
+            status_code=200,
+            headers=[(b"X-Probe" if framing else name.encode("latin-1"), value.encode("latin-1"))],
+        )
+        expected = b"".join(b"%s: %s\r\n" % pair for pair in h11_response.headers.raw_items())
+    except (h11.LocalProtocolError, UnicodeEncodeError):
+        expected = None
+    try:
+        lines, connection = _header_lines([(name, value)])
+    except ValueError:
+        assert expected is None
+        return
+    assert expected is not None
+    if framing:
+        assert (lines, connection) == (b"", [])
+    elif name.lower() == "connection":
+        assert (lines, connection) == (b"", [(name, value)])
+    else:
+        assert lines == expected

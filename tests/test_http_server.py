@@ -20,6 +20,7 @@ from tunneld.http import (
     Headers,
     HttpError,
     HttpServer,
+    LastChunk,
     Request,
     Response,
     Router,
@@ -654,6 +655,96 @@ async def test_handler_returning_garbage_is_500(nursery: trio.Nursery) -> None:
     _server, port = await start_server(nursery, router)
     status, _h, _b = await trio.to_thread.run_sync(http_request, port, "GET", "/wrong")
     assert status == 500
+
+
+async def test_streamed_first_bytes_and_last_chunk(nursery: trio.Nursery) -> None:
+    # ``first`` goes out with the head before the iterator is asked for anything; a
+    # LastChunk ends the body without asking the iterator for more.
+    go = trio.Event()
+    asked_after_last = False
+    producer_closed = trio.Event()
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal asked_after_last
+            try:
+                await go.wait()
+                yield b"middle;"
+                yield LastChunk(b"last")
+                asked_after_last = True
+                yield b"never sent"
+            finally:
+                producer_closed.set()
+
+        return Response.stream(chunks(), content_type="text/plain", first=b"first;")
+
+    router = Router()
+    router.route("GET", "/stream", stream)
+    _server, port = await start_server(nursery, router)
+    client = await RawClient.connect(port)
+    for _ in range(2):  # the connection stays usable after a LastChunk
+        go = trio.Event()
+        producer_closed = trio.Event()
+        await client.send(request_bytes("GET", "/stream"))
+        status, _reason, headers = await client.read_head()
+        assert status == 200
+        assert ("Transfer-Encoding", "chunked") in headers
+        with trio.fail_after(5):
+            assert await client.read_chunk() == b"first;"
+        go.set()
+        assert await client.read_chunk() == b"middle;"
+        assert await client.read_chunk() == b"last"
+        assert await client.read_chunk() == b""
+        with trio.fail_after(5):
+            await producer_closed.wait()
+        assert not asked_after_last
+    # HEAD: no body, ``first`` included.
+    await client.send(request_bytes("HEAD", "/stream"))
+    response = await client.read_response(head_request=True)
+    assert response.status == 200
+    assert response.body == b""
+    await client.aclose()
+
+
+async def test_unwatched_stream_notices_a_departed_client_at_a_later_write(
+    nursery: trio.Nursery,
+) -> None:
+    # watch_disconnect=False: no watcher task; the producer is closed once a write
+    # fails (the first write after the client left may still be accepted by the kernel).
+    tick = trio.Event()
+    producer_closed = trio.Event()
+    ticks = 0
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal tick, ticks
+            try:
+                yield b"hello"
+                while True:
+                    await tick.wait()
+                    tick = trio.Event()
+                    ticks += 1
+                    yield b"x" * 1024
+            finally:
+                producer_closed.set()
+
+        return Response.stream(chunks(), content_type="text/plain", watch_disconnect=False)
+
+    router = Router()
+    router.route("GET", "/stream", stream)
+    _server, port = await start_server(nursery, router)
+    client = await RawClient.connect(port)
+    await client.send(request_bytes("GET", "/stream"))
+    await client.read_head()
+    assert await client.read_chunk() == b"hello"
+    await client.aclose()
+    await trio.sleep(0.05)
+    assert not producer_closed.is_set()  # nobody watched the socket
+    with trio.fail_after(10):
+        while not producer_closed.is_set():
+            tick.set()
+            await trio.sleep(0.05)
+    assert ticks >= 1
 
 
 async def test_head_on_streamed_route_sends_no_body_and_closes_producer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from tunneld.http import LastChunk
 from tunneld.mcp._events import KEEPALIVE_SECONDS, EventStream, StreamTable, parse_event_id
 
 
@@ -61,6 +62,21 @@ async def test_ready_events_go_out_as_one_chunk() -> None:
     assert chunks[0].startswith(f"id: {stream.key}.0\n".encode())
     assert chunks[0].count(b"event: message") == 2
     assert stream.delivered == 2
+    # The chunk that drains a closed stream says so: the server ends the response with it.
+    assert isinstance(chunks[0], LastChunk)
+
+
+async def test_priming_is_the_event_read_would_start_with() -> None:
+    # The transport writes priming() with the response head and reads without prime:
+    # the client gets the same bytes as from read(prime=True).
+    stream = EventStream()
+    stream.send({"n": 1})
+    stream.close()
+    primed = await _collect(stream, 0, prime=True)
+    assert [stream.priming(0)] + await _collect(stream, 0, prime=False) == [
+        primed[0][: len(stream.priming(0))],
+        primed[0][len(stream.priming(0)) :],
+    ]
 
 
 async def test_superseded_reader_ends_and_a_new_one_continues() -> None:

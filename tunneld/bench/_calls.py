@@ -12,7 +12,9 @@ and tears the node down, which is what ``coder exp mcp server`` does per tool ca
 Pair 2, the MCP server itself — **our_server** vs **sdk_server**: a trivial ``echo``
 tool on ``tunneld.mcp.McpServer`` (trio + h11) and on the official ``mcp`` SDK's
 streamable-HTTP server (``MCPServer`` under uvicorn), each in its own process
-(``tunneld.bench._calls_server``) so neither shares a core with the client.
+(``tunneld.bench._calls_server``) so neither shares a core with the client. Each
+row's server CPU time per call (from ``/proc``) goes in the notes: on a loaded box it
+says more about the servers' cost than calls/s, which move with the load.
 
 One client drives all four: :class:`tunneld._mcp_client.McpHttpClient`, one MCP session
 per server, keep-alive connections, ``C`` tasks each making calls back to back until
@@ -127,6 +129,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LEVELS",
         default=(1, 10, 100),
         help="comma-separated concurrency levels (default 1,10,100)",
+    )
+    parser.add_argument(
+        "--server-rounds",
+        type=_positive,
+        metavar="N",
+        default=1,
+        help=(
+            "rounds per level for our_server and sdk_server, the two taking turns each"
+            " round; each row is the median round by calls/s (default 1)"
+        ),
     )
     parser.add_argument(
         "--modes",
@@ -340,9 +352,19 @@ async def _measure_overlay(
 # -- pair 2: our MCP server vs the SDK's --------------------------------------------------
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (Linux ``/proc``), or None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @asynccontextmanager
-async def _server_process(kind: str) -> AsyncIterator[str]:
-    """Start ``tunneld.bench._calls_server KIND``; yields its MCP URL; stops it on exit."""
+async def _server_process(kind: str) -> AsyncIterator[tuple[str, int]]:
+    """Start ``tunneld.bench._calls_server KIND``; yields its MCP URL and pid; stops it on exit."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "tunneld.bench._calls_server", kind],
         stdin=subprocess.PIPE,
@@ -358,7 +380,7 @@ async def _server_process(kind: str) -> AsyncIterator[str]:
                 if not chunk:
                     raise RuntimeError(f"the {kind} MCP server exited before listening")
                 line += chunk
-        yield f"http://127.0.0.1:{int(line)}/mcp"
+        yield f"http://127.0.0.1:{int(line)}/mcp", process.pid
     finally:
         with trio.CancelScope(shield=True):
             if process.stdin is not None:
@@ -378,13 +400,47 @@ async def _pair_servers(
     arguments = {"text": "hello"}
     wanted = [(m, k) for m, k in (("our_server", "ours"), ("sdk_server", "sdk")) if m in modes]
     by_mode: dict[str, list[dict[str, object]]] = {mode: [] for mode, _ in wanted}
+    # Server CPU per call, from the server process's own CPU time: unlike calls/s it
+    # hardly moves with the box's load, so it says which server does less work.
+    cpu: dict[str, list[str]] = {mode: [] for mode, _ in wanted}
     async with AsyncExitStack() as stack:
-        urls = {mode: await stack.enter_async_context(_server_process(k)) for mode, k in wanted}
+        servers = {mode: await stack.enter_async_context(_server_process(k)) for mode, k in wanted}
         for level in args.concurrency:
+            rounds: dict[str, list[tuple[dict[str, object], float | None]]] = {
+                mode: [] for mode, _ in wanted
+            }
+            for _ in range(args.server_rounds):
+                for mode, _ in wanted:
+                    url, pid = servers[mode]
+                    before = _cpu_seconds(pid)
+                    rows = await _rows(
+                        mode, url, ECHO_TOOL, arguments, lambda c: args.calls, (level,), notes
+                    )
+                    after = _cpu_seconds(pid)
+                    # _rows warms up before measuring: count those calls too.
+                    made = args.calls + max(level, min(_WARMUP, args.calls))
+                    per_call = None
+                    if before is not None and after is not None:
+                        per_call = (after - before) / made * 1000
+                    rounds[mode] += [(row, per_call) for row in rows]
             for mode, _ in wanted:
-                by_mode[mode] += await _rows(
-                    mode, urls[mode], ECHO_TOOL, arguments, lambda c: args.calls, (level,), notes
-                )
+                if not rounds[mode]:
+                    continue
+                # The median round (by calls/s) stands for the level, whole: its rate,
+                # its latencies; CPU per call is the median over the rounds.
+                ordered = sorted(rounds[mode], key=lambda r: float(r[0]["calls_per_s"]))  # type: ignore[arg-type]
+                by_mode[mode].append(ordered[(len(ordered) - 1) // 2][0])
+                costs = sorted(c for _, c in rounds[mode] if c is not None)
+                if costs:
+                    cpu[mode].append(f"c={level} {costs[(len(costs) - 1) // 2]:.2f}")
+    if args.server_rounds > 1:
+        notes.append(
+            f"our_server, sdk_server: each row is the median of {args.server_rounds} rounds"
+            " per level, the servers taking turns every round"
+        )
+    for mode, _ in wanted:
+        if cpu[mode]:
+            notes.append(f"{mode} CPU ms per call (server process): {', '.join(cpu[mode])}")
     return [row for mode, _ in wanted for row in by_mode[mode]]
 
 
@@ -425,6 +481,10 @@ async def _main(args: argparse.Namespace, modes: set[str]) -> BenchResult:
         " coordinator session, handshake) per call. our_server / sdk_server: a trivial echo"
         " tool on tunneld.mcp.McpServer vs the mcp SDK's MCPServer under uvicorn, each in"
         " its own process. Same client for all (keep-alive, one session).",
+        "Where each runs: the client is this process (one trio thread); each server is"
+        " its own process (ours one trio thread, the SDK's one asyncio loop), started"
+        " once and measured in turns level by level; all share the machine's cores, so"
+        " calls/s move with its load while server CPU ms per call hardly does.",
     ]
     for top, bottom in (("shared", "per_call"), ("our_server", "sdk_server")):
         ratios = _ratios(rows, top, bottom, args.concurrency)

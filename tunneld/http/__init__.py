@@ -17,6 +17,7 @@ from tunneld.http._limits import HttpLimits
 from tunneld.http._messages import (
     Handler,
     HttpError,
+    LastChunk,
     Request,
     Response,
     format_sse,
@@ -40,6 +41,7 @@ __all__ = [
     "HttpError",
     "HttpLimits",
     "HttpServer",
+    "LastChunk",
     "PeerCredentials",
     "ReplayStream",
     "Request",

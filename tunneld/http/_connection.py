@@ -8,6 +8,8 @@ close; errors of ours become a logged 500 and the loop goes on.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
@@ -18,7 +20,7 @@ import trio
 
 from tunneld._address import format_address
 from tunneld.http._headers import Headers
-from tunneld.http._messages import Handler, HttpError, Request, Response
+from tunneld.http._messages import Handler, HttpError, LastChunk, Request, Response
 from tunneld.http._router import dispatch
 from tunneld.http._unix import PeerCredentials
 from tunneld.http._upgrade import serve_upgrade, serve_websocket
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["RECEIVE_SIZE", "Connection"]
 
 log = get_logger(__name__)
+_access_logger = logging.getLogger(__name__)  # the stdlib logger behind ``log``
 
 RECEIVE_SIZE: Final = 64 * 1024
 # After an error response the connection is half-closed and drained for a moment, so
@@ -39,13 +42,41 @@ _LINGER_BYTES: Final = 256 * 1024
 _LINGER_SECONDS: Final = 1.0
 _CLOSE_SECONDS: Final = 1.0
 _MAX_QUERY_FIELDS: Final = 1000
-_FRAMING_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding"})
+_FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
+# RFC 9110 §5.1 field-name (a token) and §5.5 field-value (no CR, LF or NUL, inner
+# spaces and tabs only), exactly as h11 checks them (its field_vchar is "not NUL, not
+# ASCII whitespace"), within latin-1: a handler's header cannot inject fields or
+# split the response.
+_FIELD_NAME: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_VCHAR: Final = r"[\x01-\x08\x0e-\x1f\x21-\xff]"
+_FIELD_VALUE: Final = re.compile(rf"(?:{_VCHAR}+(?:[ \t]+{_VCHAR}+)*)?")
 
 
-def _encode_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    # latin-1 is HTTP's historical field encoding (RFC 9110 §5.5); anything else in a
-    # handler's header is a bug that becomes a 500, not a garbled header.
-    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+def _header_lines(headers: Sequence[tuple[str, str]]) -> tuple[bytes, list[tuple[str, str]]]:
+    """A handler's header fields as ``name: value`` lines, and its ``Connection`` fields.
+
+    Framing fields (``Content-Length``, ``Transfer-Encoding``) are dropped: the server
+    frames the body. ``Connection`` is returned apart, for h11 (keep-alive is its job).
+
+    Raises:
+        ValueError: an illegal name or value (the name is quoted, never the value,
+            which may be a credential).
+    """
+    lines: list[str] = []
+    connection: list[tuple[str, str]] = []
+    for name, value in headers:
+        if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(f"illegal response header field {name[:64]!r}")
+        lowered = name.lower()
+        if lowered in _FRAMING_HEADERS:
+            continue
+        if lowered == "connection":
+            connection.append((name, value))
+        else:
+            lines.append(f"{name}: {value}\r\n")
+    # latin-1 is HTTP's historical field encoding (RFC 9110 §5.5); the patterns above
+    # admit nothing beyond it.
+    return "".join(lines).encode("latin-1"), connection
 
 
 def _parse_target(target: str) -> tuple[str, str] | None:
@@ -98,10 +129,13 @@ class Connection:
         data = await self.stream.receive_some(RECEIVE_SIZE)
         self.h11.receive_data(bytes(data))
 
-    async def send(self, *events: h11.Event) -> None:
+    async def send(self, *events: h11.Event | bytes) -> None:
         """Serialize ``events`` with h11 and write them in one go; Abort after
-        ``write_timeout``. (One write per response keeps small responses to a syscall.)"""
-        data = b"".join(self.h11.send(event) or b"" for event in events)
+        ``write_timeout``. (One write per response keeps small responses to a syscall.)
+        ``bytes`` are already serialized (a response head) and go out as they are."""
+        data = b"".join(
+            event if isinstance(event, bytes) else self.h11.send(event) or b"" for event in events
+        )
         if data:
             with trio.move_on_after(self.limits.write_timeout) as scope:
                 await self.stream.send_all(data)
@@ -356,6 +390,8 @@ class Connection:
         aborted: bool = False,
     ) -> None:
         """One structured line per request; the path only, as queries may carry tokens."""
+        if not _access_logger.isEnabledFor(logging.INFO):
+            return  # skip formatting the peer and duration for a line nobody keeps
         log.info(
             "http.request",
             request_id=request_id,
@@ -372,28 +408,44 @@ class Connection:
 
     def _response_head(
         self, response: Response, streamed: bool, body_length: int, close: bool
-    ) -> h11.Response:
-        headers = [
-            (name, value)
-            for name, value in _encode_headers(response.headers)
-            if name.lower() not in _FRAMING_HEADERS
-        ]
-        names = {name.lower() for name, _ in headers}
-        if b"date" not in names:
-            headers.append((b"Date", http_date().encode()))
-        if self.server.server_header and b"server" not in names:
-            headers.append((b"Server", self.server.server_header.encode("latin-1")))
+    ) -> bytes:
+        """The serialized head of ``response`` (h11's state moves to sending the body).
+
+        h11 gets only the fields it acts on (framing, ``Connection``) and writes the
+        status line and those; the handler's other fields are checked and written by
+        us. h11 would re-validate every field three or four times per response (its
+        header clean-up rebuilds the list per framing field), a good share of the
+        server's time per small request.
+
+        Raises:
+            ValueError, UnicodeEncodeError: an illegal header field (h11 not touched).
+        """
+        lines, fields = _header_lines(response.headers)
+        names = {name.lower() for name, _ in response.headers}
+        if "date" not in names:
+            lines += b"Date: " + http_date().encode() + b"\r\n"
+        server = self.server.server_header
+        if server and "server" not in names:
+            if not _FIELD_VALUE.fullmatch(server):
+                raise ValueError("illegal Server header value")
+            lines += b"Server: " + server.encode("latin-1") + b"\r\n"
         # RFC 9110 §8.6: no Content-Length on 1xx/204; 304 would describe another body.
         no_body = response.status in (204, 304) or 100 <= response.status < 200
         if not streamed and not no_body:
-            headers.append((b"Content-Length", str(body_length).encode()))
+            fields.append(("Content-Length", str(body_length)))
         if close:
-            headers.append((b"Connection", b"close"))
+            fields.append(("Connection", "close"))
         try:
             reason = HTTPStatus(response.status).phrase.encode()
         except ValueError:
             reason = b""
-        return h11.Response(status_code=response.status, headers=headers, reason=reason)
+        data = self.h11.send(
+            h11.Response(status_code=response.status, headers=fields, reason=reason)
+        )
+        # h11 ends a head with the blank line; our fields go just before it.
+        assert data is not None
+        assert data.endswith(b"\r\n\r\n")
+        return data[:-2] + lines + b"\r\n"
 
     async def write_response(self, method: str, response: Response, *, request_id: str = "") -> int:
         """Send ``response`` (no body for HEAD/204/304); returns body bytes written.
@@ -420,17 +472,27 @@ class Connection:
                 return len(body)
             await self.send(head, h11.EndOfMessage())
             return 0
-        await self.send(head)
         if skip_body:
+            await self.send(head)
             await close_body(body)
             await self.send(h11.EndOfMessage())
             return 0
-        return await self._stream_body(body, request_id)
+        # The head and the bytes known up front share a write: fewer syscalls, and the
+        # client wakes once, not twice.
+        if response.first:
+            await self.send(head, h11.Data(data=response.first))
+        else:
+            await self.send(head)
+        return await self._stream_body(
+            body, request_id, len(response.first), response.watch_disconnect
+        )
 
-    async def _stream_body(self, chunks: AsyncIterator[bytes], request_id: str) -> int:
-        sent = 0
+    async def _stream_body(
+        self, chunks: AsyncIterator[bytes], request_id: str, sent: int, watch: bool
+    ) -> int:
         disconnected = False
         failure: BaseException | None = None
+        last = b""
 
         async def watch_for_disconnect(scope: trio.CancelScope) -> None:
             # The request is complete, so anything the client sends now is the next
@@ -452,10 +514,13 @@ class Connection:
                 if buffered > self.limits.max_request_head_bytes:
                     await trio.sleep_forever()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_for_disconnect, nursery.cancel_scope)
+        async def pump() -> None:
+            nonlocal sent, last, failure
             try:
                 async for chunk in chunks:
+                    if isinstance(chunk, LastChunk):
+                        last = bytes(chunk)  # written with the end of the body, below
+                        break
                     if chunk:
                         await self.send(h11.Data(data=chunk))
                         sent += len(chunk)
@@ -465,13 +530,26 @@ class Connection:
                 log.exception("http.stream_failed", request_id=request_id)
                 failure = Abort("response stream failed")
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_SECONDS):
+                # One scope, shielded and with its own deadline (cheaper than two).
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_SECONDS):
                     await close_body(chunks)
-            nursery.cancel_scope.cancel()
+
+        if watch:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_for_disconnect, nursery.cancel_scope)
+                await pump()
+                nursery.cancel_scope.cancel()
+        else:
+            # No watcher task (a good share of a small response's cost): a client that
+            # went away is noticed at the next write instead.
+            await pump()
         if failure is not None:
             raise failure
         if disconnected:
             raise Abort("client went away during a streamed response")
+        if last:
+            await self.send(h11.Data(data=last), h11.EndOfMessage())
+            return sent + len(last)
         await self.send(h11.EndOfMessage())
         return sent
 

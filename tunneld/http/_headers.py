@@ -14,10 +14,21 @@ class Headers:
     Immutable once built: handlers read headers, they do not rewrite them.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_index", "_items")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: tuple[tuple[str, str], ...] = tuple(items)
+        # Lower-cased name -> values, built once: a request's headers are looked up
+        # a dozen times (framing, routing, MCP checks), each a scan without it.
+        index: dict[str, list[str]] = {}
+        for key, value in self._items:
+            lowered = key.lower()
+            values = index.get(lowered)
+            if values is None:
+                index[lowered] = [value]
+            else:
+                values.append(value)
+        self._index = index
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """All values of ``name`` joined with ``", "`` (RFC 9110 §5.3), or ``default``.
@@ -26,15 +37,14 @@ class Headers:
         that must appear once (``Authorization``) therefore fails to parse when
         repeated, which is the safe outcome.
         """
-        values = self.get_all(name)
-        if not values:
+        values = self._index.get(name.lower())
+        if values is None:
             return default
-        return ", ".join(values)
+        return values[0] if len(values) == 1 else ", ".join(values)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name`` in arrival order (empty if absent)."""
-        wanted = name.lower()
-        return [value for key, value in self._items if key.lower() == wanted]
+        return list(self._index.get(name.lower(), ()))
 
     def get_tokens(self, name: str) -> list[str]:
         """The comma-separated, lower-cased tokens of a list field such as ``Connection``."""
@@ -46,8 +56,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        wanted = name.lower()
-        return any(key.lower() == wanted for key, _ in self._items)
+        return name.lower() in self._index
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)

@@ -10,7 +10,15 @@ from http import HTTPStatus
 from tunneld.http._headers import Headers
 from tunneld.http._unix import PeerCredentials
 
-__all__ = ["Handler", "HttpError", "Request", "Response", "format_sse", "status_code_slug"]
+__all__ = [
+    "Handler",
+    "HttpError",
+    "LastChunk",
+    "Request",
+    "Response",
+    "format_sse",
+    "status_code_slug",
+]
 
 
 def status_code_slug(status: int) -> str:
@@ -105,6 +113,17 @@ class Request:
 Body = bytes | AsyncIterator[bytes]
 
 
+class LastChunk(bytes):
+    """A streamed body's final chunk, yielded as such (``yield LastChunk(data)``).
+
+    The server writes it together with the end of the body, in one write (one wake-up
+    of the client instead of two), and closes the iterator instead of asking it for
+    more. A body that does not know which chunk is its last just ends as usual.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class Response:
     """What a handler returns.
@@ -113,12 +132,20 @@ class Response:
     is streamed as it yields (chunked on HTTP/1.1), for SSE and NDJSON. If the client
     goes away mid-stream the iterator is closed (its ``aclose``) and the task reading
     it is cancelled. ``headers`` must not contain ``Content-Length``/``Transfer-Encoding``
-    for streamed bodies; the server sets framing.
+    for streamed bodies; the server sets framing. ``first`` (streamed bodies only):
+    bytes of the body known when the response is made, written in one go with the
+    head (an SSE priming event); the iterator's chunks follow. ``watch_disconnect=False``
+    (streamed bodies only) saves the task that watches for the client going away while
+    the iterator waits: a departed client is then noticed at the next write. Only for
+    bodies that write at least every few seconds (SSE keepalives) and whose producer
+    need not stop at once when nobody reads.
     """
 
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: Body = b""
+    first: bytes = b""
+    watch_disconnect: bool = True
 
     @classmethod
     def json(
@@ -167,13 +194,19 @@ class Response:
         content_type: str,
         status: int = 200,
         headers: Iterable[tuple[str, str]] = (),
+        first: bytes = b"",
+        watch_disconnect: bool = True,
     ) -> Response:
         """A streamed body; for SSE use ``content_type="text/event-stream"`` and
-        :func:`format_sse`. Adds ``Cache-Control: no-store`` so proxies do not buffer."""
+        :func:`format_sse`. Adds ``Cache-Control: no-store`` so proxies do not buffer.
+        ``first`` goes out with the head; a chunk yielded as :class:`LastChunk` goes
+        out with the end of the body."""
         return cls(
             status,
             [("Content-Type", content_type), ("Cache-Control", "no-store"), *headers],
             chunks,
+            first,
+            watch_disconnect,
         )
 
     def header(self, name: str) -> str | None:

@@ -6,6 +6,7 @@ refusal carries a JSON-RPC error body so MCP clients can read it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Final
 
@@ -55,13 +56,21 @@ def rpc_error(
     return Reject(Response.json(error_message(id, code, message, data), status, headers))
 
 
+@functools.lru_cache(maxsize=64)
+def _accepted(header: str | None) -> tuple[bool, bool]:
+    # (covers JSON, covers SSE): a pure function of the header, and clients send the
+    # same one on every request, so it is parsed once (bounded cache).
+    ranges = parse_accept(header)
+    return accepts(ranges, "application", "json"), accepts(ranges, "text", "event-stream")
+
+
 def check_accept(request: Request, *, json: bool, sse: bool) -> None:
     """406 unless ``Accept`` covers JSON (``json``) and SSE (``sse``); ``q=0`` excludes."""
-    ranges = parse_accept(request.headers.get("accept"))
+    covers_json, covers_sse = _accepted(request.headers.get("accept"))
     missing = []
-    if json and not accepts(ranges, "application", "json"):
+    if json and not covers_json:
         missing.append("application/json")
-    if sse and not accepts(ranges, "text", "event-stream"):
+    if sse and not covers_sse:
         missing.append("text/event-stream")
     if missing:
         raise rpc_error(

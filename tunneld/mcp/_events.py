@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import trio
 
-from tunneld.http import format_sse
+from tunneld.http import LastChunk, format_sse
 from tunneld.mcp._jsonrpc import encode
 
 __all__ = ["KEEPALIVE_SECONDS", "EventStream", "StreamTable", "parse_event_id"]
@@ -86,6 +86,16 @@ class EventStream:
         self._reader_generation += 1
         self._wake()
 
+    def priming(self, after: int, *, retry_ms: int | None = None) -> bytes:
+        """The priming event for a reader starting after event ``after``.
+
+        MCP 2025-11-25: an event with an id and empty data primes the client to
+        reconnect with ``Last-Event-ID`` (seq 0 = "before everything"); ``retry_ms``
+        tells it how long to wait before doing so (SEP-1699). Returned rather than
+        yielded by :meth:`read` so the HTTP server can write it with the head.
+        """
+        return format_sse("", id=f"{self.key}.{after}", retry=retry_ms)
+
     async def read(
         self,
         after: int,
@@ -99,9 +109,10 @@ class EventStream:
         ``retry_ms`` goes into the priming event as the SSE reconnection delay.
 
         Ends when the stream is closed and drained, or when :meth:`supersede_readers`
-        is called. While idle it yields a keepalive comment every ``keepalive`` s.
-        Cancellation (the client went away) just stops the iteration; the stream and
-        its events stay for a resuming reader.
+        is called; the chunk that drains a closed stream is a :class:`LastChunk`, so
+        the server sends it with the end of the response. While idle it yields a
+        keepalive comment every ``keepalive`` s. Cancellation (the client went away)
+        just stops the iteration; the stream and its events stay for a resuming reader.
         """
         generation = self._reader_generation
         self.readers += 1
@@ -109,24 +120,26 @@ class EventStream:
             # What is ready goes out as one chunk: one write, one wake-up of the client.
             batch: list[bytes] = []
             if prime:
-                # MCP 2025-11-25: an event with an id and empty data primes the client
-                # to reconnect with Last-Event-ID (seq 0 = "before everything").
-                # ``retry`` tells it how long to wait before doing so (SEP-1699).
-                batch.append(format_sse("", id=f"{self.key}.{after}", retry=retry_ms))
+                batch.append(self.priming(after, retry_ms=retry_ms))
             cursor = after
             while True:
                 # Taken before looking, so a send or close while we are suspended at
                 # the yield below wakes the wait at once (not after a keepalive).
                 changed = self._changed
-                for seq, data in list(self._events):
-                    if seq > cursor:
-                        cursor = seq
-                        batch.append(data)
+                if self._last_seq > cursor:
+                    for seq, data in self._events:
+                        if seq > cursor:
+                            batch.append(data)
+                    cursor = self._last_seq
+                drained = self._closed and cursor >= self._last_seq
                 if batch:
                     self.delivered = max(self.delivered, cursor)
                     chunk, batch = b"".join(batch), []
+                    if drained:
+                        yield LastChunk(chunk)
+                        return
                     yield chunk
-                if self._closed and cursor >= self._last_seq:
+                if drained:
                     return
                 if generation != self._reader_generation:
                     return
@@ -149,14 +162,18 @@ class StreamTable:
     def new(self) -> EventStream:
         stream = EventStream(max_events=self._max_events)
         self._streams[stream.key] = stream
-        while len(self._streams) > self._max_streams:
-            victim = next(
-                (k for k, s in self._streams.items() if s.closed and s.readers == 0),
-                None,
-            )
-            if victim is None:
-                break
-            del self._streams[victim]
+        excess = len(self._streams) - self._max_streams
+        if excess > 0:
+            # One pass from the oldest (not a rescan per victim): with many calls in
+            # flight on one session the open streams ahead are many.
+            victims: list[str] = []
+            for key, old in self._streams.items():
+                if old._closed and old.readers == 0:
+                    victims.append(key)
+                    if len(victims) == excess:
+                        break
+            for key in victims:
+                del self._streams[key]
         return stream
 
     def get(self, key: str) -> EventStream | None:

@@ -313,7 +313,16 @@ class Transport:
             del session.inflight[message.id]
             raise
         if stream is not None:
-            return self._sse(stream.read(0, prime=True, retry_ms=RETRY_MS), headers)
+            # No disconnect watcher: on these revisions a disconnect cancels nothing
+            # (the call runs on, its events wait for Last-Event-ID), so noticing it at
+            # the next write (an event, a keepalive within KEEPALIVE_SECONDS, the end)
+            # is enough, and a watcher task per call is a good share of a small call.
+            return self._sse(
+                stream.read(0, prime=False),
+                headers,
+                first=stream.priming(0, retry_ms=RETRY_MS),
+                watch_disconnect=False,
+            )
         assert reply is not None
         await reply.done.wait()
         if reply.message is None:  # cancelled by the client: nothing to answer
@@ -356,11 +365,20 @@ class Transport:
         )
 
     @staticmethod
-    def _sse(body: AsyncIterator[bytes], headers: list[tuple[str, str]]) -> Response:
+    def _sse(
+        body: AsyncIterator[bytes],
+        headers: list[tuple[str, str]],
+        *,
+        first: bytes = b"",
+        watch_disconnect: bool = True,
+    ) -> Response:
+        # ``first`` (a priming event) is written with the head, in one write.
         return Response.stream(
             body,
             content_type="text/event-stream",
             headers=[*headers, ("X-Accel-Buffering", "no")],
+            first=first,
+            watch_disconnect=watch_disconnect,
         )
 
     async def _run(
@@ -582,7 +600,10 @@ class Transport:
         standalone = session.get_standalone()
         # One GET stream per session: a new one replaces an old, perhaps dead, reader.
         standalone.supersede_readers()
-        return self._sse(standalone.read(standalone.delivered, prime=True), headers)
+        after = standalone.delivered
+        return self._sse(
+            standalone.read(after, prime=False), headers, first=standalone.priming(after)
+        )
 
     async def _delete(self, request: Request) -> Response:
         session, _, _ = await self._session(request)
