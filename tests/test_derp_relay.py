@@ -14,12 +14,15 @@ import random
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nacl.public
 import pytest
 import trio
 import trio_websocket
 
+from tunneld.config import ConfigError, load_config
+from tunneld.control import relay_limits
 from tunneld.control._derp_relay import DerpRelay, RelayLimits
 from tunneld.http import HttpLimits, HttpServer, Router
 from tunneld.keys import generate_private_key, public_key
@@ -624,3 +627,15 @@ async def test_hanging_authorizer_times_out(nursery: trio.Nursery) -> None:
     assert info.value.code == 1011
     assert info.value.reason == "relay closed the connection: authorization timed out"
     assert relay.stats.refused == 1
+
+
+def test_relay_rate_limit_comes_from_the_control_config(tmp_path: Path) -> None:
+    # No per-client cap by default (as derper); [control] relay_rate_limit sets one in MiB/s.
+    config = tmp_path / "control.toml"
+    config.write_text("[control]\n")
+    assert relay_limits(load_config(config).control).bytes_per_second == 0
+    config.write_text("[control]\nrelay_rate_limit = 2.5\n")
+    assert relay_limits(load_config(config).control).bytes_per_second == int(2.5 * 1024 * 1024)
+    config.write_text("[control]\nrelay_rate_limit = -1\n")
+    with pytest.raises(ConfigError, match=r"\[control\]\.relay_rate_limit"):
+        load_config(config)

@@ -69,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--relay-rate-mib",
         type=float,
         default=None,
-        help="the relay's per-client rate limit in MiB/s (0: none; default: the relay's "
-        f"default, {RelayLimits().bytes_per_second / MIB:g})",
+        help="the relay's per-client rate limit in MiB/s, as [control] relay_rate_limit "
+        "(default: the relay's default, none)",
     )
     parser.add_argument(
         "--layout",

@@ -468,14 +468,14 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 async def _run_server(config: ControlConfig, ready_file: Path | None) -> None:
-    from tunneld.control import default_relay_factory, default_stun_serve
+    from tunneld.control import default_relay_factory, default_stun_serve, relay_limits
 
     store = await SqliteStore.open(config.data_dir / "control.db")
     try:
         server = ControlServer(
             config,
             store,
-            relay_factory=default_relay_factory(),
+            relay_factory=default_relay_factory(relay_limits(config)),
             stun_serve=default_stun_serve(),
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -121,6 +121,8 @@ class ControlConfig:
     )
     # Other DERP relays offered to nodes as home relay candidates (ws:// or wss:// URLs).
     relays: tuple[str, ...] = field(default=(), metadata={"check": _relay_urls})
+    # Each relay client's sending rate in MiB/s (token bucket, 2 MiB burst); 0: no limit.
+    relay_rate_limit: float = field(default=0.0, metadata={"check": _non_negative_float})
 
 
 def _tcp_ports(ports: tuple[int, ...]) -> None:

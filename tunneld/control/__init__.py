@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from tunneld.config._sections import ControlConfig
 from tunneld.control._coordinator import (
     Coordinator,
     CoordinatorSettings,
@@ -68,6 +69,7 @@ __all__ = [
     "new_token",
     "node_id_for",
     "parse_token",
+    "relay_limits",
     "serve_stun",
     "task_json",
     "validate_task",
@@ -75,11 +77,16 @@ __all__ = [
 ]
 
 
-def default_relay_factory() -> RelayFactory:
-    """Builds the DERP relay served at ``/derp``."""
+def relay_limits(config: ControlConfig) -> RelayLimits:
+    """The relay's limits with what ``[control]`` sets (``relay_rate_limit``)."""
+    return RelayLimits(bytes_per_second=int(config.relay_rate_limit * 1024 * 1024))
+
+
+def default_relay_factory(limits: RelayLimits | None = None) -> RelayFactory:
+    """Builds the DERP relay served at ``/derp`` (``limits``: ``RelayLimits()``)."""
 
     def build(private_key: bytes, authorize: Callable[[bytes], Awaitable[bool]]) -> DerpRelay:
-        return DerpRelay(private_key, authorize=authorize)
+        return DerpRelay(private_key, authorize=authorize, limits=limits)
 
     return build
 

@@ -78,7 +78,8 @@ class RelayLimits:
     own 64 KiB limit close the client. ``send_queue_packets``: packets buffered per
     receiving client (derper's default depth, 32). ``control_queue_frames``: pongs,
     PEER_GONE and other control frames buffered per client. ``bytes_per_second`` and
-    ``burst``: each client's token bucket over received frame bytes (0 = unlimited).
+    ``burst``: each client's token bucket over received frame bytes (0 = unlimited, the
+    default, as derper; ``[control] relay_rate_limit`` sets it).
     ``keepalive_interval`` plus up to ``keepalive_jitter`` seconds between KEEP_ALIVEs.
     ``handshake_timeout``: from connect to a valid CLIENT_INFO. ``write_timeout``: one
     write to a client that stopped reading closes it. ``peer_gone_per_second`` and
@@ -88,7 +89,7 @@ class RelayLimits:
     max_packet: int = MAX_PACKET_SIZE
     send_queue_packets: int = 32
     control_queue_frames: int = 64
-    bytes_per_second: int = 10 * 1024 * 1024
+    bytes_per_second: int = 0
     burst: int = 2 * 1024 * 1024
     keepalive_interval: float = 60.0
     keepalive_jitter: float = 5.0
