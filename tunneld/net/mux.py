@@ -43,8 +43,13 @@ __all__ = [
 DEFAULT_RECEIVE_SIZE = 65536
 # The largest UDP payload we accept from the socket (anything larger is not ours).
 _UDP_RECEIVE_SIZE = 65535
-# Scheduling rounds the sender waits for more frames after a wake-up (see _sender).
-_CORK_ROUNDS = 3
+# Scheduling rounds the sender waits for more frames after a wake-up (see _sender),
+# at most; it stops earlier after this many rounds in a row without new frames. Two,
+# not one: a writer's send_all yields once and its next receive (which finds the
+# peer's FIN) yields once more before it queues its own FIN, so stopping at the first
+# quiet round sent an echo's data and FIN in two packets.
+_CORK_ROUNDS = 5
+_CORK_QUIET_ROUNDS = 2
 # Datagrams the sender asks the core for at a time.
 _SEND_BATCH = 64
 
@@ -235,11 +240,16 @@ class MuxConnection:
                 # about to send FIN), a few scheduling rounds at most: a reply
                 # then carries the ACK and data leaves with its FIN — one packet
                 # instead of three for a request/response.
+                quiet = 0
                 for _ in range(_CORK_ROUNDS):
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                    if not self._kicked.is_set():
-                        break
-                    self._kicked = trio.Event()
+                    if self._kicked.is_set():
+                        self._kicked = trio.Event()
+                        quiet = 0
+                    else:
+                        quiet += 1
+                        if quiet >= _CORK_QUIET_ROUNDS:
+                            break
 
     def _kick(self) -> None:
         """Something changed: let the sender look for work."""
