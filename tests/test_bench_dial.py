@@ -25,3 +25,4 @@ def test_bench_dial_json_has_the_documented_columns() -> None:
     assert row["ratio_p50"] == pytest.approx(row["per_call_p50_ms"] / row["shared_p50_ms"])
     assert row["calls"] == 5
     assert row["fresh_calls"] == 2
+    assert row["shared_path"] in ("direct", "relay")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Final, TextIO
@@ -21,7 +22,10 @@ LogValue = str | int | float | bool | None
 
 _FIELDS_ATTR: Final = "tunneld_fields"
 _REDACTED: Final = "[redacted]"
+# A value with one of these is quoted (JSON string syntax) in key=value lines.
+_NEEDS_QUOTES: Final = re.compile(r'[ "=\\\n\t]')
 _SECRET_WORDS: Final = ("token", "password", "secret", "private", "psk", "authorization", "cookie")
+_SECRET_KEY: Final = re.compile("|".join(_SECRET_WORDS), re.IGNORECASE)
 _LEVELS: Final = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -59,8 +63,9 @@ class Secret:
 
 
 def _is_secret_key(key: str) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
+    # One regex search, not a generator over the words: this runs for every field of
+    # every line and was a third of a short line's formatting.
+    return _SECRET_KEY.search(key) is not None
 
 
 class Logger:
@@ -117,7 +122,7 @@ def _quote(value: LogValue) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\\\n\t') or not text.isprintable():
+    if text == "" or _NEEDS_QUOTES.search(text) is not None or not text.isprintable():
         return json.dumps(text)
     return text
 

@@ -380,6 +380,8 @@ def _dial(args: argparse.Namespace) -> int:
         trio.run(_dial_async, client, args.agent, service)
     except DaemonUnavailableError as exc:
         raise CliError(str(exc)) from None
+    except ValueError as exc:  # an agent or port that cannot go in a request header
+        raise CliError(f"dial: {exc}") from None
     except ApiError as exc:
         raise CliError(f"dial {args.agent}:{args.port}: {_api_message(exc)}") from None
     return 0

@@ -25,18 +25,19 @@ import errno
 import grp
 import inspect
 import json
+import math
 import os
 import pwd
 import socket
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
 
 import trio
 
-from tunneld.daemon._tunnels import TunnelError, TunnelTable
+from tunneld.daemon._tunnels import Lease, TunnelError, TunnelTable
 from tunneld.http import (
     HttpError,
     HttpLimits,
@@ -172,13 +173,17 @@ async def _maybe_await(value: _T | Awaitable[_T]) -> _T:
 
 @dataclass(slots=True)
 class _Dial:
-    """A dial's opened stream, held by its lease task until the upgrade handler runs."""
+    """A dial's lease and opened stream, between its authorize step and its handler.
+
+    Nothing runs for it meanwhile: the upgrade handler takes it (and from then on
+    closes the stream and releases the lease itself); one the handler never takes
+    (the client left before the 101) is dropped by the reaper at ``deadline``.
+    """
 
     remote: trio.abc.HalfCloseableStream
-    agent: str
+    lease: Lease
     service: str
-    claimed: trio.Event = field(default_factory=trio.Event)
-    done: trio.Event = field(default_factory=trio.Event)
+    deadline: float
 
 
 class LocalApi:
@@ -216,7 +221,9 @@ class LocalApi:
         self._reload = reload
         self.write_gid = _group_id(write_group)
         self.daemon_uid = os.getuid() if daemon_uid is None else daemon_uid
+        # Insertion order is deadline order (one claim_timeout for all).
         self._dials: dict[str, _Dial] = {}
+        self._reap_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self.router = Router()
         self.router.route("GET", "/v0/status", self._get_status, max_body_bytes=0)
@@ -241,6 +248,7 @@ class LocalApi:
         """
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._reaper)
             try:
                 await self.server.serve(listeners, task_status=task_status)
             finally:
@@ -366,68 +374,113 @@ class LocalApi:
         if self._nursery is None:
             raise HttpError(503, "the daemon is shutting down", code="shutting_down")
         try:
-            await self._nursery.start(self._hold_dial, request.request_id, agent, service)
+            lease = await self.tunnels.lease(agent)
         except TunnelError as exc:
             status = {"unknown_agent": 404, "not_permitted": 403}.get(exc.code, 502)
             if exc.code == "shutting_down":
                 status = 503
             raise HttpError(status, exc.message, code=exc.code) from None
-        except OSError as exc:
-            raise HttpError(
-                502,
-                f"agent {agent!r} refused service {service!r}: {exc}",
-                code="service_unavailable",
-            ) from None
+        try:
+            remote = await self._open_stream(lease.peer, service)
+        except BaseException as exc:
+            self.tunnels.release(lease)
+            if isinstance(exc, OSError):
+                raise HttpError(
+                    502,
+                    f"agent {agent!r} refused service {service!r}: {exc}",
+                    code="service_unavailable",
+                ) from None
+            raise
+        # Held with no task of its own (a task per dial cost more than the rest of
+        # the daemon's part of a dial): the handler takes it or the reaper drops it.
+        deadline = trio.current_time() + self.claim_timeout
+        self._dials[request.request_id] = _Dial(remote, lease, service, deadline)
+        scope = self._reap_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
         return None
 
-    async def _hold_dial(
-        self, request_id: str, agent: str, service: str, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        # Runs in the API's nursery, not the connection's: the lease must outlive the
-        # authorize step and is released when the upgrade handler is done with it, or
-        # when it never claims it (the client left before the 101).
-        async with self.tunnels.acquire(agent) as lease:
-            remote = await self._open_stream(lease.peer, service)
-            dial = _Dial(remote, agent, service)
-            self._dials[request_id] = dial
-            try:
-                task_status.started()
-                with trio.move_on_after(self.claim_timeout):
-                    await dial.claimed.wait()
-                if dial.claimed.is_set():
-                    await dial.done.wait()
-            finally:
-                # Unclaimed when the 101 could not be sent (the client left).
-                self._dials.pop(request_id, None)
-                # One scope, shielded and with its own deadline (cheaper than two).
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
-                    try:
-                        await remote.aclose()
-                    except (trio.BrokenResourceError, OSError) as exc:
-                        log.info("local_api.dial_close_failed", agent=agent, error=str(exc))
+    async def _reaper(self) -> None:
+        """Drop dials whose 101 never went out (their client left), at their deadline;
+        on shutdown, all that are left."""
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    self._reap_scope = scope
+                    first = next(iter(self._dials.values()), None)
+                    scope.deadline = math.inf if first is None else first.deadline
+                    await trio.sleep_forever()
+                self._reap_scope = None
+                now = trio.current_time()
+                while self._dials:
+                    request_id, dial = next(iter(self._dials.items()))
+                    if dial.deadline > now:
+                        break
+                    del self._dials[request_id]
+                    await self._finish(dial, None, dial.deadline - self.claim_timeout)
+        finally:
+            self._reap_scope = None
+            while self._dials:
+                _, dial = self._dials.popitem()
+                await self._finish(dial, None, dial.deadline - self.claim_timeout)
+
+    async def _finish(self, dial: _Dial, piped: _Piped | None, started: float) -> None:
+        """Close a dial's stream (bounded, shielded), release its lease, log it."""
+        try:
+            # One scope, shielded and with its own deadline (cheaper than two).
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
+                try:
+                    await dial.remote.aclose()
+                except (trio.BrokenResourceError, OSError) as exc:
+                    log.info("local_api.dial_close_failed", agent=dial.lease.agent, error=str(exc))
+        finally:
+            self.tunnels.release(dial.lease)
+        # One line per dial, at its end (not one at each end of it).
+        log.info(
+            "local_api.dial",
+            agent=dial.lease.agent,
+            service=dial.service,
+            claimed=piped is not None,
+            sent=piped.to_remote if piped else 0,
+            received=piped.to_client if piped else 0,
+            duration_ms=round((trio.current_time() - started) * 1000, 3),
+        )
 
     async def _dial_stream(self, request: Request, client: trio.abc.Stream) -> None:
         dial = self._dials.pop(request.request_id, None)
         if dial is None:
             return
-        dial.claimed.set()
-        log.info("local_api.dial_open", agent=dial.agent, service=dial.service)
+        piped = _Piped()
+        started = trio.current_time()
         try:
-            await _pipe(client, dial.remote)
+            await _pipe(client, dial.remote, piped)
         finally:
-            dial.done.set()
-            log.info("local_api.dial_closed", agent=dial.agent, service=dial.service)
+            await self._finish(dial, piped, started)
 
 
-async def _pipe(client: trio.abc.Stream, remote: trio.abc.HalfCloseableStream) -> None:
+@dataclass(slots=True)
+class _Piped:
+    """Bytes a dial's pipe copied each way."""
+
+    to_remote: int = 0
+    to_client: int = 0
+
+
+async def _pipe(
+    client: trio.abc.Stream, remote: trio.abc.HalfCloseableStream, piped: _Piped
+) -> None:
     """Copy both ways until both sides sent EOF, or either side breaks (then stop)."""
 
     async def copy(
-        source: trio.abc.Stream, sink: trio.abc.Stream, cancel: trio.CancelScope
+        source: trio.abc.Stream, sink: trio.abc.Stream, cancel: trio.CancelScope, up: bool
     ) -> None:
         try:
             while data := await source.receive_some(_PIPE_CHUNK):
                 await sink.send_all(data)
+                if up:
+                    piped.to_remote += len(data)
+                else:
+                    piped.to_client += len(data)
             if isinstance(sink, trio.abc.HalfCloseableStream):
                 await sink.send_eof()
             else:
@@ -436,5 +489,6 @@ async def _pipe(client: trio.abc.Stream, remote: trio.abc.HalfCloseableStream) -
             cancel.cancel()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(copy, client, remote, nursery.cancel_scope)
-        nursery.start_soon(copy, remote, client, nursery.cancel_scope)
+        # One task more, not two: this one copies the client's bytes itself.
+        nursery.start_soon(copy, remote, client, nursery.cancel_scope, False)
+        await copy(client, remote, nursery.cancel_scope, True)

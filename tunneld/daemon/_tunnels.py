@@ -263,6 +263,22 @@ class TunnelTable:
         finally:
             self._release(lease)
 
+    async def lease(self, agent: str) -> Lease:
+        """A lease like :meth:`acquire`'s, for a holder that cannot keep a ``with`` block
+        open (the local API hands a dial's lease from one request step to another).
+
+        The caller must give it back with :meth:`release` exactly once, on every path
+        (cancellation included); prefer :meth:`acquire`.
+
+        Raises:
+            the errors of :meth:`acquire`.
+        """
+        return await self._acquire(agent)
+
+    def release(self, lease: Lease) -> None:
+        """Give back a lease from :meth:`lease` (synchronous; never raises, never waits)."""
+        self._release(lease)
+
     async def _acquire(self, agent: str) -> Lease:
         timeout = self.connect_timeout
         deadline = trio.current_time() + timeout

@@ -27,8 +27,10 @@ from tunneld.proto.mux import (
     StopSending,
     StreamError,
     StreamOpened,
+    StreamReadable,
     StreamReset,
     StreamResetError,
+    StreamWritable,
 )
 
 __all__ = [
@@ -44,8 +46,13 @@ __all__ = [
 DEFAULT_RECEIVE_SIZE = 65536
 # The largest UDP payload we accept from the socket (anything larger is not ours).
 _UDP_RECEIVE_SIZE = 65535
-# Scheduling rounds the sender waits for more frames after a wake-up (see _sender).
-_CORK_ROUNDS = 3
+# Scheduling rounds the sender waits for more frames after a wake-up (see _sender),
+# at most; it stops earlier after this many rounds in a row without new frames. Two,
+# not one: a writer's send_all yields once and its next receive (which finds the
+# peer's FIN) yields once more before it queues its own FIN, so stopping at the first
+# quiet round sent an echo's data and FIN in two packets.
+_CORK_ROUNDS = 5
+_CORK_QUIET_ROUNDS = 2
 # Datagrams the sender asks the core for at a time.
 _SEND_BATCH = 64
 
@@ -255,11 +262,16 @@ class MuxConnection:
                 # about to send FIN), a few scheduling rounds at most: a reply
                 # then carries the ACK and data leaves with its FIN — one packet
                 # instead of three for a request/response.
+                quiet = 0
                 for _ in range(_CORK_ROUNDS):
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                    if not self._kicked.is_set():
-                        break
-                    self._kicked = trio.Event()
+                    if self._kicked.is_set():
+                        self._kicked = trio.Event()
+                        quiet = 0
+                    else:
+                        quiet += 1
+                        if quiet >= _CORK_QUIET_ROUNDS:
+                            break
 
     def _kick(self) -> None:
         """Something changed: let the sender look for work."""
@@ -283,25 +295,44 @@ class MuxConnection:
         await self._changed.wait()
 
     def _process_events(self) -> None:
+        # Streams are woken one by one (their own events), not all at once: with a
+        # hundred streams waiting, every packet woke all hundred tasks to find
+        # nothing new. The connection-wide ``_changed`` is for open_stream and
+        # wait_send_all_might_not_block, and is set for anything but data arriving.
         core = self.core
         changed = False
+        streams = self._streams
         while (event := core.next_event()) is not None:
-            changed = True
-            if isinstance(event, StreamOpened):
-                stream = MuxStream(self, event.stream_id, event.service)
-                self._streams[event.stream_id] = stream
-                self._accept_send.send_nowait(stream)
-            elif isinstance(event, StopSending):
-                stream_or_none = self._streams.get(event.stream_id)
+            if isinstance(event, StreamReadable):
+                stream_or_none = streams.get(event.stream_id)
                 if stream_or_none is not None:
-                    stream_or_none._send_broken = True
-            elif isinstance(event, StreamReset):
-                stream_or_none = self._streams.get(event.stream_id)
-                if stream_or_none is not None:
-                    stream_or_none._receive_broken = True
-            elif isinstance(event, ConnectionClosed):
-                self.closed = event
-                self._accept_send.close()
+                    stream_or_none._readable.set()
+            else:
+                changed = True
+                if isinstance(event, StreamWritable):
+                    stream_or_none = streams.get(event.stream_id)
+                    if stream_or_none is not None:
+                        stream_or_none._writable.set()
+                elif isinstance(event, StreamOpened):
+                    stream = MuxStream(self, event.stream_id, event.service)
+                    streams[event.stream_id] = stream
+                    self._accept_send.send_nowait(stream)
+                elif isinstance(event, StopSending):
+                    stream_or_none = streams.get(event.stream_id)
+                    if stream_or_none is not None:
+                        stream_or_none._send_broken = True
+                        stream_or_none._writable.set()
+                elif isinstance(event, StreamReset):
+                    stream_or_none = streams.get(event.stream_id)
+                    if stream_or_none is not None:
+                        stream_or_none._receive_broken = True
+                        stream_or_none._readable.set()
+                elif isinstance(event, ConnectionClosed):
+                    self.closed = event
+                    self._accept_send.close()
+                    for stream in streams.values():
+                        stream._readable.set()
+                        stream._writable.set()
             if self._on_event is not None:
                 self._on_event(event)
         if changed:
@@ -384,9 +415,25 @@ class MuxStream(trio.abc.HalfCloseableStream):
         self._receive_broken = False
         self._send_busy = False
         self._receive_busy = False
+        # Set (sticky) when something may have changed for this stream's reader or
+        # writer; the waiter replaces it before looking again (see _wait_readable).
+        self._readable = trio.Event()
+        self._writable = trio.Event()
 
     def _connection_broken(self) -> bool:
         return self._connection.closed is not None
+
+    async def _wait_readable(self) -> None:
+        event = self._readable
+        await event.wait()
+        if self._readable is event:
+            self._readable = trio.Event()
+
+    async def _wait_writable(self) -> None:
+        event = self._writable
+        await event.wait()
+        if self._writable is event:
+            self._writable = trio.Event()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_busy:
@@ -413,7 +460,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
                     self._connection._kick()
                     view = view[accepted:]
                 if view:
-                    await self._connection._wait_changed()
+                    await self._wait_writable()
         finally:
             self._send_busy = False
 
@@ -488,7 +535,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
                     return b""
                 if self._connection_broken():
                     raise trio.BrokenResourceError("mux connection closed")
-                await self._connection._wait_changed()
+                await self._wait_readable()
         finally:
             self._receive_busy = False
 
@@ -506,4 +553,6 @@ class MuxStream(trio.abc.HalfCloseableStream):
             self._connection._forget(self.stream_id)
             self._connection._poke()
             self._connection._notify()
+            self._readable.set()
+            self._writable.set()
         await trio.lowlevel.checkpoint()
