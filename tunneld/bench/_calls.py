@@ -41,7 +41,7 @@ from tunneld._mcp_client import McpClientError, McpHttpClient
 from tunneld.agent import AgentServices
 from tunneld.bench import BenchResult, percentile
 from tunneld.bench._calls_server import ECHO_TOOL
-from tunneld.bench._control import embedded_control
+from tunneld.bench._control import embedded_control, peer_path
 from tunneld.config import AgentConfig, DaemonConfig, Duration, McpConfig, PluginsConfig
 from tunneld.control import ServerInfo
 from tunneld.daemon import Daemon, Notifier, open_api_listener
@@ -49,7 +49,6 @@ from tunneld.demo import loopback_overlay, wait_joined
 from tunneld.http import HttpServer, Router
 from tunneld.mcp import McpServer
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, PeerStatus
 from tunneld.plugins import PluginManager
 
 __all__ = ["add_arguments", "run"]
@@ -329,7 +328,7 @@ async def _measure_overlay(
                 "shared and per_call: the MCP client, the daemon (or per_call's MCP"
                 " server), the agent and the control plane all run in this one process on"
                 " one trio loop, so every party's CPU is on the measured path;"
-                f" shared ran over the {_path(daemon.overlay)} path."
+                f" shared ran over the {peer_path(daemon.overlay, _AGENT)} path."
             )
             rows += await _rows(
                 "shared",
@@ -364,16 +363,6 @@ async def _measure_overlay(
         daemon.stop()
         nursery.cancel_scope.cancel()
     return rows
-
-
-def _path(node: Overlay) -> str:
-    """``direct`` or ``relay``: how ``node`` reaches the bench's agent now."""
-    peers = node.status()["peers"]
-    assert isinstance(peers, list)  # Overlay.status lists PeerStatus
-    for peer in peers:
-        if isinstance(peer, PeerStatus) and peer.name == _AGENT:
-            return peer.path
-    return "(no)"
 
 
 # -- pair 2: our MCP server vs the SDK's --------------------------------------------------

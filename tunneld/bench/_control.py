@@ -20,8 +20,9 @@ from tunneld.control import (
     default_stun_serve,
     new_token,
 )
+from tunneld.net.overlay import Overlay, PeerStatus
 
-__all__ = ["embedded_control"]
+__all__ = ["embedded_control", "peer_path"]
 
 BENCH_USER = "bench"
 
@@ -74,3 +75,13 @@ async def embedded_control(
                     outer.cancel_scope.cancel()
         finally:
             await store.aclose()
+
+
+def peer_path(node: Overlay, peer: str) -> str:
+    """``direct`` or ``relay``: how ``node`` reaches ``peer`` now (``none``: unknown)."""
+    peers = node.status()["peers"]
+    assert isinstance(peers, list)  # Overlay.status lists PeerStatus
+    for status in peers:
+        if isinstance(status, PeerStatus) and status.name == peer:
+            return status.path
+    return "none"

@@ -20,14 +20,13 @@ from pathlib import Path
 import trio
 
 from tunneld.bench import BenchResult, percentile
-from tunneld.bench._control import embedded_control
+from tunneld.bench._control import embedded_control, peer_path
 from tunneld.config import DaemonConfig, Duration
 from tunneld.control import ServerInfo
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.daemon._client import LocalApiClient
 from tunneld.demo import loopback_overlay
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, PeerStatus
 
 __all__ = ["add_arguments", "run"]
 
@@ -123,20 +122,10 @@ async def _measure(
         with trio.move_on_after(_DIRECT_TIMEOUT):
             await laptop.wait_direct(_AGENT)
         shared = await _shared(client, payload, args.calls)
-        path = _path(laptop)
+        path = peer_path(laptop, _AGENT)
         per_call = await _per_call(info, tokens["user"], payload, args.fresh_calls)
         nursery.cancel_scope.cancel()
     return shared, per_call, path
-
-
-def _path(node: Overlay) -> str:
-    """``direct`` or ``relay``: how the node reaches the bench's agent now."""
-    peers = node.status()["peers"]
-    assert isinstance(peers, list)  # Overlay.status lists PeerStatus
-    for peer in peers:
-        if isinstance(peer, PeerStatus) and peer.name == _AGENT:
-            return peer.path
-    return "none"
 
 
 async def _main(args: argparse.Namespace) -> BenchResult:

@@ -76,19 +76,8 @@ class LocalApiClient:
         stream = await self._connect()
         async with stream:
             conn = await _send_request(stream, method, target, [("Connection", "close")])
-            status = 0
-            body = bytearray()
-            while True:
-                event = await _next_event(conn, stream)
-                if isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > _MAX_RESPONSE:
-                        raise ApiError(status, "response_too_large", "response too large")
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
-        return _decode(status, bytes(body))
+            status, body = await _read_answer(conn, stream)
+        return _decode(status, body)
 
     async def watch(self) -> AsyncGenerator[dict[str, object], None]:
         """The daemon's events (``GET /v0/watch``) as they happen, until it ends them.
@@ -209,24 +198,11 @@ async def _refused(stream: trio.abc.Stream, head: bytes, eof: bool) -> trio.abc.
     conn.receive_data(head)
     if eof:
         conn.receive_data(b"")
-    status = 0
-    body = bytearray()
-    while True:
-        try:
-            event = await _next_event(conn, stream)
-        except h11.RemoteProtocolError as exc:
-            raise ApiError(
-                502, "bad_response", f"the daemon's answer is malformed: {exc}"
-            ) from None
-        if isinstance(event, h11.Response | h11.InformationalResponse):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > _MAX_RESPONSE:
-                raise ApiError(status, "response_too_large", "response too large")
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            break
-    _decode(status or 502, bytes(body))
+    try:
+        status, body = await _read_answer(conn, stream)
+    except h11.RemoteProtocolError as exc:
+        raise ApiError(502, "bad_response", f"the daemon's answer is malformed: {exc}") from None
+    _decode(status or 502, body)
     raise ApiError(status, "upgrade_refused", "the daemon did not switch protocols")
 
 
@@ -255,6 +231,27 @@ async def _send_request(
     )
     await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
     return conn
+
+
+async def _read_answer(conn: h11.Connection, stream: trio.abc.Stream) -> tuple[int, bytes]:
+    """The status (0 if none came) and body of the answer ``conn`` expects.
+
+    Raises:
+        ApiError: the body is over ``_MAX_RESPONSE`` bytes.
+        h11.RemoteProtocolError: the answer is malformed.
+    """
+    status = 0
+    body = bytearray()
+    while True:
+        event = await _next_event(conn, stream)
+        if isinstance(event, h11.Response | h11.InformationalResponse):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > _MAX_RESPONSE:
+                raise ApiError(status, "response_too_large", "response too large")
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            return status, bytes(body)
 
 
 async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
