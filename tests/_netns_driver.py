@@ -44,13 +44,37 @@ async def sink(port: int) -> None:
             await stream.send_all(f"{total} {digest.hexdigest()}".encode())
 
 
-def path_of(overlay: Overlay) -> str:
+def only_peer(overlay: Overlay) -> PeerStatus:
+    """The status of ``overlay``'s one peer."""
     peers = overlay.status()["peers"]
     assert isinstance(peers, list)
     assert len(peers) == 1, peers
     status = peers[0]
     assert isinstance(status, PeerStatus)
-    return status.path
+    return status
+
+
+async def finish(
+    overlay: Overlay, stream: trio.abc.HalfCloseableStream, payload: bytes, offset: int
+) -> None:
+    """Send ``payload[offset:]``, end the stream, read the sink's answer and print
+    ``{"phase": "done", "path", "bytes", "sha256", "answer"}``."""
+    with trio.fail_after(WAIT * 2):
+        await stream.send_all(payload[offset:])
+        await stream.send_eof()
+        answer = b""
+        while data := await stream.receive_some():
+            answer += data
+    emit(
+        {
+            "phase": "done",
+            "path": only_peer(overlay).path,
+            "bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "answer": answer.decode(),
+        }
+    )
+    await stream.aclose()
 
 
 async def client(options: dict[str, Any]) -> None:
@@ -80,7 +104,7 @@ async def client(options: dict[str, Any]) -> None:
             stream = await overlay.open_stream("web1", f"tcp:{options['port']}")
         with trio.fail_after(WAIT * 2):
             await stream.send_all(payload[:third])
-            emit({"phase": "first", "path": path_of(overlay)})
+            emit({"phase": "first", "path": only_peer(overlay).path})
         if options.get("pause"):
             await trio.to_thread.run_sync(sys.stdin.readline)
         with trio.fail_after(WAIT * 2):
@@ -91,22 +115,8 @@ async def client(options: dict[str, Any]) -> None:
                 while offset < 2 * third:
                     await stream.send_all(payload[offset : min(offset + CHUNK, 2 * third)])
                     offset += CHUNK
-            emit({"phase": "second", "path": path_of(overlay)})
-            await stream.send_all(payload[2 * third :])
-            await stream.send_eof()
-            answer = b""
-            while data := await stream.receive_some():
-                answer += data
-        emit(
-            {
-                "phase": "done",
-                "path": path_of(overlay),
-                "bytes": len(payload),
-                "sha256": hashlib.sha256(payload).hexdigest(),
-                "answer": answer.decode(),
-            }
-        )
-        await stream.aclose()
+            emit({"phase": "second", "path": only_peer(overlay).path})
+        await finish(overlay, stream, payload, 2 * third)
         nursery.cancel_scope.cancel()
 
 

@@ -21,26 +21,11 @@ import time
 from typing import Any
 
 import trio
+from _netns_driver import WAIT, emit, finish, only_peer
 
 from tunneld.keys import generate_private_key
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, OverlayConfig, PeerStatus
-
-WAIT = 20.0
-CHUNK = 32 * 1024
-
-
-def emit(record: dict[str, Any]) -> None:
-    print(json.dumps(record), flush=True)
-
-
-def peer(overlay: Overlay) -> PeerStatus:
-    peers = overlay.status()["peers"]
-    assert isinstance(peers, list)
-    assert len(peers) == 1, peers
-    status = peers[0]
-    assert isinstance(status, PeerStatus)
-    return status
+from tunneld.net.overlay import Overlay, OverlayConfig
 
 
 def node(options: dict[str, Any], wall: Any = time.time) -> Overlay:
@@ -98,7 +83,7 @@ async def client(options: dict[str, Any]) -> None:
             stream = await overlay.open_stream("web1", "sha256")
         with trio.fail_after(WAIT * 2):
             await stream.send_all(payload[:third])
-        status = peer(overlay)
+        status = only_peer(overlay)
         emit({"phase": "relay", "path": status.path, "bursts": status.punch_bursts})
         await trio.to_thread.run_sync(sys.stdin.readline)
         wakes = overlay.wakes
@@ -108,7 +93,7 @@ async def client(options: dict[str, Any]) -> None:
                 await trio.sleep(0.05)
         with trio.move_on_after(float(options["window"])):
             await overlay.wait_direct("web1")
-        status = peer(overlay)
+        status = only_peer(overlay)
         emit(
             {
                 "phase": "after",
@@ -117,22 +102,7 @@ async def client(options: dict[str, Any]) -> None:
                 "bursts": status.punch_bursts,
             }
         )
-        with trio.fail_after(WAIT * 2):
-            await stream.send_all(payload[third:])
-            await stream.send_eof()
-            answer = b""
-            while data := await stream.receive_some():
-                answer += data
-        emit(
-            {
-                "phase": "done",
-                "path": peer(overlay).path,
-                "bytes": len(payload),
-                "sha256": hashlib.sha256(payload).hexdigest(),
-                "answer": answer.decode(),
-            }
-        )
-        await stream.aclose()
+        await finish(overlay, stream, payload, third)
         nursery.cancel_scope.cancel()
 
 
