@@ -43,16 +43,7 @@ def register(sub: Subparsers) -> None:
         metavar="URL",
         help="the control plane's public URL (default: [daemon].control_url of --config)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        metavar="FILE",
-        help=(
-            "where to store the login (default: [daemon].login_file of --config, else"
-            " $XDG_CONFIG_HOME/tunneld/login.json)"
-        ),
-    )
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    _add_login_file_arguments(parser, "where to store the login")
     parser.add_argument(
         "--client-id",
         default="",
@@ -91,22 +82,27 @@ def register(sub: Subparsers) -> None:
             " plane cannot be reached the file is kept, unless --forget."
         ),
     )
-    out.add_argument(
-        "--out",
-        type=Path,
-        metavar="FILE",
-        help=(
-            "the login file (default: [daemon].login_file of --config, else"
-            " $XDG_CONFIG_HOME/tunneld/login.json)"
-        ),
-    )
-    out.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    _add_login_file_arguments(out, "the login file")
     out.add_argument(
         "--forget",
         action="store_true",
         help="delete the login file even when the revocation fails (the grant may stay live)",
     )
     out.set_defaults(func=_logout, default_log_level="warning")
+
+
+def _add_login_file_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--out and --config, which ``_login_file`` reads."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help=(
+            f"{what} (default: [daemon].login_file of --config, else"
+            " $XDG_CONFIG_HOME/tunneld/login.json)"
+        ),
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
 
 
 def _login_file(args: argparse.Namespace) -> Path:

@@ -76,6 +76,28 @@ def _json(reply_status: int, body: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+async def _metadata(control: str) -> dict[str, Any]:
+    """The authorization server metadata (RFC 8414) of the control plane at ``control``.
+
+    Raises:
+        LoginError: it cannot be reached, or answers without metadata.
+    """
+    from tunneld.oauth._http_client import HttpClientError, get
+
+    try:
+        with trio.fail_after(_STEP_TIMEOUT):
+            reply = await get(f"{control}/.well-known/oauth-authorization-server")
+    except (HttpClientError, trio.TooSlowError) as exc:
+        raise LoginError(
+            f"cannot reach the control plane at {control}: {str(exc) or 'timeout'}"
+        ) from None
+    if reply.status != 200:
+        raise LoginError(
+            f"{control} has no OAuth authorization server metadata (HTTP {reply.status})"
+        )
+    return _json(reply.status, reply.body, "authorization server metadata")
+
+
 async def login(
     control_url: str,
     *,
@@ -97,21 +119,10 @@ async def login(
 
     Cancellation: closes the loopback listener; nothing is stored.
     """
-    from tunneld.oauth._http_client import HttpClientError, get, post_form
+    from tunneld.oauth._http_client import HttpClientError, post_form
 
     control = control_url.rstrip("/")
-    try:
-        with trio.fail_after(_STEP_TIMEOUT):
-            reply = await get(f"{control}/.well-known/oauth-authorization-server")
-    except (HttpClientError, trio.TooSlowError) as exc:
-        raise LoginError(
-            f"cannot reach the control plane at {control}: {str(exc) or 'timeout'}"
-        ) from None
-    if reply.status != 200:
-        raise LoginError(
-            f"{control} has no OAuth authorization server metadata (HTTP {reply.status})"
-        )
-    meta = _json(reply.status, reply.body, "authorization server metadata")
+    meta = await _metadata(control)
     issuer = str(meta.get("issuer", ""))
     if issuer.rstrip("/") != control:
         raise LoginError(
@@ -325,20 +336,12 @@ async def logout(record: LoginRecord) -> None:
         LoginError: the control plane cannot be reached, has no revocation endpoint or
             refuses (the message says which); the grant may still be live then.
     """
-    from tunneld.oauth._http_client import HttpClientError, get, post_form
+    from tunneld.oauth._http_client import HttpClientError, post_form
 
     issuer = record.issuer.rstrip("/")
-    try:
-        with trio.fail_after(_STEP_TIMEOUT):
-            reply = await get(f"{issuer}/.well-known/oauth-authorization-server")
-    except (HttpClientError, trio.TooSlowError) as exc:
-        raise LoginError(
-            f"cannot reach the control plane at {issuer}: {str(exc) or 'timeout'}"
-        ) from None
-    meta = _json(reply.status, reply.body, "authorization server metadata")
-    endpoint = meta.get("revocation_endpoint")
-    if reply.status != 200 or not isinstance(endpoint, str) or not endpoint:
-        raise LoginError(f"{issuer} names no revocation endpoint (HTTP {reply.status})")
+    endpoint = (await _metadata(issuer)).get("revocation_endpoint")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise LoginError(f"{issuer}'s metadata names no revocation endpoint")
     form = {
         "token": record.refresh_token,
         "token_type_hint": "refresh_token",
