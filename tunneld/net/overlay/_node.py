@@ -55,7 +55,7 @@ from tunneld.net.overlay._ids import (
     Verdict,
 )
 from tunneld.net.overlay._punch import PunchSchedule, parse_call_me_maybe
-from tunneld.net.overlay._relays import RelayLinks, RelaySelector
+from tunneld.net.overlay._relays import RELAY_BATCH_BYTES, RelayLinks, RelayPacer, RelaySelector
 from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress, pack_address, unpack_address
 from tunneld.proto.coord import (
@@ -103,9 +103,6 @@ TokenProvider = Callable[[], Awaitable[str]]
 StreamHandler = Callable[[str, str, MuxStream], Awaitable[None]]
 
 # The relay path: DERP runs over TCP, so the mux must not retransmit on top of it.
-_RELAY_BATCH_BYTES = 64 * 1024  # per WebSocket message to the relay
-_RELAY_RATE_MARGIN = 0.9  # share of the relay's advertised rate and burst we use
-_DERP_SEND_OVERHEAD = 5 + 32  # SEND_PACKET frame header and destination key
 # 48 KiB mux datagrams on the relay (under DERP's 64 KiB packet limit with our
 # header and WireGuard's overhead): per-datagram work, not bytes, limits that path,
 # and the relay's queue counts packets, so bigger ones also allow more bytes in
@@ -708,10 +705,6 @@ class Overlay:
             log.warning("overlay.mux_closed", peer=link.id, code=event.error_code)
             if link.id in self._peers:
                 self._renew_mux(link, f"closed ({event.error_code})")
-
-    async def _send_mux(self, link: _Peer, data: bytes, path: Path) -> None:
-        """Encrypt one mux packet for ``link`` and send it on ``path`` or the peer's route."""
-        await self._send_mux_many(link, [(data, path)])
 
     async def _send_mux_many(self, link: _Peer, datagrams: Sequence[tuple[bytes, Path]]) -> None:
         """Encrypt mux packets for ``link``; each goes on its path or the peer's route.
@@ -1349,11 +1342,8 @@ class Overlay:
 
     async def _relay_writer(self, derp: DerpClient) -> None:
         # The relay drops whatever exceeds its token bucket (SERVER_INFO's rate hints),
-        # and over TCP the mux sees no loss to slow down for: keep under the hint
-        # (with a margin: the relay counts on arrival, which can bunch our writes).
-        rate = derp.server_info.token_bucket_bytes_per_second * _RELAY_RATE_MARGIN
-        burst = derp.server_info.token_bucket_bytes_burst * _RELAY_RATE_MARGIN
-        tokens, stamp = burst, trio.current_time()
+        # and over TCP the mux sees no loss to slow down for: keep under the hint.
+        pacer = RelayPacer(derp.server_info)
         # Packets for peers whose home relay is another one go to that relay's link
         # (the dict is empty, and the check one lookup, when all share our relay).
         routes = self._peer_relays
@@ -1366,7 +1356,7 @@ class Overlay:
             # message per WireGuard packet made the relay path CPU-bound on per-message
             # work (framing, task switches) on both ends.
             size = len(batch[0][1])
-            while size < _RELAY_BATCH_BYTES:
+            while size < RELAY_BATCH_BYTES:
                 try:
                     item = self._relay_receive.receive_nowait()
                 except trio.WouldBlock:
@@ -1375,16 +1365,7 @@ class Overlay:
                     continue
                 batch.append(item)
                 size += len(item[1])
-            if rate > 0:
-                # What the relay counts: whole frames (type, length, destination key).
-                cost = min(size + len(batch) * _DERP_SEND_OVERHEAD, burst)
-                now = trio.current_time()
-                tokens = min(burst, tokens + (now - stamp) * rate)
-                stamp = now
-                if tokens < cost:
-                    await trio.sleep((cost - tokens) / rate)
-                    tokens, stamp = cost, trio.current_time()
-                tokens -= cost
+            await pacer.wait(size, len(batch))
             await derp.send_packets(batch)
 
     # -- sleep and wake ---------------------------------------------------------------

@@ -31,11 +31,11 @@ from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
 from tunneld.proto.coord import HomeRelay
 from tunneld.proto.derp import RecvPacket, ServerInfo
 
-__all__ = ["RelayLinks", "RelayPacer", "RelaySelector"]
+__all__ = ["RELAY_BATCH_BYTES", "RelayLinks", "RelayPacer", "RelaySelector"]
 
 log = get_logger(__name__)
 
-_BATCH_BYTES = 64 * 1024  # per WebSocket message to a relay
+RELAY_BATCH_BYTES = 64 * 1024  # per WebSocket message to a relay
 _RATE_MARGIN = 0.9  # share of the relay's advertised rate and burst we use
 _SEND_OVERHEAD = 5 + 32  # SEND_PACKET frame header and destination key
 
@@ -337,7 +337,7 @@ class RelayLinks:
         while True:
             batch = [await link.receive.receive()]
             size = len(batch[0][1])
-            while size < _BATCH_BYTES:
+            while size < RELAY_BATCH_BYTES:
                 try:
                     item = link.receive.receive_nowait()
                 except trio.WouldBlock:
