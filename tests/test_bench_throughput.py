@@ -18,6 +18,8 @@ def test_bench_throughput_json_has_both_paths_and_the_ceiling() -> None:
     ).stdout
     rows = json.loads(out)
     assert [row["path"] for row in rows] == ["direct", "relay"]
+    # Each path's ceiling is measured with the packets that path sends.
+    assert rows[0]["packet_bytes"] < rows[1]["packet_bytes"]
     for row in rows:
         assert row["mb_per_s"] > 0
         assert row["ceiling_mb_per_s"] > 0

@@ -11,10 +11,13 @@ and the client each in its own process (``tunneld.bench._overlay_peer``), as the
 in real deployments; ``one-process`` runs all three on this process's trio thread
 (sender, receiver and relay then share one core: a lower bound, kept for comparison).
 
-The ceiling, measured in the same run: the same number of bytes as WireGuard transport
-packets of one mux datagram each (encrypt, a real loopback UDP send and receive,
-decrypt) between a ``WireGuardCore`` pair, without the mux or trio, in this process on
-one thread (before any node starts).
+The ceiling, measured in the same run and per path: the same number of bytes as
+WireGuard transport packets of the size that path carries (one mux datagram plus our
+header: 1,217 bytes on a direct UDP path, 48 KiB + 17 over the relay), each encrypted,
+sent and received over real loopback UDP and decrypted between a ``WireGuardCore``
+pair, without the mux or trio, in this process on one thread. Each path's fraction is
+against the ceiling of its own packets: bigger packets amortize per-packet work, so a
+small-packet ceiling would flatter a path that sends big ones (it could even exceed 1).
 """
 
 from __future__ import annotations
@@ -36,13 +39,12 @@ from tunneld.bench import BenchResult
 from tunneld.bench._overlay_peer import AGENT, control_plane, node, transfer
 from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
+from tunneld.net.overlay import HEADER_SIZE, RELAY_DATAGRAM_SIZE
 from tunneld.proto.mux import MuxConfig
 from tunneld.proto.noise import DataReceived, WireGuardCore
 
 __all__ = ["add_arguments", "run"]
 
-# Our 17-byte connection-id header rides in front of every mux datagram (docs/overlay.md).
-HEADER = 17
 _WALL0 = 1_700_000_000.0
 # A peer process: ready lines (imports, control server, node start) and the whole
 # transfer are bounded; the processes bound themselves too (--max-seconds).
@@ -269,12 +271,17 @@ def _ceiling(size: int, packet: int) -> float:
 def run(args: argparse.Namespace) -> BenchResult:
     direct_size = int(args.mb * 1e6)
     relay_size = int(args.relay_mb * 1e6)
-    packet = MuxConfig().max_datagram_size + HEADER
-    ceilings = [_ceiling(direct_size, packet)]
+    packets = {
+        "direct": MuxConfig().max_datagram_size + HEADER_SIZE,
+        "relay": RELAY_DATAGRAM_SIZE + HEADER_SIZE,
+    }
+    ceilings: dict[str, list[float]] = {path: [] for path in packets}
 
     def sample_ceiling() -> None:
-        ceilings.append(_ceiling(direct_size, packet))
+        for path, packet in packets.items():
+            ceilings[path].append(_ceiling(direct_size, packet))
 
+    sample_ceiling()
     layouts = ["processes", "one-process"] if args.layout == "both" else [args.layout]
     measured = []
     for layout in layouts:
@@ -283,7 +290,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         )
         measured.append((layout, rates))
     # The first samples, before, between and after the first layout's transfers.
-    ceiling = statistics.median(ceilings[:_CEILING_SAMPLES])
+    ceiling = {path: statistics.median(c[:_CEILING_SAMPLES]) for path, c in ceilings.items()}
     rows: list[dict[str, object]] = []
     for layout, (direct, relay) in measured:
         rows += [
@@ -291,9 +298,10 @@ def run(args: argparse.Namespace) -> BenchResult:
                 "path": path,
                 "layout": layout,
                 "mb": size / 1e6,
+                "packet_bytes": packets[path],
                 "mb_per_s": rate,
-                "ceiling_mb_per_s": ceiling,
-                "fraction": rate / ceiling,
+                "ceiling_mb_per_s": ceiling[path],
+                "fraction": rate / ceiling[path],
             }
             for path, size, rate in (
                 ("direct", direct_size, direct),
@@ -307,21 +315,34 @@ def run(args: argparse.Namespace) -> BenchResult:
         relay_note = (
             f"relay rate limit: {limit / MIB:g} MiB/s per client (the relay's token bucket; "
             "the node keeps under 90% of it), i.e. at most "
-            f"{0.9 * limit / 1e6 / ceiling:.2f} of this ceiling; --relay-rate-mib 0 lifts it."
+            f"{0.9 * limit / 1e6 / ceiling['relay']:.2f} of the relay's ceiling; "
+            "--relay-rate-mib 0 lifts it."
         )
     else:
         relay_note = "relay rate limit: none (--relay-rate-mib 0)."
     return BenchResult(
         title="overlay throughput: one stream between two overlay nodes on loopback",
-        columns=["path", "layout", "mb", "mb_per_s", "ceiling_mb_per_s", "fraction"],
+        columns=[
+            "path",
+            "layout",
+            "mb",
+            "packet_bytes",
+            "mb_per_s",
+            "ceiling_mb_per_s",
+            "fraction",
+        ],
         rows=rows,
         notes=[
             "mb_per_s: stream bytes from the first send to the sink's answer after EOF.",
-            f"ceiling: {packet}-byte WireGuard payloads (one mux datagram plus our header): "
-            "encrypt + loopback UDP send/recv + decrypt, one thread, no mux, no trio; "
-            f"median of {len(ceilings[:_CEILING_SAMPLES])} samples "
-            f"({', '.join(f'{c:.3g}' for c in ceilings)} MB/s) taken before, between and "
-            "after the transfers.",
+            "ceiling: per path, WireGuard payloads of that path's packet_bytes (one mux "
+            "datagram plus our header): encrypt + loopback UDP send/recv + decrypt, one "
+            "thread, no mux, no trio; the median of the samples taken before, between and "
+            "after the transfers: "
+            + "; ".join(
+                f"{path} {', '.join(f'{c:.3g}' for c in samples)} MB/s"
+                for path, samples in ceilings.items()
+            )
+            + ".",
             "relay: no endpoints announced, every packet through the control server's DERP relay.",
             relay_note,
             "layout processes: control server (coordinator + DERP relay), agent node (sink) "

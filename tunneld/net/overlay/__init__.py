@@ -9,6 +9,7 @@ from __future__ import annotations
 from tunneld.net.overlay._config import LinkState, OverlayConfig, PeerStatus, backoff_delay
 from tunneld.net.overlay._ids import HEADER_SIZE, ID_SIZE, ConnectionIds, Verdict
 from tunneld.net.overlay._node import (
+    RELAY_DATAGRAM_SIZE,
     RELAY_PATH,
     CoordinatorUnavailableError,
     Overlay,
@@ -19,6 +20,7 @@ from tunneld.net.overlay._node import (
 __all__ = [
     "HEADER_SIZE",
     "ID_SIZE",
+    "RELAY_DATAGRAM_SIZE",
     "RELAY_PATH",
     "ConnectionIds",
     "CoordinatorUnavailableError",
