@@ -9,7 +9,8 @@ Routes:
   ``tunneld/control/_tasks.py``).
 * ``GET /api/v1/access?subject=S&agent=A`` — may user S reach agent A through the
   asking daemon (per-caller authorization, ``tunneld.control._access``).
-* ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
+* ``GET /derp`` — the DERP relay, when wired: ``Upgrade: DERP`` (raw frames, as
+  Tailscale's derper) or WebSocket (subprotocol ``derp``).
 * ``GET /`` — the dashboard (after a browser login; ``tunneld/control/_dashboard.py``),
   with ``/dashboard/state`` (JSON), ``/dashboard/app.js`` and ``/dashboard/app.css``.
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
@@ -86,6 +87,7 @@ class RelayLike(Protocol):
     async def handle_websocket(
         self, request: Request, ws: trio_websocket.WebSocketConnection
     ) -> None: ...
+    async def handle_stream(self, request: Request, stream: trio.abc.Stream) -> None: ...
     def close_peer(self, key: bytes) -> None: ...
     def is_connected(self, key: bytes) -> bool: ...
     async def announce_restart(self, reconnect_in: float, try_for: float) -> None: ...
@@ -353,6 +355,8 @@ class ControlServer:
                 subprotocols=["derp"],
                 require_subprotocol=True,
             )
+            # Tailscale's own transport on the same path: DERP on the raw stream.
+            router.upgrade("/derp", "DERP", self.relay.handle_stream, method="GET")
         return router
 
     def _dashboard(self, sessions: BrowserSessions) -> Dashboard:

@@ -180,7 +180,9 @@ async def serve_upgrade(
     if connection.server.server_header:
         headers.append((b"Server", connection.server.server_header.encode("latin-1")))
     # RFC 9110 §15.2.2: after the 101 the connection speaks the new protocol.
-    await connection.send(h11.InformationalResponse(status_code=101, headers=headers))
+    await connection.send(
+        h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")
+    )
     connection.access_log(request.request_id, request.method, request.path, 101, 0, started)
     # Nothing read ahead (the usual case): hand over the transport itself, one
     # wrapper less on every read and write of the upgraded stream.
