@@ -71,6 +71,8 @@ __all__ = [
 log = get_logger(__name__)
 
 _UNAUTHORIZED_HEADERS = [("WWW-Authenticate", 'Bearer realm="tunneld"')]
+# How long the relay waits for the coordinator to register a connecting node key.
+_RELAY_AUTHORIZE_GRACE = 2.0
 
 
 class ControlSetupError(Exception):
@@ -325,7 +327,20 @@ class ControlServer:
     async def _relay_authorize(self, node_key: bytes) -> bool:
         # A relay client must be a node the coordinator registered, whose token is
         # still valid (DERP itself proves the client holds the key's private half).
-        return await self.store.node_key_active(node_key, self._wall())
+        # A starting node dials the coordinator and the relay at once, and its relay
+        # handshake often arrives before its update_self is stored: give the
+        # coordinator a moment (bounded, well inside the relay's handshake timeout)
+        # rather than refuse the node its own relay and make it back off.
+        deadline = trio.current_time() + _RELAY_AUTHORIZE_GRACE
+        delay = 0.02
+        while True:
+            if await self.store.node_key_active(node_key, self._wall()):
+                return True
+            left = deadline - trio.current_time()
+            if left <= 0:
+                return False
+            await trio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
 
     # --- routes -----------------------------------------------------------------------
 
