@@ -217,6 +217,7 @@ class _Client:
         "control",
         "flushed",
         "key",
+        "last_write",
         "link",
         "log",
         "packets",
@@ -224,6 +225,7 @@ class _Client:
         "preferred",
         "rate_bucket",
         "wakeup",
+        "writing_since",
     )
 
     def __init__(
@@ -240,6 +242,8 @@ class _Client:
         self.packets: deque[bytes] = deque()
         self.control: deque[bytes] = deque()
         self.wakeup = trio.Event()
+        self.last_write = now  # when a write last completed (keep-alives count from it)
+        self.writing_since: float | None = None  # when the write in progress began
         # Set when the writer has emptied both queues (announce_restart waits on it).
         self.flushed = trio.Event()
         self.cancel_scope: trio.CancelScope | None = None
@@ -413,6 +417,7 @@ class DerpRelay:
                 client.cancel_scope = nursery.cancel_scope
                 self._register(client)
                 nursery.start_soon(self._writer, client)
+                nursery.start_soon(self._timer, client)
                 await self._reader(client, core)
                 nursery.cancel_scope.cancel()
         finally:
@@ -505,40 +510,56 @@ class DerpRelay:
         client.wake()
 
     async def _writer(self, client: _Client) -> None:
-        limits = self.limits
-        interval = limits.keepalive_interval + self._rng.uniform(0, limits.keepalive_jitter)
-        next_keepalive = trio.current_time() + interval
+        # No cancel scope per write or per wait (a deadline costs the scheduler more
+        # than the write itself): _timer watches writes and sends keep-alives.
         while True:
             if not client.control and not client.packets:
                 client.wakeup = trio.Event()
-                with trio.move_on_at(next_keepalive):
-                    await client.wakeup.wait()
-                if trio.current_time() >= next_keepalive:
-                    client.control.append(encode_keep_alive())
-                    self.stats.keepalives_sent += 1
-                    next_keepalive = trio.current_time() + interval
-                if not client.control and not client.packets:
-                    continue
+                await client.wakeup.wait()
+                continue
             batch = bytearray()
             # Control frames first: a pong or PEER_GONE should not wait behind data.
             for queue in (client.control, client.packets):
                 while queue and len(batch) < _MAX_BATCH_BYTES:
                     batch += queue.popleft()
+            client.writing_since = trio.current_time()
             try:
-                with trio.fail_after(limits.write_timeout):
-                    await client.link.send(batch)
-            except trio.TooSlowError:
-                self.stats.write_timeouts += 1
-                client.log.info("derp.write_timeout")
-                client.close(CLOSE_POLICY_VIOLATION, "client too slow to read")
-                return
+                await client.link.send(batch)
             except _LinkClosed:
                 client.close(_CLOSE_NORMAL, "")
                 return
             # Any frame proves liveness as well as a keep-alive would.
-            next_keepalive = trio.current_time() + interval
+            client.last_write = trio.current_time()
+            client.writing_since = None
             if not client.control and not client.packets:
                 client.flushed.set()
+
+    async def _timer(self, client: _Client) -> None:
+        """Close ``client`` when one write has taken ``write_timeout``; queue a
+        KEEP_ALIVE when nothing was written for the keep-alive interval."""
+        limits = self.limits
+        interval = limits.keepalive_interval + self._rng.uniform(0, limits.keepalive_jitter)
+        while True:
+            now = trio.current_time()
+            since = client.writing_since
+            if since is not None and now - since >= limits.write_timeout:
+                self.stats.write_timeouts += 1
+                client.log.info("derp.write_timeout")
+                client.close(CLOSE_POLICY_VIOLATION, "client too slow to read")
+                return
+            if since is None and now - client.last_write >= interval:
+                client.control.append(encode_keep_alive())
+                self.stats.keepalives_sent += 1
+                client.last_write = now  # the writer sets it again once written
+                client.wake()
+            if since is not None:
+                await trio.sleep_until(since + limits.write_timeout)
+            else:
+                # The next keep-alive, and at most write_timeout after any write that
+                # starts meanwhile.
+                await trio.sleep_until(
+                    min(client.last_write + interval, now + limits.write_timeout)
+                )
 
     # --- the client table ---
 

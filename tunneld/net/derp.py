@@ -328,6 +328,7 @@ class DerpClient:
             client = cls(link, core, connected.server_info, event_buffer, silence_timeout)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client._reader_task)
+                nursery.start_soon(client._watch_silence)
                 try:
                     yield client
                 finally:
@@ -385,6 +386,17 @@ class DerpClient:
             self._closed = DerpConnectionClosed(exc.code, exc.reason)
         return self._closed
 
+    async def _watch_silence(self) -> None:
+        while True:
+            deadline = self.last_heard + self._silence_timeout
+            if trio.current_time() >= deadline:
+                break
+            await trio.sleep_until(deadline)
+        reason = f"relay silent for {self._silence_timeout:g} s"
+        if self._closed is None:
+            self._closed = DerpConnectionClosed(None, reason)
+        await self._link.close(_CLOSE_GOING_AWAY, reason)  # the reader then ends
+
     async def _reader_task(self) -> None:
         async with self._events_in:
             while True:
@@ -395,14 +407,9 @@ class DerpClient:
                     await self._events_in.send(event)
                 try:
                     await self._send()  # auto-pongs
-                    message: bytes | None = None
-                    with trio.move_on_after(self._silence_timeout):
-                        message = await self._link.receive()
-                    if message is None:
-                        reason = f"relay silent for {self._silence_timeout:g} s"
-                        self._closed = DerpConnectionClosed(None, reason)
-                        await self._link.close(_CLOSE_GOING_AWAY, reason)
-                        return
+                    # No deadline here (one per message cost more than the read):
+                    # _watch_silence closes the link when the relay goes quiet.
+                    message = await self._link.receive()
                     self.last_heard = trio.current_time()
                     self._core.receive_data(message)
                 except _LinkClosed as exc:
