@@ -17,7 +17,7 @@ from tests.test_derp_relay import RELAY_PRIVATE, RawDerp, raw_frame, receive_dat
 from tunneld.control._derp_relay import DerpRelay
 from tunneld.http import HttpLimits, HttpServer, Router
 from tunneld.keys import generate_private_key, public_key
-from tunneld.net.derp import DerpClient, DerpConnectError
+from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
 from tunneld.proto.derp import RecvPacket
 
 
@@ -171,3 +171,28 @@ async def test_plain_get_on_the_relay_path_names_both_upgrades(nursery: trio.Nur
             while chunk := await stream.receive_some(4096):
                 data += chunk
     assert data.startswith(b"HTTP/1.1 426 ")
+
+
+async def test_receive_batch_keeps_order_under_back_pressure(nursery: trio.Nursery) -> None:
+    _relay, url = await start_relay(nursery)
+    async with (
+        DerpClient.connect(url, generate_private_key()) as sender,
+        # Two events at most: the reader must stop and resume, losing nothing.
+        DerpClient.connect(url, generate_private_key(), event_buffer=2) as receiver,
+    ):
+        payloads = [bytes([i]) * (1000 + i) for i in range(20)]
+        await sender.send_packets([(receiver.public_key, p) for p in payloads])
+        got: list[bytes] = []
+        with trio.fail_after(10):
+            while len(got) < len(payloads):
+                batch = await receiver.receive_batch()
+                assert 1 <= len(batch) <= 2
+                got += [e.data for e in batch if isinstance(e, RecvPacket)]
+        assert got == payloads
+        await receiver.aclose()
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await receiver.receive_batch()
+                except DerpConnectionClosed:
+                    break

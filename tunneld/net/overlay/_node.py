@@ -69,7 +69,7 @@ from tunneld.proto.coord import (
     PeerUpdateKind,
     RelayMap,
 )
-from tunneld.proto.derp import RecvPacket, Restarting
+from tunneld.proto.derp import DerpEvent, RecvPacket, Restarting
 from tunneld.proto.mux import (
     CallMeMaybe,
     ConnectionClosed,
@@ -1244,15 +1244,19 @@ class Overlay:
             link.mux._kick()
 
     async def _relay_reader(self, derp: DerpClient) -> None:
+        # Whole batches: one task switch per read from the relay, not one per packet.
         while True:
-            event = await derp.receive()
-            if isinstance(event, RecvPacket):
-                await self._receive_wg(event.data, _DERP_SOURCE + event.src, RELAY_PATH)
-            elif isinstance(event, Restarting):
-                reconnect_in = min(event.reconnect_in_ms / 1000, _MAX_RESTART_WAIT)
-                try_for = min(event.try_for_ms / 1000, _MAX_RESTART_TRY)
-                self._relay_restart = (reconnect_in, try_for)
-                log.info("overlay.relay_restarting", reconnect_in=reconnect_in, try_for=try_for)
+            for event in await derp.receive_batch():
+                await self._on_relay_event(event)
+
+    async def _on_relay_event(self, event: DerpEvent) -> None:
+        if type(event) is RecvPacket:
+            await self._receive_wg(event.data, _DERP_SOURCE + event.src, RELAY_PATH)
+        elif isinstance(event, Restarting):
+            reconnect_in = min(event.reconnect_in_ms / 1000, _MAX_RESTART_WAIT)
+            try_for = min(event.try_for_ms / 1000, _MAX_RESTART_TRY)
+            self._relay_restart = (reconnect_in, try_for)
+            log.info("overlay.relay_restarting", reconnect_in=reconnect_in, try_for=try_for)
 
     async def _on_link_packet(self, src: bytes, data: bytes) -> None:
         """A packet through a relay other than home (a peer's home relay)."""
