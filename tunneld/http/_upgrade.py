@@ -125,7 +125,7 @@ async def serve_websocket(
                 stream,
                 max_message_size=route.max_message_size,
                 # trio's 64 KiB reads, not the library's 4 KiB: every read is a
-                # parser pass and an unmasking call, and a relay receives 48 KiB
+                # parser pass and an unmasking call, and a relay receives 48-64 KiB
                 # packets (12 reads each at 4 KiB, most of the relay's CPU).
                 receive_buffer_size=None,
             )

@@ -51,7 +51,7 @@ __all__ = ["TRANSPORTS", "DerpClient", "DerpConnectError", "DerpConnectionClosed
 
 _CLOSE_GOING_AWAY = 1001
 _MESSAGE_QUEUE = 4  # whole WebSocket messages buffered (each at most 1 MiB)
-# One read of a raw DERP stream: several 48 KiB packets a read when they queue up.
+# One read of a raw DERP stream: several relay packets a read when they queue up.
 _READ_SIZE = 256 * 1024
 _MAX_RESPONSE_HEAD = 16 * 1024
 Transport = Literal["auto", "derp", "websocket"]
