@@ -9,6 +9,7 @@ test_derp_relay.py, so a misreading shared by our client and relay cannot hide.
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import pytest
 import trio
@@ -196,3 +197,24 @@ async def test_receive_batch_keeps_order_under_back_pressure(nursery: trio.Nurse
                     await receiver.receive_batch()
                 except DerpConnectionClosed:
                     break
+
+
+@pytest.mark.parametrize(
+    ("scheme", "error"),
+    [("ws", "not HTTP"), ("wss", "relay connection failed")],
+)
+async def test_a_server_that_is_not_a_relay_is_a_clear_connect_error(
+    nursery: trio.Nursery, scheme: str, error: str
+) -> None:
+    async def not_http(stream: trio.SocketStream) -> None:
+        async with stream:  # (h11 judges a head only once it ends, or the stream does)
+            await stream.send_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            await stream.receive_some()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, not_http, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    with pytest.raises(DerpConnectError, match=error):
+        async with DerpClient.connect(
+            f"{scheme}://127.0.0.1:{port}/derp", generate_private_key(), transport="derp"
+        ):
+            pass

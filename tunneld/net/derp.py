@@ -172,7 +172,8 @@ async def _open_upgrade(url: str, timeout: float) -> _StreamLink:  # noqa: ASYNC
 
     Raises:
         _UpgradeRefused: an HTTP answer other than 101 (then the stream is closed).
-        DerpConnectError: not a URL we can dial, or the answer is not HTTP.
+        DerpConnectError: not a URL we can dial, the answer is not HTTP, or the
+            connection broke (reset, failed TLS handshake).
         OSError: the relay cannot be reached; TimeoutError via trio.TooSlowError.
     """
     parts = urlsplit(url)
@@ -224,6 +225,9 @@ async def _open_upgrade(url: str, timeout: float) -> _StreamLink:  # noqa: ASYNC
         except h11.RemoteProtocolError as exc:
             await trio.aclose_forcefully(stream)
             raise DerpConnectError(f"relay's answer to Upgrade: DERP is not HTTP: {exc}") from None
+        except trio.BrokenResourceError as exc:  # reset, or a failed TLS handshake
+            await trio.aclose_forcefully(stream)
+            raise DerpConnectError(f"relay connection failed: {exc.__cause__ or exc}") from None
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
