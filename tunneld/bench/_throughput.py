@@ -13,7 +13,7 @@ in real deployments; ``one-process`` runs all three on this process's trio threa
 
 The ceiling, measured in the same run and per path: the same number of bytes as
 WireGuard transport packets of the size that path carries (one mux datagram plus our
-header: 1,217 bytes on a direct UDP path, 48 KiB + 17 over the relay), each encrypted,
+header: 1,217 bytes on a direct UDP path, 63 KiB + 17 over the relay), each encrypted,
 sent and received over real loopback UDP and decrypted between a ``WireGuardCore``
 pair, without the mux or trio, in this process on one thread. Each path's fraction is
 against the ceiling of its own packets: bigger packets amortize per-packet work, so a
