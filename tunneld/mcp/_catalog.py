@@ -3,8 +3,9 @@
 :meth:`McpServer.set_registry` swaps whole snapshots, so a request sees one registry
 from start to end. JSON-Schema validators are compiled lazily per tool and cached in
 the snapshot (with a fast acceptor, ``_fastcheck``, in front of jsonschema for plain
-schemas: a valid call skips jsonschema's generic walk); opaque pagination cursors carry the snapshot's generation so a cursor
-from an older registry is refused instead of silently skipping entries.
+schemas: a valid call skips jsonschema's generic walk); opaque pagination cursors
+carry the snapshot's generation so a cursor from an older registry is refused
+instead of silently skipping entries.
 """
 
 from __future__ import annotations
