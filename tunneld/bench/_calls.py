@@ -8,12 +8,13 @@ an agent is on another host, the daemon is its own process and the MCP host a th
 (the client, this process). Both modes get this same layout, so the comparison stays
 like for like; ``--one-process`` runs every party in this process on one trio thread
 instead (the layout before), where each party's CPU also delays the others'. Each
-process's CPU ms per call goes in the notes. ``shared``: ``tools/call`` of the workspace plugin's ``read_file`` (a
-small file) at the daemon's MCP endpoint; every call opens a stream on the daemon's one
-warm tunnel to the agent. ``per_call``: the same tool, served by the same MCP server
-code from the same registry, but each call builds a fresh overlay node — UDP socket,
-relay connection, coordinator session, WireGuard handshake — opens its stream, calls
-and tears the node down, which is what ``coder exp mcp server`` does per tool call.
+process's CPU ms per call goes in the notes. ``shared``: ``tools/call`` of the
+workspace plugin's ``read_file`` (a small file) at the daemon's MCP endpoint; every
+call opens a stream on the daemon's one warm tunnel to the agent. ``per_call``: the
+same tool, served by the same MCP server code from the same registry, but each call
+builds a fresh overlay node — UDP socket, relay connection, coordinator session,
+WireGuard handshake — opens its stream, calls and tears the node down, which is
+what ``coder exp mcp server`` does per tool call.
 
 Pair 2, the MCP server itself — **our_server** vs **sdk_server**: a trivial ``echo``
 tool on ``tunneld.mcp.McpServer`` (trio + h11) and on the official ``mcp`` SDK's
