@@ -75,8 +75,8 @@ def test_bench_calls_server_rounds_give_one_median_row_per_level() -> None:
 @pytest.mark.parametrize(
     ("layout", "parts"),
     [
-        ((), ("client ", "daemon ", "agent ", "control ")),
-        (("--one-process",), ("all parties ",)),
+        (("--processes",), ("client ", "daemon ", "agent ", "control ")),
+        ((), ("all parties ",)),
     ],
 )
 def test_bench_calls_pair_one_notes_cpu_per_call_for_its_layout(
@@ -92,4 +92,4 @@ def test_bench_calls_pair_one_notes_cpu_per_call_for_its_layout(
         for part in parts:
             assert part in line, line
     own = "each run in their own process" in result.stdout
-    assert own is not bool(layout)
+    assert own is bool(layout)

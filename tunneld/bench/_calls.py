@@ -1,14 +1,16 @@
 """``tunneld bench calls``: MCP tool calls per second and latency, two pairs in one run.
 
-Pair 1, the daemon's point — **shared** vs **per_call**. A control plane
-(``tunneld.bench._overlay_peer control``), an agent and the daemon
-(``tunneld.daemon.Daemon`` with its plugins and MCP server; both
-``tunneld.bench._calls_peer``) run on loopback, each in its own process, as deployed:
-an agent is on another host, the daemon is its own process and the MCP host a third
-(the client, this process). Both modes get this same layout, so the comparison stays
-like for like; ``--one-process`` runs every party in this process on one trio thread
-instead (the layout before), where each party's CPU also delays the others'. Each
-process's CPU ms per call goes in the notes. ``shared``: ``tools/call`` of the
+Pair 1, the daemon's point — **shared** vs **per_call**. A control plane, an agent and
+the daemon (``tunneld.daemon.Daemon`` with its plugins and MCP server) run on loopback
+in this process, on the client's trio thread. With ``--processes`` they run as
+deployed instead: the control plane (``tunneld.bench._overlay_peer control``), the
+agent and the daemon (``tunneld.bench._calls_peer``) each in its own process, the
+client (the MCP host) in this one. Both modes always get the same layout, so the
+comparison stays like for like. On a busy 2-core machine the process layout is slower
+at concurrency 1 (a call waits for three processes to be scheduled in turn) and it
+needs free cores to gain at 10 and 100, so the default stays one process. Each
+process's CPU ms per call goes in the notes: it moves far less with the machine's
+load than calls/s. ``shared``: ``tools/call`` of the
 workspace plugin's ``read_file`` (a small file) at the daemon's MCP endpoint; every
 call opens a stream on the daemon's one warm tunnel to the agent. ``per_call``: the
 same tool, served by the same MCP server code from the same registry, but each call
@@ -153,12 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
-        "--one-process",
+        "--processes",
         action="store_true",
         help=(
-            "shared and per_call: run the control plane, agent, daemon and client in this"
-            " one process on one trio thread (the layout before the parties got their own"
-            " processes; for comparing)"
+            "shared and per_call: run the control plane, the agent and the daemon each in"
+            " its own process, as deployed (default: all in this process on one trio"
+            " thread, with the client)"
         ),
     )
     parser.add_argument(
@@ -393,7 +395,7 @@ async def _costed(
 async def _pair_overlay(
     args: argparse.Namespace, modes: set[str], notes: list[str]
 ) -> list[dict[str, object]]:
-    if not args.one_process:
+    if args.processes:
         return await _pair_processes(args, modes, notes)
     async with embedded_control(
         "tunneld-bench-calls-", _AGENT, stop_timeout=_STEP_TIMEOUT
