@@ -45,8 +45,8 @@ class EventStream:
     tool handler.
     """
 
-    def __init__(self, *, max_events: int = 256) -> None:
-        self.key = secrets.token_urlsafe(9)
+    def __init__(self, *, max_events: int = 256, key: str | None = None) -> None:
+        self.key = key if key is not None else secrets.token_urlsafe(9)
         self._events: deque[tuple[int, bytes]] = deque(maxlen=max_events)
         self._last_seq = 0
         self._closed = False
@@ -177,9 +177,15 @@ class StreamTable:
         self._streams: OrderedDict[str, EventStream] = OrderedDict()
         self._max_streams = max_streams
         self._max_events = max_events
+        # Keys only need to be unique within the session (resumption looks a key up in
+        # the caller's own session): one random prefix per table and a counter, not a
+        # urandom call per stream (per tools/call).
+        self._prefix = secrets.token_urlsafe(6)
+        self._count = 0
 
     def new(self) -> EventStream:
-        stream = EventStream(max_events=self._max_events)
+        self._count += 1
+        stream = EventStream(max_events=self._max_events, key=f"{self._prefix}{self._count}")
         self._streams[stream.key] = stream
         excess = len(self._streams) - self._max_streams
         if excess > 0:
