@@ -89,7 +89,7 @@ def read_small_file(
     Raises:
         OperationError: ``path_outside_roots`` (from the path policy, as read_file).
     """
-    target = policy.resolve(path)
+    target = policy.resolve_str(path)
     try:
         st = os.stat(target)
     except OSError:

@@ -33,7 +33,12 @@ class PathPolicy:
         self._prefixes = tuple(r if r.endswith(os.sep) else r + os.sep for r in self._root_strs)
 
     def resolve(self, path: str) -> Path:
-        """The resolved absolute path for ``path``.
+        """The resolved absolute path for ``path`` (see :meth:`resolve_str`)."""
+        return Path(self.resolve_str(path))
+
+    def resolve_str(self, path: str) -> str:
+        """The resolved absolute path for ``path``, as a string (no pathlib objects on
+        the per-request path).
 
         Raises:
             OperationError: ``path_outside_roots`` when no roots are configured, the path
@@ -52,7 +57,7 @@ class PathPolicy:
                 ErrorCode.PATH_OUTSIDE_ROOTS,
                 f"{path}: resolves to {resolved}, outside the agent's roots",
             )
-        return Path(resolved)
+        return resolved
 
     def default_cwd(self) -> Path | None:
         """Where commands run when the request names no ``cwd``: the first root, if any."""
