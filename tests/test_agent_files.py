@@ -7,8 +7,14 @@ import stat
 from pathlib import Path
 
 import pytest
+import trio
 from _agent_support import make_config, open_client, running_services
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tunneld.agent._errors import OperationError
+from tunneld.agent._files import INLINE_READ_MAX, read_file, read_small_file
+from tunneld.agent._paths import PathPolicy
 from tunneld.agent.client import AgentClient, AgentError
 from tunneld.config import ByteSize
 
@@ -19,9 +25,12 @@ async def _error(call: object) -> AgentError:
     return info.value
 
 
-async def test_read_with_offset_limit_and_the_size_cap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "thread"])
+async def test_read_with_offset_limit_and_the_size_cap(tmp_path: Path, inline: bool) -> None:
+    # A 1 KiB file: read on the event loop with inline_reads, in a thread without;
+    # the answers and errors are the same either way.
     (tmp_path / "f.bin").write_bytes(bytes(range(256)) * 4)
-    config = make_config(tmp_path, max_read_size=ByteSize(100))
+    config = make_config(tmp_path, max_read_size=ByteSize(100), inline_reads=inline)
     async with running_services(config) as (services, nursery):
         client = await open_client(services, nursery, tcp=True)
         part = await client.read_file("f.bin", offset=10, limit=5)
@@ -183,4 +192,72 @@ async def test_no_roots_means_no_file_access(tmp_path: Path) -> None:
         # exec without roots runs in the agent's own working directory.
         out = await client.run(["pwd"])
         assert out.stdout == f"{os.getcwd()}\n".encode()
+        await client.aclose()
+
+
+# ---- the small-file read on the event loop -----------------------------------------
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(
+    size=st.sampled_from([0, 1, 100, INLINE_READ_MAX - 1, INLINE_READ_MAX]),
+    offset=st.integers(0, INLINE_READ_MAX + 10),
+    limit=st.one_of(st.none(), st.integers(0, INLINE_READ_MAX + 10)),
+    max_read=st.integers(0, 2 * INLINE_READ_MAX),
+)
+def test_small_reads_answer_exactly_what_read_file_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    size: int,
+    offset: int,
+    limit: int | None,
+    max_read: int,
+) -> None:
+    root = tmp_path_factory.mktemp("small")
+    (root / "f").write_bytes(os.urandom(size))
+    policy = PathPolicy([root])
+    inline = read_small_file(policy, "f", offset, limit, max_read)
+    assert inline == read_file(policy, "f", offset, limit, max_read)
+
+
+def test_small_reads_leave_everything_else_to_the_thread(tmp_path: Path) -> None:
+    # Not a small regular file, or an error: None, so read_file (in a thread) answers
+    # and words the error. A FIFO is never opened (opening one for reading blocks until
+    # a writer comes), nor is a directory.
+    policy = PathPolicy([tmp_path])
+    (tmp_path / "big").write_bytes(b"x" * (INLINE_READ_MAX + 1))
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "secret").write_bytes(b"s")
+    (tmp_path / "secret").chmod(0)
+    for name in ("big", "fifo", "dir", "missing"):
+        assert read_small_file(policy, name, 0, None, 1 << 20) is None, name
+    if os.geteuid() != 0:  # root reads a mode-0 file anyway
+        assert read_small_file(policy, "secret", 0, None, 1 << 20) is None
+    with pytest.raises(OperationError) as caught:
+        read_small_file(policy, "../etc/passwd", 0, None, 100)
+    assert caught.value.code == "path_outside_roots"
+
+
+async def test_a_fifo_in_the_roots_does_not_stall_other_requests(tmp_path: Path) -> None:
+    # The FIFO's read waits for a writer in a worker thread, as before; the agent's
+    # loop keeps answering small reads meanwhile.
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "small.txt").write_text("hello")
+    async with running_services(make_config(tmp_path)) as (services, nursery):
+        blocked = await open_client(services, nursery)
+        client = await open_client(services, nursery)
+
+        async def read_fifo() -> None:
+            # Once a writer opens it, the read fails (a FIFO cannot seek): an error
+            # frame, as before this change.
+            err = await _error(blocked.read_file("fifo"))
+            assert "read_file fifo" in err.message
+
+        nursery.start_soon(read_fifo)
+        with trio.fail_after(30):
+            for _ in range(5):
+                assert (await client.read_file("small.txt")).data == b"hello"
+        # Let the blocked open finish, so its worker thread does not outlive the test.
+        fifo = await trio.to_thread.run_sync(os.open, tmp_path / "fifo", os.O_WRONLY)
+        os.close(fifo)
         await client.aclose()

@@ -59,3 +59,14 @@ def test_a_root_given_through_a_symlink_is_its_target(tmp_path: Path) -> None:
     assert policy.resolve(str(tmp_path / "alias" / "f")) == tmp_path / "real" / "f"
     with pytest.raises(OperationError, match="outside the agent's roots"):
         policy.resolve(str(tmp_path / "f"))
+
+
+def test_a_sibling_sharing_the_roots_prefix_is_outside(tmp_path: Path) -> None:
+    # The containment check compares strings: "/x/root" must not contain "/x/rootx".
+    (tmp_path / "root").mkdir()
+    (tmp_path / "rootx").mkdir()
+    policy = PathPolicy([tmp_path / "root"])
+    with pytest.raises(OperationError, match="outside the agent's roots"):
+        policy.resolve(str(tmp_path / "rootx" / "f"))
+    assert policy.resolve(str(tmp_path / "root")) == tmp_path / "root"
+    assert PathPolicy([Path("/")]).resolve("/etc") == Path("/etc")

@@ -70,3 +70,26 @@ def test_bench_calls_server_rounds_give_one_median_row_per_level() -> None:
     assert [row[1] for row in rows] == ["1", "2"]
     assert "each row is the median of 3 rounds per level" in result.stdout
     assert "our_server CPU ms per call (server process): c=1 " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("layout", "parts"),
+    [
+        (("--processes",), ("client ", "daemon ", "agent ", "control ")),
+        ((), ("all parties ",)),
+    ],
+)
+def test_bench_calls_pair_one_notes_cpu_per_call_for_its_layout(
+    layout: tuple[str, ...], parts: tuple[str, ...]
+) -> None:
+    result = _bench(
+        "--calls", "3", "--per-call-calls", "1", "--concurrency", "1", "--modes",
+        "shared,per_call", *layout,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for mode in ("shared", "per_call"):
+        [line] = [n for n in result.stdout.splitlines() if n.startswith(f"{mode} CPU ms per call")]
+        for part in parts:
+            assert part in line, line
+    own = "each run in their own process" in result.stdout
+    assert own is bool(layout)

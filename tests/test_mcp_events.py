@@ -136,3 +136,12 @@ async def test_events_sent_while_the_reader_waits_at_a_yield_go_out_at_once(
     rest = [chunk async for chunk in reader]
     assert b"".join(rest).count(b"event: message") == 1
     assert trio.current_time() - start < KEEPALIVE_SECONDS
+
+
+def test_a_tables_stream_keys_are_unique_and_parse_back() -> None:
+    table = StreamTable(max_streams=4)
+    keys = [table.new().key for _ in range(50)]
+    assert len(set(keys)) == 50
+    for key in keys:
+        assert parse_event_id(f"{key}.7") == (key, 7)
+    assert StreamTable().new().key[:8] != table.new().key[:8]  # another session's prefix

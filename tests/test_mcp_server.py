@@ -429,7 +429,44 @@ async def test_notifications_and_responses_get_202(client: McpHttpClient) -> Non
 # ---- SSE, resumption, cancellation ----
 
 
-async def test_tool_call_streams_sse_with_a_priming_event(client: McpHttpClient) -> None:
+async def test_a_quick_tool_call_is_answered_with_json(client: McpHttpClient) -> None:
+    # Done within the JSON window and nothing sent on its stream: one JSON response.
+    body = client.call_body("echo", {"text": "hi"})
+    response = await http_request(client.port, "POST", client.headers(), body)
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["mcp-session-id"] == client.session_id
+    message = json.loads(response.body)
+    assert message["id"] == body["id"]
+    assert message["result"]["content"] == [{"type": "text", "text": "echo hi"}]
+
+
+async def test_tool_call_streams_sse_with_a_priming_event(probe: Probe) -> None:
+    # A call still running when the JSON window ends (here: a window of 0) gets SSE.
+    async with serve_mcp(_registry(probe), json_window=0.0) as served:
+        client = McpHttpClient(served.port)
+        await client.initialize()
+        await _sse_tool_call(client)
+
+
+async def test_a_call_that_outlasts_the_json_window_gets_sse(probe: Probe) -> None:
+    async with serve_mcp(_registry(probe), json_window=0.05) as served:
+        client = McpHttpClient(served.port)
+        await client.initialize()
+        body = client.call_body("gated", {})
+        async with open_request(client.port, "POST", client.headers(), body) as reader:
+            assert reader.headers["content-type"].startswith("text/event-stream")
+            priming = await reader.next()
+            assert priming is not None
+            assert priming.data == ""
+            probe.gate.set()
+            event = await reader.next()
+            assert event is not None
+            assert event.json()["id"] == body["id"]
+            assert await reader.next() is None
+
+
+async def _sse_tool_call(client: McpHttpClient) -> None:
     body = client.call_body("echo", {"text": "hi"})
     async with open_request(client.port, "POST", client.headers(), body) as reader:
         assert reader.status == 200

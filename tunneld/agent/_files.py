@@ -1,5 +1,17 @@
 """File operations (blocking; the services run them in a worker thread).
 
+One exception, :func:`read_small_file`: a read of a small *regular* file is done on the
+event loop, because handing it to a worker thread (wake a thread, run, wake the loop
+again) costs more than the read. The rule: the path is resolved and ``stat``-ed (no
+open); only a regular file of at most :data:`INLINE_READ_MAX` bytes is then opened,
+with ``O_NONBLOCK`` so that a file swapped for a FIFO in between cannot block the open,
+and checked again with ``fstat`` before one ``pread``. Everything else — directories,
+FIFOs, devices, bigger files, any error — returns ``None`` and takes the thread as
+before, so errors are still worded by :func:`read_file`. On a local disk such a read is
+a page-cache copy (or one small disk read on a cold cache); on a network or FUSE file
+system a stat or read can stall, which is why ``[agent] inline_reads = false`` turns
+this off for agents serving such roots.
+
 Each returns the ``result`` value map documented in docs/agentrpc.md, or raises
 ``OperationError``.
 """
@@ -17,7 +29,18 @@ from tunneld.agent._errors import OperationError, from_os_error
 from tunneld.agent._paths import PathPolicy
 from tunneld.proto.agentrpc import ErrorCode, FileEdit
 
-__all__ = ["edit_file", "list_dir", "read_file", "stat_path", "write_file"]
+__all__ = [
+    "INLINE_READ_MAX",
+    "edit_file",
+    "list_dir",
+    "read_file",
+    "read_small_file",
+    "stat_path",
+    "write_file",
+]
+
+# Files up to this size are read on the event loop (see the module docstring).
+INLINE_READ_MAX = 64 * 1024
 
 
 def _kind(mode: int) -> str:
@@ -52,6 +75,42 @@ def read_file(
             data = f.read(want)
     except OSError as exc:
         raise from_os_error(exc, f"read_file {path}") from None
+    return {"data": data, "offset": offset, "size": size, "eof": offset + len(data) >= size}
+
+
+def read_small_file(
+    policy: PathPolicy, path: str, offset: int, limit: int | None, max_read: int
+) -> dict[str, Any] | None:
+    """:func:`read_file`'s answer for a regular file of at most :data:`INLINE_READ_MAX`
+    bytes, read without blocking on anything but a local disk; ``None`` for anything
+    else (the caller then runs :func:`read_file` in a thread). Never raises for I/O:
+    errors are left for :func:`read_file` to report.
+
+    Raises:
+        OperationError: ``path_outside_roots`` (from the path policy, as read_file).
+    """
+    target = policy.resolve_str(path)
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    if not stat_module.S_ISREG(st.st_mode) or st.st_size > INLINE_READ_MAX:
+        return None
+    want = max_read if limit is None else min(limit, max_read)
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat_module.S_ISREG(st.st_mode) or st.st_size > INLINE_READ_MAX:
+            return None
+        size = st.st_size
+        data = os.pread(fd, min(want, max(size - offset, 0)), offset) if want else b""
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return {"data": data, "offset": offset, "size": size, "eof": offset + len(data) >= size}
 
 

@@ -26,9 +26,19 @@ class PathPolicy:
     def __init__(self, roots: Sequence[Path]) -> None:
         # Roots are resolved once: a root that is itself a symlink names its target.
         self.roots = tuple(Path(os.path.realpath(os.path.abspath(r))) for r in roots)
+        # The same as strings, for the per-request check (string tests, not pathlib:
+        # a good share of a small read's cost otherwise). "/" stays "/", others get
+        # a trailing separator so "/srv/a" does not contain "/srv/ab".
+        self._root_strs = tuple(str(r) for r in self.roots)
+        self._prefixes = tuple(r if r.endswith(os.sep) else r + os.sep for r in self._root_strs)
 
     def resolve(self, path: str) -> Path:
-        """The resolved absolute path for ``path``.
+        """The resolved absolute path for ``path`` (see :meth:`resolve_str`)."""
+        return Path(self.resolve_str(path))
+
+    def resolve_str(self, path: str) -> str:
+        """The resolved absolute path for ``path``, as a string (no pathlib objects on
+        the per-request path).
 
         Raises:
             OperationError: ``path_outside_roots`` when no roots are configured, the path
@@ -38,11 +48,11 @@ class PathPolicy:
             raise OperationError(
                 ErrorCode.PATH_OUTSIDE_ROOTS, f"{path}: no file roots are configured"
             )
-        if ".." in Path(path).parts:
+        if ".." in path.split(os.sep):
             raise OperationError(ErrorCode.PATH_OUTSIDE_ROOTS, f"{path}: '..' is not allowed")
-        candidate = Path(path) if os.path.isabs(path) else self.roots[0] / path
-        resolved = Path(os.path.realpath(candidate))
-        if not any(resolved == root or resolved.is_relative_to(root) for root in self.roots):
+        candidate = path if os.path.isabs(path) else os.path.join(self._root_strs[0], path)
+        resolved = os.path.realpath(candidate)
+        if resolved not in self._root_strs and not resolved.startswith(self._prefixes):
             raise OperationError(
                 ErrorCode.PATH_OUTSIDE_ROOTS,
                 f"{path}: resolves to {resolved}, outside the agent's roots",

@@ -9,7 +9,14 @@ import trio
 
 from tunneld.agent._errors import OperationError
 from tunneld.agent._exec import ProcessTable, run_foreground
-from tunneld.agent._files import edit_file, list_dir, read_file, stat_path, write_file
+from tunneld.agent._files import (
+    edit_file,
+    list_dir,
+    read_file,
+    read_small_file,
+    stat_path,
+    write_file,
+)
 from tunneld.agent._framed import RECEIVE_SIZE, FramedStream
 from tunneld.agent._parts import commit_part, discard_part, hash_file, write_part
 from tunneld.agent._paths import PathPolicy
@@ -246,6 +253,11 @@ class AgentServices:
         match request:
             case ReadFileRequest(path, offset, limit):
                 max_read = self.config.max_read_size.bytes
+                if self.config.inline_reads:
+                    # Small regular files: on the loop (see tunneld.agent._files).
+                    small = read_small_file(paths, path, offset, limit, max_read)
+                    if small is not None:
+                        return small
                 return await trio.to_thread.run_sync(
                     read_file, paths, path, offset, limit, max_read
                 )

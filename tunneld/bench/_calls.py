@@ -2,12 +2,21 @@
 
 Pair 1, the daemon's point — **shared** vs **per_call**. A control plane, an agent and
 the daemon (``tunneld.daemon.Daemon`` with its plugins and MCP server) run on loopback
-in this process. ``shared``: ``tools/call`` of the workspace plugin's ``read_file`` (a
-small file) at the daemon's MCP endpoint; every call opens a stream on the daemon's one
-warm tunnel to the agent. ``per_call``: the same tool, served by the same MCP server
-code from the same registry, but each call builds a fresh overlay node — UDP socket,
-relay connection, coordinator session, WireGuard handshake — opens its stream, calls
-and tears the node down, which is what ``coder exp mcp server`` does per tool call.
+in this process, on the client's trio thread. With ``--processes`` they run as
+deployed instead: the control plane (``tunneld.bench._overlay_peer control``), the
+agent and the daemon (``tunneld.bench._calls_peer``) each in its own process, the
+client (the MCP host) in this one. Both modes always get the same layout, so the
+comparison stays like for like. On a busy 2-core machine the process layout is slower
+at concurrency 1 (a call waits for three processes to be scheduled in turn) and it
+needs free cores to gain at 10 and 100, so the default stays one process. Each
+process's CPU ms per call goes in the notes: it moves far less with the machine's
+load than calls/s. ``shared``: ``tools/call`` of the
+workspace plugin's ``read_file`` (a small file) at the daemon's MCP endpoint; every
+call opens a stream on the daemon's one warm tunnel to the agent. ``per_call``: the
+same tool, served by the same MCP server code from the same registry, but each call
+builds a fresh overlay node — UDP socket, relay connection, coordinator session,
+WireGuard handshake — opens its stream, calls and tears the node down, which is
+what ``coder exp mcp server`` does per tool call.
 
 Pair 2, the MCP server itself — **our_server** vs **sdk_server**: a trivial ``echo``
 tool on ``tunneld.mcp.McpServer`` (trio + h11) and on the official ``mcp`` SDK's
@@ -26,6 +35,8 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -40,6 +51,7 @@ import trio
 from tunneld._mcp_client import McpClientError, McpHttpClient
 from tunneld.agent import AgentServices
 from tunneld.bench import BenchResult, percentile
+from tunneld.bench._calls_peer import FreshOverlayAgents
 from tunneld.bench._calls_server import ECHO_TOOL
 from tunneld.bench._control import embedded_control, peer_path
 from tunneld.config import AgentConfig, DaemonConfig, Duration, McpConfig, PluginsConfig
@@ -143,6 +155,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--processes",
+        action="store_true",
+        help=(
+            "shared and per_call: run the control plane, the agent and the daemon each in"
+            " its own process, as deployed (default: all in this process on one trio"
+            " thread, with the client)"
+        ),
+    )
+    parser.add_argument(
         "--modes",
         type=_modes,
         metavar="MODES",
@@ -208,8 +229,12 @@ async def _rows(
     calls_for: Callable[[int], int],
     levels: tuple[int, ...],
     notes: list[str],
+    made: list[int] | None = None,
 ) -> list[dict[str, object]]:
-    """One row per concurrency level; a level that fails is a note, not a row."""
+    """One row per concurrency level; a level that fails is a note, not a row.
+
+    ``made`` (if given) gets the number of calls each level made, warm-up included.
+    """
     rows: list[dict[str, object]] = []
     async with McpHttpClient(url) as client:
         call = _caller(client, tool, arguments)
@@ -219,6 +244,8 @@ async def _rows(
                 warm = max(concurrency, min(_WARMUP, calls_for(concurrency)))
                 await _drive(call, warm, concurrency)
                 measured = await _drive(call, calls_for(concurrency), concurrency)
+                if made is not None:
+                    made.append(warm + calls_for(concurrency))
             except (trio.TooSlowError, RuntimeError, McpClientError, OSError) as exc:
                 notes.append(f"{mode} at c={concurrency} failed: {_describe(exc)}")
                 continue
@@ -235,40 +262,141 @@ def _describe(exc: BaseException) -> str:
 # -- pair 1: the daemon's shared tunnel vs a fresh overlay per call ----------------------
 
 
-class _FreshOverlayAgents:
-    """AgentAccess that builds a new overlay node for every stream (per-call tunnels)."""
+@asynccontextmanager
+async def _peer(
+    module: str, role: str, settings: Mapping[str, object] | None, *extra: str
+) -> AsyncIterator[dict[str, Any]]:
+    """Run ``python -m tunneld.bench.MODULE ROLE``; send ``settings`` (one JSON line on
+    stdin), yield the JSON line it prints once ready; on exit close its stdin (it stops)
+    and wait for it, killing it after 10 s."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", f"tunneld.bench.{module}", role, *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        if settings is not None:
+            await process.stdin.send_all(json.dumps(settings).encode() + b"\n")
+        line = b""
+        with trio.fail_after(_STEP_TIMEOUT):
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    raise RuntimeError(f"the {role} process exited before it was ready")
+                line += chunk
+        ready: dict[str, Any] = json.loads(line)
+        ready["pid"] = process.pid
+        yield ready
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.stdin is not None:
+                await process.stdin.aclose()
+            with trio.move_on_after(10.0):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
 
-    def __init__(self, info: ServerInfo, token: str) -> None:
-        self._info = info
-        self._token = token
-        self._count = 0
 
-    @asynccontextmanager
-    async def open_stream(
-        self, agent: str, service: str
-    ) -> AsyncIterator[trio.abc.HalfCloseableStream]:
-        self._count += 1
-        node = loopback_overlay(self._info, f"oneshot-{self._count}", self._token)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.serve)
-            await node.add_tunnel(agent)
-            with trio.fail_after(_STEP_TIMEOUT):
-                stream = await node.open_stream(agent, service)
-            try:
-                yield stream
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await stream.aclose()
-                nursery.cancel_scope.cancel()
+async def _pair_processes(
+    args: argparse.Namespace, modes: set[str], notes: list[str]
+) -> list[dict[str, object]]:
+    """Pair 1 as deployed: control plane, agent and daemon each in their own process."""
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    rows: list[dict[str, object]] = []
+    async with _peer("_overlay_peer", "control", None, "--max-seconds", "3600") as plane:
+        urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+        agent_settings = {**urls, "token": plane["agent_token"], "text": _FILE_TEXT}
+        async with _peer("_calls_peer", "agent", agent_settings, "--log-level", level) as agent:
+            arguments = {"agent": _AGENT, "path": agent["path"]}
+            daemon_settings = {**urls, "token": plane["client_token"], "path": agent["path"]}
+            async with _peer(
+                "_calls_peer", "daemon", daemon_settings, "--log-level", level
+            ) as daemon:
+                notes.append(
+                    "shared and per_call: the MCP client (this process), the daemon with"
+                    " both MCP servers, the agent and the control plane each run in their"
+                    " own process, as deployed; shared ran over the"
+                    f" {daemon['path']} path."
+                )
+                pids = {"daemon": daemon["pid"], "agent": agent["pid"], "control": plane["pid"]}
+                if "shared" in modes:
+                    made: list[int] = []
+                    rows += await _costed(
+                        "shared",
+                        pids,
+                        notes,
+                        made,
+                        _rows(
+                            "shared",
+                            daemon["shared_url"],
+                            "read_file",
+                            arguments,
+                            lambda c: args.calls,
+                            args.concurrency,
+                            notes,
+                            made,
+                        ),
+                    )
+                if "per_call" in modes:
+                    levels = tuple(
+                        c for c in args.concurrency if c <= args.per_call_max_concurrency
+                    )
+                    made = []
+                    rows += await _costed(
+                        "per_call",
+                        pids,
+                        notes,
+                        made,
+                        _rows(
+                            "per_call",
+                            daemon["per_call_url"],
+                            "read_file",
+                            arguments,
+                            lambda c: max(args.per_call_calls, c),
+                            levels,
+                            notes,
+                            made,
+                        ),
+                    )
+    return rows
 
-    async def list_agents(self) -> list[Mapping[str, object]]:
-        await trio.lowlevel.checkpoint()
-        return [{"name": _AGENT}]
+
+async def _costed(
+    mode: str,
+    pids: Mapping[str, int],
+    notes: list[str],
+    made: list[int],
+    measure: Awaitable[list[dict[str, object]]],
+    *,
+    here: str = "client",
+) -> list[dict[str, object]]:
+    """Run ``measure``; note this process's (``here``: what runs in it) and each of
+    ``pids``' CPU ms per call over all its rows (warm-up
+    included): unlike calls/s, it hardly moves with the machine's load."""
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    client_before = time.process_time()
+    rows = await measure
+    calls = sum(made)  # filled in by the rows ``measure`` makes
+    if not calls:
+        return rows
+    parts = [f"{here} {(time.process_time() - client_before) / calls * 1000:.2f}"]
+    for name, pid in pids.items():
+        after, start = _cpu_seconds(pid), before[name]
+        if after is not None and start is not None:
+            parts.append(f"{name} {(after - start) / calls * 1000:.2f}")
+    notes.append(f"{mode} CPU ms per call (all levels, warm-up included): {', '.join(parts)}")
+    return rows
 
 
 async def _pair_overlay(
     args: argparse.Namespace, modes: set[str], notes: list[str]
 ) -> list[dict[str, object]]:
+    if args.processes:
+        return await _pair_processes(args, modes, notes)
     async with embedded_control(
         "tunneld-bench-calls-", _AGENT, stop_timeout=_STEP_TIMEOUT
     ) as control:
@@ -330,19 +458,28 @@ async def _measure_overlay(
                 " one trio loop, so every party's CPU is on the measured path;"
                 f" shared ran over the {peer_path(daemon.overlay, _AGENT)} path."
             )
-            rows += await _rows(
+            made: list[int] = []
+            rows += await _costed(
                 "shared",
-                str(addresses[-1]),
-                "read_file",
-                arguments,
-                lambda c: args.calls,
-                args.concurrency,
+                {},
                 notes,
+                made,
+                _rows(
+                    "shared",
+                    str(addresses[-1]),
+                    "read_file",
+                    arguments,
+                    lambda c: args.calls,
+                    args.concurrency,
+                    notes,
+                    made,
+                ),
+                here="all parties",
             )
         if "per_call" in modes:
             fresh = McpServer(
                 plugins.registry,
-                lambda caller: _FreshOverlayAgents(info, tokens["user"]),
+                lambda caller: FreshOverlayAgents(info, tokens["user"]),
                 plugin_configs=plugins.configs,
             )
             router = Router()
@@ -351,14 +488,23 @@ async def _measure_overlay(
             await nursery.start(fresh.run)
             bound = await nursery.start(http.serve_tcp, "127.0.0.1", 0)
             levels = tuple(c for c in args.concurrency if c <= args.per_call_max_concurrency)
-            rows += await _rows(
+            made = []
+            rows += await _costed(
                 "per_call",
-                f"http://127.0.0.1:{bound[1]}/mcp",
-                "read_file",
-                arguments,
-                lambda c: max(args.per_call_calls, c),
-                levels,
+                {},
                 notes,
+                made,
+                _rows(
+                    "per_call",
+                    f"http://127.0.0.1:{bound[1]}/mcp",
+                    "read_file",
+                    arguments,
+                    lambda c: max(args.per_call_calls, c),
+                    levels,
+                    notes,
+                    made,
+                ),
+                here="all parties",
             )
         daemon.stop()
         nursery.cancel_scope.cancel()

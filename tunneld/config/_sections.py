@@ -171,6 +171,9 @@ class AgentConfig:
     token_command_timeout: Duration = field(
         default=Duration(10.0), metadata={"check": _positive_duration}
     )
+    # Read small regular files (<= 64 KiB) on the event loop instead of a worker thread;
+    # turn off when the roots are on a network or FUSE file system that can stall.
+    inline_reads: bool = True
 
 
 def _socket_mode(value: int) -> None:

@@ -2,8 +2,10 @@
 
 :meth:`McpServer.set_registry` swaps whole snapshots, so a request sees one registry
 from start to end. JSON-Schema validators are compiled lazily per tool and cached in
-the snapshot; opaque pagination cursors carry the snapshot's generation so a cursor
-from an older registry is refused instead of silently skipping entries.
+the snapshot (with a fast acceptor, ``_fastcheck``, in front of jsonschema for plain
+schemas: a valid call skips jsonschema's generic walk); opaque pagination cursors
+carry the snapshot's generation so a cursor from an older registry is refused
+instead of silently skipping entries.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jsonschema
 import jsonschema.exceptions
 import jsonschema.validators
 
+from tunneld.mcp._fastcheck import Acceptor, compile_acceptor
 from tunneld.mcp._jsonrpc import INVALID_PARAMS, McpError
 from tunneld.mcp._registry import Registry, ResourceTemplate, Tool
 
@@ -35,10 +38,26 @@ class SchemaViolation(Exception):
     """Arguments or structured output do not match a schema; the message says where."""
 
 
-def _validator(schema: Mapping[str, Any]) -> Any:
-    cls = jsonschema.validators.validator_for(schema, default=_DEFAULT_DIALECT)
-    cls.check_schema(dict(schema))
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+class _Checker:
+    """One schema's validators, compiled once: the fast acceptor (when the schema is
+    plain enough for it) and jsonschema's, which decides whatever the acceptor does not
+    accept and words the error."""
+
+    __slots__ = ("accept", "validator")
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        cls = jsonschema.validators.validator_for(schema, default=_DEFAULT_DIALECT)
+        cls.check_schema(dict(schema))
+        self.validator: Any = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        self.accept: Acceptor | None = compile_acceptor(schema)
+
+    def first_error(self, instance: object) -> jsonschema.exceptions.ValidationError | None:
+        if self.accept is not None and self.accept(instance):
+            return None
+        error: jsonschema.exceptions.ValidationError | None = jsonschema.exceptions.best_match(
+            self.validator.iter_errors(instance)
+        )
+        return error
 
 
 def _where(path: Sequence[object]) -> str:
@@ -78,8 +97,8 @@ class Catalog:
         self.registry = registry
         self.plugin_configs: Mapping[str, Mapping[str, Any]] = dict(plugin_configs or {})
         self.generation = generation
-        self._input_validators: dict[str, Any] = {}
-        self._output_validators: dict[str, Any] = {}
+        self._input_validators: dict[str, _Checker] = {}
+        self._output_validators: dict[str, _Checker] = {}
         self._templates = [
             (_template_regex(t.uri_template), t) for t in registry.templates.values()
         ]
@@ -91,8 +110,8 @@ class Catalog:
         """Raises :class:`SchemaViolation` naming the first bad field and its schema."""
         validator = self._input_validators.get(tool.name)
         if validator is None:
-            validator = self._input_validators[tool.name] = _validator(tool.input_schema)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+            validator = self._input_validators[tool.name] = _Checker(tool.input_schema)
+        error = validator.first_error(arguments)
         if error is not None:
             raise SchemaViolation(
                 f"Invalid arguments for tool {tool.name}: " + describe_violation(error, "argument")
@@ -103,8 +122,8 @@ class Catalog:
         assert tool.output_schema is not None
         validator = self._output_validators.get(tool.name)
         if validator is None:
-            validator = self._output_validators[tool.name] = _validator(tool.output_schema)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(structured))
+            validator = self._output_validators[tool.name] = _Checker(tool.output_schema)
+        error = validator.first_error(structured)
         if error is not None:
             raise SchemaViolation(
                 f"Tool {tool.name} returned output that breaks its output schema: "

@@ -45,8 +45,8 @@ class EventStream:
     tool handler.
     """
 
-    def __init__(self, *, max_events: int = 256) -> None:
-        self.key = secrets.token_urlsafe(9)
+    def __init__(self, *, max_events: int = 256, key: str | None = None) -> None:
+        self.key = key if key is not None else secrets.token_urlsafe(9)
         self._events: deque[tuple[int, bytes]] = deque(maxlen=max_events)
         self._last_seq = 0
         self._closed = False
@@ -81,6 +81,21 @@ class EventStream:
             self._closed = True
             self._wake()
 
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the newest event (0: none yet)."""
+        return self._last_seq
+
+    @property
+    def reader_generation(self) -> int:
+        """Bumped by :meth:`supersede_readers`; pass it to :meth:`read` as ``generation``
+        so that a reader starting later still ends for a supersede that came before."""
+        return self._reader_generation
+
+    async def wait_changed(self) -> None:
+        """Return at the next :meth:`send`, :meth:`close` or :meth:`supersede_readers`."""
+        await self._changed.wait()
+
     def supersede_readers(self) -> None:
         """End the readers currently attached (a new GET replaces the old one)."""
         self._reader_generation += 1
@@ -103,10 +118,13 @@ class EventStream:
         prime: bool,
         keepalive: float = KEEPALIVE_SECONDS,
         retry_ms: int | None = None,
+        generation: int | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """SSE bytes: a priming event (when ``prime``), then events after ``after``.
 
         ``retry_ms`` goes into the priming event as the SSE reconnection delay.
+        ``generation`` (from :attr:`reader_generation`, taken earlier): the reader
+        counts as attached since then, so a supersede in between ends it at once.
 
         Ends when the stream is closed and drained, or when :meth:`supersede_readers`
         is called; the chunk that drains a closed stream is a :class:`LastChunk`, so
@@ -114,7 +132,8 @@ class EventStream:
         keepalive comment every ``keepalive`` s. Cancellation (the client went away)
         just stops the iteration; the stream and its events stay for a resuming reader.
         """
-        generation = self._reader_generation
+        if generation is None:
+            generation = self._reader_generation
         self.readers += 1
         try:
             # What is ready goes out as one chunk: one write, one wake-up of the client.
@@ -158,9 +177,15 @@ class StreamTable:
         self._streams: OrderedDict[str, EventStream] = OrderedDict()
         self._max_streams = max_streams
         self._max_events = max_events
+        # Keys only need to be unique within the session (resumption looks a key up in
+        # the caller's own session): one random prefix per table and a counter, not a
+        # urandom call per stream (per tools/call).
+        self._prefix = secrets.token_urlsafe(6)
+        self._count = 0
 
     def new(self) -> EventStream:
-        stream = EventStream(max_events=self._max_events)
+        self._count += 1
+        stream = EventStream(max_events=self._max_events, key=f"{self._prefix}{self._count}")
         self._streams[stream.key] = stream
         excess = len(self._streams) - self._max_streams
         if excess > 0:

@@ -15,7 +15,7 @@ from tunneld.mcp._jsonrpc import notification_message
 from tunneld.mcp._methods import Methods, ServerInfo
 from tunneld.mcp._registry import AgentAccess, Caller, Registry
 from tunneld.mcp._session import SessionStore
-from tunneld.mcp._transport import Transport, TransportOptions
+from tunneld.mcp._transport import JSON_WINDOW_SECONDS, Transport, TransportOptions
 
 __all__ = ["McpServer"]
 
@@ -31,7 +31,10 @@ class McpServer:
     caller is anonymous and scopes are not enforced. ``allowed_hosts`` and
     ``allowed_origins`` extend the loopback names always accepted in ``Host`` and
     ``Origin`` (DNS-rebinding guard). Request bodies over ``max_request_bytes`` get 413;
-    sessions idle for ``session_idle_timeout`` seconds expire (then 404).
+    sessions idle for ``session_idle_timeout`` seconds expire (then 404). A
+    ``tools/call`` whose result is ready within ``json_window`` seconds, having sent
+    nothing on its stream, is answered with JSON; otherwise (and always with 0) with
+    SSE.
 
     Call :meth:`mount` to add the endpoint to a router and start :meth:`run` with
     ``nursery.start``: requests are served by tasks of that nursery.
@@ -54,6 +57,7 @@ class McpServer:
         plugin_configs: Mapping[str, Mapping[str, Any]] | None = None,
         page_size: int = 100,
         request_timeout: float = 600.0,
+        json_window: float = JSON_WINDOW_SECONDS,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -70,6 +74,7 @@ class McpServer:
                 allowed_origins=tuple(allowed_origins),
                 allowed_hosts=tuple(allowed_hosts),
                 request_timeout=request_timeout,
+                json_window=json_window,
             ),
             methods=self._methods,
             sessions=self._sessions,

@@ -71,6 +71,10 @@ log = get_logger(__name__)
 
 ALLOW: Final = "GET, POST, DELETE, OPTIONS"
 RETRY_MS: Final = 1000  # SSE reconnection delay announced in priming events
+# A tools/call answers with JSON when its result is ready within this long and it has
+# sent nothing on its stream by then (no progress, log or server→client request);
+# otherwise with SSE (priming event, then its events), as before.
+JSON_WINDOW_SECONDS: Final = 1.0
 # OAuth scopes a caller needs: reading tools (and resources, prompts), and calling
 # tools that write (ToolAnnotations.writes); the write scope includes reading.
 SCOPE_READ: Final = "mcp:tools"
@@ -98,12 +102,19 @@ class TransportOptions:
     allowed_origins: Sequence[str]
     allowed_hosts: Sequence[str]
     request_timeout: float = 600.0
+    json_window: float = JSON_WINDOW_SECONDS
 
 
 @dataclass(slots=True)
 class _Reply:
     done: trio.Event = field(default_factory=trio.Event)
     message: dict[str, Any] | None = None
+    # Streamed requests (tools/call): the POST chose SSE, so the answer goes on the
+    # stream; until then an answer with nothing before it on the stream is handed
+    # over here instead (``handed_over``), for a JSON response.
+    streaming: bool = False
+    generation: int = 0
+    handed_over: bool = False
 
 
 class Transport:
@@ -306,24 +317,42 @@ class Transport:
         # Registered before the task starts, so a cancel or a reused id that arrives
         # in between is seen.
         scope = session.inflight[message.id] = trio.CancelScope()
-        reply = None if stream is not None else _Reply()
+        generation = stream.reader_generation if stream is not None else 0
+        reply = _Reply(generation=generation)
         try:
             self._spawn(self._run, ex, catalog, message, stream, reply, scope)
         except Reject:
             del session.inflight[message.id]
             raise
         if stream is not None:
-            # No disconnect watcher: on these revisions a disconnect cancels nothing
-            # (the call runs on, its events wait for Last-Event-ID), so noticing it at
-            # the next write (an event, a keepalive within KEEPALIVE_SECONDS, the end)
-            # is enough, and a watcher task per call is a good share of a small call.
-            return self._sse(
-                stream.read(0, prime=False),
-                headers,
-                first=stream.priming(0, retry_ms=RETRY_MS),
-                watch_disconnect=False,
-            )
-        assert reply is not None
+            # A quick call that sent nothing on its stream is answered with JSON (the
+            # client accepts both, checked above): one write instead of two, and no
+            # SSE framing to parse. Anything on the stream first — progress, a log
+            # message, a server→client request, close_stream — or the window passing
+            # makes it SSE as before, so such events and resumption still work.
+            quick = False
+            if self.options.json_window > 0:
+                with trio.move_on_after(self.options.json_window):
+                    while not reply.done.is_set() and stream.last_seq == 0:
+                        if stream.reader_generation != generation:
+                            break
+                        await stream.wait_changed()
+                # A cancelled call (no answer) keeps its old reply: an SSE stream
+                # that ends.
+                quick = reply.done.is_set() and reply.handed_over
+            if not quick:
+                reply.streaming = True
+                # No disconnect watcher: on these revisions a disconnect cancels nothing
+                # (the call runs on, its events wait for Last-Event-ID), so noticing it
+                # at the next write (an event, a keepalive within KEEPALIVE_SECONDS, the
+                # end) is enough, and a watcher task per call is a good share of a
+                # small call.
+                return self._sse(
+                    stream.read(0, prime=False, generation=generation),
+                    headers,
+                    first=stream.priming(0, retry_ms=RETRY_MS),
+                    watch_disconnect=False,
+                )
         await reply.done.wait()
         if reply.message is None:  # cancelled by the client: nothing to answer
             return Response(202, headers)
@@ -416,7 +445,15 @@ class Transport:
                 del session.inflight[message.id]
             if stream is not None:
                 if answer is not None:
-                    stream.send(answer)
+                    if (
+                        reply is not None
+                        and not reply.streaming
+                        and stream.last_seq == 0
+                        and stream.reader_generation == reply.generation
+                    ):
+                        reply.handed_over = True  # the POST may still answer with JSON
+                    else:
+                        stream.send(answer)
                 stream.close()
             if reply is not None:
                 reply.message = answer
