@@ -120,7 +120,8 @@ class ConnectionBase:
         self._call_me_maybe: tuple[bytes, ...] | None = None
         self._call_me_maybe_version = 0
         self._call_me_maybe_pending = False
-        self._path_out: deque[tuple[Path, bytes]] = deque()
+        # Path frames to send alone in a packet: (path, frame, pad the packet to this).
+        self._path_out: deque[tuple[Path, bytes, int]] = deque()
         self._outstanding_probes: dict[bytes, tuple[Path, float]] = {}
         # packet numbers we send and receive
         self._next_pn = 0
@@ -142,9 +143,12 @@ class ConnectionBase:
     def _switch_path(self, path: Path) -> None:
         size = path.max_datagram_size or self._config.max_datagram_size
         self._mss = max(size, MIN_DATAGRAM_SIZE)
-        self._recovery.mss = self._mss
+        self._recovery.set_mss(self._mss)
         self._recovery.max_in_flight = path.max_in_flight
         if path == self._path and self._path is not None and path.reliable == self._path.reliable:
+            # The same path with a new datagram size (path MTU discovery): congestion
+            # state carries on. Packets already sent keep their size; frames of lost
+            # ones are resent in packets of the new size (frames are split to fit).
             self._path = path
             return
         self._path = path

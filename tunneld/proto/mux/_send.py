@@ -169,11 +169,13 @@ class SendMixin(ConnectionBase):
                     self._close_deadline = now + multiplier * self._recovery.pto_interval()
             return out
         while self._path_out and len(out) < max_datagrams:
-            probe_path, frame = self._path_out.popleft()
+            probe_path, frame, pad_to = self._path_out.popleft()
             buf = bytearray()
             push_varint(buf, self._next_pn)
             self._next_pn += 1
             buf += frame
+            if pad_to > len(buf):
+                buf += bytes(pad_to - len(buf))  # PADDING frames
             out.append((bytes(buf), probe_path))
         self._update_credit(now)
         recovery = self._recovery
