@@ -11,7 +11,8 @@ share a process, let alone one trio thread):
 * ``agent`` — an overlay node named ``bench-agent`` whose streams go to a counting sink
   (it answers the byte count at EOF); prints ``{"udp": "HOST:PORT"}`` once it runs.
 * ``client`` — an overlay node that opens one stream to ``bench-agent``'s sink (after
-  the direct path is validated, for ``direct``), sends ``size`` bytes, sends EOF and
+  the direct path is validated and its path MTU search is done, for ``direct``),
+  sends ``size`` bytes, sends EOF and
   waits for the count; prints ``{"seconds": S, "bytes": N, "datagram_size": D}`` (first
   send to the answer; D: the mux datagram size the peer's path used at the end, as the
   client's status says: what path MTU discovery found on a direct path).
@@ -125,6 +126,9 @@ async def transfer(client: Overlay, *, direct: bool, size: int) -> float:
         stream = await client.open_stream(AGENT, "sink")
         if direct:
             await client.wait_direct(AGENT)
+            # As the path's validation, its path MTU search (a few round trips on
+            # loopback) is set-up, not transfer: the clock starts at the size it found.
+            await client.wait_path_mtu(AGENT)
     block = os.urandom(CHUNK)
     start = time.perf_counter()
     sent = 0
@@ -143,14 +147,18 @@ async def transfer(client: Overlay, *, direct: bool, size: int) -> float:
     return elapsed
 
 
-def datagram_size(client: Overlay) -> int:
-    """The mux datagram size ``client`` sends the agent with now (its PeerStatus)."""
+def _peer_status(client: Overlay) -> PeerStatus:
     peers = client.status()["peers"]
     assert isinstance(peers, list)
     for peer in peers:
         if isinstance(peer, PeerStatus) and peer.name == AGENT:
-            return peer.datagram_size
+            return peer
     raise RuntimeError(f"the client has no peer {AGENT!r}")
+
+
+def datagram_size(client: Overlay) -> int:
+    """The mux datagram size ``client`` sends the agent with now (its PeerStatus)."""
+    return _peer_status(client).datagram_size
 
 
 def _say(message: dict[str, object]) -> None:

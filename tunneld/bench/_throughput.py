@@ -3,7 +3,8 @@
 Two overlay nodes and a control server (coordinator, DERP relay) on loopback; one
 stream carries ``--mb`` megabytes to a counting sink that answers at EOF. ``direct``:
 both nodes announce their loopback UDP address and the transfer starts once the direct
-path is validated. ``relay``: neither announces any endpoint
+path is validated and its path MTU search is done (a few round trips on loopback).
+``relay``: neither announces any endpoint
 (``OverlayConfig(endpoints=())``, no STUN), so every packet goes through DERP.
 
 Layout (``--layout``): ``processes`` (the default) runs the control server, the agent
@@ -380,6 +381,8 @@ def run(args: argparse.Namespace) -> BenchResult:
                 for packet, samples in ceilings.items()
             )
             + ".",
+            "direct: the clock starts once the path is validated and its path MTU search "
+            "is done (set-up, like the validation). "
             "direct packet_bytes: the mux datagram size the direct path used at the end of "
             "the transfer (path MTU discovery's result, from the client node's status) plus "
             "our header; the ceiling is measured at that same size, so bigger datagrams "

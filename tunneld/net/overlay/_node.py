@@ -56,7 +56,7 @@ from tunneld.net.overlay._ids import (
     ConnectionIds,
     Verdict,
 )
-from tunneld.net.overlay._pmtu import PmtuSearch, ip_packet_bytes
+from tunneld.net.overlay._pmtu import PmtuSearch, PmtuState, ip_packet_bytes
 from tunneld.net.overlay._punch import PunchSchedule, parse_call_me_maybe
 from tunneld.net.overlay._relays import RELAY_BATCH_BYTES, RelayLinks, RelayPacer, RelaySelector
 from tunneld.net.overlay._udp import OverlaySocket
@@ -488,6 +488,16 @@ class Overlay:
     async def wait_direct(self, peer: str) -> None:
         """Return once ``peer`` is reachable over a validated direct UDP path."""
         while (link := self._find(peer)) is None or link.direct is None:
+            await self._changed.wait()
+
+    async def wait_path_mtu(self, peer: str) -> None:
+        """Return once ``peer`` has a direct path whose size search is not running
+        (done, or off); docs/overlay.md, "Path MTU"."""
+        while (
+            (link := self._find(peer)) is None
+            or link.direct is None
+            or (link.pmtu is not None and link.pmtu.state is PmtuState.SEARCHING)
+        ):
             await self._changed.wait()
 
     def status(self) -> dict[str, object]:
@@ -1120,8 +1130,11 @@ class Overlay:
         search = link.pmtu
         if search is None or link.direct is None:
             return
+        state = search.state
         size = search.due(now)
         self._pmtu_apply(link)  # a timeout may have found a black hole
+        if search.state is not state:
+            self._notify()
         if size is None:
             return
         challenge = secrets.token_bytes(8)
