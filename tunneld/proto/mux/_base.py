@@ -171,8 +171,9 @@ class ConnectionBase:
         stream.send_reset_code = error_code
         stream.send_reset_final = stream.next_new
         stream.send_reset_state = ControlState.PENDING
-        self._send_buffered -= len(stream.send_buf)
+        self._send_buffered -= stream.send_buffered
         stream.send_buf = bytearray()
+        stream.send_skip = 0
         stream.lost = RangeSet()
         stream.fin_lost = False
         self._sendable.pop(stream.stream_id, None)
@@ -188,7 +189,7 @@ class ConnectionBase:
         self._control.pop(stream_id, None)
         self._credit_check.pop(stream_id, None)
         self._blocked_writers.pop(stream_id, None)
-        self._send_buffered -= len(stream.send_buf)
+        self._send_buffered -= stream.send_buffered
         if (stream_id & 1) != self._side:
             # A peer stream ended: let the peer open another (RFC 9000 section 4.6).
             self._max_streams_local += 1

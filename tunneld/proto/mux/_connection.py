@@ -202,7 +202,7 @@ class Connection(ReceiveMixin, SendMixin):
         return max(
             0,
             min(
-                self._config.stream_send_buffer - len(stream.send_buf),
+                self._config.stream_send_buffer - stream.send_buffered,
                 self._config.connection_send_buffer - self._send_buffered,
             ),
         )

@@ -345,7 +345,7 @@ class SendMixin(ConnectionBase):
                 del sendable[stream_id]
                 continue
             id_size = varint_size(stream_id)
-            base = stream.send_base
+            base = stream.send_base - stream.send_skip  # the offset of send_buf[0]
             # Retransmissions first: frames, not packets, are resent.
             while stream.lost and limit - len(buf) >= STREAM_FRAME_MIN:
                 offset = stream.lost[0][0]
