@@ -184,3 +184,30 @@ async def test_overlay_derp_client_reaches_a_peer_through_the_control_relay(
                     while not isinstance(event, RecvPacket):
                         event = await b.receive()
                 assert (event.src, event.data) == (laptop.node_key, b"ping over the relay")
+
+
+async def test_relay_waits_briefly_for_the_coordinator_to_register_a_starting_node(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # A starting node dials the relay and the coordinator at once; its relay handshake
+    # may arrive before update_self is stored. It must be admitted, not refused.
+    async with running_server(nursery, tmp_path, relay=True) as h:
+        await h.user("alice")
+        token = await h.token("alice")
+        private = generate_private_key()
+        admitted = trio.Event()
+
+        async def join_relay() -> None:
+            async with DerpClient.connect(h.info.derp_url, private) as derp:
+                assert derp.server_key == public_key(read_key_file(tmp_path / "derp.key"))
+                admitted.set()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(join_relay)
+            await trio.sleep(0.2)  # the relay handshake is waiting on authorization
+            assert not admitted.is_set()
+            async with session(h.info, token, "laptop") as node:
+                node.node_key = public_key(private)
+                await node.announce()
+                with trio.fail_after(WAIT):
+                    await admitted.wait()

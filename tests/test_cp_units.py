@@ -14,7 +14,7 @@ import trio.testing
 
 from tests._agent_support import make_config, open_client, running_services
 from tunneld.agent.client import AgentError
-from tunneld.agent.transfer import VerifyError, download, local_part_path, upload
+from tunneld.agent.transfer import VerifyError, _Pacer, download, local_part_path, upload
 from tunneld.cli._common import CliError
 from tunneld.cli._cp import Endpoint, parse_endpoint
 from tunneld.cli._progress import ProgressBar, format_bytes, format_duration
@@ -217,3 +217,17 @@ async def test_a_new_download_gets_0666_minus_the_umask_which_it_leaves_alone(
         assert os.umask(0o027) == 0o027  # still the umask we set
     finally:
         os.umask(previous)
+
+
+async def test_limit_rate_spends_at_most_a_quarter_second_of_unused_credit(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    pacer = _Pacer(1000.0)
+    start = trio.current_time()
+    await pacer.account(100)
+    assert trio.current_time() == pytest.approx(start + 0.1)
+    await trio.sleep(10.0)  # a stall: ten seconds of credit left unused
+    await pacer.account(1000)  # one second of the rate: 0.25 s of it is credit
+    assert trio.current_time() == pytest.approx(start + 10.1 + 0.75)
+    await pacer.account(500)
+    assert trio.current_time() == pytest.approx(start + 10.1 + 1.25)

@@ -639,3 +639,33 @@ def test_relay_rate_limit_comes_from_the_control_config(tmp_path: Path) -> None:
     config.write_text("[control]\nrelay_rate_limit = -1\n")
     with pytest.raises(ConfigError, match=r"\[control\]\.relay_rate_limit"):
         load_config(config)
+
+
+async def test_a_client_that_stops_reading_is_closed_after_the_write_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    relay, url = await start_relay(
+        nursery, limits=RelayLimits(write_timeout=0.3, keepalive_interval=0.05)
+    )
+    stalled_private = generate_private_key()
+    stalled = await trio.to_thread.run_sync(_open_stalled_client, url, stalled_private)
+    try:
+        async with (
+            DerpClient.connect(url, generate_private_key()) as sender,
+            DerpClient.connect(url, generate_private_key()) as bystander,
+        ):
+            chunk = os.urandom(60_000)
+            with trio.fail_after(30):
+                while relay.stats.write_timeouts == 0:
+                    await sender.send_packets([(public_key(stalled_private), chunk)] * 4)
+                    await trio.sleep(0.01)
+            await wait_until(lambda: not relay.is_connected(public_key(stalled_private)))
+            # Keep-alives and everyone else's traffic go on.
+            await sender.send_packet(bystander.public_key, b"still relaying")
+            assert await receive_data_event(bystander) == RecvPacket(
+                sender.public_key, b"still relaying"
+            )
+            await wait_until(lambda: relay.stats.keepalives_sent >= 2)
+    finally:
+        stalled.close()
+    assert relay.stats.write_timeouts == 1

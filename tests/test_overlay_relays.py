@@ -232,3 +232,36 @@ async def test_a_second_name_for_the_home_relay_becomes_an_alias_and_never_repla
             relay = h.server.relay
             assert relay is not None
             assert relay.stats.duplicates_replaced == 0
+
+
+def test_a_full_relay_datagram_fits_one_derp_packet() -> None:
+    """The biggest packet the relay path sends, encrypted as the overlay sends it (our
+    header, padding to 16, WireGuard's header and tag), is one DERP packet."""
+    from tunneld.net.overlay import HEADER_SIZE, RELAY_DATAGRAM_SIZE
+    from tunneld.proto.derp import MAX_PACKET_SIZE, encode_send_packet
+    from tunneld.proto.noise import DataReceived, WireGuardCore
+
+    a, b = WireGuardCore(generate_private_key()), WireGuardCore(generate_private_key())
+    a.add_peer(b.public_key)
+    b.add_peer(a.public_key)
+    wall = 1_700_000_010.0
+    a.initiate(b.public_key, 10.0, wall)
+    for _ in range(2):
+        for out in a.datagrams_to_send(10.0):
+            b.receive_datagram(out.data, b"a", 10.0, wall)
+        for out in b.datagrams_to_send(10.0):
+            a.receive_datagram(out.data, b"b", 10.0, wall)
+    while a.next_event() is not None or b.next_event() is not None:
+        pass
+    payload = bytes(HEADER_SIZE + RELAY_DATAGRAM_SIZE)
+    a.send(b.public_key, payload + bytes(-len(payload) % 16), 11.0, wall)
+    [packet] = a.datagrams_to_send(11.0)
+    assert len(packet.data) <= MAX_PACKET_SIZE
+    encode_send_packet(b.public_key, packet.data)  # raises beyond DERP's limit
+    b.receive_datagram(packet.data, b"a", 11.0, wall)
+    events = []
+    while (event := b.next_event()) is not None:
+        events.append(event)
+    assert [len(e.payload) for e in events if isinstance(e, DataReceived)] == [
+        len(payload) + (-len(payload) % 16)
+    ]

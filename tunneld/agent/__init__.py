@@ -10,14 +10,19 @@ of an ``rpc`` stream. Protocol: docs/agentrpc.md.
 
 from __future__ import annotations
 
-from tunneld.agent._errors import OperationError
-from tunneld.agent._paths import PathPolicy
-from tunneld.agent._services import (
-    DEFAULT_KILL_GRACE,
-    DEFAULT_OUTPUT_LIMIT,
-    AgentServices,
-    parse_service,
-)
+from typing import TYPE_CHECKING
+
+from tunneld._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from tunneld.agent._errors import OperationError
+    from tunneld.agent._paths import PathPolicy
+    from tunneld.agent._services import (
+        DEFAULT_KILL_GRACE,
+        DEFAULT_OUTPUT_LIMIT,
+        AgentServices,
+        parse_service,
+    )
 
 __all__ = [
     "DEFAULT_KILL_GRACE",
@@ -27,3 +32,13 @@ __all__ = [
     "PathPolicy",
     "parse_service",
 ]
+
+_EXPORTS = {
+    "AgentServices": "_services",
+    "DEFAULT_KILL_GRACE": "_services",
+    "DEFAULT_OUTPUT_LIMIT": "_services",
+    "OperationError": "_errors",
+    "PathPolicy": "_paths",
+    "parse_service": "_services",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

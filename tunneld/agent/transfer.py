@@ -48,6 +48,8 @@ DEFAULT_CHUNK_SIZE: Final = 1 << 20
 # Local partial files are named like the agent's (both sides resume the same way).
 LOCAL_PART_SUFFIX: Final = PART_SUFFIX
 _HASH_BLOCK: Final = 1 << 20
+# How much unused --limit-rate credit a copy may spend at once, in seconds of the rate.
+_PACER_CREDIT: Final = 0.25
 
 # Called with (bytes done, total bytes or None when unknown) after every chunk.
 Progress = Callable[[int, int | None], None]
@@ -73,18 +75,22 @@ def local_part_path(target: Path) -> Path:
 
 
 class _Pacer:
-    """Holds a copy to ``rate`` bytes/second on average (no limit when ``rate`` is None)."""
+    """Holds a copy to ``rate`` bytes/second (no limit when ``rate`` is None).
+
+    Credit left unused (a slow start, a stall) is kept for at most ``_PACER_CREDIT``
+    seconds: an average since the start would let a copy that fell behind burst at full
+    speed until it caught up.
+    """
 
     def __init__(self, rate: float | None) -> None:
         self.rate = rate
-        self.start = trio.current_time()
-        self.sent = 0
+        self.due = trio.current_time()
 
     async def account(self, size: int) -> None:
         if self.rate is None:
             return
-        self.sent += size
-        await trio.sleep_until(self.start + self.sent / self.rate)
+        self.due = max(self.due, trio.current_time() - _PACER_CREDIT) + size / self.rate
+        await trio.sleep_until(self.due)
 
 
 def _hash_prefix(path: Path, length: int) -> tuple[hashlib._Hash, int]:

@@ -58,7 +58,7 @@ from tunneld.control import (
 from tunneld.keys import generate_private_key
 from tunneld.log import setup_logging
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import Overlay, OverlayConfig, PeerStatus
+from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus
 
 __all__ = [
     "AGENT",
@@ -258,6 +258,13 @@ async def _agent() -> None:
     agent = node(settings, AGENT, sink_streams=True)
     async with trio.open_nursery() as nursery:
         udp = await nursery.start(agent.serve)
+        # Ready once the relay admitted us, i.e. the coordinator has registered our
+        # node: a client started earlier would ask for a tunnel to a name the
+        # coordinator does not know yet, and wait for it in vain (the bench's
+        # "client process exited without an answer" under load).
+        with trio.fail_after(SETUP_WAIT):
+            while agent.relay_state is not LinkState.CONNECTED:  # noqa: ASYNC110
+                await trio.sleep(0.01)
         _say({"udp": f"{udp[0]}:{udp[1]}"})
         await _stdin_closed()
         nursery.cancel_scope.cancel()

@@ -14,7 +14,7 @@ in real deployments; ``one-process`` runs all three on this process's trio threa
 
 The ceiling, measured in the same run and per path: the same number of bytes as
 WireGuard transport packets of the size that path carries (one mux datagram plus our
-header: 48 KiB + 17 over the relay; on the direct path the datagram size path MTU
+header: 63 KiB + 17 over the relay; on the direct path the datagram size path MTU
 discovery settled on, read from the client node's status after the transfer: up to
 65,455 + 17 on loopback, 1,200 + 17 before discovery), each encrypted, sent and
 received over real loopback UDP and decrypted between a ``WireGuardCore`` pair,

@@ -2,41 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from tunneld.config._sections import ControlConfig
-from tunneld.control._coordinator import (
-    Coordinator,
-    CoordinatorSettings,
-    CoordinatorStats,
-    Principal,
-    node_id_for,
-)
-from tunneld.control._derp_relay import DerpRelay, RelayLimits, RelayStats
-from tunneld.control._server import (
-    ControlServer,
-    ControlSetupError,
-    RelayFactory,
-    ServerInfo,
-    StunServe,
-    load_or_create_key,
-    write_ready_file,
-)
-from tunneld.control._store import (
-    ConflictError,
-    Grant,
-    NodeRecord,
-    NotFoundError,
-    SqliteDatabase,
-    SqliteStore,
-    Store,
-    StoreError,
-    TokenInfo,
-    User,
-)
-from tunneld.control._stun import StunStats, serve_stun
-from tunneld.control._tasks import TaskValidationError, task_json, validate_task
-from tunneld.control._tokens import new_token, parse_token
+from tunneld._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from tunneld.control._coordinator import (
+        Coordinator,
+        CoordinatorSettings,
+        CoordinatorStats,
+        Principal,
+        node_id_for,
+    )
+    from tunneld.control._defaults import default_relay_factory, default_stun_serve, relay_limits
+    from tunneld.control._derp_relay import DerpRelay, RelayLimits, RelayStats
+    from tunneld.control._server import (
+        ControlServer,
+        ControlSetupError,
+        RelayFactory,
+        ServerInfo,
+        StunServe,
+        load_or_create_key,
+        write_ready_file,
+    )
+    from tunneld.control._store import (
+        ConflictError,
+        Grant,
+        NodeRecord,
+        NotFoundError,
+        SqliteDatabase,
+        SqliteStore,
+        Store,
+        StoreError,
+        TokenInfo,
+        User,
+    )
+    from tunneld.control._stun import StunStats, serve_stun
+    from tunneld.control._tasks import TaskValidationError, task_json, validate_task
+    from tunneld.control._tokens import new_token, parse_token
 
 __all__ = [
     "ConflictError",
@@ -76,21 +79,41 @@ __all__ = [
     "write_ready_file",
 ]
 
-
-def relay_limits(config: ControlConfig) -> RelayLimits:
-    """The relay's limits with what ``[control]`` sets (``relay_rate_limit``)."""
-    return RelayLimits(bytes_per_second=int(config.relay_rate_limit * 1024 * 1024))
-
-
-def default_relay_factory(limits: RelayLimits | None = None) -> RelayFactory:
-    """Builds the DERP relay served at ``/derp`` (``limits``: ``RelayLimits()``)."""
-
-    def build(private_key: bytes, authorize: Callable[[bytes], Awaitable[bool]]) -> DerpRelay:
-        return DerpRelay(private_key, authorize=authorize, limits=limits)
-
-    return build
-
-
-def default_stun_serve() -> StunServe:
-    """The STUN server run on ``[control].stun_listen``."""
-    return serve_stun
+_EXPORTS = {
+    "ConflictError": "_store",
+    "ControlServer": "_server",
+    "ControlSetupError": "_server",
+    "Coordinator": "_coordinator",
+    "CoordinatorSettings": "_coordinator",
+    "CoordinatorStats": "_coordinator",
+    "DerpRelay": "_derp_relay",
+    "Grant": "_store",
+    "NodeRecord": "_store",
+    "NotFoundError": "_store",
+    "Principal": "_coordinator",
+    "RelayFactory": "_server",
+    "RelayLimits": "_derp_relay",
+    "RelayStats": "_derp_relay",
+    "ServerInfo": "_server",
+    "SqliteDatabase": "_store",
+    "SqliteStore": "_store",
+    "Store": "_store",
+    "StoreError": "_store",
+    "StunServe": "_server",
+    "StunStats": "_stun",
+    "TaskValidationError": "_tasks",
+    "TokenInfo": "_store",
+    "User": "_store",
+    "default_relay_factory": "_defaults",
+    "default_stun_serve": "_defaults",
+    "load_or_create_key": "_server",
+    "new_token": "_tokens",
+    "node_id_for": "_coordinator",
+    "parse_token": "_tokens",
+    "relay_limits": "_defaults",
+    "serve_stun": "_stun",
+    "task_json": "_tasks",
+    "validate_task": "_tasks",
+    "write_ready_file": "_server",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,10 @@
-"""The control plane's DERP v2 relay, served over WebSocket (subprotocol ``derp``).
+"""The control plane's DERP v2 relay, served on ``/derp`` two ways.
+
+* ``Upgrade: DERP`` (:meth:`DerpRelay.handle_stream`): Tailscale's own transport, DERP
+  frames on the raw stream after ``101 Switching Protocols``. Close codes do not exist
+  there: a client we close just sees the connection end.
+* WebSocket, subprotocol ``derp`` (:meth:`DerpRelay.handle_websocket`): binary
+  messages; closes carry a code and reason.
 
 Behaviour follows Tailscale's derper where it is observable by clients:
 
@@ -66,8 +72,83 @@ __all__ = ["DerpRelay", "RelayLimits", "RelayStats"]
 _CLOSE_NORMAL = 1000
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_INTERNAL_ERROR = 1011
-# Frames written in one WebSocket message at most (they form a byte stream anyway).
+# Frames written in one WebSocket message (or raw write) at most (a byte stream anyway).
 _MAX_BATCH_BYTES = 256 * 1024
+# One read of a raw (``Upgrade: DERP``) client: several packets when they queue up.
+_READ_SIZE = 256 * 1024
+_CLOSE_SECONDS = 2.0
+
+
+class _LinkClosed(Exception):
+    """The client's connection is gone."""
+
+
+class _WebSocketLink:
+    """A DERP client over WebSocket: frames in binary messages."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+
+    async def send(self, data: bytes | bytearray) -> None:
+        try:
+            await self._ws.send_message(bytes(data))
+        except trio_websocket.ConnectionClosed:
+            raise _LinkClosed from None
+
+    async def receive(self) -> bytes:
+        try:
+            message = await self._ws.get_message()
+        except trio_websocket.ConnectionClosed:
+            raise _LinkClosed from None
+        if isinstance(message, str):
+            raise RemoteProtocolError("DERP over WebSocket uses binary messages, got text")
+        return message
+
+    async def close(self, code: int, reason: str) -> None:
+        # Bounded and shielded: closing must finish even while our task is cancelled.
+        with trio.move_on_after(_CLOSE_SECONDS) as scope:
+            scope.shield = True
+            try:
+                await self._ws.aclose(code, reason[:120])
+            except trio_websocket.ConnectionClosed:
+                pass
+
+
+class _StreamLink:
+    """A DERP client after ``Upgrade: DERP``: frames on the raw stream."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+
+    async def send(self, data: bytes | bytearray) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _LinkClosed from None
+
+    async def receive(self) -> bytes:
+        try:
+            data = await self._stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _LinkClosed from None
+        if not data:
+            raise _LinkClosed
+        return bytes(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        # No close frame exists here: derper, too, just closes the connection.
+        with trio.move_on_after(_CLOSE_SECONDS) as scope:
+            scope.shield = True
+            await self._stream.aclose()
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(self._stream)
+
+
+_Link = _WebSocketLink | _StreamLink
 
 
 @dataclass(frozen=True)
@@ -136,29 +217,33 @@ class _Client:
         "control",
         "flushed",
         "key",
+        "last_write",
+        "link",
         "log",
         "packets",
         "peer_gone_bucket",
         "preferred",
         "rate_bucket",
         "wakeup",
-        "ws",
+        "writing_since",
     )
 
     def __init__(
         self,
         key: bytes,
-        ws: trio_websocket.WebSocketConnection,
+        link: _Link,
         limits: RelayLimits,
         now: float,
         log: Logger,
     ) -> None:
         self.key = key
-        self.ws = ws
+        self.link = link
         self.log = log
         self.packets: deque[bytes] = deque()
         self.control: deque[bytes] = deque()
         self.wakeup = trio.Event()
+        self.last_write = now  # when a write last completed (keep-alives count from it)
+        self.writing_since: float | None = None  # when the write in progress began
         # Set when the writer has emptied both queues (announce_restart waits on it).
         self.flushed = trio.Event()
         self.cancel_scope: trio.CancelScope | None = None
@@ -260,24 +345,36 @@ class DerpRelay:
         Never raises for client misbehaviour: protocol errors, timeouts and refusals
         close this WebSocket with a code and reason. Cancellation closes it too.
         """
+        await self._serve(request, _WebSocketLink(ws))
+
+    async def handle_stream(self, request: Request, stream: trio.abc.Stream) -> None:
+        """Serve one DERP client on the raw stream after ``Upgrade: DERP`` (mount with
+        ``Router.upgrade(path, "DERP", ..., method="GET")``).
+
+        As :meth:`handle_websocket`; closing just closes the stream (no code or reason
+        travels: the client sees the connection end, as with Tailscale's derper).
+        """
+        await self._serve(request, _StreamLink(stream))
+
+    async def _serve(self, request: Request, link: _Link) -> None:
         core = ServerConnection(self._private_key)
         # host:port, as the http.request line for the same connection shows it.
         log = self._log.bind(peer=format_address(request.peer))
         try:
-            await ws.send_message(core.data_to_send())
+            await link.send(core.data_to_send())
             with trio.fail_after(self.limits.handshake_timeout):
-                hello = await self._read_hello(ws, core)
+                hello = await self._read_hello(link, core)
         except trio.TooSlowError:
             self.stats.handshake_failures += 1
             log.info("derp.handshake_timeout")
-            await _close(ws, CLOSE_POLICY_VIOLATION, "DERP handshake timed out")
+            await link.close(CLOSE_POLICY_VIOLATION, "DERP handshake timed out")
             return
         except RemoteProtocolError as exc:
             self.stats.handshake_failures += 1
             log.info("derp.handshake_failed", reason=exc.reason)
-            await _close(ws, exc.close_code, exc.reason)
+            await link.close(exc.close_code, exc.reason)
             return
-        except trio_websocket.ConnectionClosed:
+        except _LinkClosed:
             self.stats.handshake_failures += 1
             return
 
@@ -290,17 +387,17 @@ class DerpRelay:
         except trio.TooSlowError:
             log.warning("derp.authorize_timeout")
             self.stats.refused += 1
-            await _close(ws, _CLOSE_INTERNAL_ERROR, "authorization timed out")
+            await link.close(_CLOSE_INTERNAL_ERROR, "authorization timed out")
             return
         except Exception:
             log.exception("derp.authorize_failed")
             self.stats.refused += 1
-            await _close(ws, _CLOSE_INTERNAL_ERROR, "authorization failed")
+            await link.close(_CLOSE_INTERNAL_ERROR, "authorization failed")
             return
         if not allowed:
             self.stats.refused += 1
             log.info("derp.refused")
-            await _close(ws, CLOSE_POLICY_VIOLATION, "node key not authorized on this relay")
+            await link.close(CLOSE_POLICY_VIOLATION, "node key not authorized on this relay")
             return
 
         core.accept(
@@ -311,29 +408,28 @@ class DerpRelay:
             )
         )
         try:
-            await ws.send_message(core.data_to_send())
-        except trio_websocket.ConnectionClosed:
+            await link.send(core.data_to_send())
+        except _LinkClosed:
             return
-        client = _Client(key, ws, self.limits, trio.current_time(), log)
+        client = _Client(key, link, self.limits, trio.current_time(), log)
         try:
             async with trio.open_nursery() as nursery:
                 client.cancel_scope = nursery.cancel_scope
                 self._register(client)
                 nursery.start_soon(self._writer, client)
+                nursery.start_soon(self._timer, client)
                 await self._reader(client, core)
                 nursery.cancel_scope.cancel()
         finally:
             self._unregister(client)
             if client.control and client.close_reason != "client too slow to read":
                 # Let a replaced or revoked client read why (HEALTH, RESTARTING).
-                await _flush(ws, client.control)
-            await _close(ws, client.close_code, client.close_reason)
+                await _flush(link, client.control)
+            await link.close(client.close_code, client.close_reason)
 
-    async def _read_hello(
-        self, ws: trio_websocket.WebSocketConnection, core: ServerConnection
-    ) -> ClientHello:
+    async def _read_hello(self, link: _Link, core: ServerConnection) -> ClientHello:
         while True:
-            core.receive_data(await _get_bytes(ws))
+            core.receive_data(await link.receive())
             event = core.next_event()
             if isinstance(event, ClientHello):
                 return event
@@ -355,12 +451,12 @@ class DerpRelay:
                     continue
                 self._handle_event(client, event)
             try:
-                data = await _get_bytes(client.ws)
+                data = await client.link.receive()
             except RemoteProtocolError as exc:
                 self.stats.protocol_errors += 1
                 client.close(exc.close_code, exc.reason)
                 return
-            except trio_websocket.ConnectionClosed:
+            except _LinkClosed:
                 client.close(_CLOSE_NORMAL, "")
                 return
             # Bytes are counted per message (what the client made the network carry);
@@ -414,40 +510,56 @@ class DerpRelay:
         client.wake()
 
     async def _writer(self, client: _Client) -> None:
-        limits = self.limits
-        interval = limits.keepalive_interval + self._rng.uniform(0, limits.keepalive_jitter)
-        next_keepalive = trio.current_time() + interval
+        # No cancel scope per write or per wait (a deadline costs the scheduler more
+        # than the write itself): _timer watches writes and sends keep-alives.
         while True:
             if not client.control and not client.packets:
                 client.wakeup = trio.Event()
-                with trio.move_on_at(next_keepalive):
-                    await client.wakeup.wait()
-                if trio.current_time() >= next_keepalive:
-                    client.control.append(encode_keep_alive())
-                    self.stats.keepalives_sent += 1
-                    next_keepalive = trio.current_time() + interval
-                if not client.control and not client.packets:
-                    continue
+                await client.wakeup.wait()
+                continue
             batch = bytearray()
             # Control frames first: a pong or PEER_GONE should not wait behind data.
             for queue in (client.control, client.packets):
                 while queue and len(batch) < _MAX_BATCH_BYTES:
                     batch += queue.popleft()
+            client.writing_since = trio.current_time()
             try:
-                with trio.fail_after(limits.write_timeout):
-                    await client.ws.send_message(bytes(batch))
-            except trio.TooSlowError:
+                await client.link.send(batch)
+            except _LinkClosed:
+                client.close(_CLOSE_NORMAL, "")
+                return
+            # Any frame proves liveness as well as a keep-alive would.
+            client.last_write = trio.current_time()
+            client.writing_since = None
+            if not client.control and not client.packets:
+                client.flushed.set()
+
+    async def _timer(self, client: _Client) -> None:
+        """Close ``client`` when one write has taken ``write_timeout``; queue a
+        KEEP_ALIVE when nothing was written for the keep-alive interval."""
+        limits = self.limits
+        interval = limits.keepalive_interval + self._rng.uniform(0, limits.keepalive_jitter)
+        while True:
+            now = trio.current_time()
+            since = client.writing_since
+            if since is not None and now - since >= limits.write_timeout:
                 self.stats.write_timeouts += 1
                 client.log.info("derp.write_timeout")
                 client.close(CLOSE_POLICY_VIOLATION, "client too slow to read")
                 return
-            except trio_websocket.ConnectionClosed:
-                client.close(_CLOSE_NORMAL, "")
-                return
-            # Any frame proves liveness as well as a keep-alive would.
-            next_keepalive = trio.current_time() + interval
-            if not client.control and not client.packets:
-                client.flushed.set()
+            if since is None and now - client.last_write >= interval:
+                client.control.append(encode_keep_alive())
+                self.stats.keepalives_sent += 1
+                client.last_write = now  # the writer sets it again once written
+                client.wake()
+            if since is not None:
+                await trio.sleep_until(since + limits.write_timeout)
+            else:
+                # The next keep-alive, and at most write_timeout after any write that
+                # starts meanwhile.
+                await trio.sleep_until(
+                    min(client.last_write + interval, now + limits.write_timeout)
+                )
 
     # --- the client table ---
 
@@ -491,28 +603,11 @@ class DerpRelay:
                     del self._watchers[source_key]
 
 
-async def _get_bytes(ws: trio_websocket.WebSocketConnection) -> bytes:
-    message = await ws.get_message()
-    if isinstance(message, str):
-        raise RemoteProtocolError("DERP over WebSocket uses binary messages, got text")
-    return message
-
-
-async def _flush(ws: trio_websocket.WebSocketConnection, frames: deque[bytes]) -> None:
+async def _flush(link: _Link, frames: deque[bytes]) -> None:
     with trio.move_on_after(0.5) as scope:
         scope.shield = True
         try:
-            await ws.send_message(b"".join(frames))
-        except trio_websocket.ConnectionClosed:
+            await link.send(b"".join(frames))
+        except _LinkClosed:
             pass
     frames.clear()
-
-
-async def _close(ws: trio_websocket.WebSocketConnection, code: int, reason: str) -> None:
-    # Bounded and shielded: closing must finish even while our task is being cancelled.
-    with trio.move_on_after(2.0) as scope:
-        scope.shield = True
-        try:
-            await ws.aclose(code, reason[:120])
-        except trio_websocket.ConnectionClosed:
-            pass

@@ -7,7 +7,7 @@ the control plane sees only these records and that Protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol, get_args
 
 from tunneld.proto.coord import HomeRelay
 
@@ -29,6 +29,9 @@ __all__ = [
 
 NodeKind = Literal["client", "agent"]
 TaskState = Literal["working", "complete", "idle", "failure"]
+TASK_STATES: Final[tuple[TaskState, ...]] = get_args(TaskState)
+# Most task reports one list request returns.
+MAX_LIST_LIMIT: Final = 500
 
 # Each user keeps its newest reports only: a chatty agent cannot grow the file forever.
 TASK_REPORTS_KEPT_PER_USER = 1000

@@ -9,7 +9,8 @@ Routes:
   ``tunneld/control/_tasks.py``).
 * ``GET /api/v1/access?subject=S&agent=A`` — may user S reach agent A through the
   asking daemon (per-caller authorization, ``tunneld.control._access``).
-* ``GET /derp`` — the DERP relay over WebSocket (subprotocol ``derp``), when wired.
+* ``GET /derp`` — the DERP relay, when wired: ``Upgrade: DERP`` (raw frames, as
+  Tailscale's derper) or WebSocket (subprotocol ``derp``).
 * ``GET /`` — the dashboard (after a browser login; ``tunneld/control/_dashboard.py``),
   with ``/dashboard/state`` (JSON), ``/dashboard/app.js`` and ``/dashboard/app.css``.
 * ``GET /healthz`` — ``200`` ``{"status": "ok", …}``.
@@ -70,6 +71,8 @@ __all__ = [
 log = get_logger(__name__)
 
 _UNAUTHORIZED_HEADERS = [("WWW-Authenticate", 'Bearer realm="tunneld"')]
+# How long the relay waits for the coordinator to register a connecting node key.
+_RELAY_AUTHORIZE_GRACE = 2.0
 
 
 class ControlSetupError(Exception):
@@ -86,6 +89,7 @@ class RelayLike(Protocol):
     async def handle_websocket(
         self, request: Request, ws: trio_websocket.WebSocketConnection
     ) -> None: ...
+    async def handle_stream(self, request: Request, stream: trio.abc.Stream) -> None: ...
     def close_peer(self, key: bytes) -> None: ...
     def is_connected(self, key: bytes) -> bool: ...
     async def announce_restart(self, reconnect_in: float, try_for: float) -> None: ...
@@ -323,7 +327,20 @@ class ControlServer:
     async def _relay_authorize(self, node_key: bytes) -> bool:
         # A relay client must be a node the coordinator registered, whose token is
         # still valid (DERP itself proves the client holds the key's private half).
-        return await self.store.node_key_active(node_key, self._wall())
+        # A starting node dials the coordinator and the relay at once, and its relay
+        # handshake often arrives before its update_self is stored: give the
+        # coordinator a moment (bounded, well inside the relay's handshake timeout)
+        # rather than refuse the node its own relay and make it back off.
+        deadline = trio.current_time() + _RELAY_AUTHORIZE_GRACE
+        delay = 0.02
+        while True:
+            if await self.store.node_key_active(node_key, self._wall()):
+                return True
+            left = deadline - trio.current_time()
+            if left <= 0:
+                return False
+            await trio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
 
     # --- routes -----------------------------------------------------------------------
 
@@ -353,6 +370,8 @@ class ControlServer:
                 subprotocols=["derp"],
                 require_subprotocol=True,
             )
+            # Tailscale's own transport on the same path: DERP on the raw stream.
+            router.upgrade("/derp", "DERP", self.relay.handle_stream, method="GET")
         return router
 
     def _dashboard(self, sessions: BrowserSessions) -> Dashboard:

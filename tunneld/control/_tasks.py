@@ -18,11 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, get_args
+from typing import Final
 from urllib.parse import urlsplit
 
 from tunneld.control._coordinator import Coordinator, Principal
-from tunneld.control._records import NotFoundError, Store, TaskReport, TaskState
+from tunneld.control._records import (
+    MAX_LIST_LIMIT,
+    TASK_STATES,
+    NotFoundError,
+    Store,
+    TaskReport,
+    TaskState,
+)
 from tunneld.http import HttpError, Request, Response
 from tunneld.log import get_logger
 from tunneld.proto.coord import validate_name
@@ -41,11 +48,9 @@ __all__ = [
 
 log = get_logger(__name__)
 
-TASK_STATES: Final[tuple[TaskState, ...]] = get_args(TaskState)
 MAX_SUMMARY_LENGTH: Final = 160
 MAX_LINK_LENGTH: Final = 2048
 DEFAULT_LIST_LIMIT: Final = 50
-MAX_LIST_LIMIT: Final = 500
 _FIELDS: Final = frozenset({"state", "summary", "link", "agent"})
 _UNAUTHORIZED_HEADERS: Final = [("WWW-Authenticate", 'Bearer realm="tunneld"')]
 

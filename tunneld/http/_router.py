@@ -274,6 +274,11 @@ def dispatch(
     if entry.websocket is not None and method == "GET":
         if wants_upgrade and "websocket" in upgrade:
             return Dispatch(params, websocket=entry.websocket)
+        # Another protocol on the same path (e.g. DERP: Upgrade: DERP or WebSocket).
+        for token in upgrade if wants_upgrade else ():
+            route = entry.upgrades.get(token)
+            if route is not None and route.method == method:
+                return Dispatch(params, upgrade=route)
         return Dispatch(
             params,
             response=Response.error(

@@ -1,4 +1,15 @@
-"""A trio DERP v2 client over WebSocket (subprotocol ``derp``, binary messages).
+"""A trio DERP v2 client over a raw HTTP upgrade or WebSocket.
+
+Two transports carry the same DERP frames (SPECS.md, DERP v2):
+
+* ``derp`` — ``GET`` with ``Upgrade: DERP``, then DERP frames on the bare TCP (or TLS)
+  stream after ``101 Switching Protocols``: Tailscale's own transport (derper serves
+  it on ``/derp``). No WebSocket framing or client masking, so the cheaper one.
+* ``websocket`` — subprotocol ``derp``, binary messages (for proxies that pass only
+  WebSocket, and relays that do not serve the upgrade).
+
+``transport="auto"`` (the default) asks for the upgrade and falls back to WebSocket
+when the relay answers anything but 101 (an older tunneld relay answers 426).
 
 One reader task feeds the sans-IO :class:`~tunneld.proto.derp.ClientConnection` and
 hands events to :meth:`DerpClient.receive`; every write goes through one lock-guarded
@@ -14,13 +25,18 @@ from __future__ import annotations
 
 import math
 import secrets
+import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Literal
+from urllib.parse import urlsplit
 
+import h11
 import trio
 import trio_websocket
 
-from tunneld.net._websocket import close_bounded, close_info
+from tunneld.net._websocket import CLOSE_TIMEOUT, close_bounded, close_info
 from tunneld.proto.derp import (
     ClientConnection,
     Connected,
@@ -31,10 +47,15 @@ from tunneld.proto.derp import (
     ServerInfo,
 )
 
-__all__ = ["DerpClient", "DerpConnectError", "DerpConnectionClosed"]
+__all__ = ["TRANSPORTS", "DerpClient", "DerpConnectError", "DerpConnectionClosed", "Transport"]
 
 _CLOSE_GOING_AWAY = 1001
 _MESSAGE_QUEUE = 4  # whole WebSocket messages buffered (each at most 1 MiB)
+# One read of a raw DERP stream: several relay packets a read when they queue up.
+_READ_SIZE = 256 * 1024
+_MAX_RESPONSE_HEAD = 16 * 1024
+Transport = Literal["auto", "derp", "websocket"]
+TRANSPORTS: tuple[Transport, ...] = ("auto", "derp", "websocket")
 
 
 class DerpConnectError(Exception):
@@ -56,6 +77,162 @@ class DerpConnectionClosed(Exception):
         self.reason = reason
 
 
+class _LinkClosed(Exception):
+    """The transport is closed: ``code`` and ``reason`` as the peer said, if it did."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _WebSocketLink:
+    """DERP bytes as WebSocket binary messages."""
+
+    name = "websocket"
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+
+    async def send(self, data: bytes | bytearray) -> None:
+        try:
+            await self._ws.send_message(bytes(data))
+        except trio_websocket.ConnectionClosed as exc:
+            raise _LinkClosed(*close_info(exc, lost="connection closed")) from None
+
+    async def receive(self) -> bytes:
+        try:
+            message = await self._ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _LinkClosed(*close_info(exc, lost="connection closed")) from None
+        if isinstance(message, str):
+            raise RemoteProtocolError("relay sent a text message; not a DERP relay")
+        return message
+
+    async def close(self, code: int, reason: str) -> None:
+        await close_bounded(self._ws, code, reason)
+
+    async def aclose(self) -> None:
+        await self._ws.aclose()
+
+
+class _StreamLink:
+    """DERP bytes on the raw stream after ``Upgrade: DERP`` (no close codes: the
+    relay just closes the connection)."""
+
+    name = "derp"
+
+    def __init__(self, stream: trio.abc.Stream, buffered: bytes) -> None:
+        self._stream = stream
+        self._buffered = buffered  # read together with the 101 response head
+
+    async def send(self, data: bytes | bytearray) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _LinkClosed(None, f"connection lost: {exc}") from None
+
+    async def receive(self) -> bytes:
+        if self._buffered:
+            data, self._buffered = self._buffered, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        try:
+            chunk = await self._stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _LinkClosed(None, f"connection lost: {exc}") from None
+        if not chunk:
+            raise _LinkClosed(None, "connection closed")
+        return bytes(chunk)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            await self._stream.aclose()
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(self._stream)
+
+
+_Link = _WebSocketLink | _StreamLink
+
+
+class _UpgradeRefused(Exception):
+    """The relay answered the ``Upgrade: DERP`` request with ``status``, not 101."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"relay answered HTTP {status} to Upgrade: DERP")
+        self.status = status
+
+
+async def _open_upgrade(url: str, timeout: float) -> _StreamLink:  # noqa: ASYNC109
+    """Connect to ``url`` and switch to DERP with ``Upgrade: DERP`` (Tailscale's
+    derphttp request: ``GET`` the URL's path, ``Connection: Upgrade``).
+
+    Raises:
+        _UpgradeRefused: an HTTP answer other than 101 (then the stream is closed).
+        DerpConnectError: not a URL we can dial, the answer is not HTTP, or the
+            connection broke (reset, failed TLS handshake).
+        OSError: the relay cannot be reached; TimeoutError via trio.TooSlowError.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+        raise DerpConnectError(f"relay URL must be ws://, wss://, http:// or https://: {url!r}")
+    secure = scheme in ("wss", "https")
+    host = parts.hostname
+    port = parts.port or (443 if secure else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    with trio.fail_after(timeout):
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        try:
+            if secure:
+                tls = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
+                await tls.do_handshake()
+                stream = tls
+            authority = f"[{host}]" if ":" in host else host
+            if parts.port is not None:
+                authority += f":{parts.port}"
+            client = h11.Connection(h11.CLIENT)
+            request = h11.Request(
+                method="GET",
+                target=target.encode(),
+                headers=[
+                    (b"Host", authority.encode()),
+                    (b"Connection", b"Upgrade"),
+                    (b"Upgrade", b"DERP"),
+                    (b"User-Agent", b"tunneld"),
+                ],
+            )
+            await stream.send_all(client.send(request) or b"")
+            received = 0
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(4096)
+                    received += len(data)
+                    if received > _MAX_RESPONSE_HEAD:
+                        raise DerpConnectError("relay's HTTP answer to Upgrade: DERP is too long")
+                    client.receive_data(bytes(data))
+                    continue
+                if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                    trailing, _closed = client.trailing_data
+                    return _StreamLink(stream, bytes(trailing))
+                if isinstance(event, h11.Response | h11.InformationalResponse):
+                    raise _UpgradeRefused(event.status_code)
+                raise DerpConnectError("relay closed the connection before answering the upgrade")
+        except h11.RemoteProtocolError as exc:
+            await trio.aclose_forcefully(stream)
+            raise DerpConnectError(f"relay's answer to Upgrade: DERP is not HTTP: {exc}") from None
+        except trio.BrokenResourceError as exc:  # reset, or a failed TLS handshake
+            await trio.aclose_forcefully(stream)
+            raise DerpConnectError(f"relay connection failed: {exc.__cause__ or exc}") from None
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+
+
 class DerpClient:
     """A connected DERP client; make one with :meth:`connect`.
 
@@ -65,17 +242,19 @@ class DerpClient:
         server_info: the relay's SERVER_INFO (rate hints).
         last_heard: ``trio.current_time()`` of the last message from the relay (a
             client should treat 120 s of silence as a dead connection).
+        transport: ``"derp"`` (raw upgrade) or ``"websocket"``: what this connection uses.
     """
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        link: _Link,
         core: ClientConnection,
         server_info: ServerInfo,
         event_buffer: int,
         silence_timeout: float,
     ) -> None:
-        self._ws = ws
+        self._link = link
+        self.transport = link.name
         self._silence_timeout = silence_timeout
         self._core = core
         assert core.server_key is not None
@@ -84,7 +263,14 @@ class DerpClient:
         self.server_info = server_info
         self.last_heard = trio.current_time()
         self._send_lock = trio.Lock()
-        self._events_in, self._events_out = trio.open_memory_channel[DerpEvent](event_buffer)
+        # Events for receive()/receive_batch(): a deque and wake-ups rather than a
+        # memory channel, so a reader that takes all queued events at once costs one
+        # task switch per batch instead of two per event.
+        self._events: deque[DerpEvent] = deque()
+        self._event_buffer = max(1, event_buffer)
+        self._events_ready = trio.Event()
+        self._events_room = trio.Event()
+        self._reader_done = False
         self._pings: dict[bytes, trio.Event] = {}
         self._closed: DerpConnectionClosed | None = None
 
@@ -99,11 +285,13 @@ class DerpClient:
         event_buffer: int = 256,
         silence_timeout: float = 120.0,
         refuse_server_keys: Container[bytes] = (),
+        transport: Transport = "auto",
     ) -> AsyncIterator[DerpClient]:
         """Connect to the relay at ``url`` (``ws://`` or ``wss://``) as ``private_key``.
 
         Args:
-            url: the relay's WebSocket URL, e.g. ``ws://host:port/derp``.
+            url: the relay's URL, e.g. ``ws://host:port/derp`` (``http(s)://`` is the
+                same relay: the raw upgrade uses the same host, port, TLS and path).
             private_key: our 32-byte Curve25519 private key.
             handshake_timeout: seconds for the WebSocket and DERP handshakes together.
             event_buffer: events held for :meth:`receive` before the reader stops
@@ -113,44 +301,46 @@ class DerpClient:
             refuse_server_keys: relay keys we are already connected to under another
                 URL: such a relay is left before it learns our key (a relay keeps one
                 connection per client key, so joining twice would drop the other one).
+            transport: ``"auto"`` (``Upgrade: DERP``, WebSocket if the relay answers
+                anything but 101), ``"derp"`` or ``"websocket"`` only (module docstring).
 
         Raises:
-            DerpConnectError: the relay refused the WebSocket or our key, closed during
+            ValueError: an unknown ``transport``.
+            DerpConnectError: the relay refused the upgrade, WebSocket or our key, closed during
                 the handshake, spoke something that is not DERP, timed out, or has a key
                 in ``refuse_server_keys`` (then ``code`` is None and ``alias`` is set).
             OSError: the relay cannot be reached.
 
         Leaving the block closes the connection and stops the reader task.
         """
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         async with AsyncExitStack() as stack:
-            try:
-                ws = await stack.enter_async_context(
-                    trio_websocket.open_websocket_url(
-                        url,
-                        subprotocols=["derp"],
-                        connect_timeout=handshake_timeout,
-                        # The relay batches frames into messages of up to 256 KiB:
-                        # read them in trio's default 64 KiB pieces instead of the
-                        # library's 4 KiB (16x fewer reads and parser passes), and
-                        # let a few whole messages queue so the socket reader does
-                        # not stop after each one for our reader task to run.
-                        receive_buffer_size=None,
-                        message_queue_size=_MESSAGE_QUEUE,
-                    )
+            link: _Link | None = None
+            if transport != "websocket":
+                try:
+                    link = await _open_upgrade(url, handshake_timeout)
+                except _UpgradeRefused as exc:
+                    if transport == "derp":
+                        raise DerpConnectError(str(exc)) from None
+                except trio.TooSlowError:
+                    raise DerpConnectError("relay did not answer Upgrade: DERP in time") from None
+                else:
+                    stack.push_async_callback(link.aclose)
+            if link is None:
+                link = _WebSocketLink(
+                    await stack.enter_async_context(_open_websocket(url, handshake_timeout))
                 )
-            except trio_websocket.HandshakeError as exc:
-                raise DerpConnectError(f"relay refused the WebSocket: {exc}") from None
-            if ws.subprotocol != "derp":
-                raise DerpConnectError(f"relay did not agree to subprotocol derp: {ws.subprotocol}")
             core = ClientConnection(private_key)
             try:
                 with trio.fail_after(handshake_timeout):
-                    connected = await cls._handshake(ws, core, refuse_server_keys)
+                    connected = await cls._handshake(link, core, refuse_server_keys)
             except trio.TooSlowError:
                 raise DerpConnectError("DERP handshake timed out") from None
-            client = cls(ws, core, connected.server_info, event_buffer, silence_timeout)
+            client = cls(link, core, connected.server_info, event_buffer, silence_timeout)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client._reader_task)
+                nursery.start_soon(client._watch_silence)
                 try:
                     yield client
                 finally:
@@ -158,83 +348,112 @@ class DerpClient:
 
     @staticmethod
     async def _handshake(
-        ws: trio_websocket.WebSocketConnection,
+        link: _Link,
         core: ClientConnection,
         refuse_server_keys: Container[bytes] = (),
     ) -> Connected:
         while core.state is not ConnectionState.CONNECTED:
             try:
-                message = await ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                code, reason = close_info(exc, lost="connection closed")
-                raise DerpConnectError(f"relay closed the connection: {reason}", code) from None
-            if isinstance(message, str):
-                raise DerpConnectError("relay sent a text message; not a DERP relay")
-            try:
+                message = await link.receive()
                 core.receive_data(message)
+            except _LinkClosed as exc:
+                reason = exc.reason
+                if link.name == "derp" and exc.code is None:
+                    # A raw connection carries no close reason (derper's neither).
+                    reason += " during the DERP handshake (the relay may not know our key)"
+                raise DerpConnectError(f"relay closed the connection: {reason}", exc.code) from None
             except RemoteProtocolError as exc:
-                await close_bounded(ws, exc.close_code, exc.reason)
+                await link.close(exc.close_code, exc.reason)
                 raise DerpConnectError(f"relay broke the DERP handshake: {exc.reason}") from None
             if core.server_key is not None and core.server_key in refuse_server_keys:
                 # Before CLIENT_INFO: the relay never registers our key on this socket.
-                await close_bounded(ws, _CLOSE_GOING_AWAY, "already connected to this relay")
+                await link.close(_CLOSE_GOING_AWAY, "already connected to this relay")
                 error = DerpConnectError("already connected to this relay under another URL")
                 error.alias = core.server_key
                 raise error
             outgoing = core.data_to_send()
             if outgoing:
-                await ws.send_message(outgoing)
+                try:
+                    await link.send(outgoing)
+                except _LinkClosed as exc:
+                    raise DerpConnectError(
+                        f"relay closed the connection: {exc.reason}", exc.code
+                    ) from None
         event = core.next_event()
         assert isinstance(event, Connected)
         return event
 
     async def _send(self) -> None:
-        # The lock keeps frames whole and in order across concurrent senders.
-        async with self._send_lock:
+        # The lock keeps frames whole and in order across concurrent senders. Taken
+        # without a checkpoint when free (the usual case): the write itself yields,
+        # and with nothing to write there is nothing to wait for.
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             outgoing = self._core.data_to_send()
             if outgoing:
                 try:
-                    await self._ws.send_message(outgoing)
-                except trio_websocket.ConnectionClosed as exc:
+                    await self._link.send(outgoing)
+                except _LinkClosed as exc:
                     raise self._note_closed(exc) from None
+        finally:
+            lock.release()
 
-    def _note_closed(self, exc: trio_websocket.ConnectionClosed) -> DerpConnectionClosed:
+    def _note_closed(self, exc: _LinkClosed) -> DerpConnectionClosed:
         if self._closed is None:
-            self._closed = DerpConnectionClosed(*close_info(exc, lost="connection closed"))
+            self._closed = DerpConnectionClosed(exc.code, exc.reason)
         return self._closed
 
+    async def _watch_silence(self) -> None:
+        while True:
+            deadline = self.last_heard + self._silence_timeout
+            if trio.current_time() >= deadline:
+                break
+            await trio.sleep_until(deadline)
+        reason = f"relay silent for {self._silence_timeout:g} s"
+        if self._closed is None:
+            self._closed = DerpConnectionClosed(None, reason)
+        await self._link.close(_CLOSE_GOING_AWAY, reason)  # the reader then ends
+
     async def _reader_task(self) -> None:
-        async with self._events_in:
-            while True:
-                while (event := self._core.next_event()) is not None:
-                    if isinstance(event, Pong) and event.data in self._pings:
-                        self._pings.pop(event.data).set()
-                        continue
-                    await self._events_in.send(event)
-                try:
-                    await self._send()  # auto-pongs
-                    message: str | bytes | None = None
-                    with trio.move_on_after(self._silence_timeout):
-                        message = await self._ws.get_message()
-                    if message is None:
-                        reason = f"relay silent for {self._silence_timeout:g} s"
-                        self._closed = DerpConnectionClosed(None, reason)
-                        await close_bounded(self._ws, _CLOSE_GOING_AWAY, reason)
-                        return
-                except trio_websocket.ConnectionClosed as exc:
-                    self._note_closed(exc)
-                    return
-                except DerpConnectionClosed:
-                    return
+        try:
+            await self._read_events()
+        finally:
+            self._reader_done = True
+            self._events_ready.set()
+
+    async def _read_events(self) -> None:
+        events = self._events
+        while True:
+            while (event := self._core.next_event()) is not None:
+                if isinstance(event, Pong) and event.data in self._pings:
+                    self._pings.pop(event.data).set()
+                    continue
+                while len(events) >= self._event_buffer:
+                    # Back-pressure: stop reading until the consumer catches up.
+                    self._events_room = trio.Event()
+                    await self._events_room.wait()
+                events.append(event)
+                self._events_ready.set()
+            try:
+                await self._send()  # auto-pongs
+                # No deadline here (one per message cost more than the read):
+                # _watch_silence closes the link when the relay goes quiet.
+                message = await self._link.receive()
                 self.last_heard = trio.current_time()
-                try:
-                    if isinstance(message, str):
-                        raise RemoteProtocolError("relay sent a text message")
-                    self._core.receive_data(message)
-                except RemoteProtocolError as exc:
-                    self._closed = DerpConnectionClosed(exc.close_code, exc.reason)
-                    await close_bounded(self._ws, exc.close_code, exc.reason)
-                    return
+                self._core.receive_data(message)
+            except _LinkClosed as exc:
+                self._note_closed(exc)
+                return
+            except DerpConnectionClosed:
+                return
+            except RemoteProtocolError as exc:
+                self._closed = DerpConnectionClosed(exc.close_code, exc.reason)
+                await self._link.close(exc.close_code, exc.reason)
+                return
 
     async def receive(self) -> DerpEvent:
         """The next event from the relay (RecvPacket, PeerGone, KeepAlive, Health, ...).
@@ -242,10 +461,37 @@ class DerpClient:
         Raises:
             DerpConnectionClosed: the connection is closed and every event was received.
         """
-        try:
-            return await self._events_out.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise self._closed or DerpConnectionClosed(None, "connection closed") from None
+        if self._events:
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._wait_events()
+        event = self._events.popleft()
+        self._events_room.set()
+        return event
+
+    async def receive_batch(self) -> list[DerpEvent]:
+        """Every event queued now (at least one; waits for it), oldest first.
+
+        A checkpoint only when it has to wait: the caller handles the events and comes
+        back, and the reader can only queue more once the caller yields somewhere.
+
+        Raises:
+            DerpConnectionClosed: the connection is closed and every event was received.
+        """
+        if not self._events:
+            await self._wait_events()
+        batch = list(self._events)
+        self._events.clear()
+        self._events_room.set()
+        return batch
+
+    async def _wait_events(self) -> None:
+        while not self._events:
+            if self._reader_done:
+                raise self._closed or DerpConnectionClosed(None, "connection closed")
+            if self._events_ready.is_set():
+                self._events_ready = trio.Event()
+            await self._events_ready.wait()  # every waiter shares one event
 
     async def send_packet(self, dst: bytes, data: bytes) -> None:
         """Relay ``data`` (at most 64 KiB) to the node with public key ``dst``.
@@ -299,4 +545,28 @@ class DerpClient:
 
     async def aclose(self) -> None:
         """Close the connection (1000); the reader stops and :meth:`receive` ends."""
-        await self._ws.aclose()
+        await self._link.aclose()
+
+
+@asynccontextmanager
+async def _open_websocket(
+    url: str,
+    timeout: float,  # noqa: ASYNC109
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    try:
+        async with trio_websocket.open_websocket_url(
+            url,
+            subprotocols=["derp"],
+            connect_timeout=timeout,
+            # The relay batches frames into messages of up to 256 KiB: read them in
+            # trio's default 64 KiB pieces instead of the library's 4 KiB (16x fewer
+            # reads and parser passes), and let a few whole messages queue so the
+            # socket reader does not stop after each one for our reader task to run.
+            receive_buffer_size=None,
+            message_queue_size=_MESSAGE_QUEUE,
+        ) as ws:
+            if ws.subprotocol != "derp":
+                raise DerpConnectError(f"relay did not agree to subprotocol derp: {ws.subprotocol}")
+            yield ws
+    except trio_websocket.HandshakeError as exc:
+        raise DerpConnectError(f"relay refused the WebSocket: {exc}") from None

@@ -138,9 +138,11 @@ class RelayPacer:
         self._stamp = trio.current_time()
 
     async def wait(self, payload_bytes: int, packets: int) -> None:
-        """Wait until a write of ``packets`` packets (``payload_bytes`` in all) fits."""
+        """Wait until a write of ``packets`` packets (``payload_bytes`` in all) fits.
+
+        No checkpoint unless it waits (the write that follows yields anyway).
+        """
         if self._rate <= 0:
-            await trio.lowlevel.checkpoint()
             return
         # What the relay counts: whole frames (type, length, destination key).
         cost = min(payload_bytes + packets * _SEND_OVERHEAD, self._burst)
@@ -327,10 +329,10 @@ class RelayLinks:
 
     async def _reader(self, link: _Link, derp: DerpClient) -> None:
         while True:
-            event = await derp.receive()
-            if isinstance(event, RecvPacket):
-                link.last_used = trio.current_time()
-                await self._on_packet(event.src, event.data)
+            for event in await derp.receive_batch():
+                if isinstance(event, RecvPacket):
+                    link.last_used = trio.current_time()
+                    await self._on_packet(event.src, event.data)
 
     async def _writer(self, link: _Link, derp: DerpClient) -> None:
         pacer = RelayPacer(derp.server_info)
