@@ -11,11 +11,15 @@ share a process, let alone one trio thread):
 * ``agent`` — an overlay node named ``bench-agent`` whose streams go to a counting sink
   (it answers the byte count at EOF); prints ``{"udp": "HOST:PORT"}`` once it runs.
 * ``client`` — an overlay node that opens one stream to ``bench-agent``'s sink (after
-  the direct path is validated, for ``direct``), sends ``size`` bytes, sends EOF and
-  waits for the count; prints ``{"seconds": S, "bytes": N}`` (first send to the answer).
+  the direct path is validated and its path MTU search is done, for ``direct``),
+  sends ``size`` bytes, sends EOF and
+  waits for the count; prints ``{"seconds": S, "bytes": N, "datagram_size": D}`` (first
+  send to the answer; D: the mux datagram size the peer's path used at the end, as the
+  client's status says: what path MTU discovery found on a direct path).
 
 ``agent`` and ``client`` read their settings as one JSON line on stdin
-(``coordinate_url``, ``derp_url``, ``token``, ``direct``, and ``size`` for the client):
+(``coordinate_url``, ``derp_url``, ``token``, ``direct``, optionally
+``max_direct_datagram``, and ``size`` for the client):
 tokens never go on a command line. Every role exits when its stdin closes (the
 benchmark holds the pipe; if it dies the peers go too), the client also once it has
 printed its result, and every role after ``--max-seconds`` (default 300) at the latest.
@@ -54,9 +58,18 @@ from tunneld.control import (
 from tunneld.keys import generate_private_key
 from tunneld.log import setup_logging
 from tunneld.net.mux import MuxStream
-from tunneld.net.overlay import LinkState, Overlay, OverlayConfig
+from tunneld.net.overlay import LinkState, Overlay, OverlayConfig, PeerStatus
 
-__all__ = ["AGENT", "CHUNK", "control_plane", "main", "node", "sink", "transfer"]
+__all__ = [
+    "AGENT",
+    "CHUNK",
+    "control_plane",
+    "datagram_size",
+    "main",
+    "node",
+    "sink",
+    "transfer",
+]
 
 AGENT = "bench-agent"
 CHUNK = 64 * 1024
@@ -89,6 +102,14 @@ def node(settings: dict[str, object], name: str, *, sink_streams: bool) -> Overl
         endpoints=None if settings["direct"] else (),
         stun=None,
     )
+    largest = settings.get("max_direct_datagram")
+    if isinstance(largest, int) and largest > 0:
+        # --direct-datagram: a cap on path MTU discovery (its base size: none at all).
+        config = replace(
+            config,
+            max_direct_datagram=largest,
+            pmtu_discovery=largest > config.mux.max_datagram_size,
+        )
     return Overlay(config, provide, on_stream=sink if sink_streams else None)
 
 
@@ -105,6 +126,9 @@ async def transfer(client: Overlay, *, direct: bool, size: int) -> float:
         stream = await client.open_stream(AGENT, "sink")
         if direct:
             await client.wait_direct(AGENT)
+            # As the path's validation, its path MTU search (a few round trips on
+            # loopback) is set-up, not transfer: the clock starts at the size it found.
+            await client.wait_path_mtu(AGENT)
     block = os.urandom(CHUNK)
     start = time.perf_counter()
     sent = 0
@@ -121,6 +145,20 @@ async def transfer(client: Overlay, *, direct: bool, size: int) -> float:
         raise RuntimeError(f"the sink counted {answer!r} bytes, expected {size}")
     await stream.aclose()
     return elapsed
+
+
+def _peer_status(client: Overlay) -> PeerStatus:
+    peers = client.status()["peers"]
+    assert isinstance(peers, list)
+    for peer in peers:
+        if isinstance(peer, PeerStatus) and peer.name == AGENT:
+            return peer
+    raise RuntimeError(f"the client has no peer {AGENT!r}")
+
+
+def datagram_size(client: Overlay) -> int:
+    """The mux datagram size ``client`` sends the agent with now (its PeerStatus)."""
+    return _peer_status(client).datagram_size
 
 
 def _say(message: dict[str, object]) -> None:
@@ -242,7 +280,7 @@ async def _client() -> None:
         nursery.start_soon(_cancel_when_stdin_closes, nursery.cancel_scope)
         await nursery.start(client.serve)
         seconds = await transfer(client, direct=bool(settings["direct"]), size=size)
-        _say({"seconds": seconds, "bytes": size})
+        _say({"seconds": seconds, "bytes": size, "datagram_size": datagram_size(client)})
         nursery.cancel_scope.cancel()
 
 

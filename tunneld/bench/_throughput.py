@@ -3,7 +3,8 @@
 Two overlay nodes and a control server (coordinator, DERP relay) on loopback; one
 stream carries ``--mb`` megabytes to a counting sink that answers at EOF. ``direct``:
 both nodes announce their loopback UDP address and the transfer starts once the direct
-path is validated. ``relay``: neither announces any endpoint
+path is validated and its path MTU search is done (a few round trips on loopback).
+``relay``: neither announces any endpoint
 (``OverlayConfig(endpoints=())``, no STUN), so every packet goes through DERP.
 
 Layout (``--layout``): ``processes`` (the default) runs the control server, the agent
@@ -13,9 +14,11 @@ in real deployments; ``one-process`` runs all three on this process's trio threa
 
 The ceiling, measured in the same run and per path: the same number of bytes as
 WireGuard transport packets of the size that path carries (one mux datagram plus our
-header: 1,217 bytes on a direct UDP path, 63 KiB + 17 over the relay), each encrypted,
-sent and received over real loopback UDP and decrypted between a ``WireGuardCore``
-pair, without the mux or trio, in this process on one thread. Each path's fraction is
+header: 63 KiB + 17 over the relay; on the direct path the datagram size path MTU
+discovery settled on, read from the client node's status after the transfer: up to
+65,455 + 17 on loopback, 1,200 + 17 before discovery), each encrypted, sent and
+received over real loopback UDP and decrypted between a ``WireGuardCore`` pair,
+without the mux or trio, in this process on one thread. Each path's fraction is
 against the ceiling of its own packets: bigger packets amortize per-packet work, so a
 small-packet ceiling would flatter a path that sends big ones (it could even exceed 1).
 """
@@ -36,11 +39,10 @@ from contextlib import asynccontextmanager
 import trio
 
 from tunneld.bench import BenchResult
-from tunneld.bench._overlay_peer import AGENT, control_plane, node, transfer
+from tunneld.bench._overlay_peer import AGENT, control_plane, datagram_size, node, transfer
 from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
 from tunneld.net.overlay import HEADER_SIZE, RELAY_DATAGRAM_SIZE
-from tunneld.proto.mux import MuxConfig
 from tunneld.proto.noise import DataReceived, WireGuardCore
 
 __all__ = ["add_arguments", "run"]
@@ -73,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the relay's per-client rate limit in MiB/s, as [control] relay_rate_limit "
         "(default: the relay's default, none)",
+    )
+    parser.add_argument(
+        "--direct-datagram",
+        type=int,
+        default=0,
+        help="cap the direct path's mux datagram size (path MTU discovery stops there; "
+        "1200: no discovery, as before it existed; default: the overlay's own cap)",
     )
     parser.add_argument(
         "--layout",
@@ -145,20 +154,25 @@ async def _peer(role: str, *options: str) -> AsyncIterator[_Peer]:
                 await process.stdout.aclose()
 
 
-Measure = Callable[[bool, int], Awaitable[float]]
+# measure(direct, size) -> (MB/s, the mux datagram size the path used at the end)
+Measure = Callable[[bool, int], Awaitable[tuple[float, int]]]
 
 
 @asynccontextmanager
-async def _processes(relay_rate_mib: float | None) -> AsyncIterator[Measure]:
+async def _processes(relay_rate_mib: float | None, direct_datagram: int) -> AsyncIterator[Measure]:
     """Yields ``measure(direct, size) -> MB/s`` with the control server, the agent and
     the client in three processes (a fresh agent and client per measurement)."""
     options = () if relay_rate_mib is None else ("--relay-rate-mib", str(relay_rate_mib))
     async with _peer("control", *options) as control:
         with trio.fail_after(_READY_WAIT):
             plane = await control.line()
-        urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+        urls = {
+            "coordinate_url": plane["coordinate_url"],
+            "derp_url": plane["derp_url"],
+            "max_direct_datagram": direct_datagram,
+        }
 
-        async def measure(direct: bool, size: int) -> float:
+        async def measure(direct: bool, size: int) -> tuple[float, int]:
             async with _peer("agent") as agent, _peer("client") as client:
                 await agent.tell({**urls, "token": plane["agent_token"], "direct": direct})
                 with trio.fail_after(_READY_WAIT):
@@ -168,23 +182,30 @@ async def _processes(relay_rate_mib: float | None) -> AsyncIterator[Measure]:
                 )
                 with trio.fail_after(_PEER_MAX_SECONDS + _READY_WAIT):
                     result = await client.line()
-            seconds = result["seconds"]
+            seconds, datagram = result["seconds"], result["datagram_size"]
             assert isinstance(seconds, float)
+            assert isinstance(datagram, int)
             if result["bytes"] != size:
                 raise RuntimeError(f"the client reports {result['bytes']} bytes, expected {size}")
-            return size / seconds / 1e6
+            return size / seconds / 1e6, datagram
 
         yield measure
 
 
 @asynccontextmanager
-async def _one_process(relay_rate_mib: float | None) -> AsyncIterator[Measure]:
+async def _one_process(
+    relay_rate_mib: float | None, direct_datagram: int
+) -> AsyncIterator[Measure]:
     """Yields ``measure(direct, size) -> MB/s`` with the control server and both nodes
     on this trio thread."""
     async with control_plane(relay_rate_mib) as plane:
-        urls = {"coordinate_url": plane["coordinate_url"], "derp_url": plane["derp_url"]}
+        urls = {
+            "coordinate_url": plane["coordinate_url"],
+            "derp_url": plane["derp_url"],
+            "max_direct_datagram": direct_datagram,
+        }
 
-        async def measure(direct: bool, size: int) -> float:
+        async def measure(direct: bool, size: int) -> tuple[float, int]:
             agent = node(
                 {**urls, "token": plane["agent_token"], "direct": direct},
                 AGENT,
@@ -199,24 +220,33 @@ async def _one_process(relay_rate_mib: float | None) -> AsyncIterator[Measure]:
                 await nursery.start(agent.serve)
                 await nursery.start(client.serve)
                 seconds = await transfer(client, direct=direct, size=size)
+                datagram = datagram_size(client)
                 nursery.cancel_scope.cancel()
-            return size / seconds / 1e6
+            return size / seconds / 1e6, datagram
 
         yield measure
 
 
+Rates = dict[str, tuple[float, int]]  # path -> (MB/s, its packet bytes)
+
+
 async def _rates(
-    layout: str, sizes: tuple[int, int], relay_rate_mib: float | None, ceiling: Callable[[], None]
-) -> tuple[float, float]:
-    """(direct, relay) MB/s in ``layout``; ``ceiling()`` samples the ceiling between
-    and after the transfers (while the nodes' processes are idle)."""
+    layout: str,
+    sizes: tuple[int, int],
+    relay_rate_mib: float | None,
+    direct_datagram: int,
+    ceiling: Callable[[Rates], None],
+) -> Rates:
+    """``{path: (MB/s, packet bytes)}`` in ``layout``; ``ceiling(rates so far)`` samples
+    the ceilings between and after the transfers (while the nodes' processes are idle)."""
     layouts = {"processes": _processes, "one-process": _one_process}
-    async with layouts[layout](relay_rate_mib) as measure:
-        direct = await measure(True, sizes[0])
-        ceiling()
-        relay = await measure(False, sizes[1])
-        ceiling()
-    return direct, relay
+    rates: Rates = {}
+    async with layouts[layout](relay_rate_mib, direct_datagram) as measure:
+        for path, direct, size in (("direct", True, sizes[0]), ("relay", False, sizes[1])):
+            rate, datagram = await measure(direct, size)
+            rates[path] = (rate, datagram + HEADER_SIZE)
+            ceiling(rates)
+    return rates
 
 
 def _ceiling(size: int, packet: int) -> float:
@@ -271,42 +301,49 @@ def _ceiling(size: int, packet: int) -> float:
 def run(args: argparse.Namespace) -> BenchResult:
     direct_size = int(args.mb * 1e6)
     relay_size = int(args.relay_mb * 1e6)
-    packets = {
-        "direct": MuxConfig().max_datagram_size + HEADER_SIZE,
-        "relay": RELAY_DATAGRAM_SIZE + HEADER_SIZE,
-    }
-    ceilings: dict[str, list[float]] = {path: [] for path in packets}
+    # Ceiling samples by packet bytes. The relay's packet size is known up front; the
+    # direct path's only once its transfer is over (path MTU discovery picks it), so
+    # its samples start between the transfers and are topped up at the end.
+    ceilings: dict[int, list[float]] = {}
 
-    def sample_ceiling() -> None:
-        for path, packet in packets.items():
-            ceilings[path].append(_ceiling(direct_size, packet))
+    def sample(packet: int) -> None:
+        ceilings.setdefault(packet, []).append(_ceiling(direct_size, packet))
 
-    sample_ceiling()
+    def sample_ceiling(rates: Rates) -> None:
+        for _, packet in rates.values():
+            sample(packet)
+
+    sample(RELAY_DATAGRAM_SIZE + HEADER_SIZE)
     layouts = ["processes", "one-process"] if args.layout == "both" else [args.layout]
     measured = []
     for layout in layouts:
         rates = trio.run(
-            _rates, layout, (direct_size, relay_size), args.relay_rate_mib, sample_ceiling
+            _rates,
+            layout,
+            (direct_size, relay_size),
+            args.relay_rate_mib,
+            args.direct_datagram,
+            sample_ceiling,
         )
         measured.append((layout, rates))
-    # The first samples, before, between and after the first layout's transfers.
-    ceiling = {path: statistics.median(c[:_CEILING_SAMPLES]) for path, c in ceilings.items()}
+    for packet, samples in ceilings.items():
+        while len(samples) < _CEILING_SAMPLES:
+            samples.append(_ceiling(direct_size, packet))
+    # The first samples of each size, spread over the first transfers where possible.
+    ceiling = {packet: statistics.median(c[:_CEILING_SAMPLES]) for packet, c in ceilings.items()}
     rows: list[dict[str, object]] = []
-    for layout, (direct, relay) in measured:
+    for layout, rates in measured:
         rows += [
             {
                 "path": path,
                 "layout": layout,
                 "mb": size / 1e6,
-                "packet_bytes": packets[path],
-                "mb_per_s": rate,
-                "ceiling_mb_per_s": ceiling[path],
-                "fraction": rate / ceiling[path],
+                "packet_bytes": rates[path][1],
+                "mb_per_s": rates[path][0],
+                "ceiling_mb_per_s": ceiling[rates[path][1]],
+                "fraction": rates[path][0] / ceiling[rates[path][1]],
             }
-            for path, size, rate in (
-                ("direct", direct_size, direct),
-                ("relay", relay_size, relay),
-            )
+            for path, size in (("direct", direct_size), ("relay", relay_size))
         ]
     limit = (
         RelayLimits().bytes_per_second if args.relay_rate_mib is None else args.relay_rate_mib * MIB
@@ -315,7 +352,8 @@ def run(args: argparse.Namespace) -> BenchResult:
         relay_note = (
             f"relay rate limit: {limit / MIB:g} MiB/s per client (the relay's token bucket; "
             "the node keeps under 90% of it), i.e. at most "
-            f"{0.9 * limit / 1e6 / ceiling['relay']:.2f} of the relay's ceiling; "
+            f"{0.9 * limit / 1e6 / ceiling[RELAY_DATAGRAM_SIZE + HEADER_SIZE]:.2f} of the "
+            "relay's ceiling; "
             "--relay-rate-mib 0 lifts it."
         )
     else:
@@ -336,13 +374,19 @@ def run(args: argparse.Namespace) -> BenchResult:
             "mb_per_s: stream bytes from the first send to the sink's answer after EOF.",
             "ceiling: per path, WireGuard payloads of that path's packet_bytes (one mux "
             "datagram plus our header): encrypt + loopback UDP send/recv + decrypt, one "
-            "thread, no mux, no trio; the median of the samples taken before, between and "
-            "after the transfers: "
+            "thread, no mux, no trio; the median of the samples taken before (relay), "
+            "between and after the transfers: "
             + "; ".join(
-                f"{path} {', '.join(f'{c:.3g}' for c in samples)} MB/s"
-                for path, samples in ceilings.items()
+                f"{packet} B {', '.join(f'{c:.3g}' for c in samples)} MB/s"
+                for packet, samples in ceilings.items()
             )
             + ".",
+            "direct: the clock starts once the path is validated and its path MTU search "
+            "is done (set-up, like the validation). "
+            "direct packet_bytes: the mux datagram size the direct path used at the end of "
+            "the transfer (path MTU discovery's result, from the client node's status) plus "
+            "our header; the ceiling is measured at that same size, so bigger datagrams "
+            "count only for what they save us beyond what they save the ceiling.",
             "relay: no endpoints announced, every packet through the control server's DERP relay.",
             relay_note,
             "layout processes: control server (coordinator + DERP relay), agent node (sink) "

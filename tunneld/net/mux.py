@@ -379,9 +379,10 @@ class MuxConnection:
         self.core.set_path(path)
         self._kick()
 
-    def send_path_probe(self, path: Path, challenge: bytes) -> None:
-        """Probe ``path``; the answer reaches ``on_event`` as a ``PathResponse``."""
-        self.core.send_path_probe(path, challenge, trio.current_time())
+    def send_path_probe(self, path: Path, challenge: bytes, size: int = 0) -> None:
+        """Probe ``path`` (padded to ``size`` bytes if given); the answer reaches
+        ``on_event`` as a ``PathResponse``."""
+        self.core.send_path_probe(path, challenge, trio.current_time(), size)
         self._kick()
 
     def send_call_me_maybe(self, endpoints: list[bytes]) -> None:

@@ -69,6 +69,11 @@ class OverlayConfig:
             and below 2/3 of the home relay's round trip) before we move home to it.
         relay_idle_timeout: a connection to a relay other than home (a peer's home
             relay, or one being measured) closes after this long unused.
+        pmtu_discovery: search each direct path's datagram size (DPLPMTUD, RFC 8899;
+            docs/overlay.md, "Path MTU"); off: ``mux.max_datagram_size`` everywhere.
+            Needs don't-fragment on the socket (Linux); elsewhere it stays off.
+        max_direct_datagram: the largest mux datagram a direct path may grow to
+            (bytes; capped by the largest UDP datagram, 65,455 over IPv4).
     """
 
     name: str
@@ -95,6 +100,8 @@ class OverlayConfig:
     relay_measure_interval: float = 30.0
     relay_switch_after: float = 60.0
     relay_idle_timeout: float = 20.0
+    pmtu_discovery: bool = True
+    max_direct_datagram: int = 65535
 
 
 @dataclass(slots=True)
@@ -118,3 +125,8 @@ class PeerStatus:
     call_me_maybe_received: int = 0  # and it sent us
     punch_bursts: int = 0  # hole-punching bursts started for this peer
     relay: str = ""  # the relay we send to it through (its home, or ours)
+    # The largest mux datagram we send it on the current path (direct: what path MTU
+    # discovery found so far, starting at the mux's 1,200; relay: 48 KiB).
+    datagram_size: int = 0
+    path_mtu: int | None = None  # direct: IP packet bytes of such a datagram
+    pmtu_state: str = ""  # direct: "searching", "done" or "off" (no discovery)

@@ -27,6 +27,8 @@ stream-id parity without talking.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import math
 import random
 import secrets
@@ -54,6 +56,7 @@ from tunneld.net.overlay._ids import (
     ConnectionIds,
     Verdict,
 )
+from tunneld.net.overlay._pmtu import PmtuSearch, PmtuState, ip_packet_bytes
 from tunneld.net.overlay._punch import PunchSchedule, parse_call_me_maybe
 from tunneld.net.overlay._relays import RELAY_BATCH_BYTES, RelayLinks, RelayPacer, RelaySelector
 from tunneld.net.overlay._udp import OverlaySocket
@@ -207,6 +210,7 @@ class _Peer:
         self.call_me_maybe_sent = 0
         self.call_me_maybe_received = 0
         self.last_called_probe = -math.inf
+        self.pmtu: PmtuSearch | None = None  # the direct path's size search
 
     def new_mux(self, overlay: Overlay) -> tuple[_PeerTransport, MuxConnection]:
         """A fresh mux connection (new id; the peer's id is learnt from its packets)."""
@@ -486,12 +490,23 @@ class Overlay:
         while (link := self._find(peer)) is None or link.direct is None:
             await self._changed.wait()
 
+    async def wait_path_mtu(self, peer: str) -> None:
+        """Return once ``peer`` has a direct path whose size search is not running
+        (done, or off); docs/overlay.md, "Path MTU"."""
+        while (
+            (link := self._find(peer)) is None
+            or link.direct is None
+            or (link.pmtu is not None and link.pmtu.state is PmtuState.SEARCHING)
+        ):
+            await self._changed.wait()
+
     def status(self) -> dict[str, object]:
         """A plain snapshot: our node, coordinator and relay state, and every peer."""
         now = trio.current_time()
         peers = []
         for link in self._peers.values():
             direct = link.direct is not None and now - link.last_direct_rx < self._unsure()
+            datagram_size, path_mtu, pmtu_state = self._size_status(link)
             peers.append(
                 PeerStatus(
                     id=link.id,
@@ -513,6 +528,9 @@ class Overlay:
                     call_me_maybe_received=link.call_me_maybe_received,
                     punch_bursts=link.punch.bursts,
                     relay=self._peer_relays.get(link.key, self._selector.home.url),
+                    datagram_size=datagram_size,
+                    path_mtu=path_mtu,
+                    pmtu_state=pmtu_state,
                 )
             )
         return {
@@ -541,6 +559,15 @@ class Overlay:
             ),
             "peers": peers,
         }
+
+    def _size_status(self, link: _Peer) -> tuple[int, int | None, str]:
+        """PeerStatus's datagram_size, path_mtu and pmtu_state."""
+        if link.direct is None:
+            return RELAY_DATAGRAM_SIZE, None, ""
+        size = link.direct.max_datagram_size or self.config.mux.max_datagram_size
+        ipv6 = ":" in str(link.direct.key[1])  # type: ignore[index]
+        state = "off" if link.pmtu is None else link.pmtu.state.value
+        return size, ip_packet_bytes(size, ipv6=ipv6), state
 
     # -- peers ----------------------------------------------------------------------
 
@@ -691,14 +718,20 @@ class Overlay:
             if event.path == RELAY_PATH:
                 link.rtt = event.rtt
                 return
-            link.last_direct_rx = trio.current_time()
+            now = trio.current_time()
+            link.last_direct_rx = now
             link.rtt = event.rtt
             link.punch.stop()
             if link.direct != event.path:
                 link.direct = event.path
                 link.mux.set_path(event.path)
                 log.info("overlay.path_direct", peer=link.id, endpoint=event.path.address.decode())
+                self._pmtu_start(link, now)
                 self._notify()
+            elif link.pmtu is not None:
+                link.pmtu.rtt = event.rtt
+                if link.pmtu.acknowledged(event.challenge, now) is not None:
+                    self._pmtu_probe(link, now)  # the next size at once
         elif isinstance(event, CallMeMaybe):
             self._on_call_me_maybe(link, event)
         elif isinstance(event, ConnectionClosed):
@@ -755,6 +788,8 @@ class Overlay:
                         continue
                 except OSError as exc:  # a lost datagram; the mux recovers
                     log.debug("overlay.udp_send_failed", address=_format(address), error=str(exc))
+                    if exc.errno == errno.EMSGSIZE:
+                        self._too_big(address, len(outgoing[0].data))
                     continue
             await self._transmit(outgoing, targets)
             # We may have waited: the peer may be gone and the socket rebound since.
@@ -819,6 +854,8 @@ class Overlay:
             await self._sock.send(data, address)
         except (OSError, trio.ClosedResourceError) as exc:  # closed: _rebind, lost datagram
             log.debug("overlay.udp_send_failed", address=_format(address), error=str(exc))
+            if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
+                self._too_big(address, len(data))
 
     async def _receive_wg(self, data: bytes, source: bytes, path: Path) -> None:
         now = trio.current_time()
@@ -1010,7 +1047,7 @@ class Overlay:
                     and now - link.last_direct_rx > self.config.direct_timeout
                 ):
                     log.info("overlay.path_relay", peer=link.id, reason="direct path silent")
-                    link.direct = None
+                    link.direct = link.pmtu = None
                     link.mux.set_path(RELAY_PATH)
                     link.punch.restart(now, "direct path silent")
                     self._notify()
@@ -1018,6 +1055,7 @@ class Overlay:
                     # Heartbeat: the validated path stays trusted while it answers.
                     with contextlib.suppress(ConnectionClosedError):
                         link.mux.send_path_probe(link.direct, secrets.token_bytes(8))
+                    self._pmtu_probe(link, now)
                     continue
                 if not link.punch.running and link.punch.bursts == 0:
                     link.punch.restart(now, "session up")
@@ -1034,7 +1072,7 @@ class Overlay:
                 link.mux.send_call_me_maybe([endpoint.encode() for endpoint in ours])
                 link.call_me_maybe_sent += 1
             for path in link.candidate_paths():
-                link.mux.send_path_probe(path, secrets.token_bytes(8))
+                link.mux.send_path_probe(path, secrets.token_bytes(8), self._validation_size())
         except ConnectionClosedError:  # nothing to probe on a closed mux
             return
         log.debug(
@@ -1059,7 +1097,86 @@ class Overlay:
         log.info("overlay.call_me_maybe", peer=link.id, endpoints=len(link.called))
         for path in link.candidate_paths():
             with contextlib.suppress(ConnectionClosedError):
-                link.mux.send_path_probe(path, secrets.token_bytes(8))
+                link.mux.send_path_probe(path, secrets.token_bytes(8), self._validation_size())
+
+    # -- path MTU (docs/overlay.md, "Path MTU"; the search is _pmtu.PmtuSearch) --------
+
+    def _validation_size(self) -> int:
+        """Probes that validate a direct path are padded to the base datagram size
+        (as QUIC pads PATH_CHALLENGE): with don't-fragment set, a path that cannot
+        carry it must not carry our data either."""
+        return self.config.mux.max_datagram_size
+
+    def _pmtu_start(self, link: _Peer, now: float) -> None:
+        """A new direct path starts at the base size and searches upwards at once."""
+        sock, path = self._sock, link.direct
+        link.pmtu = None
+        if path is None or sock is None or not sock.dont_fragment:
+            return
+        if not self.config.pmtu_discovery:
+            return
+        link.pmtu = PmtuSearch(
+            self.config.mux.max_datagram_size,
+            now,
+            ipv6=":" in str(path.key[1]),  # type: ignore[index]
+            maximum=self.config.max_direct_datagram,
+            probe_timeout=self.config.probe_interval,
+            confirm_interval=self.config.probe_interval,
+        )
+        self._pmtu_probe(link, now)
+
+    def _pmtu_probe(self, link: _Peer, now: float) -> None:
+        """Send the probe the search wants now (if any); carry its size to the mux."""
+        search = link.pmtu
+        if search is None or link.direct is None:
+            return
+        state = search.state
+        size = search.due(now)
+        self._pmtu_apply(link)  # a timeout may have found a black hole
+        if search.state is not state:
+            self._notify()
+        if size is None:
+            return
+        challenge = secrets.token_bytes(8)
+        search.sent(challenge, size, now)
+        with contextlib.suppress(ConnectionClosedError):
+            link.mux.send_path_probe(link.direct, challenge, size)
+
+    def _pmtu_apply(self, link: _Peer) -> None:
+        """Give the direct path (and the mux sending on it) the search's size."""
+        search, path = link.pmtu, link.direct
+        if search is None or path is None:
+            return
+        old = path.max_datagram_size or self.config.mux.max_datagram_size
+        if search.size == old:
+            return
+        link.direct = dataclasses.replace(path, max_datagram_size=search.size)
+        link.mux.set_path(link.direct)
+        log.info(
+            "overlay.path_mtu",
+            peer=link.id,
+            datagram=search.size,
+            previous=old,
+            state=search.state.value,
+            black_holes=search.black_holes,
+        )
+        if search.size < old:
+            # Bigger packets may be lost in a black hole: a PING's ACK lets loss
+            # detection resend their frames (re-split to the new size) at once.
+            with contextlib.suppress(ConnectionClosedError):
+                link.mux.core.send_ping()
+        self._notify()
+
+    def _too_big(self, address: UdpAddress, datagram: int) -> None:
+        """Our kernel refused a ``datagram``-byte send to ``address`` (EMSGSIZE: bigger
+        than the outgoing link's MTU, don't-fragment being set)."""
+        now = trio.current_time()
+        for link in self._peers.values():
+            path, search = link.direct, link.pmtu
+            if path is None or search is None or tuple(path.key[1:]) != address:  # type: ignore[index]
+                continue
+            search.too_big(datagram, now)
+            self._pmtu_probe(link, now)
 
     def _restart_punching(self, reason: str) -> None:
         """Our endpoints (or the network) changed: a fresh burst for every peer without
@@ -1410,7 +1527,7 @@ class Overlay:
         now = trio.current_time()
         for link in self._peers.values():
             if link.direct is not None:
-                link.direct = None
+                link.direct = link.pmtu = None
                 link.last_direct_rx = -math.inf
                 if link.mux.closed is None:
                     link.mux.set_path(RELAY_PATH)

@@ -11,6 +11,7 @@ unusual, such as an address the plain call cannot parse).
 from __future__ import annotations
 
 import socket
+import sys
 
 import trio
 
@@ -24,12 +25,41 @@ UdpAddress = tuple[str, int]
 # rather than to the network. The kernel caps the request at net.core.[rw]mem_max.
 SOCKET_BUFFER = 7 << 20
 
+# Linux's <linux/in.h> and <linux/in6.h> (the socket module lacks them): never
+# fragment, ignore the kernel's path MTU cache (ICMP "too big" is unauthenticated);
+# a datagram bigger than the outgoing link's MTU fails at once with EMSGSIZE.
+_IP_MTU_DISCOVER = 10
+_IPV6_MTU_DISCOVER = 23
+_PMTUDISC_PROBE = 3
+
+
+def _set_dont_fragment(raw: socket.socket) -> bool:
+    """Set don't-fragment (probe mode) on ``raw``; False where we cannot (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if raw.family == socket.AF_INET6:
+            raw.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _PMTUDISC_PROBE)
+            try:  # IPv4-mapped destinations of a dual-stack socket too
+                raw.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _PMTUDISC_PROBE)
+            except OSError:
+                pass
+        else:
+            raw.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _PMTUDISC_PROBE)
+    except OSError:
+        return False
+    return True
+
 
 class OverlaySocket:
     """One bound, non-blocking UDP socket: the stdlib object and its trio wrapper.
 
     Not shared between tasks for waiting: ``send`` serialises its slow path with a
     lock; ``receive`` must have a single caller (the overlay's reader task).
+
+    ``dont_fragment``: the kernel never fragments our datagrams (Linux); a datagram
+    too big for the outgoing link raises ``OSError(EMSGSIZE)`` from the send, which
+    the caller must treat as "too big" (path MTU discovery), never as fatal.
     """
 
     def __init__(self, raw: socket.socket) -> None:
@@ -39,6 +69,7 @@ class OverlaySocket:
                 raw.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             except OSError:
                 pass  # keep the default: a smaller buffer only costs more loss
+        self.dont_fragment = _set_dont_fragment(raw)
         self.trio = trio.socket.from_stdlib_socket(raw)  # makes ``raw`` non-blocking
         self._send_lock = trio.StrictFIFOLock()
 

@@ -120,7 +120,8 @@ class ConnectionBase:
         self._call_me_maybe: tuple[bytes, ...] | None = None
         self._call_me_maybe_version = 0
         self._call_me_maybe_pending = False
-        self._path_out: deque[tuple[Path, bytes]] = deque()
+        # Path frames to send alone in a packet: (path, frame, pad the packet to this).
+        self._path_out: deque[tuple[Path, bytes, int]] = deque()
         self._outstanding_probes: dict[bytes, tuple[Path, float]] = {}
         # packet numbers we send and receive
         self._next_pn = 0
@@ -142,9 +143,12 @@ class ConnectionBase:
     def _switch_path(self, path: Path) -> None:
         size = path.max_datagram_size or self._config.max_datagram_size
         self._mss = max(size, MIN_DATAGRAM_SIZE)
-        self._recovery.mss = self._mss
+        self._recovery.set_mss(self._mss)
         self._recovery.max_in_flight = path.max_in_flight
         if path == self._path and self._path is not None and path.reliable == self._path.reliable:
+            # The same path with a new datagram size (path MTU discovery): congestion
+            # state carries on. Packets already sent keep their size; frames of lost
+            # ones are resent in packets of the new size (frames are split to fit).
             self._path = path
             return
         self._path = path
@@ -167,8 +171,9 @@ class ConnectionBase:
         stream.send_reset_code = error_code
         stream.send_reset_final = stream.next_new
         stream.send_reset_state = ControlState.PENDING
-        self._send_buffered -= len(stream.send_buf)
+        self._send_buffered -= stream.send_buffered
         stream.send_buf = bytearray()
+        stream.send_skip = 0
         stream.lost = RangeSet()
         stream.fin_lost = False
         self._sendable.pop(stream.stream_id, None)
@@ -184,7 +189,7 @@ class ConnectionBase:
         self._control.pop(stream_id, None)
         self._credit_check.pop(stream_id, None)
         self._blocked_writers.pop(stream_id, None)
-        self._send_buffered -= len(stream.send_buf)
+        self._send_buffered -= stream.send_buffered
         if (stream_id & 1) != self._side:
             # A peer stream ended: let the peer open another (RFC 9000 section 4.6).
             self._max_streams_local += 1

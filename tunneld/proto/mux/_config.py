@@ -19,6 +19,7 @@ __all__ = [
     "MAX_CLOSE_REASON",
     "MAX_ENDPOINT_LENGTH",
     "MAX_OUTSTANDING_PROBES",
+    "MAX_PROBE_SIZE",
     "MAX_SERVICE_LENGTH",
     "MIN_DATAGRAM_SIZE",
     "MuxConfig",
@@ -41,6 +42,8 @@ MAX_CLOSE_REASON = 255
 MAX_CALL_ME_MAYBE_ENDPOINTS = 32
 MAX_ENDPOINT_LENGTH = 64
 MAX_OUTSTANDING_PROBES = 16
+# Largest padded PATH_PROBE packet: a UDP datagram's payload is at most 65,535 bytes.
+MAX_PROBE_SIZE = 65535
 CONGESTION_CONTROLLERS = ("bbr", "newreno")
 
 

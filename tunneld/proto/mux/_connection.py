@@ -15,6 +15,7 @@ from tunneld.proto.mux._config import (
     MAX_CALL_ME_MAYBE_ENDPOINTS,
     MAX_ENDPOINT_LENGTH,
     MAX_OUTSTANDING_PROBES,
+    MAX_PROBE_SIZE,
     MAX_SERVICE_LENGTH,
     MuxConfig,
 )
@@ -116,22 +117,29 @@ class Connection(ReceiveMixin, SendMixin):
         self._path_pinned = True
         self._switch_path(path)
 
-    def send_path_probe(self, path: Path, challenge: bytes, now: float) -> None:
+    def send_path_probe(self, path: Path, challenge: bytes, now: float, size: int = 0) -> None:
         """Queue a PATH_PROBE with an 8-byte ``challenge`` on ``path``.
 
+        ``size`` pads the probe's packet with PADDING frames to exactly that many bytes
+        (0: no padding): its answer then proves the path carries a datagram that big
+        (path MTU discovery; a probe is never in flight, so its loss costs no window).
         The answer arrives as a ``PathResponse`` event. Probes are not retransmitted;
         at most ``MAX_OUTSTANDING_PROBES`` are remembered (the oldest is forgotten).
-        Raises ValueError if ``challenge`` is not 8 bytes.
+        Raises ValueError if ``challenge`` is not 8 bytes or ``size`` exceeds
+        ``MAX_PROBE_SIZE``.
         """
         if len(challenge) != 8:
             raise ValueError("a path challenge is 8 bytes")
+        if not 0 <= size <= MAX_PROBE_SIZE:
+            raise ValueError(f"a probe is padded to at most {MAX_PROBE_SIZE} bytes")
         self._check_open()
         if len(self._outstanding_probes) >= MAX_OUTSTANDING_PROBES:
             del self._outstanding_probes[next(iter(self._outstanding_probes))]
         self._outstanding_probes[bytes(challenge)] = (path, now)
         if len(self._path_out) >= 2 * MAX_OUTSTANDING_PROBES:
             self._path_out.popleft()  # bounded: a probe nobody sent is worth little
-        self._path_out.append((path, bytes([FrameType.PATH_PROBE]) + bytes(challenge)))
+        frame = bytes([FrameType.PATH_PROBE]) + bytes(challenge)
+        self._path_out.append((path, frame, size))
 
     def send_call_me_maybe(self, endpoints: Sequence[bytes]) -> None:
         """Tell the peer our candidate endpoints (reliably; only the latest set counts).
@@ -194,7 +202,7 @@ class Connection(ReceiveMixin, SendMixin):
         return max(
             0,
             min(
-                self._config.stream_send_buffer - len(stream.send_buf),
+                self._config.stream_send_buffer - stream.send_buffered,
                 self._config.connection_send_buffer - self._send_buffered,
             ),
         )

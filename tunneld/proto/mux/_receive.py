@@ -148,7 +148,7 @@ class ReceiveMixin(ConnectionBase):
                 push_varint(response, len(path.address))
                 response += path.address
                 if len(self._path_out) < MAX_OUTSTANDING_PROBES:
-                    self._path_out.append((path, bytes(response)))
+                    self._path_out.append((path, bytes(response), 0))
             elif ftype == FrameType.PATH_RESPONSE:
                 challenge = bytes(reader.take(8, "PATH_RESPONSE challenge"))
                 length = reader.varint("PATH_RESPONSE address length")

@@ -155,6 +155,11 @@ class LossRecovery:
         self._pacer_tokens = float(K_PACING_BURST_PACKETS * self.mss)
         self._pacer_time: float | None = None
 
+    def set_mss(self, mss: int) -> None:
+        """The largest datagram from now on (the controller's window floors follow)."""
+        self.mss = mss
+        self.cc.mss = mss
+
     def on_path_change(self, reliable: bool) -> None:
         """A new path: RTT and congestion state start over (RFC 9000 section 9.4)."""
         self.reliable = reliable
@@ -186,12 +191,19 @@ class LossRecovery:
         self._pacer_time = now
 
     def pacing_delay(self, now: float) -> float | None:
-        """None if a full packet may go now, else the time at which it may."""
+        """None if a full packet may go now, else the time at which it may.
+
+        "Full" is at most the congestion window: waiting for a whole datagram's worth
+        of tokens while the window is smaller than one datagram (big datagrams on a
+        path whose window is still small, e.g. right after path MTU discovery raised
+        them) would stall for a round trip or more at the window's own pacing rate.
+        """
         self._pacer_refill(now)
+        need = min(self.mss, self.cc.cwnd)
         # One byte of slack: float rounding must not leave a timer that never fires.
-        if self._pacer_tokens + 1.0 >= self.mss:
+        if self._pacer_tokens + 1.0 >= need:
             return None
-        wait = (self.mss - self._pacer_tokens) / self._pacing_rate()
+        wait = (need - self._pacer_tokens) / self._pacing_rate()
         if wait < K_GRANULARITY:
             return None
         return now + wait

@@ -169,11 +169,13 @@ class SendMixin(ConnectionBase):
                     self._close_deadline = now + multiplier * self._recovery.pto_interval()
             return out
         while self._path_out and len(out) < max_datagrams:
-            probe_path, frame = self._path_out.popleft()
+            probe_path, frame, pad_to = self._path_out.popleft()
             buf = bytearray()
             push_varint(buf, self._next_pn)
             self._next_pn += 1
             buf += frame
+            if pad_to > len(buf):
+                buf += bytes(pad_to - len(buf))  # PADDING frames
             out.append((bytes(buf), probe_path))
         self._update_credit(now)
         recovery = self._recovery
@@ -343,7 +345,7 @@ class SendMixin(ConnectionBase):
                 del sendable[stream_id]
                 continue
             id_size = varint_size(stream_id)
-            base = stream.send_base
+            base = stream.send_base - stream.send_skip  # the offset of send_buf[0]
             # Retransmissions first: frames, not packets, are resent.
             while stream.lost and limit - len(buf) >= STREAM_FRAME_MIN:
                 offset = stream.lost[0][0]
