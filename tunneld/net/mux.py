@@ -345,20 +345,30 @@ class MuxConnection:
 
         Raises trio.BrokenResourceError once the connection is closed.
         """
-        await trio.lowlevel.checkpoint()
+        # One schedule point, as in MuxStream.receive_some: waiting for the limit,
+        # or after opening when nothing had to be waited for.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             try:
                 if self.core.can_open_stream():
                     stream_id = self.core.open_stream(service)
                     break
-            except ConnectionClosedError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
-            if self.closed is not None:
-                raise trio.BrokenResourceError("mux connection closed")
+                if self.closed is not None:
+                    raise trio.BrokenResourceError("mux connection closed")
+            except BaseException as exc:
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                if isinstance(exc, ConnectionClosedError):
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                raise
             await self._wait_changed()
+            waited = True
         stream = MuxStream(self, stream_id, service)
         self._streams[stream_id] = stream
         self._kick()
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
 
     async def accept_stream(self) -> MuxStream:
@@ -511,33 +521,51 @@ class MuxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receive_busy = True
         try:
-            await trio.lowlevel.checkpoint()
+            # As trio's socket streams do: a cancel point first, then a schedule
+            # point either by waiting for bytes or, when they were already there,
+            # after taking them, never both (a full checkpoint before a wait was
+            # a task step for nothing on every receive that blocks).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream closed")
-                if self._eof:
-                    return b""
-                if self._receive_broken:
-                    raise trio.BrokenResourceError("peer reset the stream")
                 try:
-                    data, eof = self._core.read_stream(self.stream_id, max_bytes)
-                except StreamResetError as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                except StreamError as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                if eof:
-                    self._eof = True
-                if data:
-                    # Reading frees credit the peer may be waiting for.
-                    self._connection._poke()
+                    data = self._try_receive(max_bytes)
+                except BaseException:
+                    if not waited:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    raise
+                if data is not None:
+                    if not waited:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                if eof:
-                    return b""
-                if self._connection_broken():
-                    raise trio.BrokenResourceError("mux connection closed")
                 await self._wait_readable()
+                waited = True
         finally:
             self._receive_busy = False
+
+    def _try_receive(self, max_bytes: int) -> bytes | None:
+        """Up to ``max_bytes`` ready bytes, b"" at the end, None if nothing is ready."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        if self._eof:
+            return b""
+        if self._receive_broken:
+            raise trio.BrokenResourceError("peer reset the stream")
+        try:
+            data, eof = self._core.read_stream(self.stream_id, max_bytes)
+        except StreamError as exc:  # StreamResetError included
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if eof:
+            self._eof = True
+        if data:
+            # Reading frees credit the peer may be waiting for.
+            self._connection._poke()
+            return data
+        if eof:
+            return b""
+        if self._connection_broken():
+            raise trio.BrokenResourceError("mux connection closed")
+        return None
 
     async def aclose(self) -> None:
         if not self._closed:
