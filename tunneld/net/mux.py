@@ -50,7 +50,8 @@ _UDP_RECEIVE_SIZE = 65535
 # at most; it stops earlier after this many rounds in a row without new frames. Two,
 # not one: a writer's send_all yields once and its next receive (which finds the
 # peer's FIN) yields once more before it queues its own FIN, so stopping at the first
-# quiet round sent an echo's data and FIN in two packets.
+# quiet round sent an echo's data and FIN in two packets. Once every stream with
+# frames waiting has its FIN queued it stops at once (Connection.pending_streams_final).
 _CORK_ROUNDS = 5
 _CORK_QUIET_ROUNDS = 2
 # Datagrams the sender asks the core for at a time.
@@ -262,8 +263,13 @@ class MuxConnection:
                 # about to send FIN), a few scheduling rounds at most: a reply
                 # then carries the ACK and data leaves with its FIN — one packet
                 # instead of three for a request/response.
+                # A stream's FIN ends the wait at once: after it nothing can join
+                # that stream's frames, and the rounds spent looking for more were
+                # a quarter of a request/response's task steps.
                 quiet = 0
                 for _ in range(_CORK_ROUNDS):
+                    if core.pending_streams_final():
+                        break
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     if self._kicked.is_set():
                         self._kicked = trio.Event()
@@ -345,30 +351,23 @@ class MuxConnection:
 
         Raises trio.BrokenResourceError once the connection is closed.
         """
-        # One schedule point, as in MuxStream.receive_some: waiting for the limit,
-        # or after opening when nothing had to be waited for.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
+        # The schedule point comes first, the kick last with no yield after it:
+        # the caller's next step (a dial's 101) then runs in the same scheduling
+        # round, and its first bytes still find the sender corking for them.
+        await trio.lowlevel.checkpoint()
         while True:
             try:
                 if self.core.can_open_stream():
                     stream_id = self.core.open_stream(service)
                     break
-                if self.closed is not None:
-                    raise trio.BrokenResourceError("mux connection closed")
-            except BaseException as exc:
-                if not waited:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                if isinstance(exc, ConnectionClosedError):
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                raise
+            except ConnectionClosedError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if self.closed is not None:
+                raise trio.BrokenResourceError("mux connection closed")
             await self._wait_changed()
-            waited = True
         stream = MuxStream(self, stream_id, service)
         self._streams[stream_id] = stream
         self._kick()
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
         return stream
 
     async def accept_stream(self) -> MuxStream:
