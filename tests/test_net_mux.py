@@ -287,3 +287,30 @@ async def test_request_and_echo_take_one_datagram_each_way(
     assert len(left.sent[0]) > size  # open header + bytes + FIN in that one datagram
     assert len(right.sent) == 1
     await stream.aclose()
+
+
+async def test_fin_after_a_wait_elsewhere_still_joins_the_data(nursery: trio.Nursery) -> None:
+    # A daemon piping a dial queues the client's bytes, then waits on the client's
+    # socket for its EOF before queueing FIN: the sender waits that long for it, so
+    # bytes and FIN leave in one datagram.
+    config = MuxConfig(max_ack_delay=5.0)
+    left, right = _CountingTransport.pair()
+    a = MuxConnection(left, is_initiator=True, config=config, path=left.path)
+    b = MuxConnection(right, is_initiator=False, config=config, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    with trio.fail_after(10):
+        stream = await a.open_stream("pipe")
+        await stream.send_all(b"request")
+        # The wait for the client's EOF: its receive, then the wake-up after it.
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        await stream.send_eof()
+        peer = await b.accept_stream()
+        received = b""
+        while data := await peer.receive_some():
+            received += data
+    assert received == b"request"
+    assert len(left.sent) == 1
+    await stream.aclose()
+    await peer.aclose()

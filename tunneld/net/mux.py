@@ -47,13 +47,17 @@ DEFAULT_RECEIVE_SIZE = 65536
 # The largest UDP payload we accept from the socket (anything larger is not ours).
 _UDP_RECEIVE_SIZE = 65535
 # Scheduling rounds the sender waits for more frames after a wake-up (see _sender),
-# at most; it stops earlier after this many rounds in a row without new frames. Two,
-# not one: a writer's send_all yields once and its next receive (which finds the
-# peer's FIN) yields once more before it queues its own FIN, so stopping at the first
-# quiet round sent an echo's data and FIN in two packets. Once every stream with
-# frames waiting has its FIN queued it stops at once (Connection.pending_streams_final).
+# at most; it stops earlier after this many rounds in a row without new frames, and
+# at once when every stream with frames waiting has its FIN queued
+# (Connection.pending_streams_final). Not one quiet round: a writer's send_all
+# yields once and its next receive (which finds the peer's FIN) yields once more
+# before it queues its own FIN. Not two: a daemon piping a dial reads the client's
+# bytes, queues them, then waits on the socket for the client's EOF, and in about
+# one dial in five that wait took a third round, so the FIN left alone in a second
+# datagram (and the peer's answer, too, half as often). Waiting for the FIN costs
+# nothing once it comes; the extra round only delays a packet no FIN follows.
 _CORK_ROUNDS = 5
-_CORK_QUIET_ROUNDS = 2
+_CORK_QUIET_ROUNDS = 3
 # Datagrams the sender asks the core for at a time.
 _SEND_BATCH = 64
 
