@@ -26,3 +26,5 @@ def test_bench_dial_json_has_the_documented_columns() -> None:
     assert row["calls"] == 5
     assert row["fresh_calls"] == 2
     assert row["shared_path"] in ("direct", "relay")
+    assert row["shared_cpu_ms"] > 0
+    assert row["per_call_cpu_ms"] > 0

@@ -232,3 +232,85 @@ async def test_slow_reader_backpressures_send_all(nursery: trio.Nursery) -> None
             received += len(await peer.receive_some())
         assert sent > stuck_at
         group.cancel_scope.cancel()
+
+
+class _CountingTransport(MemoryDatagramTransport):
+    """A memory link end that remembers every datagram it sent."""
+
+    def __init__(
+        self,
+        send_channel: trio.MemorySendChannel[bytes],
+        receive_channel: trio.MemoryReceiveChannel[bytes],
+        path: Path,
+    ) -> None:
+        super().__init__(send_channel, receive_channel, path)
+        self.sent: list[bytes] = []
+
+    async def send(self, data: bytes, path: Path) -> None:
+        self.sent.append(bytes(data))
+        await super().send(data, path)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1024])
+async def test_request_and_echo_take_one_datagram_each_way(
+    nursery: trio.Nursery, size: int
+) -> None:
+    # The stream's open header, its bytes and its FIN leave together (no handshake per
+    # stream), and the answer carries the ACK, the echoed bytes and the FIN: two
+    # datagrams for the whole exchange. (A long ACK delay keeps a slow machine's
+    # delayed-ACK timer out of the count.)
+    config = MuxConfig(max_ack_delay=5.0)
+    left, right = _CountingTransport.pair()
+    a = MuxConnection(left, is_initiator=True, config=config, path=left.path)
+    b = MuxConnection(right, is_initiator=False, config=config, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+
+    async def echo() -> None:
+        stream = await b.accept_stream()
+        async with stream:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+            await stream.send_eof()
+
+    nursery.start_soon(echo)
+    payload = random.Random(size).randbytes(size)
+    with trio.fail_after(10):
+        stream = await a.open_stream("echo")
+        await stream.send_all(payload)
+        await stream.send_eof()
+        received = b""
+        while data := await stream.receive_some():
+            received += data
+    assert received == payload
+    assert len(left.sent) == 1
+    assert len(left.sent[0]) > size  # open header + bytes + FIN in that one datagram
+    assert len(right.sent) == 1
+    await stream.aclose()
+
+
+async def test_fin_after_a_wait_elsewhere_still_joins_the_data(nursery: trio.Nursery) -> None:
+    # A daemon piping a dial queues the client's bytes, then waits on the client's
+    # socket for its EOF before queueing FIN: the sender waits that long for it, so
+    # bytes and FIN leave in one datagram.
+    config = MuxConfig(max_ack_delay=5.0)
+    left, right = _CountingTransport.pair()
+    a = MuxConnection(left, is_initiator=True, config=config, path=left.path)
+    b = MuxConnection(right, is_initiator=False, config=config, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    with trio.fail_after(10):
+        stream = await a.open_stream("pipe")
+        await stream.send_all(b"request")
+        # The wait for the client's EOF: its receive, then the wake-up after it.
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        await stream.send_eof()
+        peer = await b.accept_stream()
+        received = b""
+        while data := await peer.receive_some():
+            received += data
+    assert received == b"request"
+    assert len(left.sent) == 1
+    await stream.aclose()
+    await peer.aclose()

@@ -1084,3 +1084,31 @@ def test_pacer_sends_at_once_when_the_wait_is_below_timer_granularity() -> None:
     delay = recovery.pacing_delay(now)
     assert delay is not None
     assert delay - now >= K_GRANULARITY
+
+
+def test_pending_streams_final_once_every_waiting_stream_has_its_fin() -> None:
+    conn = Connection(is_initiator=True, path=PATH)
+    assert not conn.pending_streams_final()  # nothing waits
+    first = conn.open_stream("a")
+    assert not conn.pending_streams_final()  # an open header, more may follow
+    conn.send_stream_data(first, b"request")
+    assert not conn.pending_streams_final()
+    conn.send_eof(first)
+    assert conn.pending_streams_final()
+    second = conn.open_stream("b")
+    conn.send_stream_data(second, b"x")
+    assert not conn.pending_streams_final()  # another stream may still grow
+    conn.send_stream_data(second, b"y", end_stream=True)
+    assert conn.pending_streams_final()
+    assert conn.datagrams_to_send(0.0)
+    assert not conn.pending_streams_final()  # all sent: nothing waits
+
+
+def test_pending_streams_final_counts_a_reset_stream_as_done() -> None:
+    conn = Connection(is_initiator=True, path=PATH)
+    first = conn.open_stream("a")
+    conn.send_stream_data(first, b"partial")
+    conn.reset_stream(first, 7)
+    other = conn.open_stream("b")
+    conn.send_eof(other)
+    assert conn.pending_streams_final()

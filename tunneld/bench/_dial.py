@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -94,13 +96,23 @@ async def _per_call(info: ServerInfo, token: str, payload: bytes, calls: int) ->
     return samples
 
 
+@dataclass(slots=True)
+class _Measured:
+    shared: list[float]
+    per_call: list[float]
+    # Process CPU seconds per call (every party runs in this process).
+    shared_cpu: float
+    per_call_cpu: float
+    path: str
+
+
 async def _measure(
     info: ServerInfo,
     tokens: dict[str, str],
     root: Path,
     payload: bytes,
     args: argparse.Namespace,
-) -> tuple[list[float], list[float], str]:
+) -> _Measured:
     async with trio.open_nursery() as nursery:
         agent = loopback_overlay(info, _AGENT, tokens["agent"], _echo)
         await nursery.start(agent.serve)
@@ -121,11 +133,15 @@ async def _measure(
         await _shared(client, payload, 3)
         with trio.move_on_after(_DIRECT_TIMEOUT):
             await laptop.wait_direct(_AGENT)
+        cpu = time.process_time()
         shared = await _shared(client, payload, args.calls)
+        shared_cpu = (time.process_time() - cpu) / args.calls
         path = peer_path(laptop, _AGENT)
+        cpu = time.process_time()
         per_call = await _per_call(info, tokens["user"], payload, args.fresh_calls)
+        per_call_cpu = (time.process_time() - cpu) / args.fresh_calls
         nursery.cancel_scope.cancel()
-    return shared, per_call, path
+    return _Measured(shared, per_call, shared_cpu, per_call_cpu, path)
 
 
 async def _main(args: argparse.Namespace) -> BenchResult:
@@ -134,7 +150,8 @@ async def _main(args: argparse.Namespace) -> BenchResult:
         "tunneld-bench-dial-", _AGENT, stop_timeout=_STEP_TIMEOUT
     ) as control:
         info, tokens, root = control
-        shared, per_call, path = await _measure(info, tokens, root, payload, args)
+        measured = await _measure(info, tokens, root, payload, args)
+    shared, per_call = measured.shared, measured.per_call
     row: dict[str, object] = {
         "shared_p50_ms": percentile(shared, 0.5) * 1000,
         "shared_p99_ms": percentile(shared, 0.99) * 1000,
@@ -143,7 +160,9 @@ async def _main(args: argparse.Namespace) -> BenchResult:
         "ratio_p50": percentile(per_call, 0.5) / percentile(shared, 0.5),
         "calls": args.calls,
         "fresh_calls": args.fresh_calls,
-        "shared_path": path,
+        "shared_path": measured.path,
+        "shared_cpu_ms": measured.shared_cpu * 1000,
+        "per_call_cpu_ms": measured.per_call_cpu * 1000,
     }
     return BenchResult(
         title="dial: open a stream, echo 1 KiB, close — daemon's warm tunnel vs fresh overlay",
@@ -158,6 +177,10 @@ async def _main(args: argparse.Namespace) -> BenchResult:
             " the echo agent, the daemon and the client (the bench's own dial code for"
             " shared, the fresh node for per_call), so every party's CPU is on the"
             " measured path, as if all shared one core.",
+            "shared_cpu_ms / per_call_cpu_ms: this process's CPU time per call over each"
+            " loop (all parties, background tasks included). On a loaded machine the"
+            " wall-clock p50s stretch with time spent waiting for a core; CPU per call"
+            " moves much less, so compare it between runs taken under different load.",
         ],
     )
 

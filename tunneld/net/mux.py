@@ -47,12 +47,17 @@ DEFAULT_RECEIVE_SIZE = 65536
 # The largest UDP payload we accept from the socket (anything larger is not ours).
 _UDP_RECEIVE_SIZE = 65535
 # Scheduling rounds the sender waits for more frames after a wake-up (see _sender),
-# at most; it stops earlier after this many rounds in a row without new frames. Two,
-# not one: a writer's send_all yields once and its next receive (which finds the
-# peer's FIN) yields once more before it queues its own FIN, so stopping at the first
-# quiet round sent an echo's data and FIN in two packets.
+# at most; it stops earlier after this many rounds in a row without new frames, and
+# at once when every stream with frames waiting has its FIN queued
+# (Connection.pending_streams_final). Not one quiet round: a writer's send_all
+# yields once and its next receive (which finds the peer's FIN) yields once more
+# before it queues its own FIN. Not two: a daemon piping a dial reads the client's
+# bytes, queues them, then waits on the socket for the client's EOF, and in about
+# one dial in five that wait took a third round, so the FIN left alone in a second
+# datagram (and the peer's answer, too, half as often). Waiting for the FIN costs
+# nothing once it comes; the extra round only delays a packet no FIN follows.
 _CORK_ROUNDS = 5
-_CORK_QUIET_ROUNDS = 2
+_CORK_QUIET_ROUNDS = 3
 # Datagrams the sender asks the core for at a time.
 _SEND_BATCH = 64
 
@@ -262,8 +267,13 @@ class MuxConnection:
                 # about to send FIN), a few scheduling rounds at most: a reply
                 # then carries the ACK and data leaves with its FIN — one packet
                 # instead of three for a request/response.
+                # A stream's FIN ends the wait at once: after it nothing can join
+                # that stream's frames, and the rounds spent looking for more were
+                # a quarter of a request/response's task steps.
                 quiet = 0
                 for _ in range(_CORK_ROUNDS):
+                    if core.pending_streams_final():
+                        break
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     if self._kicked.is_set():
                         self._kicked = trio.Event()
@@ -345,6 +355,9 @@ class MuxConnection:
 
         Raises trio.BrokenResourceError once the connection is closed.
         """
+        # The schedule point comes first, the kick last with no yield after it:
+        # the caller's next step (a dial's 101) then runs in the same scheduling
+        # round, and its first bytes still find the sender corking for them.
         await trio.lowlevel.checkpoint()
         while True:
             try:
@@ -512,33 +525,51 @@ class MuxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receive_busy = True
         try:
-            await trio.lowlevel.checkpoint()
+            # As trio's socket streams do: a cancel point first, then a schedule
+            # point either by waiting for bytes or, when they were already there,
+            # after taking them, never both (a full checkpoint before a wait was
+            # a task step for nothing on every receive that blocks).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream closed")
-                if self._eof:
-                    return b""
-                if self._receive_broken:
-                    raise trio.BrokenResourceError("peer reset the stream")
                 try:
-                    data, eof = self._core.read_stream(self.stream_id, max_bytes)
-                except StreamResetError as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                except StreamError as exc:
-                    raise trio.BrokenResourceError(str(exc)) from exc
-                if eof:
-                    self._eof = True
-                if data:
-                    # Reading frees credit the peer may be waiting for.
-                    self._connection._poke()
+                    data = self._try_receive(max_bytes)
+                except BaseException:
+                    if not waited:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    raise
+                if data is not None:
+                    if not waited:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return data
-                if eof:
-                    return b""
-                if self._connection_broken():
-                    raise trio.BrokenResourceError("mux connection closed")
                 await self._wait_readable()
+                waited = True
         finally:
             self._receive_busy = False
+
+    def _try_receive(self, max_bytes: int) -> bytes | None:
+        """Up to ``max_bytes`` ready bytes, b"" at the end, None if nothing is ready."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        if self._eof:
+            return b""
+        if self._receive_broken:
+            raise trio.BrokenResourceError("peer reset the stream")
+        try:
+            data, eof = self._core.read_stream(self.stream_id, max_bytes)
+        except StreamError as exc:  # StreamResetError included
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if eof:
+            self._eof = True
+        if data:
+            # Reading frees credit the peer may be waiting for.
+            self._connection._poke()
+            return data
+        if eof:
+            return b""
+        if self._connection_broken():
+            raise trio.BrokenResourceError("mux connection closed")
+        return None
 
     async def aclose(self) -> None:
         if not self._closed:

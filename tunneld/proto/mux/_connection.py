@@ -8,6 +8,7 @@ Shape follows aioquic: ``receive_datagram(data, path, now)``, ``datagrams_to_sen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from tunneld.proto.mux._base import ConnectionState
@@ -313,21 +314,27 @@ class Connection(ReceiveMixin, SendMixin):
             return None
         if self._state is ConnectionState.CLOSING:
             return self._close_deadline
-        timers: list[float] = []
+        # A running minimum, not a list and min(): drivers ask after every packet
+        # and every read (about ten times per request/response).
         config = self._config
+        earliest = math.inf
         idle_base = self._last_received if self._last_received is not None else self._started_at
         if idle_base is not None:
-            timers.append(idle_base + config.idle_timeout)
+            earliest = idle_base + config.idle_timeout
             if config.keepalive_interval is not None and not self._ping_pending:
-                timers.append(self._recovery.time_of_last_ack_eliciting + config.keepalive_interval)
+                keepalive = self._recovery.time_of_last_ack_eliciting + config.keepalive_interval
+                if keepalive < earliest:
+                    earliest = keepalive
         loss = self._recovery.loss_detection_timer()
-        if loss is not None:
-            timers.append(loss)
-        if self._ack_eliciting_unacked and self._ack_deadline is not None:
-            timers.append(self._ack_deadline)
-        if self._pacing_until is not None:
-            timers.append(self._pacing_until)
-        return min(timers) if timers else None
+        if loss is not None and loss < earliest:
+            earliest = loss
+        ack = self._ack_deadline
+        if self._ack_eliciting_unacked and ack is not None and ack < earliest:
+            earliest = ack
+        pacing = self._pacing_until
+        if pacing is not None and pacing < earliest:
+            earliest = pacing
+        return None if earliest == math.inf else earliest
 
     def handle_timer(self, now: float) -> None:
         """Run whatever timers are due at ``now``: loss/PTO, idle, keepalive, closing."""

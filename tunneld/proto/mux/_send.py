@@ -149,6 +149,23 @@ class SendMixin(ConnectionBase):
                 return True
         return False
 
+    def pending_streams_final(self) -> bool:
+        """Whether stream frames wait to go and each of their streams has its FIN queued.
+
+        Then nothing more can join those frames (after FIN a stream takes no bytes): a
+        driver holding a packet back for more frames (a writer about to add its FIN, a
+        reader about to answer) can send it now. False when no stream frame waits.
+        """
+        sendable = self._sendable
+        if not sendable:
+            return False
+        streams = self._streams
+        for stream_id in sendable:
+            stream = streams.get(stream_id)
+            if stream is not None and not stream.fin_requested and stream.send_reset_code is None:
+                return False
+        return True
+
     def datagrams_to_send(self, now: float, max_datagrams: int = 64) -> list[tuple[bytes, Path]]:
         """Up to ``max_datagrams`` payloads to send now, each with the path to send on.
 
