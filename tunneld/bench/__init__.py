@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
-__all__ = ["BENCHMARKS", "BenchResult", "load_benchmark", "percentile", "render_table"]
+import trio
+
+__all__ = [
+    "BENCHMARKS",
+    "BenchResult",
+    "load_benchmark",
+    "percentile",
+    "render_table",
+    "stop_peer_process",
+]
 
 # name -> (module, one-line description); modules are imported only when run, so one
 # benchmark's dependencies never slow the CLI or another benchmark.
@@ -90,3 +99,19 @@ def render_table(result: BenchResult) -> str:
         lines.append("")
         lines.extend(result.notes)
     return "\n".join(lines)
+
+
+async def stop_peer_process(process: trio.Process, grace: float) -> None:
+    """End a benchmark's peer process: close its stdin (a peer exits when stdin closes),
+    wait up to ``grace`` seconds, then kill it. Shielded: it runs in ``finally`` blocks,
+    also when the benchmark is being cancelled."""
+    with trio.CancelScope(shield=True):
+        if process.stdin is not None:
+            await process.stdin.aclose()
+        with trio.move_on_after(grace):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if process.stdout is not None:
+            await process.stdout.aclose()

@@ -50,7 +50,7 @@ import trio
 
 from tunneld._mcp_client import McpClientError, McpHttpClient
 from tunneld.agent import AgentServices
-from tunneld.bench import BenchResult, percentile
+from tunneld.bench import BenchResult, percentile, stop_peer_process
 from tunneld.bench._calls_peer import FreshOverlayAgents
 from tunneld.bench._calls_server import ECHO_TOOL
 from tunneld.bench._control import embedded_control, peer_path
@@ -291,14 +291,7 @@ async def _peer(
         ready["pid"] = process.pid
         yield ready
     finally:
-        with trio.CancelScope(shield=True):
-            if process.stdin is not None:
-                await process.stdin.aclose()
-            with trio.move_on_after(10.0):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await stop_peer_process(process, 10.0)
 
 
 async def _pair_processes(
@@ -544,14 +537,7 @@ async def _server_process(kind: str) -> AsyncIterator[tuple[str, int]]:
                 line += chunk
         yield f"http://127.0.0.1:{int(line)}/mcp", process.pid
     finally:
-        with trio.CancelScope(shield=True):
-            if process.stdin is not None:
-                await process.stdin.aclose()  # the server exits when stdin closes
-            with trio.move_on_after(5.0):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await stop_peer_process(process, 5.0)
 
 
 async def _pair_servers(

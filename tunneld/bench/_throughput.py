@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from tunneld.bench import BenchResult
+from tunneld.bench import BenchResult, stop_peer_process
 from tunneld.bench._overlay_peer import AGENT, control_plane, datagram_size, node, transfer
 from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
@@ -61,13 +61,19 @@ _CEILING_SAMPLES = 3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--mb", type=float, default=8.0, help="megabytes over the direct path (default 8)"
+        "--mb",
+        type=float,
+        default=256.0,
+        help=(
+            "megabytes over the direct path (default 256: about a second at full speed, so"
+            " the congestion controller's start-up is a small part of a bulk transfer)"
+        ),
     )
     parser.add_argument(
         "--relay-mb",
         type=float,
-        default=4.0,
-        help="megabytes over the relay (default 4)",
+        default=128.0,
+        help="megabytes over the relay (default 128)",
     )
     parser.add_argument(
         "--relay-rate-mib",
@@ -142,16 +148,7 @@ async def _peer(role: str, *options: str) -> AsyncIterator[_Peer]:
     try:
         yield _Peer(role, process)
     finally:
-        with trio.CancelScope(shield=True):
-            if process.stdin is not None:
-                await process.stdin.aclose()
-            with trio.move_on_after(10.0):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
+        await stop_peer_process(process, 10.0)
 
 
 # measure(direct, size) -> (MB/s, the mux datagram size the path used at the end)
@@ -371,7 +368,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         ],
         rows=rows,
         notes=[
-            "mb_per_s: stream bytes from the first send to the sink's answer after EOF.",
+            "mb_per_s: stream bytes from the first send to the sink's answer after EOF; the"
+            " defaults (--mb 256, --relay-mb 128) last about a second per path, so the"
+            " congestion controller's start-up is a small part (at 8 MB it was most of it).",
             "ceiling: per path, WireGuard payloads of that path's packet_bytes (one mux "
             "datagram plus our header): encrypt + loopback UDP send/recv + decrypt, one "
             "thread, no mux, no trio; the median of the samples taken before (relay), "
