@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,9 @@ from tunneld.keys import BadKeyError
 from tunneld.log import setup_logging
 
 __all__ = ["CliError", "build_parser", "main"]
+
+# What ends an interactive command or a server: never left blocked (see ``main``).
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 # Each module adds its subcommands; order here is the order in --help.
 _COMMAND_MODULES = (_demo, _control, _agent, _daemon, _exec, _keys, _debug, _bench, _cp, _login)
@@ -49,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
+    # A blocked signal is inherited across fork and exec (a parent that spawned us from a
+    # thread with SIGINT masked): Ctrl-C and SIGTERM would then stay pending, unseen, and
+    # `tunneld cp` ran to the end instead of stopping with 130. Ignored signals (nohup, a
+    # background job) are left ignored on purpose: that is the caller's choice.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     parser = build_parser()
     args = parser.parse_args(argv)
     # Interactive commands default to quiet logs; servers default to info.
