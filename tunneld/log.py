@@ -128,9 +128,14 @@ def get_logger(name: str) -> Logger:
     return Logger(name)
 
 
+def _shown(key: str, value: LogValue) -> LogValue:
+    """``value`` as a line may show it: redacted under a credential-like key."""
+    return _REDACTED if value is not None and _is_secret_key(key) else value
+
+
 def _fields(record: logging.LogRecord) -> dict[str, LogValue]:
     raw: dict[str, LogValue] = getattr(record, _FIELDS_ATTR, {})
-    return {k: (_REDACTED if _is_secret_key(k) and v is not None else v) for k, v in raw.items()}
+    return {k: _shown(k, v) for k, v in raw.items()}
 
 
 def _quote(value: LogValue) -> str:
@@ -167,13 +172,10 @@ class KeyValueFormatter(logging.Formatter):
             record.levelname.lower(),
             record.getMessage(),
         ]
-        # A plain loop, not _fields() and a generator: one pass, fewer calls per field.
+        # A plain loop, not _fields() and a generator: one pass, no dict built per line.
         raw: dict[str, LogValue] = getattr(record, _FIELDS_ATTR, {})
         for key, value in raw.items():
-            if value is not None and _is_secret_key(key):
-                parts.append(f"{key}={_REDACTED}")
-            else:
-                parts.append(f"{key}={_quote(value)}")
+            parts.append(f"{key}={_quote(_shown(key, value))}")
         if record.name.startswith("tunneld.") is False:
             parts.append(f"logger={record.name}")
         line = " ".join(parts)
