@@ -280,13 +280,7 @@ async def _peer(
         assert process.stdout is not None
         if settings is not None:
             await process.stdin.send_all(json.dumps(settings).encode() + b"\n")
-        line = b""
-        with trio.fail_after(_STEP_TIMEOUT):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(4096)
-                if not chunk:
-                    raise RuntimeError(f"the {role} process exited before it was ready")
-                line += chunk
+        line = await _first_line(process.stdout, f"the {role} process exited before it was ready")
         ready: dict[str, Any] = json.loads(line)
         ready["pid"] = process.pid
         yield ready
@@ -517,6 +511,19 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
+async def _first_line(stdout: trio.abc.ReceiveStream, gone: str) -> bytes:
+    """The first line a peer process prints (its ready message), within ``_STEP_TIMEOUT``;
+    ``RuntimeError(gone)`` if it exits first."""
+    line = b""
+    with trio.fail_after(_STEP_TIMEOUT):
+        while not line.endswith(b"\n"):
+            chunk = await stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError(gone)
+            line += chunk
+    return line
+
+
 @asynccontextmanager
 async def _server_process(kind: str) -> AsyncIterator[tuple[str, int]]:
     """Start ``tunneld.bench._calls_server KIND``; yields its MCP URL and pid; stops it on exit."""
@@ -528,13 +535,7 @@ async def _server_process(kind: str) -> AsyncIterator[tuple[str, int]]:
     )
     try:
         assert process.stdout is not None
-        line = b""
-        with trio.fail_after(_STEP_TIMEOUT):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(64)
-                if not chunk:
-                    raise RuntimeError(f"the {kind} MCP server exited before listening")
-                line += chunk
+        line = await _first_line(process.stdout, f"the {kind} MCP server exited before listening")
         yield f"http://127.0.0.1:{int(line)}/mcp", process.pid
     finally:
         await stop_peer_process(process, 5.0)
