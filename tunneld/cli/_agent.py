@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from tunneld.cli._common import Subparsers
+from tunneld.cli._common import Subparsers, lazy_handler
 
 __all__ = ["register"]
 
@@ -30,11 +29,5 @@ def register(sub: Subparsers) -> None:
             "(removed on exit)"
         ),
     )
-    agent.set_defaults(func=_agent)
-
-
-def _agent(args: argparse.Namespace) -> int:
     # The overlay and the agent's services load only when this command runs.
-    from tunneld.cli._agent_run import run
-
-    return run(args)
+    agent.set_defaults(func=lazy_handler("tunneld.cli._agent_run", "run"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from tunneld.cli._common import CliError, Subparsers
+from tunneld.cli._common import CliError, Subparsers, lazy_handler
 from tunneld.cli._status_watch import MAX_INTERVAL, MIN_INTERVAL, watch_status
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
 from tunneld.daemon._local_api import default_socket_path
@@ -56,7 +56,8 @@ def register(sub: Subparsers) -> None:
         help="local API socket (default: [daemon].socket, else the per-user default)",
     )
     add_plugin_option(run)
-    run.set_defaults(func=_run)
+    # The daemon's stack (overlay, MCP, OAuth, plugins) loads only for `tunneld run`.
+    run.set_defaults(func=lazy_handler("tunneld.cli._daemon_run", "run"))
     status = sub.add_parser(
         "status",
         help="show the daemon's state and its tunnels",
@@ -392,14 +393,6 @@ async def _dial_async(client: LocalApiClient, agent: str, port: str) -> None:
             pass
         # The service closed its side: we are done, whatever stdin still holds.
         nursery.cancel_scope.cancel()
-
-
-def _run(args: argparse.Namespace) -> int:
-    # The daemon's stack (overlay, MCP, OAuth, plugins) loads only for `tunneld run`:
-    # the client commands here (`tunneld dial` runs once per ssh connection) stay quick.
-    from tunneld.cli._daemon_run import run
-
-    return run(args)
 
 
 def _mcp(args: argparse.Namespace) -> int:
