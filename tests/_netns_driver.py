@@ -61,29 +61,36 @@ async def finish(
     ``{"phase": "done", "path", "bytes", "sha256", "answer"}``."""
     with trio.fail_after(WAIT * 2):
         await stream.send_all(payload[offset:])
-        await stream.send_eof()
-        answer = b""
-        while data := await stream.receive_some():
-            answer += data
+        answer = await end_and_answer(stream)
     emit(
         {
             "phase": "done",
             "path": only_peer(overlay).path,
             "bytes": len(payload),
             "sha256": hashlib.sha256(payload).hexdigest(),
-            "answer": answer.decode(),
+            "answer": answer,
         }
     )
     await stream.aclose()
 
 
-async def client(options: dict[str, Any]) -> None:
+async def end_and_answer(stream: trio.abc.HalfCloseableStream) -> str:
+    """End our side of ``stream`` and read the sink's answer until its EOF."""
+    await stream.send_eof()
+    answer = b""
+    while data := await stream.receive_some():
+        answer += data
+    return answer.decode()
+
+
+def client_overlay(options: dict[str, Any]) -> Overlay:
+    """The client's overlay node ("laptop"), from the test's JSON options."""
     token = str(options["token"])
 
     async def provide() -> str:
         return token
 
-    overlay = Overlay(
+    return Overlay(
         OverlayConfig(
             name="laptop",
             private_key=generate_private_key(),
@@ -95,6 +102,10 @@ async def client(options: dict[str, Any]) -> None:
         ),
         provide,
     )
+
+
+async def client(options: dict[str, Any]) -> None:
+    overlay = client_overlay(options)
     payload = bytes(range(256)) * (int(options["size"]) // 256)
     third = len(payload) // 3
     async with trio.open_nursery() as nursery:

@@ -24,10 +24,9 @@ import sys
 from typing import Any
 
 import trio
-from _netns_driver import emit, only_peer
+from _netns_driver import client_overlay, emit, end_and_answer, only_peer
 
-from tunneld.keys import generate_private_key
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.net.overlay import Overlay
 
 WAIT = 60.0
 CHUNK = 32 * 1024
@@ -62,23 +61,7 @@ async def send(stream: trio.abc.HalfCloseableStream, data: bytes) -> None:
 
 
 async def client(options: dict[str, Any]) -> None:
-    token = str(options["token"])
-
-    async def provide() -> str:
-        return token
-
-    overlay = Overlay(
-        OverlayConfig(
-            name="laptop",
-            private_key=generate_private_key(),
-            coordinate_url=options["coordinate_url"],
-            derp_url=options["derp_url"],
-            udp_host=options["host"],
-            probe_interval=0.5,
-            reprobe_interval=2.0,
-        ),
-        provide,
-    )
+    overlay = client_overlay(options)
     payload = bytes(range(256)) * (int(options["size"]) // 256)
     half = len(payload) // 2
     async with trio.open_nursery() as nursery:
@@ -98,16 +81,13 @@ async def client(options: dict[str, Any]) -> None:
             if options.get("pause"):
                 await settled(overlay, other_than=first)
                 record(overlay, "resettled")
-            await stream.send_eof()
-            answer = b""
-            while data := await stream.receive_some():
-                answer += data
+            answer = await end_and_answer(stream)
         record(
             overlay,
             "done",
             bytes=len(payload),
             sha256=hashlib.sha256(payload).hexdigest(),
-            answer=answer.decode(),
+            answer=answer,
         )
         await stream.aclose()
         nursery.cancel_scope.cancel()

@@ -212,20 +212,28 @@ def start_world(spaces: Namespaces, tmp: Path) -> tuple[dict[str, Any], str]:
 
 
 def start_client(
-    spaces: Namespaces, tmp: Path, info: dict[str, Any], token: str, *, pause: bool
+    spaces: Namespaces,
+    tmp: Path,
+    info: dict[str, Any],
+    token: str,
+    *,
+    pause: bool,
+    driver: Path = DRIVER,
+    size: int = 3 * 1024 * 1024,
 ) -> subprocess.Popen[str]:
+    """``driver``'s client in the client namespace, sending ``size`` bytes to the sink."""
     options = {
         "token": token,
         "coordinate_url": info["coordinate_url"],
         "derp_url": info["derp_url"],
         "host": CLIENT,
         "port": SINK_PORT,
-        "size": 3 * 1024 * 1024,
+        "size": size,
         "pause": pause,
     }
     return spaces.exec(
         spaces.client,
-        [sys.executable, str(DRIVER), "client", json.dumps(options)],
+        [sys.executable, str(driver), "client", json.dumps(options)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=(tmp / "client.log").open("w"),

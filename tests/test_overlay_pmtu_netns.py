@@ -10,9 +10,7 @@ overlay's socket never fragments.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,10 @@ import pytest
 
 from tests.test_overlay_netns import (
     _REASON,
-    CLIENT,
-    SINK_PORT,
     Namespaces,
     namespaces,
     read_record,
+    start_client,
     start_world,
 )
 from tunneld.net.overlay._pmtu import ip_packet_bytes, mux_size_for
@@ -32,6 +29,7 @@ from tunneld.net.overlay._pmtu import ip_packet_bytes, mux_size_for
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 DRIVER = Path(__file__).resolve().parent / "_pmtu_driver.py"
+SIZE = 4 * 1024 * 1024
 # A veth drops a frame bigger than its MTU on the way in, but counts 4 bytes of
 # VLAN tag as slack: through a 1,400-byte veth, IP packets of up to 1,404 bytes pass.
 NARROW = 1400
@@ -54,27 +52,6 @@ def all_links(spaces: Namespaces, mtu: int) -> None:
         (spaces.control, "br0"),
     ):
         set_mtu(spaces, ns, device, mtu)
-
-
-def start_client(
-    spaces: Namespaces, tmp: Path, info: dict[str, Any], token: str, *, pause: bool
-) -> subprocess.Popen[str]:
-    options = {
-        "token": token,
-        "coordinate_url": info["coordinate_url"],
-        "derp_url": info["derp_url"],
-        "host": CLIENT,
-        "port": SINK_PORT,
-        "size": 4 * 1024 * 1024,
-        "pause": pause,
-    }
-    return spaces.exec(
-        spaces.client,
-        [sys.executable, str(DRIVER), "client", json.dumps(options)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=(tmp / "client.log").open("w"),
-    )
 
 
 def finish(client: subprocess.Popen[str]) -> dict[str, Any]:
@@ -102,7 +79,7 @@ def test_discovery_settles_on_the_real_path_mtu(tmp_path: Path) -> None:
         # the way in (silently), the agent's own are refused by its kernel.
         set_mtu(spaces, spaces.agent, "eth0", NARROW)
         info, token = start_world(spaces, tmp_path)
-        client = start_client(spaces, tmp_path, info, token, pause=False)
+        client = start_client(spaces, tmp_path, info, token, pause=False, driver=DRIVER, size=SIZE)
         assert client.stdout is not None
         settled = read_record(client.stdout, "settled")
         assert settled["path"] == "direct", settled
@@ -120,7 +97,7 @@ def test_a_black_hole_mid_stream_falls_back_and_the_transfer_completes(tmp_path:
     with namespaces() as spaces:
         all_links(spaces, 9000)
         info, token = start_world(spaces, tmp_path)
-        client = start_client(spaces, tmp_path, info, token, pause=True)
+        client = start_client(spaces, tmp_path, info, token, pause=True, driver=DRIVER, size=SIZE)
         assert client.stdout is not None
         assert client.stdin is not None
         settled = read_record(client.stdout, "settled")
