@@ -18,6 +18,7 @@ import trio
 
 from tests._agent_support import poll_pause
 from tests._control_support import running_server
+from tests._daemon_support import RUN, daemon_config
 from tunneld.daemon._client import DaemonUnavailableError, LocalApiClient
 
 WAIT = 60.0
@@ -85,26 +86,18 @@ async def running_cp_world(
         token_file.write_text(await h.token("alice") + "\n")
         token_file.chmod(0o600)
         api_socket = socket_dir / "api.sock"
-        config = socket_dir / "config.toml"
-        config.write_text(
-            "[daemon]\n"
-            f'socket = "{api_socket}"\n'
-            'socket_group = ""\n'
-            f"socket_mode = {socket_mode:#o}\n"
-            'name = "laptop"\n'
-            f'idle_timeout = "{idle_timeout}"\n'
-            f'key_file = "{socket_dir / "daemon.key"}"\n'
-            f'control_url = "{h.info.url}"\n'
-            f'token_file = "{token_file}"\n'
-            'udp_listen = "127.0.0.1:0"\n'
-            # No MCP TCP listener: the default 127.0.0.1:7421 collides across test runs.
-            "[mcp]\n"
-            'listen = ""\n'
+        config = daemon_config(
+            socket_dir,
+            h.info.url,
+            socket=api_socket,
+            token_file=token_file,
+            mcp_listen="",
+            daemon_extra=f'socket_mode = {socket_mode:#o}\nidle_timeout = "{idle_timeout}"\n',
         )
         daemon: trio.Process = await nursery.start(
             functools.partial(
                 trio.run_process,
-                [sys.executable, "-m", "tunneld", "run", "--config", str(config)],
+                [*RUN, str(config)],
                 check=False,
                 stderr=subprocess.DEVNULL,
             )

@@ -1,8 +1,52 @@
-"""Shared pieces of the daemon tests: the fake overlay edge."""
+"""Shared pieces of the daemon tests: the fake overlay edge, a daemon's config file."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import trio
+
+# How the tests start a real daemon: `tunneld run` in a child process.
+RUN = (sys.executable, "-m", "tunneld", "run", "--config")
+
+
+def daemon_config(
+    directory: Path,
+    control_url: str,
+    *,
+    socket: Path,
+    token_file: Path | None = None,
+    login_file: Path | None = None,
+    mcp_listen: str = "127.0.0.1:0",
+    extra: str = "",
+    daemon_extra: str = "",
+) -> Path:
+    """Write ``directory/daemon.toml`` for a daemon named ``laptop`` on loopback.
+
+    Its key goes in ``directory``; it signs in with ``token_file`` or ``login_file``.
+    The MCP listener is ``mcp_listen`` (never the default 127.0.0.1:7421, which tests
+    running in parallel would share; "" for none). ``daemon_extra`` is appended to the
+    ``[daemon]`` table, ``extra`` (more tables) to the file.
+    """
+    credential = (f'token_file = "{token_file}"\n' if token_file is not None else "") + (
+        f'login_file = "{login_file}"\n' if login_file is not None else ""
+    )
+    config = directory / "daemon.toml"
+    config.write_text(
+        "[daemon]\n"
+        f'socket = "{socket}"\n'
+        'socket_group = ""\n'
+        'name = "laptop"\n'
+        f'key_file = "{directory / "daemon.key"}"\n'
+        f'control_url = "{control_url}"\n'
+        f"{credential}"
+        'udp_listen = "127.0.0.1:0"\n'
+        f"{daemon_extra}"
+        "[mcp]\n"
+        f'listen = "{mcp_listen}"\n' + extra
+    )
+    return config
 
 
 class FakeOverlay:

@@ -381,6 +381,7 @@ async def conformance_daemon(
     ``short_dir`` holds the Unix socket (paths are limited to 108 bytes).
     """
     from tests._control_support import running_server
+    from tests._daemon_support import RUN, daemon_config
     from tests._plugin_support import DISABLE_DEFAULT_ON
     from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
 
@@ -391,21 +392,10 @@ async def conformance_daemon(
         token_file.write_text(await h.token("alice") + "\n")
         token_file.chmod(0o600)
         socket = short_dir / "api.sock"
-        config = short_dir / "daemon.toml"
-        config.write_text(
-            "[daemon]\n"
-            f'socket = "{socket}"\n'
-            'socket_group = ""\n'
-            'name = "laptop"\n'
-            f'key_file = "{short_dir / "daemon.key"}"\n'
-            f'control_url = "{h.info.url}"\n'
-            f'token_file = "{token_file}"\n'
-            'udp_listen = "127.0.0.1:0"\n'
-            "[mcp]\n"
-            'listen = "127.0.0.1:0"\n' + DISABLE_DEFAULT_ON
+        config = daemon_config(
+            short_dir, h.info.url, socket=socket, token_file=token_file, extra=DISABLE_DEFAULT_ON
         )
-        command = [sys.executable, "-m", "tunneld", "run", "--config", str(config),
-                   "--plugin", "conformance"]  # fmt: skip
+        command = [*RUN, str(config), "--plugin", "conformance"]
         process: trio.Process = await nursery.start(
             functools.partial(trio.run_process, command, check=False, stderr=subprocess.DEVNULL)
         )

@@ -26,6 +26,7 @@ import pytest
 import trio
 
 from tests._control_support import Harness, running_server
+from tests._daemon_support import RUN, daemon_config
 from tunneld.config import DaemonConfig, Duration
 from tunneld.daemon import Daemon, Notifier, open_api_listener
 from tunneld.daemon._client import ApiError, LocalApiClient
@@ -220,22 +221,9 @@ async def test_tunneld_run_process(
             "/api/v1/coordinate"
         )
         api_socket = socket_dir / "api.sock"
-        config = socket_dir / "config.toml"
-        config.write_text(
-            "[daemon]\n"
-            f'socket = "{api_socket}"\n'
-            'socket_group = ""\n'
-            'name = "laptop"\n'
-            f'key_file = "{socket_dir / "daemon.key"}"\n'
-            f'control_url = "{control_url}"\n'
-            f'token_file = "{token_file}"\n'
-            'udp_listen = "127.0.0.1:0"\n'
-            # Not the default 127.0.0.1:7421: tests (and other daemons) run in parallel.
-            "[mcp]\n"
-            'listen = "127.0.0.1:0"\n'
-        )
+        config = daemon_config(socket_dir, control_url, socket=api_socket, token_file=token_file)
         env = {**os.environ, "NOTIFY_SOCKET": str(socket_dir / "notify")}
-        command = [sys.executable, "-m", "tunneld", "run", "--config", str(config)]
+        command = [*RUN, str(config)]
         pass_fds: tuple[int, ...] = ()
         if activated:
             # As systemd does: the socket is bound by someone else and passed as fd 3,

@@ -24,6 +24,7 @@ import trio
 
 from tests._agent_support import make_config, poll_pause
 from tests._control_support import Harness, running_server
+from tests._daemon_support import RUN, daemon_config
 from tunneld.agent import AgentServices
 from tunneld.daemon._client import DaemonUnavailableError, LocalApiClient
 from tunneld.demo import loopback_overlay
@@ -83,24 +84,11 @@ async def running_world(
         token_file.write_text(await h.token("alice") + "\n")
         token_file.chmod(0o600)  # token files must not be group/world-readable
         api_socket = socket_dir / "api.sock"
-        config = socket_dir / "config.toml"
-        config.write_text(
-            "[daemon]\n"
-            f'socket = "{api_socket}"\n'
-            'socket_group = ""\n'
-            'name = "laptop"\n'
-            f'key_file = "{socket_dir / "daemon.key"}"\n'
-            f'control_url = "{h.info.url}"\n'
-            f'token_file = "{token_file}"\n'
-            'udp_listen = "127.0.0.1:0"\n'
-            # Not the default 127.0.0.1:7421: tests (and other daemons) run in parallel.
-            "[mcp]\n"
-            'listen = "127.0.0.1:0"\n'
-        )
+        config = daemon_config(socket_dir, h.info.url, socket=api_socket, token_file=token_file)
         daemon: trio.Process = await nursery.start(
             functools.partial(
                 trio.run_process,
-                [sys.executable, "-m", "tunneld", "run", "--config", str(config)],
+                [*RUN, str(config)],
                 check=False,
                 stderr=subprocess.DEVNULL,
             )

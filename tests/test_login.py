@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._control_support import Harness, running_server
+from tests._daemon_support import RUN, daemon_config
 from tests._oauth_support import Browser, add_password_user, hidden_fields
 from tunneld.credentials import (
     LoginError,
@@ -171,24 +172,14 @@ async def test_login_then_daemon_joins_then_refresh_and_revocation(
         assert status == 200
 
         # A real daemon joins the overlay with the login file.
-        config = short_dir / "daemon.toml"
-        config.write_text(
-            "[daemon]\n"
-            f'socket = "{short_dir / "api.sock"}"\n'
-            'socket_group = ""\n'
-            'name = "laptop"\n'
-            f'key_file = "{short_dir / "daemon.key"}"\n'
-            f'control_url = "{h.info.url}"\n'
-            f'login_file = "{out}"\n'
-            'udp_listen = "127.0.0.1:0"\n'
-            "[mcp]\n"
-            'listen = ""\n'
+        config = daemon_config(
+            short_dir, h.info.url, socket=short_dir / "api.sock", login_file=out, mcp_listen=""
         )
         daemon_env = {k: v for k, v in os.environ.items() if k != "TUNNELD_TOKEN"}
         daemon = await nursery.start(
             functools.partial(
                 trio.run_process,
-                [sys.executable, "-m", "tunneld", "run", "--config", str(config)],
+                [*RUN, str(config)],
                 stdin=subprocess.DEVNULL,
                 env=daemon_env,
                 check=False,

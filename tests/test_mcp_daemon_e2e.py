@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from tests._control_support import Harness, agent_process, running_server
+from tests._daemon_support import daemon_config as shared_daemon_config
 from tests._mcp_client import RawMcpClient, connector_as, in_asyncio_thread
 from tests._plugin_support import (
     DISABLE_DEFAULT_ON,
@@ -56,21 +57,10 @@ def with_path(site: Path) -> dict[str, str]:
 
 
 def daemon_config(h: Harness, tmp: Path, socket: Path, extra: str = "") -> Path:
-    token_file = tmp / "daemon.token"
-    config = tmp / "daemon.toml"
-    config.write_text(
-        "[daemon]\n"
-        f'socket = "{socket}"\n'
-        'socket_group = ""\n'
-        'name = "laptop"\n'
-        f'key_file = "{tmp / "daemon.key"}"\n'
-        f'control_url = "{h.info.url}"\n'
-        f'token_file = "{token_file}"\n'
-        'udp_listen = "127.0.0.1:0"\n'
-        "[mcp]\n"
-        'listen = "127.0.0.1:0"\n' + extra
+    """The daemon's config in ``tmp``, signing in with the token in ``tmp/daemon.token``."""
+    return shared_daemon_config(
+        tmp, h.info.url, socket=socket, token_file=tmp / "daemon.token", extra=extra
     )
-    return config
 
 
 async def wait_for_status(socket: Path, process: trio.Process) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tunneld_workspace import Settings, build_tools
 
 from tests._agent_support import poll_pause
 from tests._control_support import Harness, running_server
+from tests._daemon_support import RUN, daemon_config
 from tests._mcp_client import in_asyncio_thread
 from tunneld.daemon._client import ApiError, DaemonUnavailableError, LocalApiClient
 
@@ -189,22 +190,14 @@ async def test_sdk_client_uses_the_workspace_tools_through_the_daemon(
         token_file.write_text(await h.token("alice") + "\n")
         token_file.chmod(0o600)
         api_socket = short_dir / "api.sock"
-        config = short_dir / "daemon.toml"
-        config.write_text(
-            "[daemon]\n"
-            f'socket = "{api_socket}"\n'
-            'socket_group = ""\n'
-            'name = "laptop"\n'
-            f'key_file = "{short_dir / "daemon.key"}"\n'
-            f'control_url = "{h.info.url}"\n'
-            f'token_file = "{token_file}"\n'
-            'udp_listen = "127.0.0.1:0"\n'
-            "[mcp]\n"
-            'listen = "127.0.0.1:0"\n'
-            "[plugins.workspace]\n"
-            'max_output = "16KiB"\n'
+        config = daemon_config(
+            short_dir,
+            h.info.url,
+            socket=api_socket,
+            token_file=token_file,
+            extra='[plugins.workspace]\nmax_output = "16KiB"\n',
         )
-        daemon = [sys.executable, "-m", "tunneld", "run", "--config", str(config)]
+        daemon = [*RUN, str(config)]
         async with (
             _agent(nursery, h, short_dir, workspace),
             _process(nursery, daemon) as process,
