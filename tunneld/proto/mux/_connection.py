@@ -284,15 +284,33 @@ class Connection(ReceiveMixin, SendMixin):
         self._reset_send_side(stream, error_code)
 
     def stop_sending(self, stream_id: int, error_code: int) -> None:
-        """Stop reading: STOP_SENDING asks the peer to reset; unread bytes are dropped."""
+        """Stop reading: STOP_SENDING asks the peer to reset; unread bytes are dropped.
+
+        If every byte up to the peer's FIN has arrived, nothing is sent. Otherwise the
+        STOP_SENDING (and a FIN queued without data) may wait for the next packet,
+        at most until the ACK we owe is due (``max_ack_delay``).
+        """
         stream = self._stream(stream_id)
         if stream.recv_terminal() or stream.stop_code is not None:
             return
         stream.stop_code = error_code
-        stream.stop_state = ControlState.PENDING
+        # Once every byte up to the peer's FIN is here, the peer has nothing left to
+        # send or resend: STOP_SENDING would only cost it a RESET_STREAM in answer
+        # (RFC 9000 section 3.5 sends it in the Recv and Size Known states only).
+        if not stream.all_received():
+            stream.stop_state = ControlState.PENDING
+            self._lazy[stream_id] = None
+            if (
+                stream_id in self._sendable
+                and stream.fin_requested
+                and not stream.fin_sent
+                and stream.next_new == stream.send_end
+                and not stream.has_retransmit()
+            ):
+                # The FIN alone is left to send: it is closing news too.
+                del self._sendable[stream_id]
         self._conn_consumed += stream.discard_receive_buffer()
         self._credit_check[stream_id] = None
-        self._control[stream_id] = None
         self._maybe_remove(stream)
 
     def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:

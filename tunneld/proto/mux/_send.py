@@ -93,6 +93,18 @@ class SendMixin(ConnectionBase):
         self._ack_deadline = None
         return largest
 
+    def _lazy_may_wait(self) -> bool:
+        """Whether the close-only frames of ``_lazy`` may wait (no ``now``: the ACK
+        deadline is the timer's business): only while we owe the peer an ACK that is
+        not due at once; they then leave with it or with anything sent before it,
+        never later than ``max_ack_delay``. Owing nothing, they go at once."""
+        return (
+            self._ack_eliciting_unacked > 0
+            and not self._ack_immediate
+            and self._ack_deadline is not None
+            and self._ack_eliciting_unacked < self._config.ack_eliciting_threshold
+        )
+
     def _has_stream_work(self) -> bool:
         conn_credit = self._max_data_remote - self._data_sent
         for stream_id in self._sendable:
@@ -136,6 +148,8 @@ class SendMixin(ConnectionBase):
         ):
             return True
         if self._has_control_work() or (self._sendable and self._has_stream_work()):
+            return True
+        if self._lazy and not self._lazy_may_wait():
             return True
         if self._max_data_local - self._conn_consumed <= self._conn_window * 0.75:
             return True
@@ -195,6 +209,13 @@ class SendMixin(ConnectionBase):
                 buf += bytes(pad_to - len(buf))  # PADDING frames
             out.append((bytes(buf), probe_path))
         self._update_credit(now)
+        if self._lazy and (
+            not self._lazy_may_wait()
+            or self._ack_due(now)
+            or self._has_control_work()
+            or (self._sendable and self._has_stream_work())
+        ):
+            self._flush_lazy()  # a packet goes anyway (or the ACK is due): join it
         recovery = self._recovery
         self._pacing_until = None
         while len(out) < max_datagrams:

@@ -229,6 +229,16 @@ class Stream:
         self.received.add(offset, end)
         return grown
 
+    def all_received(self) -> bool:
+        """Whether every byte up to the peer's FIN has arrived (read or not)."""
+        final = self.final_size
+        if final is None:
+            return False
+        if self.read_offset == final:
+            return True
+        received = self.received
+        return len(received) == 1 and received[0] == (self.read_offset, final)
+
     def readable_bytes(self) -> int:
         received = self.received
         if received and received[0][0] == self.read_offset:
