@@ -239,7 +239,10 @@ class SendMixin(ConnectionBase):
                     self._write_ack(buf, now)
                     out.append((bytes(buf), path))
                 break
-            packet = self._build_packet(now, path, room, probe)
+            if probe or self._sendable or self._ack_eliciting_unacked or self._has_control_work():
+                packet = self._build_packet(now, path, room, probe)
+            else:
+                packet = None  # what _build_packet would find, without building
             if packet is None:
                 if not probe:
                     # Room in the window, nothing to send: rate samples from now on
