@@ -184,3 +184,22 @@ def test_stop_sending_after_the_peer_finished_sends_nothing() -> None:
     assert client.stream_ids() == []  # both directions are done
     sent = deliver(client, server, 0.001 + MAX_ACK_DELAY)
     assert sent == [[FrameType.ACK]]
+
+
+def test_no_delay_stream_counts_as_final_and_idle_streams_are_known() -> None:
+    client = Connection(is_initiator=True, path=PATH)
+    server = Connection(is_initiator=False, path=PATH)
+    stream_id = client.open_stream("rpc")
+    client.send_stream_data(stream_id, b"request")
+    assert not client.pending_streams_final()
+    client.set_no_delay(stream_id)
+    assert client.pending_streams_final()
+    assert client.stream_idle(stream_id)
+    deliver(client, server, 0.0)
+    assert not server.stream_idle(stream_id)  # "request" waits unread
+    assert isinstance(server.next_event(), StreamOpened)
+    server.read_stream(stream_id, 100)
+    assert server.stream_idle(stream_id)
+    client.send_eof(stream_id)
+    assert not client.stream_idle(stream_id)
+    assert not client.stream_idle(stream_id + 4)  # unknown

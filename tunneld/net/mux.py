@@ -440,6 +440,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
         self._receive_broken = False
         self._send_busy = False
         self._receive_busy = False
+        self._no_delay = False
         # Set (sticky) when something may have changed for this stream's reader or
         # writer; the waiter replaces it before looking again (see _wait_readable).
         self._readable = trio.Event()
@@ -581,6 +582,37 @@ class MuxStream(trio.abc.HalfCloseableStream):
         if self._connection_broken():
             raise trio.BrokenResourceError("mux connection closed")
         return None
+
+    @property
+    def no_delay(self) -> bool:
+        """Whether each ``send_all`` is a whole message that leaves without waiting
+        for more (like TCP_NODELAY; default False: the driver holds a packet back a
+        few scheduling rounds for more frames, such as a FIN). Set it on a stream
+        that carries several request/response messages."""
+        return self._no_delay
+
+    @no_delay.setter
+    def no_delay(self, enabled: bool) -> None:
+        self._no_delay = enabled
+        try:
+            self._core.set_no_delay(self.stream_id, enabled)
+        except StreamError:
+            pass  # the core forgot the stream: nothing left to send on it anyway
+
+    def reusable(self) -> bool:
+        """Whether this stream can carry another exchange as if just opened: not
+        closed or half-closed either way, not reset or stopped, the connection up,
+        and no bytes (or end of stream) received and not yet read."""
+        if (
+            self._closed
+            or self._send_closed
+            or self._eof
+            or self._send_broken
+            or self._receive_broken
+            or self._connection_broken()
+        ):
+            return False
+        return self._core.stream_idle(self.stream_id)
 
     async def aclose(self) -> None:
         self.close_nowait()

@@ -249,6 +249,33 @@ class Connection(ReceiveMixin, SendMixin):
             return
         self.send_stream_data(stream_id, b"", end_stream=True)
 
+    def set_no_delay(self, stream_id: int, enabled: bool = True) -> None:
+        """Mark ``stream_id``'s writes as whole messages (or not; off by default).
+
+        ``pending_streams_final`` then counts the stream as having nothing more to
+        add, so a driver that holds packets back for more frames sends its data at
+        once, as TCP_NODELAY does. For a stream that carries several request/response
+        messages (no FIN after each). Raises StreamError for an unknown stream.
+        """
+        self._stream(stream_id).no_delay = enabled
+
+    def stream_idle(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` could carry a new exchange as if fresh: known, open
+        both ways (no FIN, reset or STOP_SENDING either way, its open header read),
+        and nothing received that the application has not read. False otherwise."""
+        stream = self._streams.get(stream_id)
+        return (
+            stream is not None
+            and self._state is ConnectionState.OPEN
+            and not stream.fin_requested
+            and stream.send_reset_code is None
+            and stream.final_size is None
+            and stream.recv_reset_code is None
+            and stream.stop_code is None
+            and not stream.header_pending
+            and not stream.recv_buf
+        )
+
     def read_stream(self, stream_id: int, max_bytes: int) -> tuple[bytes, bool]:
         """Take up to ``max_bytes`` in-order bytes; returns (data, end_of_stream).
 

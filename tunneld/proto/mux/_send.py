@@ -164,11 +164,13 @@ class SendMixin(ConnectionBase):
         return False
 
     def pending_streams_final(self) -> bool:
-        """Whether stream frames wait to go and each of their streams has its FIN queued.
+        """Whether stream frames wait to go and each of their streams has its FIN
+        queued or is marked no-delay (``set_no_delay``).
 
-        Then nothing more can join those frames (after FIN a stream takes no bytes): a
-        driver holding a packet back for more frames (a writer about to add its FIN, a
-        reader about to answer) can send it now. False when no stream frame waits.
+        Then nothing more joins those frames (after FIN a stream takes no bytes; a
+        no-delay stream's writes are whole messages): a driver holding a packet back
+        for more frames (a writer about to add its FIN, a reader about to answer) can
+        send it now. False when no stream frame waits.
         """
         sendable = self._sendable
         if not sendable:
@@ -176,7 +178,12 @@ class SendMixin(ConnectionBase):
         streams = self._streams
         for stream_id in sendable:
             stream = streams.get(stream_id)
-            if stream is not None and not stream.fin_requested and stream.send_reset_code is None:
+            if (
+                stream is not None
+                and not stream.fin_requested
+                and stream.send_reset_code is None
+                and not stream.no_delay
+            ):
                 return False
         return True
 
