@@ -333,3 +333,51 @@ async def test_an_invalid_server_header_keeps_h11_s_answer(nursery: trio.Nursery
     # h11 refuses to write the header: the connection ends without a 101, as before.
     assert await client.read_to_eof() == b""
     await client.aclose()
+
+
+# -- routing shortcut ---------------------------------------------------------------
+
+ROUTE_PATTERNS = ["/v0/dial", "/v0/{name}", "/a/b", "/a/{x}", "/{x}/b", "/", "/a/b/c"]
+SEGMENTS = st.sampled_from(["v0", "dial", "a", "b", "c", "", "x", "%61", "d%2Fe", "{x}"])
+
+
+def scanned_match(router: Router, raw_path: str) -> tuple[str, dict[str, str]] | None:
+    """Router.match without its literal-path shortcut: the full ranked scan."""
+    from urllib.parse import unquote
+
+    parts = raw_path.split("/")[1:]
+    best: tuple[tuple[int, ...], tuple[str, dict[str, str]]] | None = None
+    for pattern, entry in router._entries.items():
+        if len(entry.segments) != len(parts):
+            continue
+        params: dict[str, str] = {}
+        rank: list[int] = []
+        for segment, name, part in zip(entry.segments, entry.params, parts, strict=True):
+            if name is None:
+                if unquote(part) != segment:
+                    break
+                rank.append(0)
+            else:
+                if part == "":
+                    break
+                params[name] = unquote(part)
+                rank.append(1)
+        else:
+            if best is None or tuple(rank) < best[0]:
+                best = (tuple(rank), (pattern, params))
+    return best[1] if best else None
+
+
+@CI_SETTINGS
+@given(
+    patterns=st.lists(st.sampled_from(ROUTE_PATTERNS), unique=True, max_size=7),
+    parts=st.lists(SEGMENTS, min_size=1, max_size=3),
+)
+def test_router_literal_shortcut_matches_the_scan(patterns: list[str], parts: list[str]) -> None:
+    router = Router()
+    for pattern in patterns:
+        router.route("GET", pattern, only_web1)  # type: ignore[arg-type]
+    raw_path = "/" + "/".join(parts)
+    found = router.match(raw_path)
+    expected = scanned_match(router, raw_path)
+    assert (None if found is None else (found.entry.pattern, found.path_params)) == expected

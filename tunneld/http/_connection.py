@@ -145,7 +145,11 @@ def _check_head(
     raw_path, raw_query = parsed
     path = unquote(raw_path, errors="replace")
     try:
-        query = parse_qs(raw_query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
+        query = (
+            parse_qs(raw_query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
+            if raw_query
+            else {}
+        )
     except ValueError:
         return _BadHead(400, "too many query parameters", path)
     route = dispatch(

@@ -225,6 +225,13 @@ class Router:
         Segments are split before percent-decoding, so ``%2F`` inside a parameter stays
         part of that parameter.
         """
+        if "%" not in raw_path:
+            # A path that is a literal pattern verbatim: nothing ranks before it (a
+            # placeholder segment ranks after a literal one) and no other literal
+            # pattern matches it, so a scan would find this one.
+            literal = self._entries.get(raw_path)
+            if literal is not None and not any(literal.params):
+                return RouteMatch(literal, {})
         parts = _split(raw_path)
         best: tuple[tuple[int, ...], RouteMatch] | None = None
         for entry in self._entries.values():

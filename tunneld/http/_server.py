@@ -229,8 +229,14 @@ class HttpServer:
     ) -> None:
         while True:
             # Take the connection slot before accepting: over the limit, clients wait
-            # in the kernel's backlog instead of costing us a task each.
-            await self._slots.acquire()
+            # in the kernel's backlog instead of costing us a task each. A free slot
+            # is taken without a schedule point (the accept below is one when it
+            # waits; a scheduler round per connection for nothing, otherwise).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                await self._slots.acquire()
             try:
                 stream = await listener.accept()
             except trio.ClosedResourceError:
