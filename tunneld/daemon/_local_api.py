@@ -39,6 +39,7 @@ import trio
 
 from tunneld.daemon._tunnels import Lease, TunnelError, TunnelTable
 from tunneld.http import (
+    DirectSocketStream,
     HttpError,
     HttpLimits,
     HttpServer,
@@ -452,10 +453,19 @@ class LocalApi:
             return
         piped = _Piped()
         started = trio.current_time()
+        if isinstance(client, trio.SocketStream):
+            # The pipe's side of the client's socket calls the kernel directly when it
+            # is ready (tunneld/http/_socket_stream.py); the server's close of the
+            # stream it handed over is then a no-op, so it is closed here.
+            client = DirectSocketStream.take_over(client)
         try:
             await _pipe(client, dial.remote, piped)
         finally:
-            await self._finish(dial, piped, started)
+            try:
+                await self._finish(dial, piped, started)
+            finally:
+                if isinstance(client, DirectSocketStream):
+                    await trio.aclose_forcefully(client)
 
 
 @dataclass(slots=True)
