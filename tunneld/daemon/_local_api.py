@@ -465,7 +465,7 @@ class LocalApi:
                 await self._finish(dial, piped, started)
             finally:
                 if isinstance(client, DirectSocketStream):
-                    await trio.aclose_forcefully(client)
+                    await client.aclose()  # closes at once, even when cancelled
 
 
 @dataclass(slots=True)
@@ -499,6 +499,8 @@ async def _pipe(
             cancel.cancel()
 
     async with trio.open_nursery() as nursery:
-        # One task more, not two: this one copies the client's bytes itself.
-        nursery.start_soon(copy, remote, client, nursery.cancel_scope, False)
-        await copy(client, remote, nursery.cancel_scope, True)
+        # One task more, not two. This one copies the agent's bytes: that direction
+        # ends last (the service answers the client's EOF), so the nursery has no
+        # task left to wait for and closing takes no extra scheduler round.
+        nursery.start_soon(copy, client, remote, nursery.cancel_scope, True)
+        await copy(remote, client, nursery.cancel_scope, False)

@@ -195,9 +195,10 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def aclose(self) -> None:
-        """Close the socket (at once, even if cancelled); tasks waiting on it get
-        trio.ClosedResourceError. Idempotent."""
+        """Close the socket (at once, even if cancelled: then it raises Cancelled
+        after closing); tasks waiting on it get trio.ClosedResourceError. Idempotent."""
         if self.socket.fileno() >= 0:
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._after_ready()
