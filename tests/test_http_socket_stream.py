@@ -150,3 +150,56 @@ def test_only_stream_sockets() -> None:
     left, right = socket.socketpair()
     with left, right, pytest.raises(ValueError, match="ready_streak"):
         DirectSocketStream(left, ready_streak=0)
+
+
+async def test_a_server_with_direct_unix_streams_serves_requests_and_upgrades(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Keep-alive requests, then an upgrade whose handler gets the DirectSocketStream.
+    import tempfile
+
+    from tunneld.http import HttpServer, Request, Response, Router, open_unix_listener
+
+    seen: list[type] = []
+
+    async def hello(request: Request) -> Response:
+        return Response.json(
+            {"uid": request.peer_credentials.uid if request.peer_credentials else None}
+        )
+
+    async def echo(request: Request, stream: trio.abc.Stream) -> None:
+        seen.append(type(stream))
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+    router = Router()
+    router.route("GET", "/hello", hello)
+    router.upgrade("/up", "echo", echo)
+    server = HttpServer(router, direct_unix_streams=True)
+    with tempfile.TemporaryDirectory(prefix="tds-") as tmp:
+        path = f"{tmp}/api.sock"
+        listener = await open_unix_listener(path, mode=0o600)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, [listener])
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+            client = DirectSocketStream(sock)
+            async with client:
+                get = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+                up = b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+                await client.send_all(get + get)
+                answers = b""
+                with trio.fail_after(10):
+                    while answers.count(b"HTTP/1.1 200 ") < 2 or not answers.endswith(b"}"):
+                        answers += await client.receive_some()
+                assert answers.count(b'{"uid":') == 2
+                await client.send_all(up)
+                answer = b""
+                with trio.fail_after(10):
+                    while not answer.endswith(b"\r\n\r\n"):
+                        answer += await client.receive_some()
+                    assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+                    await client.send_all(b"ping")
+                    assert await client.receive_some() == b"ping"
+            server.shutdown(1.0)
+    assert seen == [DirectSocketStream]

@@ -39,7 +39,6 @@ import trio
 
 from tunneld.daemon._tunnels import Lease, TunnelError, TunnelTable
 from tunneld.http import (
-    DirectSocketStream,
     HttpError,
     HttpLimits,
     HttpServer,
@@ -234,7 +233,7 @@ class LocalApi:
         self.router.upgrade(
             "/v0/dial", DIAL_PROTOCOL, self._dial_stream, authorize=self._authorize_dial
         )
-        self.server = HttpServer(self.router, limits=limits)
+        self.server = HttpServer(self.router, limits=limits, direct_unix_streams=True)
 
     async def serve(
         self,
@@ -453,19 +452,10 @@ class LocalApi:
             return
         piped = _Piped()
         started = trio.current_time()
-        if isinstance(client, trio.SocketStream):
-            # The pipe's side of the client's socket calls the kernel directly when it
-            # is ready (tunneld/http/_socket_stream.py); the server's close of the
-            # stream it handed over is then a no-op, so it is closed here.
-            client = DirectSocketStream.take_over(client)
         try:
             await _pipe(client, dial.remote, piped)
         finally:
-            try:
-                await self._finish(dial, piped, started)
-            finally:
-                if isinstance(client, DirectSocketStream):
-                    await client.aclose()  # closes at once, even when cancelled
+            await self._finish(dial, piped, started)
 
 
 @dataclass(slots=True)
