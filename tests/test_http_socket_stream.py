@@ -152,7 +152,7 @@ def test_only_stream_sockets() -> None:
         DirectSocketStream(left, ready_streak=0)
 
 
-async def test_a_server_with_direct_unix_streams_serves_requests_and_upgrades(
+async def test_a_server_with_direct_streams_serves_requests_and_upgrades(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     # Keep-alive requests, then an upgrade whose handler gets the DirectSocketStream.
@@ -175,7 +175,7 @@ async def test_a_server_with_direct_unix_streams_serves_requests_and_upgrades(
     router = Router()
     router.route("GET", "/hello", hello)
     router.upgrade("/up", "echo", echo)
-    server = HttpServer(router, direct_unix_streams=True)
+    server = HttpServer(router, direct_streams=True)
     with tempfile.TemporaryDirectory(prefix="tds-") as tmp:
         path = f"{tmp}/api.sock"
         listener = await open_unix_listener(path, mode=0o600)
@@ -203,3 +203,38 @@ async def test_a_server_with_direct_unix_streams_serves_requests_and_upgrades(
                     assert await client.receive_some() == b"ping"
             server.shutdown(1.0)
     assert seen == [DirectSocketStream]
+
+
+async def test_direct_streams_serve_tcp_too(nursery: trio.Nursery) -> None:
+    from tunneld.http import HttpServer, Request, Response, Router
+
+    kinds: list[type] = []
+
+    async def hello(request: Request) -> Response:
+        return Response.text("hi")
+
+    async def echo(request: Request, stream: trio.abc.Stream) -> None:
+        kinds.append(type(stream))
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+    router = Router()
+    router.route("GET", "/hello", hello)
+    router.upgrade("/up", "echo", echo)
+    server = HttpServer(router, direct_streams=True)
+    host, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
+    client = await trio.open_tcp_stream(host, port)
+    async with client:
+        await client.send_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        await client.send_all(b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n")
+        await client.send_all(b"Upgrade: echo\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while answer.count(b"\r\n\r\n") < 2:
+                answer += await client.receive_some()
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert b"hi" in answer
+            assert b"HTTP/1.1 101 Switching Protocols\r\n" in answer
+            await client.send_all(b"tcp")
+            assert await client.receive_some() == b"tcp"
+    assert kinds == [DirectSocketStream]

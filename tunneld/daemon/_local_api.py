@@ -233,7 +233,7 @@ class LocalApi:
         self.router.upgrade(
             "/v0/dial", DIAL_PROTOCOL, self._dial_stream, authorize=self._authorize_dial
         )
-        self.server = HttpServer(self.router, limits=limits, direct_unix_streams=True)
+        self.server = HttpServer(self.router, limits=limits, direct_streams=True)
 
     async def serve(
         self,

@@ -69,7 +69,7 @@ class HttpServer:
     ``Content-Length`` and chunked bodies, streamed responses, WebSocket and raw
     upgrades. Errors become JSON error responses; a handler exception is a logged
     500 and the server keeps serving. ``server_header=None`` omits ``Server``.
-    ``direct_unix_streams``: serve Unix-socket connections on a
+    ``direct_streams``: serve plain (not TLS) socket connections, Unix or TCP, on a
     :class:`DirectSocketStream` (socket calls the kernel completes at once take no
     scheduler round; the local API's dials are latency-bound on those rounds).
     """
@@ -81,10 +81,10 @@ class HttpServer:
         limits: HttpLimits | None = None,
         ssl_context: ssl.SSLContext | None = None,
         server_header: str | None = "tunneld",
-        direct_unix_streams: bool = False,
+        direct_streams: bool = False,
     ) -> None:
         self.router = router
-        self.direct_unix_streams = direct_unix_streams
+        self.direct_streams = direct_streams
         self.limits = limits if limits is not None else HttpLimits()
         self.ssl_context = ssl_context
         self.server_header = server_header
@@ -270,11 +270,8 @@ class HttpServer:
                 if handshake.cancelled_caught:
                     return
             peer, credentials = _peer_info(stream)
-            if (
-                self.direct_unix_streams
-                and isinstance(stream, trio.SocketStream)
-                and stream.socket.family == socket.AF_UNIX
-            ):
+            if self.direct_streams and isinstance(stream, trio.SocketStream):
+                # trio set TCP_NODELAY on it already; the options stay with the socket.
                 stream = DirectSocketStream.take_over(stream)
             connection = Connection(self, stream, peer, credentials)
             self._connections.add(connection)
