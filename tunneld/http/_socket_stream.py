@@ -19,6 +19,7 @@ operation is a full checkpoint, as trio's streams are (the conformance tests use
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Final
 
@@ -74,7 +75,13 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         may still close it; the returned stream owns the connection.
         """
         trio_socket = stream.socket
-        sock = socket.socket(trio_socket.family, trio_socket.type, fileno=trio_socket.detach())
+        family, kind = trio_socket.family, trio_socket.type
+        fd = trio_socket.detach()
+        try:
+            sock = socket.socket(family, kind, fileno=fd)
+        except BaseException:
+            os.close(fd)  # the fd is ours alone now: never leak it
+            raise
         return cls(sock)
 
     async def _after_ready(self) -> None:
