@@ -24,6 +24,11 @@ class FramedStream:
         self._decoder = FrameDecoder(max_frame_size=max_frame_size)
         self._send_lock = trio.Lock()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is buffered: the last frame was read whole and no byte followed it."""
+        return self._decoder.buffered == 0 and not self._decoder.at_eof
+
     async def receive_payload(self) -> bytes | None:
         """The next frame's payload, or ``None`` at a clean end of stream.
 
@@ -42,5 +47,15 @@ class FramedStream:
     async def send(self, message: Response | ClientFrame) -> None:
         """Send one whole frame; raises what the stream's ``send_all`` raises."""
         data = encode(message)
-        async with self._send_lock:
+        lock = self._send_lock
+        # Uncontended (nearly always: one request or answer at a time), take the lock
+        # without ``acquire``'s schedule point: ``send_all`` is one already, and the
+        # extra task step was one per frame on both ends of every agent call.
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             await self.stream.send_all(data)
+        finally:
+            lock.release()

@@ -18,6 +18,7 @@ from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import LocalApi
 from tunneld.daemon._mcp_auth import SCOPE_READ, SCOPE_WRITE
 from tunneld.daemon._overlay_backend import OverlayTunnels
+from tunneld.daemon._rpc_pool import RpcStreamPool
 from tunneld.daemon._systemd import Notifier
 from tunneld.daemon._tunnels import TunnelTable
 from tunneld.http import HttpError, HttpServer, Request, Router
@@ -84,6 +85,9 @@ class Daemon:
             connect_timeout=settings.connect_timeout.seconds,
             on_event=self.events.publish,
         )
+        # Idle agent rpc streams MCP tool calls reuse (one pool for every caller: the
+        # streams are the daemon's, each call still checks the caller's access).
+        self.rpc_pool = RpcStreamPool()
         self.directory = AgentDirectory(
             overlay.list_agents, self._peer_statuses, self.tunnels.tunnels, wall=time.time
         )
@@ -144,7 +148,9 @@ class Daemon:
         # Only remote (TCP) callers are narrowed: socket callers are local users the
         # daemon already serves as its own user.
         check = self._agent_access_check if caller.transport == "http" else None
-        return DaemonAgents(self.tunnels, self.overlay.open_stream, self._agents, caller, check)
+        return DaemonAgents(
+            self.tunnels, self.overlay.open_stream, self._agents, caller, check, self.rpc_pool
+        )
 
     async def _authenticate_unix(self, request: Request) -> Caller:
         """The socket's caller: read scope for anyone who can connect, write per the API."""
@@ -248,6 +254,7 @@ class Daemon:
         try:
             await self.api.serve(listeners, task_status=task_status)
             # Graceful: tell the coordinator our tunnels are gone while it still hears us.
+            await self.rpc_pool.aclose()
             await self.tunnels.aclose()
         finally:
             # The API finished its shutdown: the rest goes with it.

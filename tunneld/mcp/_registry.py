@@ -222,9 +222,19 @@ class ToolContext:
 
     @asynccontextmanager
     async def agent_rpc(self, agent: str) -> Any:
-        """An :class:`~tunneld.agent.client.AgentClient` on a fresh ``rpc`` stream to ``agent``."""
+        """An :class:`~tunneld.agent.client.AgentClient` on an ``rpc`` stream to ``agent``.
+
+        If ``agents`` offers ``agent_rpc(agent)`` itself (the daemon's does: it reuses
+        idle rpc streams), that is used; otherwise a fresh stream from ``open_stream``,
+        closed at the end.
+        """
         from tunneld.agent.client import AgentClient
 
+        own = getattr(self.agents, "agent_rpc", None)
+        if own is not None:
+            async with own(agent) as reused:
+                yield reused
+            return
         async with self.agents.open_stream(agent, "rpc") as stream:
             client: AgentClient = AgentClient(stream)
             try:
