@@ -353,7 +353,10 @@ class Transport:
                     first=stream.priming(0, retry_ms=RETRY_MS),
                     watch_disconnect=False,
                 )
-        await reply.done.wait()
+        if not reply.done.is_set():
+            # Not ``wait()`` on an event already set (a quick call's, seen above): that
+            # is a schedule point, a task step per call for nothing.
+            await reply.done.wait()
         if reply.message is None:  # cancelled by the client: nothing to answer
             return Response(202, headers)
         return Response.json(reply.message, headers=headers)
