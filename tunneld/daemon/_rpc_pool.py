@@ -29,13 +29,15 @@ __all__ = ["DEFAULT_MAX_IDLE", "DEFAULT_MAX_IDLE_SECONDS", "RpcStreamPool", "str
 
 log = get_logger(__name__)
 
-# Idle streams kept per agent. Each one counts against the agent's limit of open
-# streams on the tunnel (the mux's max_concurrent_streams, 100) and keeps a task on
-# the agent; a burst of calls opens more, and the surplus is closed as it comes back.
-DEFAULT_MAX_IDLE: Final = 16
-# A stream unused this long is closed: an agent that is called once in a while does
-# not keep tasks for a burst long gone.
-DEFAULT_MAX_IDLE_SECONDS: Final = 30.0
+# Idle streams kept per agent. A burst of calls opens more, and the surplus is closed
+# as it comes back; at a hundred calls in flight 16 meant a new stream for every third
+# call, 64 for one in ten. Each idle stream keeps a small task on the agent and counts
+# against the tunnel's limit of open streams (the mux's max_concurrent_streams, 100),
+# so 64 leaves a third of them to dials even right after such a burst...
+DEFAULT_MAX_IDLE: Final = 64
+# ...and only for this long: a stream unused for 10 s is closed (by ``run``), so an
+# agent called once in a while keeps nothing of a burst long gone.
+DEFAULT_MAX_IDLE_SECONDS: Final = 10.0
 _CLOSE_TIMEOUT: Final = 1.0
 
 
@@ -52,7 +54,10 @@ class RpcStreamPool:
     """Idle :class:`AgentClient` s per peer, most recently used first.
 
     ``take``/``give_back`` are called by :meth:`DaemonAgents.agent_rpc`; nothing
-    waits inside the pool, so one slow agent never holds up calls to another.
+    waits inside the pool, so one slow agent never holds up calls to another. Start
+    :meth:`run` with ``nursery.start`` to close streams idle for ``max_idle_seconds``
+    even when no call comes to notice; without it they are closed at the next
+    ``take``/``give_back`` for their agent.
     """
 
     def __init__(
@@ -68,6 +73,33 @@ class RpcStreamPool:
         # peer id → [(client, when it came back)], oldest first.
         self._idle: dict[str, list[tuple[AgentClient, float]]] = {}
         self._closed = False
+        self._kept = trio.Event()  # set when a stream is kept (wakes ``run``)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Close idle streams as they reach ``max_idle_seconds``, until cancelled; then
+        close them all (shielded, bounded)."""
+        try:
+            task_status.started()
+            while True:
+                starts = [entries[0][1] for entries in self._idle.values() if entries]
+                if not starts:
+                    await self._kept.wait()
+                    self._kept = trio.Event()
+                    continue
+                await trio.sleep_until(min(starts) + self.max_idle_seconds)
+                await self._expire()
+        finally:
+            await self.aclose()
+
+    async def _expire(self) -> None:
+        oldest = trio.current_time() - self.max_idle_seconds
+        stale: list[AgentClient] = []
+        for peer, entries in list(self._idle.items()):
+            while entries and entries[0][1] <= oldest:
+                stale.append(entries.pop(0)[0])
+            if not entries:
+                del self._idle[peer]
+        await _close_all(stale)
 
     def idle_count(self, peer: str | None = None) -> int:
         """Idle streams held for ``peer`` (all peers if ``None``)."""
@@ -110,6 +142,7 @@ class RpcStreamPool:
             return
         entries = self._idle.setdefault(peer, [])
         entries.append((client, trio.current_time()))
+        self._kept.set()
         surplus: list[AgentClient] = []
         oldest = trio.current_time() - self.max_idle_seconds
         while entries and (len(entries) > self.max_idle or entries[0][1] < oldest):

@@ -213,6 +213,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.overlay.serve)
                 await nursery.start(self.tunnels.run)
+                await nursery.start(self.rpc_pool.run)
                 for server in self._mcp_servers():
                     await nursery.start(server.run)
                 addresses = await nursery.start(self._serve_api, listeners, nursery.cancel_scope)
