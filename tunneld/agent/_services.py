@@ -202,6 +202,11 @@ class AgentServices:
         resynchronised. Closes ``stream`` on return. Cancellation kills a running
         foreground command's process group.
         """
+        if hasattr(stream, "no_delay"):
+            # Every frame we send is a whole answer (or output chunk): out at once, not
+            # held back for more (MuxStream.no_delay); a client may keep the stream for
+            # its next request, so no FIN would end the wait.
+            stream.no_delay = True
         io = FramedStream(stream)
         try:
             while True:

@@ -152,7 +152,12 @@ class DaemonAgents:
         async with self.tunnels.acquire(agent) as lease:
             client_or_none = await pool.take(lease.peer)
             if client_or_none is None:
-                client_or_none = AgentClient(await self._open(lease, agent, "rpc"))
+                stream = await self._open(lease, agent, "rpc")
+                if hasattr(stream, "no_delay"):
+                    # Each frame is a whole request: out at once, not held back for a
+                    # FIN that a reused stream never sends (MuxStream.no_delay).
+                    stream.no_delay = True
+                client_or_none = AgentClient(stream)
             client = client_or_none
             keep = True
             try:
