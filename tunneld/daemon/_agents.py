@@ -140,41 +140,48 @@ class DaemonAgents:
         """
         pool = self._rpc_pool
         if pool is None:
-            async with self.open_stream(agent, "rpc") as stream:
-                client = AgentClient(stream)
+            async with self.open_stream(agent, "rpc") as fresh:
+                one_off = AgentClient(fresh)
                 try:
-                    yield client
+                    yield one_off
                 finally:
                     with trio.CancelScope(shield=True):
-                        await client.aclose()
+                        await one_off.aclose()
             return
         agent = await self._allowed(agent)
-        async with self.tunnels.acquire(agent) as lease:
-            client_or_none = await pool.take(lease.peer)
-            if client_or_none is None:
+        # lease/release rather than ``acquire``'s context manager: one layer less on
+        # every tool call; the ``finally`` below releases it on every path.
+        lease = await self.tunnels.lease(agent)
+        client: AgentClient | None = None
+        keep = True
+        try:
+            client = await pool.take(lease.peer)
+            if client is None:
                 stream = await self._open(lease, agent, "rpc")
                 if hasattr(stream, "no_delay"):
                     # Each frame is a whole request: out at once, not held back for a
                     # FIN that a reused stream never sends (MuxStream.no_delay).
                     stream.no_delay = True
-                client_or_none = AgentClient(stream)
-            client = client_or_none
-            keep = True
+                client = AgentClient(stream)
+            yield client
+        except Exception:
+            # An error answer (AgentError) leaves the stream between requests, and
+            # the pool keeps it; a request cut short does not (client.idle).
+            raise
+        except BaseException:
+            keep = False  # cancelled: do not wait on anything but the close
+            raise
+        finally:
             try:
-                yield client
-            except Exception:
-                # An error answer (AgentError) leaves the stream between requests, and
-                # the pool keeps it; a request cut short does not (client.idle).
-                raise
-            except BaseException:
-                keep = False  # cancelled: do not wait on anything but the close
-                raise
-            finally:
-                if keep:
+                if client is None:
+                    pass
+                elif keep:
                     await pool.give_back(lease.peer, client)
                 else:
                     with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
                         await client.aclose()
+            finally:
+                self.tunnels.release(lease)
 
     async def list_agents(self) -> list[Mapping[str, object]]:
         """Every agent this node may reach, online or not: name, owner, id, online,
