@@ -38,23 +38,34 @@ class ResponseError(Exception):
 
 
 def request_head(
-    method: str, target: str, host: str, headers: list[tuple[str, str]], body_length: int
+    method: str,
+    target: str,
+    host: str,
+    headers: list[tuple[str, str]],
+    body_length: int,
+    *,
+    checked: bool = False,
 ) -> bytes:
     """``METHOD target HTTP/1.1`` with ``Host``, ``headers`` and ``Content-Length``.
+
+    ``checked``: the caller already passed these very values through this function
+    (a client checks a token or session id once, when it gets it, not per request).
 
     Raises:
         ValueError: a target, name or value that could split the head (control
             characters, CR/LF); it names the field.
     """
-    if not _SAFE_TARGET.fullmatch(target):
-        raise ValueError(f"request target {target!r} has spaces or control characters")
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    for name, value in headers:
-        if not _FIELD.fullmatch(f"{name}: x".encode()) or not _SAFE_VALUE.fullmatch(value):
-            raise ValueError(f"header {name!r} has characters not allowed in HTTP")
-        lines.append(f"{name}: {value}")
-    lines.append(f"Content-Length: {body_length}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if not checked:
+        if not _SAFE_TARGET.fullmatch(target) or not _SAFE_VALUE.fullmatch(host):
+            raise ValueError(f"request target {target!r} has spaces or control characters")
+        for name, value in headers:
+            if not _FIELD.fullmatch(f"{name}: x".encode()) or not _SAFE_VALUE.fullmatch(value):
+                raise ValueError(f"header {name!r} has characters not allowed in HTTP")
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (
+        f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{fields}"
+        f"Content-Length: {body_length}\r\n\r\n"
+    ).encode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)

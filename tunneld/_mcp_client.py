@@ -286,7 +286,9 @@ class McpHttpClient:
         body: bytes,
         headers: list[tuple[str, str]],
     ) -> tuple[list[dict[str, Any]], bool]:
-        data = request_head(method, self.path, self.authority, headers, len(body)) + body
+        # Every value was checked when the client got it (__init__, _check_header).
+        data = request_head(method, self.path, self.authority, headers, len(body), checked=True)
+        data += body
         try:
             await connection.stream.send_all(data)
             response = await connection.head()
