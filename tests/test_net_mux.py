@@ -391,3 +391,18 @@ async def test_on_stream_gets_peer_streams_instead_of_accept(nursery: trio.Nurse
     assert await opened[0].receive_some() == b"x"
     opened[0].close_nowait()
     assert await stream.receive_some() == b""
+
+
+async def test_send_nowait_queues_without_yielding(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery, MuxConfig(stream_send_buffer=100_000))
+    with trio.fail_after(10):
+        stream = await a.open_stream("rpc")
+        assert stream.send_nowait(b"hello") == 5
+        assert stream.send_nowait(bytes(200_000)) < 200_000  # what the buffer takes
+        peer = await b.accept_stream()
+        assert (await peer.receive_some(5)) == b"hello"
+        await stream.send_eof()
+        with pytest.raises(trio.ClosedResourceError):
+            stream.send_nowait(b"more")
+        await peer.aclose()
+        await stream.aclose()

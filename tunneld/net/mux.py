@@ -490,6 +490,30 @@ class MuxStream(trio.abc.HalfCloseableStream):
         finally:
             self._send_busy = False
 
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of ``data`` as the send buffer takes now; returns how much.
+
+        Never yields (no checkpoint): for a request/response user that sends and then
+        at once waits in ``receive_some``, where ``send_all``'s schedule point would be
+        a task step for nothing. Send what was not taken with ``send_all``. Raises as
+        ``send_all`` does: trio.BusyResourceError while another task sends,
+        trio.ClosedResourceError after ``send_eof``/``aclose``, trio.BrokenResourceError
+        once the peer stopped reading or the connection closed.
+        """
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._closed or self._send_closed:
+            raise trio.ClosedResourceError("stream closed for sending")
+        if self._send_broken or self._connection_broken():
+            raise trio.BrokenResourceError("peer stopped reading or connection closed")
+        try:
+            accepted = self._core.send_stream_data(self.stream_id, data)
+        except (StreamResetError, StreamError, ConnectionClosedError) as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if accepted:
+            self._connection._kick()
+        return accepted
+
     async def wait_send_all_might_not_block(self) -> None:
         if self._send_busy:
             raise trio.BusyResourceError("another task is sending on this stream")

@@ -255,8 +255,13 @@ class Stream:
         if size <= 0:
             return b""
         buf = self.recv_buf
-        data = bytes(buf[:size])
-        del buf[:size]
+        if size == len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            with memoryview(buf) as view:  # one copy (a slice, then bytes(), was two)
+                data = view[:size].tobytes()
+            del buf[:size]
         self.read_offset += size
         self.received.trim_below(self.read_offset)
         self.needs_credit_check = True
