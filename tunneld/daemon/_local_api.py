@@ -233,7 +233,7 @@ class LocalApi:
         self.router.upgrade(
             "/v0/dial", DIAL_PROTOCOL, self._dial_stream, authorize=self._authorize_dial
         )
-        self.server = HttpServer(self.router, limits=limits)
+        self.server = HttpServer(self.router, limits=limits, direct_streams=True)
 
     async def serve(
         self,
@@ -489,6 +489,8 @@ async def _pipe(
             cancel.cancel()
 
     async with trio.open_nursery() as nursery:
-        # One task more, not two: this one copies the client's bytes itself.
-        nursery.start_soon(copy, remote, client, nursery.cancel_scope, False)
-        await copy(client, remote, nursery.cancel_scope, True)
+        # One task more, not two. This one copies the agent's bytes: that direction
+        # ends last (the service answers the client's EOF), so the nursery has no
+        # task left to wait for and closing takes no extra scheduler round.
+        nursery.start_soon(copy, client, remote, nursery.cancel_scope, True)
+        await copy(remote, client, nursery.cancel_scope, False)
