@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import trio
 
 from tunneld._http1_client import Head, ResponseError, ResponseReader, request_head
+from tunneld.http import DirectSocketStream
 
 __all__ = ["PROTOCOL_VERSION", "McpClientError", "McpHttpClient"]
 
@@ -93,7 +94,7 @@ class _StaleConnectionError(Exception):
 
 @dataclass(slots=True)
 class _Connection:
-    stream: trio.SocketStream
+    stream: DirectSocketStream
     reader: ResponseReader
 
     async def head(self) -> Head:
@@ -259,7 +260,10 @@ class McpHttpClient:
             if pooled:
                 connection = self._idle.pop()
             else:
-                stream = await trio.open_tcp_stream(self.host, self.port)
+                # Socket calls the kernel completes at once take no scheduler round.
+                stream = DirectSocketStream.take_over(
+                    await trio.open_tcp_stream(self.host, self.port)
+                )
                 connection = _Connection(stream, ResponseReader())
             reusable = False
             try:

@@ -474,7 +474,7 @@ async def _measure_overlay(
             )
             router = Router()
             fresh.mount(router, "/mcp")
-            http = HttpServer(router)
+            http = HttpServer(router, direct_streams=True)  # as the daemon's MCP listener
             await nursery.start(fresh.run)
             bound = await nursery.start(http.serve_tcp, "127.0.0.1", 0)
             levels = tuple(c for c in args.concurrency if c <= args.per_call_max_concurrency)

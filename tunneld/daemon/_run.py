@@ -120,7 +120,9 @@ class Daemon:
             self.mcp_tcp.mount(router, "/mcp")
             if mcp_routes is not None:
                 mcp_routes(router)  # e.g. RFC 9728 metadata next to /mcp
-            self._mcp_http = HttpServer(router)
+            # Plain TCP connections on DirectSocketStream: a request's socket calls the
+            # kernel completes at once take no scheduler round (TLS is not served here).
+            self._mcp_http = HttpServer(router, direct_streams=True)
         self._stopping = False
         self._reloading = trio.Lock()  # SIGHUP and POST /v0/reload may overlap
 
@@ -216,12 +218,17 @@ class Daemon:
                 await nursery.start(self.rpc_pool.run)
                 for server in self._mcp_servers():
                     await nursery.start(server.run)
-                addresses = await nursery.start(self._serve_api, listeners, nursery.cancel_scope)
+                # MCP's listener first: once the local API answers, /v0/status shows
+                # the MCP URL and it serves (a script starting the daemon and asking its
+                # status at once got no URL now and then).
+                url: str | None = None
                 if self._mcp_http is not None and mcp_listeners:
                     url = self._url(mcp_listeners[0])
                     served, mcp_listeners = mcp_listeners, []  # the server owns them now
                     await nursery.start(self._mcp_http.serve, served)
                     self.mcp_url = url
+                addresses = await nursery.start(self._serve_api, listeners, nursery.cancel_scope)
+                if url is not None:
                     addresses = [*addresses, url]
                 await nursery.start(self.notifier.run_watchdog)
                 if handle_signals:
