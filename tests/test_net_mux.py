@@ -406,3 +406,49 @@ async def test_send_nowait_queues_without_yielding(nursery: trio.Nursery) -> Non
             stream.send_nowait(b"more")
         await peer.aclose()
         await stream.aclose()
+
+
+class _BatchTransport(MemoryDatagramTransport):
+    """A transport with a non-waiting send_many (as the overlay's fast path) that
+    records which task sent each datagram."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.senders: list[trio.lowlevel.Task] = []
+
+    async def send_many(self, datagrams: list[tuple[bytes, Path]]) -> None:
+        for data, _path in datagrams:
+            self.senders.append(trio.lowlevel.current_task())
+            try:
+                self._send_channel.send_nowait(data)
+            except trio.WouldBlock:
+                self.dropped += 1
+
+
+async def test_no_delay_writer_sends_from_its_own_task_when_the_sender_is_idle(
+    nursery: trio.Nursery,
+) -> None:
+    config = MuxConfig(max_ack_delay=5.0)
+    left, right = _BatchTransport.pair()
+    a = MuxConnection(left, is_initiator=True, config=config, path=left.path)
+    b = MuxConnection(right, is_initiator=False, config=config, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    me = trio.lowlevel.current_task()
+    with trio.fail_after(10):
+        stream = await a.open_stream("rpc")
+        stream.no_delay = True
+        await stream.send_all(b"hello")  # the open: the sender was kicked for it
+        peer = await b.accept_stream()
+        peer.no_delay = True
+        assert await peer.receive_some() == b"hello"
+        await peer.send_all(b"HELLO")
+        assert await stream.receive_some() == b"HELLO"
+        await trio.testing.wait_all_tasks_blocked()
+        before = len(left.senders)
+        await stream.send_all(b"again")
+        # Sent by this task inside send_all, with the ACK of "HELLO" in it.
+        assert left.senders[before:] == [me]
+        assert await peer.receive_some() == b"again"
+    await stream.aclose()
+    await peer.aclose()

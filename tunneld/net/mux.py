@@ -185,6 +185,10 @@ class MuxConnection:
         self._timer_scope: trio.CancelScope | None = None
         self._changed = trio.Event()
         self.closed: ConnectionClosed | None = None
+        # True only while the sender task waits for a kick: then a no_delay writer
+        # may send from its own task (_send_inline); _inline_busy: one such at a time.
+        self._sender_idle = False
+        self._inline_busy = False
 
     # -- driver --------------------------------------------------------------------
 
@@ -268,7 +272,11 @@ class MuxConnection:
             if core.state is ConnectionState.CLOSED:
                 return
             self._arm(core.get_timer())
-            await self._kicked.wait()
+            self._sender_idle = True
+            try:
+                await self._kicked.wait()
+            finally:
+                self._sender_idle = False
             if self._kicked.is_set():
                 self._kicked = trio.Event()
                 # Cork while frames keep coming (a reader about to answer, a writer
@@ -294,6 +302,40 @@ class MuxConnection:
     def _kick(self) -> None:
         """Something changed: let the sender look for work."""
         self._kicked.set()
+
+    def _may_send_inline(self) -> bool:
+        """Whether a writer may send the core's datagrams from its own task now: the
+        sender task is idle (it would only be woken to do just that, one scheduling
+        round later) and every stream with frames waiting is done adding to them
+        (FIN queued or no_delay), so there is nothing to cork for."""
+        return (
+            self._sender_idle
+            and not self._inline_busy
+            and self._send_many is not None
+            and self.core.pending_streams_final()
+        )
+
+    async def _send_inline(self) -> None:
+        """Send what the core has now from the calling task (see _may_send_inline).
+
+        Yields only if the transport has to wait (its fast path does not). The
+        sender task, if woken meanwhile, finds less or nothing to do; datagrams are
+        unordered anyway.
+        """
+        assert self._send_many is not None
+        core = self.core
+        self._inline_busy = True
+        try:
+            datagrams = core.datagrams_to_send(trio.current_time(), _SEND_BATCH)
+            if datagrams:
+                await self._send_many(datagrams)
+        finally:
+            self._inline_busy = False
+        self._process_events()
+        if len(datagrams) == _SEND_BATCH or core.has_pending_output():
+            self._kick()  # more than one batch, or what the pacer held back
+        else:
+            self._arm(core.get_timer())
 
     def _poke(self) -> None:
         """Wake the sender only if the core has something to send; otherwise just
@@ -483,8 +525,13 @@ class MuxStream(trio.abc.HalfCloseableStream):
                 except (StreamResetError, StreamError, ConnectionClosedError) as exc:
                     raise trio.BrokenResourceError(str(exc)) from exc
                 if accepted:
-                    self._connection._kick()
                     view = view[accepted:]
+                    connection = self._connection
+                    if self._no_delay and connection._may_send_inline():
+                        # One scheduling round sooner than kicking the idle sender.
+                        await connection._send_inline()
+                    else:
+                        connection._kick()
                 if view:
                     await self._wait_writable()
         finally:
