@@ -238,7 +238,7 @@ class AgentServices:
                 return await self._exec(io, request)
             value = await self._simple(request)
         except OperationError as exc:
-            await io.send_then_receive(Error(exc.code, exc.message))
+            await io.send(Error(exc.code, exc.message))
             return True
         except _GONE:
             raise
@@ -246,8 +246,7 @@ class AgentServices:
             log.exception("agent.request_failed", op=type(request).__name__)
             await io.send(Error(ErrorCode.INTERNAL, f"{type(request).__name__}: {exc}"))
             return True
-        # serve_rpc reads the next request at once.
-        await io.send_then_receive(Result(value))
+        await io.send(Result(value))
         return True
 
     def _require(self, allowed: bool, key: str, what: str) -> None:
