@@ -44,6 +44,32 @@ class FramedStream:
                 return None
             self._decoder.receive_data(bytes(await self.stream.receive_some(RECEIVE_SIZE)))
 
+    async def send_then_receive(self, message: Response | ClientFrame) -> None:
+        """:meth:`send` for a caller that receives next (a request, an answer).
+
+        A stream that can queue the whole frame at once without a schedule point
+        (``send_nowait``, as the overlay's mux streams have) does so: the receive that
+        follows is the schedule point, and ``send_all``'s own was a task step for
+        nothing on both ends of every agent call. Still a cancel point.
+        """
+        send_nowait = getattr(self.stream, "send_nowait", None)
+        lock = self._send_lock
+        if send_nowait is None:
+            await self.send(message)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        data = encode(message)
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            sent: int = send_nowait(data)
+            if sent < len(data):
+                await self.stream.send_all(memoryview(data)[sent:])
+        finally:
+            lock.release()
+
     async def send(self, message: Response | ClientFrame) -> None:
         """Send one whole frame; raises what the stream's ``send_all`` raises."""
         data = encode(message)

@@ -265,7 +265,7 @@ class AgentClient:
 
     async def _call(self, request: Request) -> Mapping[str, Any]:
         self._pending = True
-        await self._io.send(request)
+        await self._io.send_then_receive(request)
         response = await self._receive()
         if isinstance(response, Error):
             self._pending = False
