@@ -406,9 +406,12 @@ async def conformance_daemon(
                     assert process.returncode is None, "the daemon exited before it was ready"
                     try:
                         status = await client.request("GET", "/v0/status")
-                        break
                     except (DaemonUnavailableError, ApiError, OSError):
-                        await trio.sleep(0.1)
+                        status = None
+                    # The local API answers before the MCP listener is up: wait for both.
+                    if isinstance(status, dict) and (status.get("mcp") or {}).get("url"):
+                        break
+                    await trio.sleep(0.1)
             assert isinstance(status, dict)
             assert [p["name"] for p in status["plugins"]["loaded"]] == ["conformance"]
             yield str(status["mcp"]["url"])

@@ -1,4 +1,4 @@
-"""A lean MCP client over Streamable HTTP (h11 on trio), for ``tunneld demo`` and benchmarks.
+"""A lean MCP client over Streamable HTTP (HTTP/1.1 on trio), for ``tunneld demo`` and benchmarks.
 
 It speaks the 2025-11-25 revision: ``initialize`` (the server mints a session),
 ``notifications/initialized``, then requests in that session; answers come as one JSON
@@ -9,7 +9,8 @@ client calls never ask.
 
 It is not a general-purpose SDK: hosts use the official SDKs (tests run those as real
 peers). It exists so the demo needs nothing beyond tunneld's own dependencies, and so a
-benchmark drives two servers with exactly the same client.
+benchmark drives two servers with exactly the same client, at a low cost per request
+(its HTTP codec is :mod:`tunneld._http1_client`, not h11: see there why).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import h11
 import trio
+
+from tunneld._http1_client import Head, ResponseError, ResponseReader, request_head
+from tunneld.http import DirectSocketStream
 
 __all__ = ["PROTOCOL_VERSION", "McpClientError", "McpHttpClient"]
 
@@ -91,13 +94,19 @@ class _StaleConnectionError(Exception):
 
 @dataclass(slots=True)
 class _Connection:
-    stream: trio.SocketStream
-    conn: h11.Connection
+    stream: DirectSocketStream
+    reader: ResponseReader
 
-    async def next_event(self) -> Any:
-        while (event := self.conn.next_event()) is h11.NEED_DATA:
-            self.conn.receive_data(bytes(await self.stream.receive_some(65536)))
-        return event
+    async def head(self) -> Head:
+        while (head := self.reader.read_head()) is None:
+            self.reader.feed(bytes(await self.stream.receive_some(65536)))
+        return head
+
+    async def body(self) -> bytes:
+        """The next piece of the body, ``b""`` at its end."""
+        while (data := self.reader.read_body()) is None:
+            self.reader.feed(bytes(await self.stream.receive_some(65536)))
+        return data
 
 
 class McpHttpClient:
@@ -117,6 +126,9 @@ class McpHttpClient:
         self.path = parts.path or "/"
         self.authority = parts.netloc
         self.token = token
+        # Checked here, once (ValueError): the head is rendered by hand.
+        auth = [("Authorization", f"Bearer {token}")] if token is not None else []
+        request_head("POST", self.path, self.authority, auth, 0)
         self.session_id: str | None = None
         self.protocol_version: str | None = None
         self.server_info: dict[str, Any] = {}
@@ -145,7 +157,9 @@ class McpHttpClient:
                 "clientInfo": _CLIENT_INFO,
             },
         )
-        self.protocol_version = str(result.get("protocolVersion") or PROTOCOL_VERSION)
+        version = str(result.get("protocolVersion") or PROTOCOL_VERSION)
+        _check_header("MCP-Protocol-Version", version)
+        self.protocol_version = version
         info = result.get("serverInfo")
         self.server_info = info if isinstance(info, dict) else {}
         await self.notify("notifications/initialized")
@@ -208,7 +222,7 @@ class McpHttpClient:
                 with trio.CancelScope(shield=True), trio.move_on_after(_DELETE_TIMEOUT):
                     try:
                         await self._exchange("DELETE", b"", self._headers())
-                    except (OSError, trio.BrokenResourceError, h11.ProtocolError, McpClientError):
+                    except (OSError, trio.BrokenResourceError, McpClientError, ValueError):
                         pass  # the server is gone or forgot us: the session is over anyway
                 self.session_id = None
         finally:
@@ -219,7 +233,7 @@ class McpHttpClient:
     # -- HTTP ------------------------------------------------------------------
 
     def _headers(self) -> list[tuple[str, str]]:
-        headers = [("Host", self.authority)]
+        headers: list[tuple[str, str]] = []
         if self.token is not None:
             headers.append(("Authorization", f"Bearer {self.token}"))
         if self.session_id is not None:
@@ -246,8 +260,11 @@ class McpHttpClient:
             if pooled:
                 connection = self._idle.pop()
             else:
-                stream = await trio.open_tcp_stream(self.host, self.port)
-                connection = _Connection(stream, h11.Connection(h11.CLIENT))
+                # Socket calls the kernel completes at once take no scheduler round.
+                stream = DirectSocketStream.take_over(
+                    await trio.open_tcp_stream(self.host, self.port)
+                )
+                connection = _Connection(stream, ResponseReader())
             reusable = False
             try:
                 answers, reusable = await self._send_and_read(connection, method, body, headers)
@@ -273,68 +290,63 @@ class McpHttpClient:
         body: bytes,
         headers: list[tuple[str, str]],
     ) -> tuple[list[dict[str, Any]], bool]:
-        conn = connection.conn
-        request = h11.Request(
-            method=method,
-            target=self.path,
-            headers=[*headers, ("Content-Length", str(len(body)))],
-        )
-        data = conn.send(request) or b""
-        if body:
-            data += conn.send(h11.Data(data=body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
+        # Every value was checked when the client got it (__init__, _check_header).
+        data = request_head(method, self.path, self.authority, headers, len(body), checked=True)
+        data += body
         try:
             await connection.stream.send_all(data)
-            response = await connection.next_event()
-        except (trio.BrokenResourceError, h11.RemoteProtocolError):
+            response = await connection.head()
+        except (trio.BrokenResourceError, ResponseError):
             raise _StaleConnectionError from None
-        while isinstance(response, h11.InformationalResponse):
-            response = await connection.next_event()
-        if not isinstance(response, h11.Response):
-            raise _StaleConnectionError
-        response_headers = {k.decode().lower(): v.decode() for k, v in response.headers}
+        response_headers = response.headers
         media = response_headers.get("content-type", "").split(";", 1)[0].strip().lower()
         raw = bytearray()
         answers: list[dict[str, Any]] = []
         decoder = _SseData() if media == "text/event-stream" else None
-        while True:
-            event = await connection.next_event()
-            if isinstance(event, h11.Data):
+        try:
+            while chunk := await connection.body():
                 if decoder is not None:
-                    for payload in decoder.feed(bytes(event.data)):
+                    for payload in decoder.feed(chunk):
                         if payload.strip():
                             answers.append(_json_object(payload))
                 else:
-                    raw += event.data
+                    raw += chunk
                     if len(raw) > _MAX_BODY:
                         raise McpClientError(f"{method} {self.path}: the answer is too large")
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                if decoder is not None:
-                    answers.extend(_json_object(p) for p in decoder.end() if p.strip())
-                break
+        except ResponseError as exc:
+            raise McpClientError(f"{method} {self.path}: the answer broke off: {exc}") from None
+        if decoder is not None:
+            answers.extend(_json_object(p) for p in decoder.end() if p.strip())
         if "mcp-session-id" in response_headers:
-            self.session_id = response_headers["mcp-session-id"]
+            session_id = response_headers["mcp-session-id"]
+            _check_header("Mcp-Session-Id", session_id)
+            self.session_id = session_id
         if media == "application/json" and raw:
             parsed = json.loads(raw)
-            if isinstance(parsed, dict) and response.status_code < 400:
+            if isinstance(parsed, dict) and response.status < 400:
                 answers.append(parsed)
             elif isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
                 error = parsed["error"]
                 raise McpClientError(
-                    f"{method} {self.path}: HTTP {response.status_code}: {error.get('message')}",
-                    status=response.status_code,
+                    f"{method} {self.path}: HTTP {response.status}: {error.get('message')}",
+                    status=response.status,
                     code=error.get("code") if isinstance(error.get("code"), int) else None,
                 )
-        if response.status_code >= 400:
+        if response.status >= 400:
             text = bytes(raw[:300]).decode(errors="replace")
             raise McpClientError(
-                f"{method} {self.path}: HTTP {response.status_code}: {text}".rstrip(": "),
-                status=response.status_code,
+                f"{method} {self.path}: HTTP {response.status}: {text}".rstrip(": "),
+                status=response.status,
             )
-        reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE
-        if reusable:
-            conn.start_next_cycle()
-        return answers, reusable
+        return answers, response.keep_alive and connection.reader.idle
+
+
+def _check_header(name: str, value: str) -> None:
+    """Raises McpClientError when the server gave a value we cannot send back."""
+    try:
+        request_head("POST", "/", "x", [(name, value)], 0)
+    except (ValueError, UnicodeError):
+        raise McpClientError(f"the server sent an unusable {name}: {value[:40]!r}") from None
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -24,6 +24,11 @@ class FramedStream:
         self._decoder = FrameDecoder(max_frame_size=max_frame_size)
         self._send_lock = trio.Lock()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is buffered: the last frame was read whole and no byte followed it."""
+        return self._decoder.buffered == 0 and not self._decoder.at_eof
+
     async def receive_payload(self) -> bytes | None:
         """The next frame's payload, or ``None`` at a clean end of stream.
 
@@ -39,8 +44,44 @@ class FramedStream:
                 return None
             self._decoder.receive_data(bytes(await self.stream.receive_some(RECEIVE_SIZE)))
 
+    async def send_then_receive(self, message: Response | ClientFrame) -> None:
+        """:meth:`send` for a caller that receives next (a request, an answer).
+
+        A stream that can queue the whole frame at once without a schedule point
+        (``send_nowait``, as the overlay's mux streams have) does so: the receive that
+        follows is the schedule point, and ``send_all``'s own was a task step for
+        nothing on both ends of every agent call. Still a cancel point.
+        """
+        send_nowait = getattr(self.stream, "send_nowait", None)
+        lock = self._send_lock
+        if send_nowait is None:
+            await self.send(message)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        data = encode(message)
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            sent: int = send_nowait(data)
+            if sent < len(data):
+                await self.stream.send_all(memoryview(data)[sent:])
+        finally:
+            lock.release()
+
     async def send(self, message: Response | ClientFrame) -> None:
         """Send one whole frame; raises what the stream's ``send_all`` raises."""
         data = encode(message)
-        async with self._send_lock:
+        lock = self._send_lock
+        # Uncontended (nearly always: one request or answer at a time), take the lock
+        # without ``acquire``'s schedule point: ``send_all`` is one already, and the
+        # extra task step was one per frame on both ends of every agent call.
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             await self.stream.send_all(data)
+        finally:
+            lock.release()

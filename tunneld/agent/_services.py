@@ -202,6 +202,11 @@ class AgentServices:
         resynchronised. Closes ``stream`` on return. Cancellation kills a running
         foreground command's process group.
         """
+        if hasattr(stream, "no_delay"):
+            # Every frame we send is a whole answer (or output chunk): out at once, not
+            # held back for more (MuxStream.no_delay); a client may keep the stream for
+            # its next request, so no FIN would end the wait.
+            stream.no_delay = True
         io = FramedStream(stream)
         try:
             while True:
@@ -233,7 +238,7 @@ class AgentServices:
                 return await self._exec(io, request)
             value = await self._simple(request)
         except OperationError as exc:
-            await io.send(Error(exc.code, exc.message))
+            await io.send_then_receive(Error(exc.code, exc.message))
             return True
         except _GONE:
             raise
@@ -241,7 +246,8 @@ class AgentServices:
             log.exception("agent.request_failed", op=type(request).__name__)
             await io.send(Error(ErrorCode.INTERNAL, f"{type(request).__name__}: {exc}"))
             return True
-        await io.send(Result(value))
+        # serve_rpc reads the next request at once.
+        await io.send_then_receive(Result(value))
         return True
 
     def _require(self, allowed: bool, key: str, what: str) -> None:

@@ -163,6 +163,7 @@ class ExecRun:
     async def _start(self) -> None:
         if not self._started:
             self._started = True
+            self._client._pending = True
             await self._client._io.send(self._request)
 
     async def send_stdin(self, data: bytes) -> None:
@@ -191,9 +192,11 @@ class ExecRun:
         response = await self._client._receive()
         if isinstance(response, Error):
             self._failed = True  # the command never started, or the agent gave up on it
+            self._client._pending = False
             raise AgentError(response.code, response.message)
         if isinstance(response, Exit):
             self.exit = response
+            self._client._pending = False
             return response
         if isinstance(response, (Stdout, Stderr)):
             return response
@@ -227,6 +230,22 @@ class AgentClient:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._io = FramedStream(stream)
+        # A request is out whose last answer frame has not been read: set before a
+        # request is sent, cleared once its ``result``/``error``/``exit`` is read. A
+        # call interrupted in between (cancelled, broken, malformed) leaves it set.
+        self._pending = False
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        """The stream the client speaks on."""
+        return self._io.stream
+
+    @property
+    def idle(self) -> bool:
+        """No request is unanswered and no byte is buffered past the last answer: the
+        stream sits between requests, so another client may take it over (the daemon
+        reuses idle rpc streams, :class:`tunneld.daemon.RpcStreamPool`)."""
+        return not self._pending and self._io.idle
 
     async def aclose(self) -> None:
         """Close the stream (a running foreground command on it is killed by the agent)."""
@@ -245,12 +264,15 @@ class AgentClient:
         return decode_response(payload)
 
     async def _call(self, request: Request) -> Mapping[str, Any]:
-        await self._io.send(request)
+        self._pending = True
+        await self._io.send_then_receive(request)
         response = await self._receive()
         if isinstance(response, Error):
+            self._pending = False
             raise AgentError(response.code, response.message)
         if not isinstance(response, Result):
             raise RemoteProtocolError(f"expected a result, got {type(response).__name__}")
+        self._pending = False
         return response.value
 
     # ------------------------------------------------------------------ exec

@@ -12,7 +12,10 @@ needs free cores to gain at 10 and 100, so the default stays one process. Each
 process's CPU ms per call goes in the notes: it moves far less with the machine's
 load than calls/s. ``shared``: ``tools/call`` of the
 workspace plugin's ``read_file`` (a small file) at the daemon's MCP endpoint; every
-call opens a stream on the daemon's one warm tunnel to the agent. ``per_call``: the
+call holds a lease on the daemon's one warm tunnel to the agent and speaks on an agent
+``rpc`` stream over it, one an earlier call left idle when there is one (as the daemon
+always does: :class:`tunneld.daemon.RpcStreamPool`), so a call costs no stream set-up
+either. ``per_call``: the
 same tool, served by the same MCP server code from the same registry, but each call
 builds a fresh overlay node — UDP socket, relay connection, coordinator session,
 WireGuard handshake — opens its stream, calls and tears the node down, which is
@@ -471,7 +474,7 @@ async def _measure_overlay(
             )
             router = Router()
             fresh.mount(router, "/mcp")
-            http = HttpServer(router)
+            http = HttpServer(router, direct_streams=True)  # as the daemon's MCP listener
             await nursery.start(fresh.run)
             bound = await nursery.start(http.serve_tcp, "127.0.0.1", 0)
             levels = tuple(c for c in args.concurrency if c <= args.per_call_max_concurrency)
@@ -625,11 +628,12 @@ async def _main(args: argparse.Namespace, modes: set[str]) -> BenchResult:
     if modes & {"our_server", "sdk_server"}:
         rows += await _pair_servers(args, modes, failures)
     notes = [
-        "shared: read_file through the daemon's MCP endpoint on its one warm tunnel;"
+        "shared: read_file through the daemon's MCP endpoint on its one warm tunnel (a"
+        " lease per call, agent rpc streams reused between calls as the daemon does);"
         " per_call: the same tool and server code, a fresh overlay node (UDP socket, relay,"
-        " coordinator session, handshake) per call. our_server / sdk_server: a trivial echo"
-        " tool on tunneld.mcp.McpServer vs the mcp SDK's MCPServer under uvicorn, each in"
-        " its own process. Same client for all (keep-alive, one session).",
+        " coordinator session, handshake) and stream per call. our_server / sdk_server: a"
+        " trivial echo tool on tunneld.mcp.McpServer vs the mcp SDK's MCPServer under"
+        " uvicorn, each in its own process. Same client for all (keep-alive, one session).",
         "Where each runs: the client is this process (one trio thread); each server is"
         " its own process (ours one trio thread, the SDK's one asyncio loop), started"
         " once and measured in turns level by level; all share the machine's cores, so"

@@ -153,7 +153,9 @@ async def _daemon() -> None:
             router = Router()
             fresh.mount(router, "/mcp")
             await nursery.start(fresh.run)
-            bound = await nursery.start(HttpServer(router).serve_tcp, "127.0.0.1", 0)
+            bound = await nursery.start(
+                HttpServer(router, direct_streams=True).serve_tcp, "127.0.0.1", 0
+            )
             shared_url = str(addresses[-1])
             # Warm the daemon's tunnel and let it go direct first, as a daemon's
             # long-lived tunnel is: measured straight after the join, the first rows

@@ -90,7 +90,7 @@ def _serve_ours() -> None:
         server = McpServer(registry, agents_for)
         router = Router()
         server.mount(router, "/mcp")
-        http = HttpServer(router)
+        http = HttpServer(router, direct_streams=True)  # as the daemon's MCP listener
         sock = _bound_socket()
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         async with trio.open_nursery() as nursery:

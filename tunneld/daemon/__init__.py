@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         read_token_file,
     )
     from tunneld.daemon._overlay_backend import OverlayTunnels
+    from tunneld.daemon._rpc_pool import RpcStreamPool
     from tunneld.daemon._run import Daemon
     from tunneld.daemon._systemd import (
         SD_LISTEN_FDS_START,
@@ -74,6 +75,7 @@ __all__ = [
     "NotPermittedError",
     "Notifier",
     "OverlayTunnels",
+    "RpcStreamPool",
     "ServiceUnavailableError",
     "StaticTokenAuthenticator",
     "TunnelBackend",
@@ -128,5 +130,6 @@ _EXPORTS = {
     "open_api_listener": "_local_api",
     "read_token_file": "_mcp_auth",
     "watchdog_interval": "_systemd",
+    "RpcStreamPool": "_rpc_pool",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,7 +14,10 @@ from typing import Final
 
 import trio
 
+from tunneld.agent.client import AgentClient
+from tunneld.daemon._rpc_pool import RpcStreamPool
 from tunneld.daemon._tunnels import (
+    Lease,
     NotPermittedError,
     TunnelError,
     TunnelTable,
@@ -59,12 +62,41 @@ class DaemonAgents:
         agents: AgentLister,
         caller: Caller | None = None,
         access_check: AccessCheck | None = None,
+        rpc_pool: RpcStreamPool | None = None,
     ) -> None:
         self.tunnels = tunnels
         self.caller = caller if caller is not None else Caller()
         self._open_stream = open_stream
         self._agents = agents
         self._access_check = access_check
+        self._rpc_pool = rpc_pool
+
+    async def _allowed(self, agent: str) -> str:
+        """The agent reference to use for this caller; raises NotPermittedError."""
+        if self._access_check is None:
+            return agent
+        allowed = await self._access_check(self.caller, agent)
+        if allowed is None:
+            raise NotPermittedError(
+                f"{self.caller.subject or 'this caller'} may not reach agent {agent!r}",
+                agent=agent,
+            )
+        return allowed
+
+    async def _open(self, lease: Lease, agent: str, service: str) -> trio.abc.HalfCloseableStream:
+        try:
+            with trio.fail_after(self.tunnels.connect_timeout):
+                return await self._open_stream(lease.peer, service)
+        except trio.TooSlowError:
+            raise UnreachableError(
+                f"agent {agent!r} did not open {service!r} within"
+                f" {self.tunnels.connect_timeout:g}s",
+                agent=agent,
+            ) from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise ServiceUnavailableError(
+                f"agent {agent!r} refused service {service!r}: {exc}", agent=agent
+            ) from None
 
     @asynccontextmanager
     async def open_stream(
@@ -80,28 +112,9 @@ class DaemonAgents:
             TunnelError: unknown agent, not permitted, offline, unreachable, shutting
                 down; ServiceUnavailableError if the agent refuses the stream.
         """
-        if self._access_check is not None:
-            allowed = await self._access_check(self.caller, agent)
-            if allowed is None:
-                raise NotPermittedError(
-                    f"{self.caller.subject or 'this caller'} may not reach agent {agent!r}",
-                    agent=agent,
-                )
-            agent = allowed
+        agent = await self._allowed(agent)
         async with self.tunnels.acquire(agent) as lease:
-            try:
-                with trio.fail_after(self.tunnels.connect_timeout):
-                    stream = await self._open_stream(lease.peer, service)
-            except trio.TooSlowError:
-                raise UnreachableError(
-                    f"agent {agent!r} did not open {service!r} within"
-                    f" {self.tunnels.connect_timeout:g}s",
-                    agent=agent,
-                ) from None
-            except (OSError, trio.BrokenResourceError) as exc:
-                raise ServiceUnavailableError(
-                    f"agent {agent!r} refused service {service!r}: {exc}", agent=agent
-                ) from None
+            stream = await self._open(lease, agent, service)
             try:
                 yield stream
             finally:
@@ -110,6 +123,65 @@ class DaemonAgents:
                         await stream.aclose()
                     except (trio.BrokenResourceError, OSError) as exc:
                         log.info("mcp.stream_close_failed", agent=agent, error=str(exc))
+
+    @asynccontextmanager
+    async def agent_rpc(self, agent: str) -> AsyncIterator[AgentClient]:
+        """An :class:`AgentClient` on an ``rpc`` stream to ``agent``, under a lease held
+        until the block exits (what :meth:`ToolContext.agent_rpc` gives a tool).
+
+        With a pool, the stream is one a call to that agent left idle (else a new one),
+        and goes back to the pool after a block that ended with the stream between
+        requests; after an exception (cancellation included) or a request left
+        unanswered it is closed (shielded, bounded), which makes the agent kill a
+        foreground command still running on it.
+
+        Raises:
+            TunnelError: as :meth:`open_stream`.
+        """
+        pool = self._rpc_pool
+        if pool is None:
+            async with self.open_stream(agent, "rpc") as fresh:
+                one_off = AgentClient(fresh)
+                try:
+                    yield one_off
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await one_off.aclose()
+            return
+        agent = await self._allowed(agent)
+        # lease/release rather than ``acquire``'s context manager: one layer less on
+        # every tool call; the ``finally`` below releases it on every path.
+        lease = await self.tunnels.lease(agent)
+        client: AgentClient | None = None
+        keep = True
+        try:
+            client = await pool.take(lease.peer)
+            if client is None:
+                stream = await self._open(lease, agent, "rpc")
+                if hasattr(stream, "no_delay"):
+                    # Each frame is a whole request: out at once, not held back for a
+                    # FIN that a reused stream never sends (MuxStream.no_delay).
+                    stream.no_delay = True
+                client = AgentClient(stream)
+            yield client
+        except Exception:
+            # An error answer (AgentError) leaves the stream between requests, and
+            # the pool keeps it; a request cut short does not (client.idle).
+            raise
+        except BaseException:
+            keep = False  # cancelled: do not wait on anything but the close
+            raise
+        finally:
+            try:
+                if client is None:
+                    pass
+                elif keep:
+                    await pool.give_back(lease.peer, client)
+                else:
+                    with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+                        await client.aclose()
+            finally:
+                self.tunnels.release(lease)
 
     async def list_agents(self) -> list[Mapping[str, object]]:
         """Every agent this node may reach, online or not: name, owner, id, online,

@@ -18,6 +18,7 @@ from tunneld.daemon._events import EventHub
 from tunneld.daemon._local_api import LocalApi
 from tunneld.daemon._mcp_auth import SCOPE_READ, SCOPE_WRITE
 from tunneld.daemon._overlay_backend import OverlayTunnels
+from tunneld.daemon._rpc_pool import RpcStreamPool
 from tunneld.daemon._systemd import Notifier
 from tunneld.daemon._tunnels import TunnelTable
 from tunneld.http import HttpError, HttpServer, Request, Router
@@ -84,6 +85,9 @@ class Daemon:
             connect_timeout=settings.connect_timeout.seconds,
             on_event=self.events.publish,
         )
+        # Idle agent rpc streams MCP tool calls reuse (one pool for every caller: the
+        # streams are the daemon's, each call still checks the caller's access).
+        self.rpc_pool = RpcStreamPool()
         self.directory = AgentDirectory(
             overlay.list_agents, self._peer_statuses, self.tunnels.tunnels, wall=time.time
         )
@@ -116,7 +120,9 @@ class Daemon:
             self.mcp_tcp.mount(router, "/mcp")
             if mcp_routes is not None:
                 mcp_routes(router)  # e.g. RFC 9728 metadata next to /mcp
-            self._mcp_http = HttpServer(router)
+            # Plain TCP connections on DirectSocketStream: a request's socket calls the
+            # kernel completes at once take no scheduler round (TLS is not served here).
+            self._mcp_http = HttpServer(router, direct_streams=True)
         self._stopping = False
         self._reloading = trio.Lock()  # SIGHUP and POST /v0/reload may overlap
 
@@ -144,7 +150,9 @@ class Daemon:
         # Only remote (TCP) callers are narrowed: socket callers are local users the
         # daemon already serves as its own user.
         check = self._agent_access_check if caller.transport == "http" else None
-        return DaemonAgents(self.tunnels, self.overlay.open_stream, self._agents, caller, check)
+        return DaemonAgents(
+            self.tunnels, self.overlay.open_stream, self._agents, caller, check, self.rpc_pool
+        )
 
     async def _authenticate_unix(self, request: Request) -> Caller:
         """The socket's caller: read scope for anyone who can connect, write per the API."""
@@ -207,14 +215,20 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.overlay.serve)
                 await nursery.start(self.tunnels.run)
+                await nursery.start(self.rpc_pool.run)
                 for server in self._mcp_servers():
                     await nursery.start(server.run)
-                addresses = await nursery.start(self._serve_api, listeners, nursery.cancel_scope)
+                # MCP's listener first: once the local API answers, /v0/status shows
+                # the MCP URL and it serves (a script starting the daemon and asking its
+                # status at once got no URL now and then).
+                url: str | None = None
                 if self._mcp_http is not None and mcp_listeners:
                     url = self._url(mcp_listeners[0])
                     served, mcp_listeners = mcp_listeners, []  # the server owns them now
                     await nursery.start(self._mcp_http.serve, served)
                     self.mcp_url = url
+                addresses = await nursery.start(self._serve_api, listeners, nursery.cancel_scope)
+                if url is not None:
                     addresses = [*addresses, url]
                 await nursery.start(self.notifier.run_watchdog)
                 if handle_signals:
@@ -248,6 +262,7 @@ class Daemon:
         try:
             await self.api.serve(listeners, task_status=task_status)
             # Graceful: tell the coordinator our tunnels are gone while it still hears us.
+            await self.rpc_pool.aclose()
             await self.tunnels.aclose()
         finally:
             # The API finished its shutdown: the rest goes with it.

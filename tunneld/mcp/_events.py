@@ -183,9 +183,18 @@ class StreamTable:
         self._prefix = secrets.token_urlsafe(6)
         self._count = 0
 
-    def new(self) -> EventStream:
+    def new(self, *, register: bool = True) -> EventStream:
+        """A new stream with a key unique in the session; in the table (so ``get``
+        finds it) unless ``register`` is false: then :meth:`register` it once its key
+        is shown to the client (a stream whose key nobody saw cannot be resumed)."""
         self._count += 1
         stream = EventStream(max_events=self._max_events, key=f"{self._prefix}{self._count}")
+        if register:
+            self.register(stream)
+        return stream
+
+    def register(self, stream: EventStream) -> None:
+        """Put ``stream`` in the table, dropping the oldest closed streams over the bound."""
         self._streams[stream.key] = stream
         excess = len(self._streams) - self._max_streams
         if excess > 0:
@@ -199,7 +208,6 @@ class StreamTable:
                         break
             for key in victims:
                 del self._streams[key]
-        return stream
 
     def get(self, key: str) -> EventStream | None:
         return self._streams.get(key)

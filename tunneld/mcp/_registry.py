@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -220,9 +220,23 @@ class ToolContext:
         """See :meth:`AgentAccess.open_stream`."""
         return self.agents.open_stream(agent, service)
 
+    def agent_rpc(self, agent: str) -> AbstractAsyncContextManager[Any]:
+        """An :class:`~tunneld.agent.client.AgentClient` on an ``rpc`` stream to ``agent``,
+        for an ``async with`` block.
+
+        If ``agents`` offers ``agent_rpc(agent)`` itself (the daemon's does: it reuses
+        idle rpc streams), that is used; otherwise a fresh stream from ``open_stream``,
+        closed at the end.
+        """
+        own = getattr(self.agents, "agent_rpc", None)
+        if own is not None:
+            # Handed over as is, not wrapped in another context manager of ours.
+            manager: AbstractAsyncContextManager[Any] = own(agent)
+            return manager
+        return self._fresh_rpc(agent)
+
     @asynccontextmanager
-    async def agent_rpc(self, agent: str) -> Any:
-        """An :class:`~tunneld.agent.client.AgentClient` on a fresh ``rpc`` stream to ``agent``."""
+    async def _fresh_rpc(self, agent: str) -> AsyncIterator[Any]:
         from tunneld.agent.client import AgentClient
 
         async with self.agents.open_stream(agent, "rpc") as stream:

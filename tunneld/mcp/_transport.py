@@ -312,7 +312,11 @@ class Transport:
                 f"Too many requests running on this session (at most {MAX_INFLIGHT})",
                 id=message.id,
             )
-        stream = session.streams.new() if message.method in _STREAMED else None
+        # Not in the session's table yet: most calls answer with JSON, and a stream
+        # whose key the client never saw cannot be resumed. Only one that goes out as
+        # SSE is registered (below); with a hundred calls in flight the table's
+        # eviction scan walked all of them on every call.
+        stream = session.streams.new(register=False) if message.method in _STREAMED else None
         ex = self._exchange(caller, session, version, message, stream, None)
         # Registered before the task starts, so a cancel or a reused id that arrives
         # in between is seen.
@@ -342,6 +346,7 @@ class Transport:
                 quick = reply.done.is_set() and reply.handed_over
             if not quick:
                 reply.streaming = True
+                session.streams.register(stream)
                 # No disconnect watcher: on these revisions a disconnect cancels nothing
                 # (the call runs on, its events wait for Last-Event-ID), so noticing it
                 # at the next write (an event, a keepalive within KEEPALIVE_SECONDS, the
@@ -353,7 +358,10 @@ class Transport:
                     first=stream.priming(0, retry_ms=RETRY_MS),
                     watch_disconnect=False,
                 )
-        await reply.done.wait()
+        if not reply.done.is_set():
+            # Not ``wait()`` on an event already set (a quick call's, seen above): that
+            # is a schedule point, a task step per call for nothing.
+            await reply.done.wait()
         if reply.message is None:  # cancelled by the client: nothing to answer
             return Response(202, headers)
         return Response.json(reply.message, headers=headers)

@@ -2,9 +2,9 @@
 
 Tools: list_agents, execute_command (foreground with live progress, or background),
 list_processes, process_output, signal_process, read_file, write_file, edit_files,
-list_directory, check_port. Each call opens one ``rpc`` stream to the agent under a
-tunnel lease (``ToolContext.agent_rpc``) and closes it at the end; nothing here builds a
-transport. Annotations and why: README.md. Config: ``[plugins.workspace]``
+list_directory, check_port. Each call speaks on one ``rpc`` stream to the agent under a
+tunnel lease (``ToolContext.agent_rpc``; the daemon reuses idle ones); nothing here
+builds a transport. Annotations and why: README.md. Config: ``[plugins.workspace]``
 (:func:`parse_settings`).
 """
 
