@@ -63,8 +63,8 @@ from tunneld.proto.derp import (
     encode_keep_alive,
     encode_peer_gone,
     encode_pong,
-    encode_recv_packet,
     encode_restarting,
+    recv_packet_parts,
 )
 
 __all__ = ["DerpRelay", "RelayLimits", "RelayStats"]
@@ -239,7 +239,9 @@ class _Client:
         self.key = key
         self.link = link
         self.log = log
-        self.packets: deque[bytes] = deque()
+        # RECV_PACKET frames as (header and source key, packet): the writer joins a
+        # batch once, so a relayed packet is copied once on its way through.
+        self.packets: deque[tuple[bytes, bytes]] = deque()
         self.control: deque[bytes] = deque()
         self.wakeup = trio.Event()
         self.last_write = now  # when a write last completed (keep-alives count from it)
@@ -493,7 +495,7 @@ class DerpRelay:
         if len(dst.packets) >= self.limits.send_queue_packets:
             dst.packets.popleft()
             self.stats.drop("queue_full")
-        dst.packets.append(encode_recv_packet(src.key, data))
+        dst.packets.append(recv_packet_parts(src.key, data))
         dst.wake()
         self.stats.packets_relayed += 1
         self.stats.bytes_relayed += len(data)
@@ -517,14 +519,22 @@ class DerpRelay:
                 client.wakeup = trio.Event()
                 await client.wakeup.wait()
                 continue
-            batch = bytearray()
+            parts: list[bytes] = []
+            size = 0
             # Control frames first: a pong or PEER_GONE should not wait behind data.
-            for queue in (client.control, client.packets):
-                while queue and len(batch) < _MAX_BATCH_BYTES:
-                    batch += queue.popleft()
+            control = client.control
+            while control and size < _MAX_BATCH_BYTES:
+                frame = control.popleft()
+                parts.append(frame)
+                size += len(frame)
+            packets = client.packets
+            while packets and size < _MAX_BATCH_BYTES:
+                head, data = packets.popleft()
+                parts += (head, data)
+                size += len(head) + len(data)
             client.writing_since = trio.current_time()
             try:
-                await client.link.send(batch)
+                await client.link.send(b"".join(parts))
             except _LinkClosed:
                 client.close(_CLOSE_NORMAL, "")
                 return
