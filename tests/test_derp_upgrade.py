@@ -9,6 +9,7 @@ test_derp_relay.py, so a misreading shared by our client and relay cannot hide.
 from __future__ import annotations
 
 import random
+import socket
 from functools import partial
 
 import pytest
@@ -16,9 +17,10 @@ import trio
 
 from tests.test_derp_relay import RELAY_PRIVATE, RawDerp, raw_frame, receive_data_event
 from tunneld.control._derp_relay import DerpRelay
+from tunneld.control._derp_relay import _StreamLink as RelayStreamLink
 from tunneld.http import HttpLimits, HttpServer, Router
 from tunneld.keys import generate_private_key, public_key
-from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
+from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed, _StreamLink
 from tunneld.proto.derp import RecvPacket
 
 
@@ -218,3 +220,26 @@ async def test_a_server_that_is_not_a_relay_is_a_clear_connect_error(
             f"{scheme}://127.0.0.1:{port}/derp", generate_private_key(), transport="derp"
         ):
             pass
+
+
+@pytest.mark.skipif(
+    not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="TCP_NOTSENT_LOWAT is Linux/macOS only"
+)
+async def test_raw_derp_streams_take_a_batch_of_packets_per_write(nursery: trio.Nursery) -> None:
+    # trio's 16 KiB TCP_NOTSENT_LOWAT split every 64 KiB relayed packet into several
+    # sends; both ends of a raw DERP stream raise it (to the relay's batch size).
+    relay, url = await start_relay(nursery)
+    key = generate_private_key()
+    async with DerpClient.connect(url, key, transport="derp") as client:
+        option = (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+        link = client._link
+        assert isinstance(link, _StreamLink)
+        assert isinstance(link._stream, trio.SocketStream)
+        assert link._stream.getsockopt(*option) == 256 * 1024
+        with trio.fail_after(5):
+            while not relay.is_connected(public_key(key)):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        served = relay._clients[public_key(key)].link
+        assert isinstance(served, RelayStreamLink)
+        assert isinstance(served._stream, trio.SocketStream)
+        assert served._stream.getsockopt(*option) == 256 * 1024

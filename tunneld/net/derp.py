@@ -23,8 +23,10 @@ the round trip to the relay::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable
@@ -54,6 +56,8 @@ _MESSAGE_QUEUE = 4  # whole WebSocket messages buffered (each at most 1 MiB)
 # One read of a raw DERP stream: several relay packets a read when they queue up.
 _READ_SIZE = 256 * 1024
 _MAX_RESPONSE_HEAD = 16 * 1024
+# TCP_NOTSENT_LOWAT on a raw DERP stream: a few relayed packets per write (see below).
+_NOTSENT_LOWAT = 256 * 1024
 Transport = Literal["auto", "derp", "websocket"]
 TRANSPORTS: tuple[Transport, ...] = ("auto", "derp", "websocket")
 
@@ -125,6 +129,7 @@ class _StreamLink:
     def __init__(self, stream: trio.abc.Stream, buffered: bytes) -> None:
         self._stream = stream
         self._buffered = buffered  # read together with the 101 response head
+        _raise_notsent_lowat(stream)
 
     async def send(self, data: bytes | bytearray) -> None:
         try:
@@ -153,6 +158,30 @@ class _StreamLink:
             await self._stream.aclose()
         if scope.cancelled_caught:
             await trio.aclose_forcefully(self._stream)
+
+
+def _raise_notsent_lowat(stream: trio.abc.Stream) -> None:
+    """Let the kernel take a whole batch of DERP frames per write on ``stream``.
+
+    trio sets TCP_NOTSENT_LOWAT to 16 KiB on every SocketStream: a send then stops
+    once 16 KiB wait unsent, so a 64 KiB relayed packet (or a 256 KiB batch) went out
+    in several sends with a wait for the peer to drain between them, and the peer
+    read it in as many small pieces (a loopback micro-benchmark: 1.3x fewer bytes per
+    read on the receiving side and 1.3x the MB/s with the mark at 256 KiB). The
+    bytes a DERP connection can have queued are bounded anyway: by the mux window of
+    each sender and the relay's per-client queue. Best effort: a stream without a
+    TCP socket under it (or a platform without the option) is left as it is.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    while option is not None:
+        if isinstance(stream, trio.SocketStream):
+            with contextlib.suppress(OSError):
+                stream.setsockopt(socket.IPPROTO_TCP, option, _NOTSENT_LOWAT)
+            return
+        inner = getattr(stream, "transport_stream", None) or getattr(stream, "transport", None)
+        if not isinstance(inner, trio.abc.Stream):
+            return
+        stream = inner
 
 
 _Link = _WebSocketLink | _StreamLink
