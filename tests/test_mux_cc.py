@@ -9,6 +9,7 @@ model behaviour, not speed.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from mux_harness import PATH, InvariantChecker, SharedBottleneck, make_pair, open_with_data
@@ -16,7 +17,7 @@ from mux_harness import PATH, InvariantChecker, SharedBottleneck, make_pair, ope
 from tunneld.proto.mux import Connection, MuxConfig, Path
 from tunneld.proto.mux._bbr import Bbr, BbrMode
 from tunneld.proto.mux._cc import NewReno
-from tunneld.proto.mux._recovery import LossRecovery
+from tunneld.proto.mux._recovery import LossRecovery, SentPacket
 from tunneld.proto.mux._sim import LinkConfig
 from tunneld.proto.mux._wire import push_varint
 
@@ -273,3 +274,53 @@ def test_a_capped_reliable_path_is_windowed_by_its_cap_not_the_controller(cc: st
     recovery.on_path_change(True)  # reliable without a cap: the controller decides
     recovery.cwnd = 4 * mss
     assert recovery.congestion_room() == 4 * mss
+
+
+_MSS = 1200
+
+
+def _bbr_with_acks_every(ack_every: float, seconds: float = 3.0) -> Bbr:
+    """A window-limited sender on a 12 MB/s, 10 ms path whose ACKs arrive at
+    multiples of ``ack_every`` seconds (0: each packet's own ACK time)."""
+    bbr = Bbr(MuxConfig(), _MSS)
+    step = 0.0005
+    rtt = 0.010
+    per_step = 6  # packets the bottleneck passes per step (12 MB/s)
+    pending: list[tuple[float, SentPacket]] = []
+    in_flight = 0
+    pn = 0
+    now = 0.0
+    while now < seconds:
+        due = [p for t, p in pending if t <= now + 1e-12]
+        if due:
+            pending = [(t, p) for t, p in pending if t > now + 1e-12]
+            for packet in due:
+                in_flight -= packet.size
+            bbr.on_ack(due, now, in_flight, now - due[-1].time, rtt)
+        sent = 0
+        while in_flight + _MSS <= bbr.cwnd and sent < per_step:
+            packet = SentPacket(pn, now, _MSS, True, True, False, None, [])
+            bbr.on_packet_sent(packet, in_flight)
+            in_flight += _MSS
+            arrival = now + rtt
+            if ack_every:
+                arrival = math.ceil(arrival / ack_every - 1e-9) * ack_every
+            pending.append((arrival, packet))
+            pn += 1
+            sent += 1
+        now += step
+    return bbr
+
+
+def test_aggregated_acks_widen_the_window() -> None:
+    # ACKs that come in 5 ms bursts (a receiver descheduled, as on a busy host)
+    # deliver 5 ms of bandwidth at once: the window gets about that on top of
+    # 2 x BDP (Linux BBR's extra_acked), while smooth ACKs add next to nothing.
+    smooth = _bbr_with_acks_every(0.0)
+    bursty = _bbr_with_acks_every(0.005)
+    assert smooth.bandwidth() == pytest.approx(bursty.bandwidth(), rel=0.05)
+    burst = 0.005 * bursty.bandwidth()
+    assert bursty.extra_acked() >= 0.8 * burst
+    assert smooth.extra_acked() <= 2 * 6 * _MSS  # one sending step's granularity
+    assert bursty.cwnd >= bursty.bdp(2.0) + 0.8 * burst
+    assert bursty.cwnd > smooth.cwnd

@@ -314,3 +314,141 @@ async def test_fin_after_a_wait_elsewhere_still_joins_the_data(nursery: trio.Nur
     assert len(left.sent) == 1
     await stream.aclose()
     await peer.aclose()
+
+
+async def test_reusable_until_either_side_ends_or_leaves_bytes(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery)
+    with trio.fail_after(10):
+        stream = await a.open_stream("rpc")
+        await stream.send_all(b"ping")
+        peer = await b.accept_stream()
+        assert await peer.receive_some() == b"ping"
+        assert peer.reusable()
+        await peer.send_all(b"pong")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not stream.reusable()  # "pong" waits unread
+        assert await stream.receive_some() == b"pong"
+        assert stream.reusable()
+        await peer.send_eof()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not peer.reusable()  # half-closed
+        assert not stream.reusable()  # its end of stream waits unread
+        await stream.aclose()
+        assert not stream.reusable()
+
+
+async def test_no_delay_sends_each_write_without_corking(nursery: trio.Nursery) -> None:
+    # A stream that carries several messages (no FIN after each): with no_delay the
+    # sender does not hold the message back for more frames, and every message
+    # still takes one datagram each way (the answer carries the ACK).
+    config = MuxConfig(max_ack_delay=5.0)
+    left, right = _CountingTransport.pair()
+    a = MuxConnection(left, is_initiator=True, config=config, path=left.path)
+    b = MuxConnection(right, is_initiator=False, config=config, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    with trio.fail_after(10):
+        stream = await a.open_stream("rpc")
+        stream.no_delay = True
+        assert stream.no_delay
+        await stream.send_all(b"one")
+        # Gone within two scheduling rounds (corked, it would wait a few more).
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        assert len(left.sent) == 1
+        peer = await b.accept_stream()
+        peer.no_delay = True
+        for message in (b"one", b"two", b"three"):
+            if message != b"one":
+                await stream.send_all(message)
+            assert await peer.receive_some() == message
+            await peer.send_all(message.upper())
+            assert await stream.receive_some() == message.upper()
+    assert len(left.sent) == 3
+    assert len(right.sent) == 3
+    await stream.aclose()
+    await peer.aclose()
+
+
+async def test_on_stream_gets_peer_streams_instead_of_accept(nursery: trio.Nursery) -> None:
+    left, right = MemoryDatagramTransport.pair()
+    opened: list[MuxStream] = []
+    arrived = trio.Event()
+
+    def on_stream(stream: MuxStream) -> None:
+        opened.append(stream)
+        arrived.set()
+
+    a = MuxConnection(left, is_initiator=True, path=left.path)
+    b = MuxConnection(right, is_initiator=False, path=right.path, on_stream=on_stream)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    with trio.fail_after(10):
+        stream = await a.open_stream("svc")
+        await stream.send_all(b"x")
+        await arrived.wait()
+    assert [s.service for s in opened] == ["svc"]
+    assert await opened[0].receive_some() == b"x"
+    opened[0].close_nowait()
+    assert await stream.receive_some() == b""
+
+
+async def test_send_nowait_queues_without_yielding(nursery: trio.Nursery) -> None:
+    a, b = await _connected_pair(nursery, MuxConfig(stream_send_buffer=100_000))
+    with trio.fail_after(10):
+        stream = await a.open_stream("rpc")
+        assert stream.send_nowait(b"hello") == 5
+        assert stream.send_nowait(bytes(200_000)) < 200_000  # what the buffer takes
+        peer = await b.accept_stream()
+        assert (await peer.receive_some(5)) == b"hello"
+        await stream.send_eof()
+        with pytest.raises(trio.ClosedResourceError):
+            stream.send_nowait(b"more")
+        await peer.aclose()
+        await stream.aclose()
+
+
+class _BatchTransport(MemoryDatagramTransport):
+    """A transport with a non-waiting send_many (as the overlay's fast path) that
+    records which task sent each datagram."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.senders: list[trio.lowlevel.Task] = []
+
+    async def send_many(self, datagrams: list[tuple[bytes, Path]]) -> None:
+        for data, _path in datagrams:
+            self.senders.append(trio.lowlevel.current_task())
+            try:
+                self._send_channel.send_nowait(data)
+            except trio.WouldBlock:
+                self.dropped += 1
+
+
+async def test_no_delay_writer_sends_from_its_own_task_when_the_sender_is_idle(
+    nursery: trio.Nursery,
+) -> None:
+    config = MuxConfig(max_ack_delay=5.0)
+    left, right = _BatchTransport.pair()
+    a = MuxConnection(left, is_initiator=True, config=config, path=left.path)
+    b = MuxConnection(right, is_initiator=False, config=config, path=right.path)
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    me = trio.lowlevel.current_task()
+    with trio.fail_after(10):
+        stream = await a.open_stream("rpc")
+        stream.no_delay = True
+        await stream.send_all(b"hello")  # the open: the sender was kicked for it
+        peer = await b.accept_stream()
+        peer.no_delay = True
+        assert await peer.receive_some() == b"hello"
+        await peer.send_all(b"HELLO")
+        assert await stream.receive_some() == b"HELLO"
+        await trio.testing.wait_all_tasks_blocked()
+        before = len(left.senders)
+        await stream.send_all(b"again")
+        # Sent by this task inside send_all, with the ACK of "HELLO" in it.
+        assert left.senders[before:] == [me]
+        assert await peer.receive_some() == b"again"
+    await stream.aclose()
+    await peer.aclose()

@@ -122,6 +122,8 @@ async def test_stream_moves_from_relay_to_direct_without_losing_a_byte(
 
             with trio.fail_after(WAIT * 2):
                 await stream.send_all(payload[:third])
+                # The send buffer may hold all of it: wait until it went (relay only).
+                await wait_until(laptop, lambda: peer_status(laptop).bytes_sent >= third)
                 status = peer_status(laptop)
                 assert status.path == "relay", status
                 assert status.handshake, status

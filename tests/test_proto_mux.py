@@ -317,12 +317,16 @@ def test_reset_and_stop_sending() -> None:
     b.send_stream_data(stream_id, b"reply")
     exchange(a, b, 0.02)
     a.stop_sending(stream_id, 9)
-    exchange(a, b, 0.03)
+    # STOP_SENDING is closing news: it waits for the ACK a owes for "reply" (due at
+    # 0.02 + max_ack_delay) rather than taking a packet of its own.
+    assert a.datagrams_to_send(0.03) == []
+    exchange(a, b, 0.05)
     assert StopSending(stream_id, 9) in drain(b)
     with pytest.raises(StreamResetError, match="sending was reset"):
         b.send_stream_data(stream_id, b"more")
     exchange(a, b, 0.1)
     assert a.stream_ids() == []
+    exchange(a, b, 0.2)  # a's delayed ACK of b's RESET_STREAM
     assert b.stream_ids() == []
 
 

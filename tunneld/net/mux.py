@@ -148,7 +148,10 @@ class MuxConnection:
     Start ``run`` in a nursery (``await nursery.start(conn.run)``); then
     ``open_stream`` / ``accept_stream`` give ``MuxStream`` objects. ``on_event``, if
     given, receives the events streams do not consume (PathResponse, CallMeMaybe,
-    ConnectionClosed, ...), synchronously from the driver.
+    ConnectionClosed, ...), synchronously from the driver. ``on_stream``, if given,
+    receives each stream the peer opens, synchronously, instead of ``accept_stream``
+    (a server that starts a task per stream saves the accepting task's wake-up); it
+    must not raise or block.
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class MuxConnection:
         config: MuxConfig | None = None,
         path: Path | None = None,
         on_event: Callable[[Event], None] | None = None,
+        on_stream: Callable[[MuxStream], None] | None = None,
     ) -> None:
         self.core = Connection(is_initiator=is_initiator, config=config, path=path)
         self._transport = transport
@@ -169,6 +173,7 @@ class MuxConnection:
             send_many if callable(send_many) else None
         )
         self._on_event = on_event
+        self._on_stream = on_stream
         self._streams: dict[int, MuxStream] = {}
         self._accept_send, self._accept_receive = trio.open_memory_channel[MuxStream](math.inf)
         self._kicked = trio.Event()
@@ -180,6 +185,10 @@ class MuxConnection:
         self._timer_scope: trio.CancelScope | None = None
         self._changed = trio.Event()
         self.closed: ConnectionClosed | None = None
+        # True only while the sender task waits for a kick: then a no_delay writer
+        # may send from its own task (_send_inline); _inline_busy: one such at a time.
+        self._sender_idle = False
+        self._inline_busy = False
 
     # -- driver --------------------------------------------------------------------
 
@@ -204,13 +213,18 @@ class MuxConnection:
             self._armed = math.inf
             self._kicked.set()  # the sender runs what is due and re-arms
 
-    def _arm(self, timer: float | None, *, exact: bool = False) -> None:
-        """Make sure the timer task fires no later than ``timer`` (``exact``: at it)."""
-        deadline = math.inf if timer is None else timer
-        if deadline < self._armed or (exact and deadline != self._armed):
-            self._armed = deadline
+    def _arm(self, timer: float | None) -> None:
+        """Make sure the timer task fires no later than ``timer``.
+
+        Only ever earlier: the core's timer moves later with nearly every packet (the
+        PTO follows the last send), and moving a trio deadline is the dearest step of
+        a small packet's path; a deadline left early wakes the sender once for nothing
+        (it finds nothing due and arms the real one), far rarer than packets.
+        """
+        if timer is not None and timer < self._armed:
+            self._armed = timer
             if self._timer_scope is not None:
-                self._timer_scope.deadline = deadline
+                self._timer_scope.deadline = timer
 
     async def _receiver(self) -> None:
         core = self.core
@@ -257,10 +271,12 @@ class MuxConnection:
                 continue
             if core.state is ConnectionState.CLOSED:
                 return
-            # Exact, so an ACK that left early with a reply does not leave its
-            # delayed-ACK deadline behind to wake us for nothing.
-            self._arm(core.get_timer(), exact=True)
-            await self._kicked.wait()
+            self._arm(core.get_timer())
+            self._sender_idle = True
+            try:
+                await self._kicked.wait()
+            finally:
+                self._sender_idle = False
             if self._kicked.is_set():
                 self._kicked = trio.Event()
                 # Cork while frames keep coming (a reader about to answer, a writer
@@ -286,6 +302,40 @@ class MuxConnection:
     def _kick(self) -> None:
         """Something changed: let the sender look for work."""
         self._kicked.set()
+
+    def _may_send_inline(self) -> bool:
+        """Whether a writer may send the core's datagrams from its own task now: the
+        sender task is idle (it would only be woken to do just that, one scheduling
+        round later) and every stream with frames waiting is done adding to them
+        (FIN queued or no_delay), so there is nothing to cork for."""
+        return (
+            self._sender_idle
+            and not self._inline_busy
+            and self._send_many is not None
+            and self.core.pending_streams_final()
+        )
+
+    async def _send_inline(self) -> None:
+        """Send what the core has now from the calling task (see _may_send_inline).
+
+        Yields only if the transport has to wait (its fast path does not). The
+        sender task, if woken meanwhile, finds less or nothing to do; datagrams are
+        unordered anyway.
+        """
+        assert self._send_many is not None
+        core = self.core
+        self._inline_busy = True
+        try:
+            datagrams = core.datagrams_to_send(trio.current_time(), _SEND_BATCH)
+            if datagrams:
+                await self._send_many(datagrams)
+        finally:
+            self._inline_busy = False
+        self._process_events()
+        if len(datagrams) == _SEND_BATCH or core.has_pending_output():
+            self._kick()  # more than one batch, or what the pacer held back
+        else:
+            self._arm(core.get_timer())
 
     def _poke(self) -> None:
         """Wake the sender only if the core has something to send; otherwise just
@@ -326,7 +376,10 @@ class MuxConnection:
                 elif isinstance(event, StreamOpened):
                     stream = MuxStream(self, event.stream_id, event.service)
                     streams[event.stream_id] = stream
-                    self._accept_send.send_nowait(stream)
+                    if self._on_stream is not None:
+                        self._on_stream(stream)
+                    else:
+                        self._accept_send.send_nowait(stream)
                 elif isinstance(event, StopSending):
                     stream_or_none = streams.get(event.stream_id)
                     if stream_or_none is not None:
@@ -429,6 +482,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
         self._receive_broken = False
         self._send_busy = False
         self._receive_busy = False
+        self._no_delay = False
         # Set (sticky) when something may have changed for this stream's reader or
         # writer; the waiter replaces it before looking again (see _wait_readable).
         self._readable = trio.Event()
@@ -471,12 +525,41 @@ class MuxStream(trio.abc.HalfCloseableStream):
                 except (StreamResetError, StreamError, ConnectionClosedError) as exc:
                     raise trio.BrokenResourceError(str(exc)) from exc
                 if accepted:
-                    self._connection._kick()
                     view = view[accepted:]
+                    connection = self._connection
+                    if self._no_delay and connection._may_send_inline():
+                        # One scheduling round sooner than kicking the idle sender.
+                        await connection._send_inline()
+                    else:
+                        connection._kick()
                 if view:
                     await self._wait_writable()
         finally:
             self._send_busy = False
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of ``data`` as the send buffer takes now; returns how much.
+
+        Never yields (no checkpoint): for a request/response user that sends and then
+        at once waits in ``receive_some``, where ``send_all``'s schedule point would be
+        a task step for nothing. Send what was not taken with ``send_all``. Raises as
+        ``send_all`` does: trio.BusyResourceError while another task sends,
+        trio.ClosedResourceError after ``send_eof``/``aclose``, trio.BrokenResourceError
+        once the peer stopped reading or the connection closed.
+        """
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._closed or self._send_closed:
+            raise trio.ClosedResourceError("stream closed for sending")
+        if self._send_broken or self._connection_broken():
+            raise trio.BrokenResourceError("peer stopped reading or connection closed")
+        try:
+            accepted = self._core.send_stream_data(self.stream_id, data)
+        except (StreamResetError, StreamError, ConnectionClosedError) as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if accepted:
+            self._connection._kick()
+        return accepted
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._send_busy:
@@ -571,7 +654,43 @@ class MuxStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError("mux connection closed")
         return None
 
+    @property
+    def no_delay(self) -> bool:
+        """Whether each ``send_all`` is a whole message that leaves without waiting
+        for more (like TCP_NODELAY; default False: the driver holds a packet back a
+        few scheduling rounds for more frames, such as a FIN). Set it on a stream
+        that carries several request/response messages."""
+        return self._no_delay
+
+    @no_delay.setter
+    def no_delay(self, enabled: bool) -> None:
+        self._no_delay = enabled
+        try:
+            self._core.set_no_delay(self.stream_id, enabled)
+        except StreamError:
+            pass  # the core forgot the stream: nothing left to send on it anyway
+
+    def reusable(self) -> bool:
+        """Whether this stream can carry another exchange as if just opened: not
+        closed or half-closed either way, not reset or stopped, the connection up,
+        and no bytes (or end of stream) received and not yet read."""
+        if (
+            self._closed
+            or self._send_closed
+            or self._eof
+            or self._send_broken
+            or self._receive_broken
+            or self._connection_broken()
+        ):
+            return False
+        return self._core.stream_idle(self.stream_id)
+
     async def aclose(self) -> None:
+        self.close_nowait()
+        await trio.lowlevel.checkpoint()
+
+    def close_nowait(self) -> None:
+        """``aclose`` without the checkpoint, for code that cannot await (idempotent)."""
         if not self._closed:
             self._closed = True
             core = self._core
@@ -587,4 +706,3 @@ class MuxStream(trio.abc.HalfCloseableStream):
             self._connection._notify()
             self._readable.set()
             self._writable.set()
-        await trio.lowlevel.checkpoint()

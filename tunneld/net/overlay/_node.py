@@ -222,6 +222,7 @@ class _Peer:
             config=overlay.config.mux,
             path=self.direct or RELAY_PATH,
             on_event=lambda event: overlay._on_mux_event(self, mux, event),
+            on_stream=lambda stream: overlay._on_mux_stream(self, stream),
         )
         # Speak first: the peer learns our new connection id (and drops its stale
         # connection) without waiting for us to have data.
@@ -684,21 +685,15 @@ class Overlay:
         self._notify()
 
     async def _drive_mux(self, link: _Peer, mux: MuxConnection) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._accept_loop, link, mux)
-            await mux.run()
-            nursery.cancel_scope.cancel()
+        await mux.run()
 
-    async def _accept_loop(self, link: _Peer, mux: MuxConnection) -> None:
-        while True:
-            try:
-                stream = await mux.accept_stream()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return
-            if self._on_stream is None or self._handlers is None:
-                await stream.aclose()
-                continue
-            self._handlers.start_soon(self._run_handler, link.id, stream)
+    def _on_mux_stream(self, link: _Peer, stream: MuxStream) -> None:
+        # Straight from the driver (MuxConnection's on_stream): the handler task
+        # starts in the next scheduling round, without an accepting task between.
+        if self._on_stream is None or self._handlers is None:
+            stream.close_nowait()
+            return
+        self._handlers.start_soon(self._run_handler, link.id, stream)
 
     async def _run_handler(self, peer_id: str, stream: MuxStream) -> None:
         assert self._on_stream is not None

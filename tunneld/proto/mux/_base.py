@@ -113,6 +113,11 @@ class ConnectionBase:
         # scheduling
         self._sendable: dict[int, None] = {}  # ordered set: round robin over streams
         self._control: dict[int, None] = {}  # streams with control frames to send
+        # Streams whose only news is their closing (STOP_SENDING, the RESET_STREAM
+        # answering the peer's STOP_SENDING, a FIN with no data after the application
+        # stopped reading): nobody waits for those, so they ride in the next packet
+        # that goes anyway, at the latest with the ACK we owe (see _flush_lazy).
+        self._lazy: dict[int, None] = {}
         self._credit_check: dict[int, None] = {}
         self._blocked_writers: dict[int, None] = {}
         self._probes_wanted = 0
@@ -165,7 +170,7 @@ class ConnectionBase:
             raise StreamError(f"stream {stream_id} is not open")
         return stream
 
-    def _reset_send_side(self, stream: Stream, error_code: int) -> None:
+    def _reset_send_side(self, stream: Stream, error_code: int, *, lazy: bool = False) -> None:
         if stream.send_reset_code is not None or stream.send_terminal():
             return
         stream.send_reset_code = error_code
@@ -177,7 +182,18 @@ class ConnectionBase:
         stream.lost = RangeSet()
         stream.fin_lost = False
         self._sendable.pop(stream.stream_id, None)
-        self._control[stream.stream_id] = None
+        if lazy and stream.stream_id not in self._control:
+            self._lazy[stream.stream_id] = None
+        else:
+            self._control[stream.stream_id] = None
+
+    def _flush_lazy(self) -> None:
+        """Queue the close-only frames of ``_lazy`` for the packet being built."""
+        for stream_id in self._lazy:
+            if stream_id in self._streams:
+                self._control[stream_id] = None
+                self._sendable[stream_id] = None
+        self._lazy.clear()
 
     def _maybe_remove(self, stream: Stream) -> None:
         if not (stream.send_terminal() and stream.recv_terminal()):
@@ -187,6 +203,7 @@ class ConnectionBase:
             return
         self._sendable.pop(stream_id, None)
         self._control.pop(stream_id, None)
+        self._lazy.pop(stream_id, None)
         self._credit_check.pop(stream_id, None)
         self._blocked_writers.pop(stream_id, None)
         self._send_buffered -= stream.send_buffered

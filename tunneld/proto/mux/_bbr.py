@@ -66,6 +66,16 @@ K_BETA = 0.7
 # full-loss count): a round of a few packets losing one is noise, not a signal.
 K_LOSS_EVENTS = 8
 K_MIN_PIPE_PACKETS = 4
+# ACK aggregation (Linux tcp_bbr.c, bbr_update_ack_aggregation): ACKs that arrive
+# in bursts (a receiver descheduled for a few ms, delayed ACKs) deliver more than
+# bandwidth x elapsed; the window gets that excess on top of the BDP, or the sender
+# idles between bursts at a fraction of the path's rate. The excess is a max over
+# two windows of K_EXTRA_ACKED_WIN_ROUNDS rounds, capped at the window and at
+# K_EXTRA_ACKED_MAX_TIME of bandwidth; an epoch restarts once ACKs fall behind the
+# expected rate or after K_ACK_EPOCH_RESET_BYTES.
+K_EXTRA_ACKED_WIN_ROUNDS = 5
+K_EXTRA_ACKED_MAX_TIME = 0.1
+K_ACK_EPOCH_RESET_BYTES = 1 << 20
 K_PACING_MARGIN = 0.01  # pace 1% under the estimate so a queue can drain
 
 
@@ -111,6 +121,11 @@ class Bbr(CongestionController):
         self._prior_cwnd = 0
         self._loss_since_ack = False
         self._congested_since_probe = False
+        self._ack_epoch_start: float | None = None
+        self._ack_epoch_acked = 0
+        self._extra_acked = [0, 0]  # the two windows' maxima
+        self._extra_acked_index = 0
+        self._extra_acked_rounds = 0
         self._start_round_counters()
 
     def _start_round_counters(self) -> None:
@@ -195,6 +210,7 @@ class Bbr(CongestionController):
         if sample.delivered > self._inflight_latest:
             self._inflight_latest = sample.delivered
         self._round_acked += acked_bytes
+        self._update_ack_aggregation(acked_bytes, now, round_start)
         if round_start:
             self._on_round_end(sample.is_app_limited)
         losses = self._loss_since_ack
@@ -202,6 +218,35 @@ class Bbr(CongestionController):
         self._update_mode(now, prior_in_flight, bytes_in_flight, round_start, losses)
         self._update_pacing_rate()
         self._update_cwnd(acked_bytes)
+
+    def _update_ack_aggregation(self, acked_bytes: int, now: float, round_start: bool) -> None:
+        if round_start:
+            self._extra_acked_rounds += 1
+            if self._extra_acked_rounds >= K_EXTRA_ACKED_WIN_ROUNDS:
+                self._extra_acked_rounds = 0
+                self._extra_acked_index ^= 1
+                self._extra_acked[self._extra_acked_index] = 0
+        start = self._ack_epoch_start
+        expected = 0.0 if start is None else self.bandwidth() * (now - start)
+        if (
+            start is None
+            or self._ack_epoch_acked <= expected
+            or self._ack_epoch_acked + acked_bytes >= K_ACK_EPOCH_RESET_BYTES
+        ):
+            self._ack_epoch_start = now
+            self._ack_epoch_acked = 0
+            expected = 0.0
+        self._ack_epoch_acked += acked_bytes
+        extra = min(int(self._ack_epoch_acked - expected), self.cwnd)
+        if extra > self._extra_acked[self._extra_acked_index]:
+            self._extra_acked[self._extra_acked_index] = extra
+
+    def extra_acked(self) -> int:
+        """The window added for ACK aggregation (0 until the pipe is filled)."""
+        if not self.filled_pipe:
+            return 0
+        aggregated = max(self._extra_acked)
+        return min(aggregated, int(self.bandwidth() * K_EXTRA_ACKED_MAX_TIME))
 
     def _update_min_rtt(self, rtt: float, now: float) -> None:
         expired = now > self.min_rtt_stamp + K_MIN_RTT_WINDOW
@@ -347,7 +392,7 @@ class Bbr(CongestionController):
             self._pacing_rate = rate
 
     def _update_cwnd(self, acked_bytes: int) -> None:
-        target = self.bdp(self.cwnd_gain)
+        target = self.bdp(self.cwnd_gain) + self.extra_acked()
         cwnd = self.cwnd
         if self.filled_pipe:
             cwnd = min(cwnd + acked_bytes, target)

@@ -59,7 +59,7 @@ class MuxConfig:
     max_stream_window: int = 6 * 1024 * 1024
     connection_window_factor: float = 1.5
     max_concurrent_streams: int = 100
-    stream_send_buffer: int = 1024 * 1024
+    stream_send_buffer: int = 4 * 1024 * 1024
     connection_send_buffer: int = 8 * 1024 * 1024
     idle_timeout: float = 30.0
     keepalive_interval: float | None = 10.0

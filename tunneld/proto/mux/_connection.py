@@ -249,6 +249,33 @@ class Connection(ReceiveMixin, SendMixin):
             return
         self.send_stream_data(stream_id, b"", end_stream=True)
 
+    def set_no_delay(self, stream_id: int, enabled: bool = True) -> None:
+        """Mark ``stream_id``'s writes as whole messages (or not; off by default).
+
+        ``pending_streams_final`` then counts the stream as having nothing more to
+        add, so a driver that holds packets back for more frames sends its data at
+        once, as TCP_NODELAY does. For a stream that carries several request/response
+        messages (no FIN after each). Raises StreamError for an unknown stream.
+        """
+        self._stream(stream_id).no_delay = enabled
+
+    def stream_idle(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` could carry a new exchange as if fresh: known, open
+        both ways (no FIN, reset or STOP_SENDING either way, its open header read),
+        and nothing received that the application has not read. False otherwise."""
+        stream = self._streams.get(stream_id)
+        return (
+            stream is not None
+            and self._state is ConnectionState.OPEN
+            and not stream.fin_requested
+            and stream.send_reset_code is None
+            and stream.final_size is None
+            and stream.recv_reset_code is None
+            and stream.stop_code is None
+            and not stream.header_pending
+            and not stream.recv_buf
+        )
+
     def read_stream(self, stream_id: int, max_bytes: int) -> tuple[bytes, bool]:
         """Take up to ``max_bytes`` in-order bytes; returns (data, end_of_stream).
 
@@ -284,15 +311,33 @@ class Connection(ReceiveMixin, SendMixin):
         self._reset_send_side(stream, error_code)
 
     def stop_sending(self, stream_id: int, error_code: int) -> None:
-        """Stop reading: STOP_SENDING asks the peer to reset; unread bytes are dropped."""
+        """Stop reading: STOP_SENDING asks the peer to reset; unread bytes are dropped.
+
+        If every byte up to the peer's FIN has arrived, nothing is sent. Otherwise the
+        STOP_SENDING (and a FIN queued without data) may wait for the next packet,
+        at most until the ACK we owe is due (``max_ack_delay``).
+        """
         stream = self._stream(stream_id)
         if stream.recv_terminal() or stream.stop_code is not None:
             return
         stream.stop_code = error_code
-        stream.stop_state = ControlState.PENDING
+        # Once every byte up to the peer's FIN is here, the peer has nothing left to
+        # send or resend: STOP_SENDING would only cost it a RESET_STREAM in answer
+        # (RFC 9000 section 3.5 sends it in the Recv and Size Known states only).
+        if not stream.all_received():
+            stream.stop_state = ControlState.PENDING
+            self._lazy[stream_id] = None
+            if (
+                stream_id in self._sendable
+                and stream.fin_requested
+                and not stream.fin_sent
+                and stream.next_new == stream.send_end
+                and not stream.has_retransmit()
+            ):
+                # The FIN alone is left to send: it is closing news too.
+                del self._sendable[stream_id]
         self._conn_consumed += stream.discard_receive_buffer()
         self._credit_check[stream_id] = None
-        self._control[stream_id] = None
         self._maybe_remove(stream)
 
     def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:

@@ -386,8 +386,9 @@ class ReceiveMixin(ConnectionBase):
         stream = self._stream_for_frame(stream_id)
         if stream is None or stream.send_reset_code is not None or stream.send_terminal():
             return
-        # RFC 9000 section 3.5: answer STOP_SENDING with RESET_STREAM.
-        self._reset_send_side(stream, code)
+        # RFC 9000 section 3.5: answer STOP_SENDING with RESET_STREAM. The peer stopped
+        # reading, so nobody waits for it: it rides with the next packet (_lazy).
+        self._reset_send_side(stream, code, lazy=True)
         if not stream.header_pending:
             self._events.append(StopSending(stream_id, code))
         self._blocked_writers.pop(stream_id, None)

@@ -93,6 +93,18 @@ class SendMixin(ConnectionBase):
         self._ack_deadline = None
         return largest
 
+    def _lazy_may_wait(self) -> bool:
+        """Whether the close-only frames of ``_lazy`` may wait (no ``now``: the ACK
+        deadline is the timer's business): only while we owe the peer an ACK that is
+        not due at once; they then leave with it or with anything sent before it,
+        never later than ``max_ack_delay``. Owing nothing, they go at once."""
+        return (
+            self._ack_eliciting_unacked > 0
+            and not self._ack_immediate
+            and self._ack_deadline is not None
+            and self._ack_eliciting_unacked < self._config.ack_eliciting_threshold
+        )
+
     def _has_stream_work(self) -> bool:
         conn_credit = self._max_data_remote - self._data_sent
         for stream_id in self._sendable:
@@ -137,6 +149,8 @@ class SendMixin(ConnectionBase):
             return True
         if self._has_control_work() or (self._sendable and self._has_stream_work()):
             return True
+        if self._lazy and not self._lazy_may_wait():
+            return True
         if self._max_data_local - self._conn_consumed <= self._conn_window * 0.75:
             return True
         for stream_id in self._credit_check:
@@ -150,11 +164,13 @@ class SendMixin(ConnectionBase):
         return False
 
     def pending_streams_final(self) -> bool:
-        """Whether stream frames wait to go and each of their streams has its FIN queued.
+        """Whether stream frames wait to go and each of their streams has its FIN
+        queued or is marked no-delay (``set_no_delay``).
 
-        Then nothing more can join those frames (after FIN a stream takes no bytes): a
-        driver holding a packet back for more frames (a writer about to add its FIN, a
-        reader about to answer) can send it now. False when no stream frame waits.
+        Then nothing more joins those frames (after FIN a stream takes no bytes; a
+        no-delay stream's writes are whole messages): a driver holding a packet back
+        for more frames (a writer about to add its FIN, a reader about to answer) can
+        send it now. False when no stream frame waits.
         """
         sendable = self._sendable
         if not sendable:
@@ -162,7 +178,12 @@ class SendMixin(ConnectionBase):
         streams = self._streams
         for stream_id in sendable:
             stream = streams.get(stream_id)
-            if stream is not None and not stream.fin_requested and stream.send_reset_code is None:
+            if (
+                stream is not None
+                and not stream.fin_requested
+                and stream.send_reset_code is None
+                and not stream.no_delay
+            ):
                 return False
         return True
 
@@ -195,6 +216,13 @@ class SendMixin(ConnectionBase):
                 buf += bytes(pad_to - len(buf))  # PADDING frames
             out.append((bytes(buf), probe_path))
         self._update_credit(now)
+        if self._lazy and (
+            not self._lazy_may_wait()
+            or self._ack_due(now)
+            or self._has_control_work()
+            or (self._sendable and self._has_stream_work())
+        ):
+            self._flush_lazy()  # a packet goes anyway (or the ACK is due): join it
         recovery = self._recovery
         self._pacing_until = None
         while len(out) < max_datagrams:
@@ -218,7 +246,10 @@ class SendMixin(ConnectionBase):
                     self._write_ack(buf, now)
                     out.append((bytes(buf), path))
                 break
-            packet = self._build_packet(now, path, room, probe)
+            if probe or self._sendable or self._ack_eliciting_unacked or self._has_control_work():
+                packet = self._build_packet(now, path, room, probe)
+            else:
+                packet = None  # what _build_packet would find, without building
             if packet is None:
                 if not probe:
                     # Room in the window, nothing to send: rate samples from now on
