@@ -16,6 +16,8 @@ import pytest
 import trio
 
 from tunneld.daemon._client import ApiError, LocalApiClient
+from tunneld.http import HttpLimits
+from tunneld.http._simple_head import parse_simple_head
 
 TIMEOUT = 20.0
 _NOT_FOUND = b'{"error":{"code":"unknown_agent","message":"no agent web9"}}'
@@ -79,6 +81,10 @@ async def test_the_request_is_one_well_formed_head(socket_dir: Path) -> None:
     assert headers[b"tunneld-agent"] == b"web1"
     assert headers[b"tunneld-service"] == b"tcp:22"
     assert headers[b"content-length"] == b"0"
+    # Plain enough for the local API's fast path (tests/test_http_simple_head.py).
+    head = parse_simple_head(seen[0], HttpLimits().max_request_head_bytes)
+    assert head is not None
+    assert head.end == len(seen[0])
 
 
 async def test_bytes_sent_with_the_101_are_not_lost(socket_dir: Path) -> None:

@@ -27,6 +27,7 @@ from tunneld.daemon import (
     UnknownAgentError,
     open_api_listener,
 )
+from tunneld.http import DirectSocketStream
 
 NOBODY = 65534
 WRITE_GID = 4242  # a group nobody is not in, unless a test adds it
@@ -88,6 +89,46 @@ async def echo_handler(stream: trio.SocketStream) -> None:
         pass
 
 
+class NowaitStream(trio.abc.HalfCloseableStream):
+    """A real TCP stream that also offers the overlay mux stream's optional
+    non-waiting calls (``send_nowait``, ``close_nowait``), which the dial pipe uses
+    when present; each takes part of what it is given, to exercise both paths."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = DirectSocketStream.take_over(inner)
+        self.sent_nowait = 0
+        self.closed_nowait = False
+
+    def send_nowait(self, data: bytes | bytearray) -> int:
+        try:
+            taken = self.inner.socket.send(data[: max(1, len(data) // 2)])
+        except BlockingIOError:
+            return 0
+        self.sent_nowait += taken
+        return taken
+
+    def close_nowait(self) -> None:
+        self.closed_nowait = True
+        if self.inner.socket.fileno() >= 0:
+            trio.lowlevel.notify_closing(self.inner.socket)
+            self.inner.socket.close()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        raise AssertionError("the dial pipe closes a stream with close_nowait")
+
+
 @dataclass
 class Daemon:
     path: Path
@@ -95,6 +136,7 @@ class Daemon:
     table: TunnelTable
     backend: FakeOverlay
     events: list[Mapping[str, object]]
+    nowait: list[NowaitStream]
     reloads: int = 0
 
 
@@ -109,9 +151,13 @@ async def daemon(socket_dir: Path, nursery: trio.Nursery) -> Daemon:
     table = TunnelTable(backend, idle_timeout=60)
     await nursery.start(table.run)
     opened: list[tuple[str, str]] = []
+    nowait: list[NowaitStream] = []
 
     async def open_stream(peer: str, service: str) -> trio.abc.HalfCloseableStream:
         opened.append((peer, service))
+        if service == "echo-nowait":
+            nowait.append(NowaitStream(await trio.open_tcp_stream("127.0.0.1", echo_port)))
+            return nowait[-1]
         if service != "echo":
             raise ConnectionRefusedError(f"nothing listens on {service}")
         return await trio.open_tcp_stream("127.0.0.1", echo_port)
@@ -145,7 +191,7 @@ async def daemon(socket_dir: Path, nursery: trio.Nursery) -> Daemon:
     path = socket_dir / "tunneld.sock"
     listener = await open_api_listener(path, mode=0o666, group=WRITE_GID)
     await nursery.start(api.serve, [listener])
-    return Daemon(path, api, table, backend, events)
+    return Daemon(path, api, table, backend, events, nowait)
 
 
 async def curl(daemon: Daemon, path: str, *args: str, **kwargs: object) -> tuple[int, object]:
@@ -327,6 +373,29 @@ async def test_dial_pipes_bytes_to_service(daemon: Daemon) -> None:
     await stream.aclose()
     await wait_released(daemon.table, "web1")
     assert daemon.backend.count("add") == 1
+
+
+async def test_dial_uses_the_remote_streams_non_waiting_calls(daemon: Daemon) -> None:
+    # The overlay's mux stream offers send_nowait/close_nowait; the pipe uses them.
+    stream = await connect(daemon)
+    payload = os.urandom(300_000)
+    await stream.send_all(dial_request(service="echo-nowait"))
+    head, rest = await read_head(stream)
+    assert head.startswith(b"HTTP/1.1 101 ")
+
+    async def send() -> None:
+        await stream.send_all(payload)
+        await stream.send_eof()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        echoed = await read_to_eof(stream, rest)
+    assert echoed == payload
+    await stream.aclose()
+    await wait_released(daemon.table, "web1")
+    [remote] = daemon.nowait
+    assert 0 < remote.sent_nowait < len(payload)  # and send_all took the rest
+    assert remote.closed_nowait
 
 
 async def test_client_disconnect_mid_stream_releases_lease(daemon: Daemon) -> None:

@@ -233,7 +233,7 @@ class LocalApi:
         self.router.upgrade(
             "/v0/dial", DIAL_PROTOCOL, self._dial_stream, authorize=self._authorize_dial
         )
-        self.server = HttpServer(self.router, limits=limits)
+        self.server = HttpServer(self.router, limits=limits, direct_streams=True)
 
     async def serve(
         self,
@@ -427,12 +427,20 @@ class LocalApi:
     async def _finish(self, dial: _Dial, piped: _Piped | None, started: float) -> None:
         """Close a dial's stream (bounded, shielded), release its lease, log it."""
         try:
-            # One scope, shielded and with its own deadline (cheaper than two).
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
-                try:
-                    await dial.remote.aclose()
-                except (trio.BrokenResourceError, OSError) as exc:
-                    log.info("local_api.dial_close_failed", agent=dial.lease.agent, error=str(exc))
+            close_nowait = getattr(dial.remote, "close_nowait", None)
+            if close_nowait is not None:
+                # The overlay's mux stream closes without waiting (it queues its
+                # closing frames): no scope, no scheduler round.
+                close_nowait()
+            else:
+                # One scope, shielded and with its own deadline (cheaper than two).
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
+                    try:
+                        await dial.remote.aclose()
+                    except (trio.BrokenResourceError, OSError) as exc:
+                        log.info(
+                            "local_api.dial_close_failed", agent=dial.lease.agent, error=str(exc)
+                        )
         finally:
             self.tunnels.release(dial.lease)
         # One line per dial, at its end (not one at each end of it).
@@ -474,9 +482,15 @@ async def _pipe(
     async def copy(
         source: trio.abc.Stream, sink: trio.abc.Stream, cancel: trio.CancelScope, up: bool
     ) -> None:
+        # The overlay's mux stream queues what its buffer takes without a schedule
+        # point (the receive from the client right after is one when it waits): the
+        # client's bytes and its EOF, read at once, then leave in one packet.
+        send_nowait: Callable[[bytes | bytearray], int] | None = getattr(sink, "send_nowait", None)
         try:
             while data := await source.receive_some(_PIPE_CHUNK):
-                await sink.send_all(data)
+                taken = send_nowait(data) if send_nowait is not None else 0
+                if taken < len(data):
+                    await sink.send_all(data[taken:])
                 if up:
                     piped.to_remote += len(data)
                 else:
@@ -489,6 +503,8 @@ async def _pipe(
             cancel.cancel()
 
     async with trio.open_nursery() as nursery:
-        # One task more, not two: this one copies the client's bytes itself.
-        nursery.start_soon(copy, remote, client, nursery.cancel_scope, False)
-        await copy(client, remote, nursery.cancel_scope, True)
+        # One task more, not two. This one copies the agent's bytes: that direction
+        # ends last (the service answers the client's EOF), so the nursery has no
+        # task left to wait for and closing takes no extra scheduler round.
+        nursery.start_soon(copy, client, remote, nursery.cancel_scope, True)
+        await copy(remote, client, nursery.cancel_scope, False)

@@ -30,11 +30,13 @@ from tunneld.http._router import (
     WebSocketHandler,
 )
 from tunneld.http._server import HttpServer
+from tunneld.http._socket_stream import DirectSocketStream
 from tunneld.http._streams import HalfCloseableReplayStream, ReplayStream
 from tunneld.http._unix import PeerCredentials, open_unix_listener, peer_credentials
 
 __all__ = [
     "Authorizer",
+    "DirectSocketStream",
     "HalfCloseableReplayStream",
     "Handler",
     "Headers",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -20,8 +21,10 @@ import trio
 
 from tunneld._address import format_address
 from tunneld.http._headers import Headers
+from tunneld.http._limits import HttpLimits
 from tunneld.http._messages import Handler, HttpError, LastChunk, Request, Response
-from tunneld.http._router import dispatch
+from tunneld.http._router import Dispatch, Router, dispatch
+from tunneld.http._simple_head import parse_simple_head
 from tunneld.http._unix import PeerCredentials
 from tunneld.http._upgrade import serve_upgrade, serve_websocket
 from tunneld.http._util import Abort, close_body, http_date, internal_error
@@ -93,6 +96,81 @@ def _parse_target(target: str) -> tuple[str, str] | None:
             return None
         return parts.path or "/", parts.query
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """A request head that passed the server's checks, with its routing decision."""
+
+    target: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Headers
+    route: Dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class _BadHead:
+    """The error to answer a request head with (``path`` is what the access log shows)."""
+
+    status: int
+    message: str
+    path: str
+
+
+def _check_head(
+    router: Router,
+    limits: HttpLimits,
+    method: bytes,
+    target: bytes,
+    raw_headers: Sequence[tuple[bytes, bytes]],
+) -> _Head | _BadHead:
+    """Check and route one request head (whoever parsed it); no I/O, no side effects."""
+    headers = Headers(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers
+    )
+    head_size = len(method) + len(target)
+    head_size += sum(len(name) + len(value) + 4 for name, value in raw_headers)
+    # h11 bounds a head that arrives in pieces; one delivered whole is checked here.
+    if len(headers) > limits.max_headers or head_size > limits.max_request_head_bytes:
+        return _BadHead(431, "request header fields too large", "-")
+    if "transfer-encoding" in headers and "content-length" in headers:
+        # RFC 9112 §6.3: both framings at once "ought to be handled as an error"; it
+        # is the classic request-smuggling shape, so refuse and close.
+        return _BadHead(400, "both Transfer-Encoding and Content-Length in one request", "-")
+    decoded_target = target.decode("latin-1")
+    parsed = _parse_target(decoded_target)
+    if parsed is None:
+        return _BadHead(400, "malformed request target", "-")
+    raw_path, raw_query = parsed
+    path = unquote(raw_path, errors="replace")
+    try:
+        query = (
+            parse_qs(raw_query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
+            if raw_query
+            else {}
+        )
+    except ValueError:
+        return _BadHead(400, "too many query parameters", path)
+    route = dispatch(
+        router,
+        method.decode("ascii", "replace"),
+        raw_path,
+        headers.get_tokens("connection"),
+        headers.get_tokens("upgrade"),
+    )
+    return _Head(decoded_target, path, query, headers, route)
+
+
+@dataclass(frozen=True, slots=True)
+class _SimpleUpgrade:
+    """A raw-upgrade request taken by the fast path: its head and the connection's
+    first read (the head and whatever the client sent after it)."""
+
+    head: _Head
+    method: str
+    first_read: bytes
+    head_end: int
 
 
 class Connection:
@@ -181,24 +259,33 @@ class Connection:
             event = await self._read_head(first)
             if event is None:
                 return
+            if isinstance(event, _SimpleUpgrade):
+                if not await self._handle_simple_upgrade(event):
+                    return
+            else:
+                keep_alive = await self._handle(event)
+                if not keep_alive:
+                    return
             first = False
-            keep_alive = await self._handle(event)
-            if not keep_alive or self.server.shutting_down:
+            if self.server.shutting_down:
                 return
             if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
                 self.h11.start_next_cycle()
             else:
                 return
 
-    async def _read_head(self, first: bool) -> h11.Request | None:
+    async def _read_head(self, first: bool) -> h11.Request | _SimpleUpgrade | None:
         """The next request head, or None when the connection should just end.
 
         The first request must arrive whole within ``head_timeout``; later ones may
         idle ``keepalive_timeout`` before their first byte, then get ``head_timeout``.
+        A connection's first read is offered to the raw-upgrade fast path first
+        (:meth:`_simple_upgrade`); whatever it does not take goes to h11.
         """
         now = trio.current_time()
         idle_deadline = now + (self.limits.head_timeout if first else self.limits.keepalive_timeout)
         head_deadline: float | None = now + self.limits.head_timeout if first else None
+        first_read = first
         while True:
             try:
                 event = self.h11.next_event()
@@ -217,13 +304,78 @@ class Connection:
             deadline = head_deadline if head_deadline is not None else idle_deadline
             with trio.CancelScope(deadline=deadline) as scope:
                 self._idle_scope = None if pending else scope
-                await self._receive()
+                data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
             self._idle_scope = None
             if scope.cancelled_caught:
                 if self.h11.trailing_data[0]:
                     log.info("http.head_timeout", peer=format_address(self.peer))
                     await self._send_error_and_close(408, "request head not received in time")
                 return None
+            if first_read:
+                first_read = False
+                simple = self._simple_upgrade(data)
+                if simple is not None:
+                    return simple
+            self.h11.receive_data(data)
+
+    def _simple_upgrade(self, data: bytes) -> _SimpleUpgrade | None:
+        """The fast path's take on a connection's first read: a plain, whole raw-upgrade
+        request (``tunneld dial``), checked and routed exactly as :meth:`_handle` would;
+        None for anything else, which h11 then parses as usual."""
+        server = self.server
+        prefixes = server.router.upgrade_prefixes()
+        if not prefixes or not data.startswith(prefixes):
+            return None
+        if server.server_header and not _FIELD_VALUE.fullmatch(server.server_header):
+            return None  # h11 would refuse to write it in the 101: let that path fail
+        simple = parse_simple_head(data, self.limits.max_request_head_bytes)
+        if simple is None:
+            return None
+        head = _check_head(server.router, self.limits, simple.method, simple.target, simple.headers)
+        if isinstance(head, _BadHead) or head.route.upgrade is None:
+            return None
+        return _SimpleUpgrade(head, simple.method.decode("ascii"), data, simple.end)
+
+    async def _handle_simple_upgrade(self, simple: _SimpleUpgrade) -> bool:
+        """Serve a request the fast path took, as :meth:`_handle` would have.
+
+        True if the connection may carry another (the upgrade was refused).
+        """
+        started = trio.current_time()
+        head = simple.head
+        request = Request(
+            method=simple.method,
+            target=head.target,
+            path=head.path,
+            query=head.query,
+            headers=head.headers,
+            body=b"",
+            peer=self.peer,
+            tls=self.tls,
+            path_params=head.route.path_params,
+            peer_credentials=self.credentials,
+            request_id=self.server.new_request_id(),
+            http_version="1.1",
+        )
+        assert head.route.upgrade is not None
+        return await serve_upgrade(
+            self, request, head.route.upgrade, started, simple.first_read, simple.head_end
+        )
+
+    def take_over_head(self, first_read: bytes) -> bool:
+        """Give h11 a request the fast path took, so the connection can answer it and
+        go on as if h11 had read it (its body is empty). False if h11 did not agree
+        (never expected: the fast path takes only what h11 parses the same way)."""
+        self.h11.receive_data(first_read)
+        try:
+            events = (self.h11.next_event(), self.h11.next_event())
+        except h11.RemoteProtocolError as exc:
+            log.error("http.simple_head_refused", error=str(exc))
+            return False
+        if not (isinstance(events[0], h11.Request) and isinstance(events[1], h11.EndOfMessage)):
+            log.error("http.simple_head_refused", error=f"h11 read {events!r}")
+            return False
+        return True
 
     async def _read_body(self, limit: int) -> bytes | None:
         """The whole request body; None if an error response was sent instead.
@@ -268,61 +420,28 @@ class Connection:
         started = trio.current_time()
         request_id = self.server.new_request_id()
         method = event.method.decode("ascii", "replace")
-        target = event.target.decode("latin-1")
-        raw_headers = event.headers.raw_items()
-        headers = Headers(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers
+        head = _check_head(
+            self.server.router, self.limits, event.method, event.target, event.headers.raw_items()
         )
-        declared = headers.get("content-length")
+        if isinstance(head, _BadHead):
+            await self._send_error_and_close(head.status, head.message)
+            self.access_log(request_id, method, head.path, head.status, 0, started)
+            return False
+        declared = head.headers.get("content-length")
         self._declared_length = int(declared) if declared and declared.isdigit() else None
         self._error_status = 0
-        head_size = len(event.method) + len(event.target)
-        head_size += sum(len(name) + len(value) + 4 for name, value in raw_headers)
-        # h11 bounds a head that arrives in pieces; one delivered whole is checked here.
-        if len(headers) > self.limits.max_headers or head_size > self.limits.max_request_head_bytes:
-            await self._send_error_and_close(431, "request header fields too large")
-            self.access_log(request_id, method, "-", 431, 0, started)
-            return False
-        if "transfer-encoding" in headers and "content-length" in headers:
-            # RFC 9112 §6.3: both framings at once "ought to be handled as an error"; it
-            # is the classic request-smuggling shape, so refuse and close.
-            await self._send_error_and_close(
-                400, "both Transfer-Encoding and Content-Length in one request"
-            )
-            self.access_log(request_id, method, "-", 400, 0, started)
-            return False
-        parsed = _parse_target(target)
-        if parsed is None:
-            await self._send_error_and_close(400, "malformed request target")
-            self.access_log(request_id, method, "-", 400, 0, started)
-            return False
-        raw_path, raw_query = parsed
-        path = unquote(raw_path, errors="replace")
-        try:
-            query = parse_qs(raw_query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS)
-        except ValueError:
-            await self._send_error_and_close(400, "too many query parameters")
-            self.access_log(request_id, method, path, 400, 0, started)
-            return False
-
-        route = dispatch(
-            self.server.router,
-            method,
-            raw_path,
-            headers.get_tokens("connection"),
-            headers.get_tokens("upgrade"),
-        )
+        route = head.route
         limit = route.max_body_bytes
         body = await self._read_body(self.limits.max_body_bytes if limit is None else limit)
         if body is None:
-            self.access_log(request_id, method, path, self._error_status, 0, started)
+            self.access_log(request_id, method, head.path, self._error_status, 0, started)
             return False
         request = Request(
             method=method,
-            target=target,
-            path=path,
-            query=query,
-            headers=headers,
+            target=head.target,
+            path=head.path,
+            query=head.query,
+            headers=head.headers,
             body=body,
             peer=self.peer,
             tls=self.tls,

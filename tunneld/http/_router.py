@@ -29,6 +29,8 @@ UpgradeHandler = Callable[[Request, trio.abc.Stream], Awaitable[None]]
 Authorizer = Callable[[Request], Awaitable[Response | None]]
 
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+# RFC 9110 §5.6.2 token, optionally "/" token (an Upgrade protocol, §7.8).
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+(?:/[-!#$%&'*+.^_`|~0-9A-Za-z]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ class Router:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._fallback: Handler | None = None
+        self._upgrade_prefixes: tuple[bytes, ...] | None = None
 
     def _entry(self, path: str) -> _Entry:
         if path in self._entries:
@@ -190,6 +193,22 @@ class Router:
         if key in entry.upgrades:
             raise ValueError(f"upgrade {protocol!r} on {path} is already routed")
         entry.upgrades[key] = UpgradeRoute(protocol, handler, method, authorize)
+        self._upgrade_prefixes = None
+
+    def upgrade_prefixes(self) -> tuple[bytes, ...]:
+        """``b"METHOD /path"`` of every raw-upgrade route on a literal ASCII path (no
+        ``{name}``) whose protocol is a token: the requests the server's fast path
+        may take (it still routes them with :func:`dispatch`)."""
+        prefixes = self._upgrade_prefixes
+        if prefixes is None:
+            prefixes = self._upgrade_prefixes = tuple(
+                f"{route.method} {entry.pattern}".encode("ascii")
+                for entry in self._entries.values()
+                if entry.pattern.isascii() and not any(entry.params)
+                for route in entry.upgrades.values()
+                if _TOKEN.fullmatch(route.protocol)
+            )
+        return prefixes
 
     def mount_fallback(self, handler: Handler) -> None:
         """Serve every path no route matches with ``handler`` (instead of 404)."""
@@ -206,6 +225,13 @@ class Router:
         Segments are split before percent-decoding, so ``%2F`` inside a parameter stays
         part of that parameter.
         """
+        if "%" not in raw_path:
+            # A path that is a literal pattern verbatim: nothing ranks before it (a
+            # placeholder segment ranks after a literal one) and no other literal
+            # pattern matches it, so a scan would find this one.
+            literal = self._entries.get(raw_path)
+            if literal is not None and not any(literal.params):
+                return RouteMatch(literal, {})
         parts = _split(raw_path)
         best: tuple[tuple[int, ...], RouteMatch] | None = None
         for entry in self._entries.values():

@@ -14,6 +14,7 @@ import trio_websocket
 from tunneld.http._connection import Connection
 from tunneld.http._limits import HttpLimits
 from tunneld.http._router import Router
+from tunneld.http._socket_stream import DirectSocketStream
 from tunneld.http._unix import PeerCredentials, peer_credentials
 from tunneld.http._upgrade import WEBSOCKET_CLOSE_SECONDS
 from tunneld.http._util import is_disconnect
@@ -68,6 +69,9 @@ class HttpServer:
     ``Content-Length`` and chunked bodies, streamed responses, WebSocket and raw
     upgrades. Errors become JSON error responses; a handler exception is a logged
     500 and the server keeps serving. ``server_header=None`` omits ``Server``.
+    ``direct_streams``: serve plain (not TLS) socket connections, Unix or TCP, on a
+    :class:`DirectSocketStream` (socket calls the kernel completes at once take no
+    scheduler round; the local API's dials are latency-bound on those rounds).
     """
 
     def __init__(
@@ -77,8 +81,10 @@ class HttpServer:
         limits: HttpLimits | None = None,
         ssl_context: ssl.SSLContext | None = None,
         server_header: str | None = "tunneld",
+        direct_streams: bool = False,
     ) -> None:
         self.router = router
+        self.direct_streams = direct_streams
         self.limits = limits if limits is not None else HttpLimits()
         self.ssl_context = ssl_context
         self.server_header = server_header
@@ -229,8 +235,14 @@ class HttpServer:
     ) -> None:
         while True:
             # Take the connection slot before accepting: over the limit, clients wait
-            # in the kernel's backlog instead of costing us a task each.
-            await self._slots.acquire()
+            # in the kernel's backlog instead of costing us a task each. A free slot
+            # is taken without a schedule point (the accept below is one when it
+            # waits; a scheduler round per connection for nothing, otherwise).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                await self._slots.acquire()
             try:
                 stream = await listener.accept()
             except trio.ClosedResourceError:
@@ -258,6 +270,9 @@ class HttpServer:
                 if handshake.cancelled_caught:
                     return
             peer, credentials = _peer_info(stream)
+            if self.direct_streams and isinstance(stream, trio.SocketStream):
+                # trio set TCP_NODELAY on it already; the options stay with the socket.
+                stream = DirectSocketStream.take_over(stream)
             connection = Connection(self, stream, peer, credentials)
             self._connections.add(connection)
             await connection.run()

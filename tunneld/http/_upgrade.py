@@ -157,32 +157,62 @@ async def serve_websocket(
     return False
 
 
+def _switching_head(protocol: str, server_header: str | None) -> bytes:
+    """The ``101 Switching Protocols`` head h11 writes for a raw upgrade to ``protocol``."""
+    server = f"Server: {server_header}\r\n" if server_header else ""
+    return (
+        f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n"
+        f"Date: {http_date()}\r\n{server}\r\n"
+    ).encode("latin-1")
+
+
 async def serve_upgrade(
-    connection: Connection, request: Request, route: UpgradeRoute, started: float
+    connection: Connection,
+    request: Request,
+    route: UpgradeRoute,
+    started: float,
+    first_read: bytes | None = None,
+    head_end: int = 0,
 ) -> bool:
     """``authorize``, then 101 and the raw-stream handler on this connection.
 
-    Returns True if refused with a response, False once the handler ran.
+    ``first_read`` is set when the connection's fast path took the request (h11 has
+    not seen it): the connection's first read, whose first ``head_end`` bytes are the
+    request head. Returns True if refused with a response, False once the handler ran.
     """
     if route.authorize is not None:
         refusal = await _authorize(route.authorize, request)
         if refusal is not None:
+            # h11 writes the refusal and keeps the connection going (keep-alive, any
+            # pipelined request), so it reads the request first, as it would have.
+            if first_read is not None and not connection.take_over_head(first_read):
+                return False
             await connection.respond(request, refusal, started)
             return True
-    trailing = connection.finish_upgrade_request()
-    if trailing is None:
-        return False
-    headers = [
-        (b"Connection", b"Upgrade"),
-        (b"Upgrade", route.protocol.encode("latin-1")),
-        (b"Date", http_date().encode()),
-    ]
-    if connection.server.server_header:
-        headers.append((b"Server", connection.server.server_header.encode("latin-1")))
+    server_header = connection.server.server_header
     # RFC 9110 §15.2.2: after the 101 the connection speaks the new protocol.
-    await connection.send(
-        h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")
-    )
+    switching: h11.InformationalResponse | bytes
+    if first_read is not None:
+        trailing: bytes | None = first_read[head_end:]
+        # h11 never saw the request, so the head is written as h11 would write it
+        # (a test compares the bytes): the protocol is a token (the router checks)
+        # and the Server value was checked before the fast path was taken.
+        switching = _switching_head(route.protocol, server_header)
+    else:
+        trailing = connection.finish_upgrade_request()
+        if trailing is None:
+            return False
+        headers = [
+            (b"Connection", b"Upgrade"),
+            (b"Upgrade", route.protocol.encode("latin-1")),
+            (b"Date", http_date().encode()),
+        ]
+        if server_header:
+            headers.append((b"Server", server_header.encode("latin-1")))
+        switching = h11.InformationalResponse(
+            status_code=101, headers=headers, reason=b"Switching Protocols"
+        )
+    await connection.send(switching)
     connection.access_log(request.request_id, request.method, request.path, 101, 0, started)
     # Nothing read ahead (the usual case): hand over the transport itself, one
     # wrapper less on every read and write of the upgraded stream.
