@@ -167,9 +167,12 @@ def _raise_notsent_lowat(stream: trio.abc.Stream) -> None:
     """
     option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
     while option is not None:
-        if isinstance(stream, trio.SocketStream):
-            with contextlib.suppress(OSError):
-                stream.setsockopt(socket.IPPROTO_TCP, option, _NOTSENT_LOWAT)
+        # trio.SocketStream (a trio socket) or DirectSocketStream (a stdlib one).
+        sock = getattr(stream, "socket", None)
+        if isinstance(sock, socket.socket | trio.socket.SocketType):
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, _NOTSENT_LOWAT)
             return
         inner = getattr(stream, "transport_stream", None) or getattr(stream, "transport", None)
         if not isinstance(inner, trio.abc.Stream):

@@ -38,6 +38,7 @@ import h11
 import trio
 import trio_websocket
 
+from tunneld.http import DirectSocketStream
 from tunneld.net._websocket import CLOSE_TIMEOUT, close_bounded, close_info
 from tunneld.proto.derp import (
     ClientConnection,
@@ -174,9 +175,12 @@ def _raise_notsent_lowat(stream: trio.abc.Stream) -> None:
     """
     option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
     while option is not None:
-        if isinstance(stream, trio.SocketStream):
-            with contextlib.suppress(OSError):
-                stream.setsockopt(socket.IPPROTO_TCP, option, _NOTSENT_LOWAT)
+        # trio.SocketStream (a trio socket) or DirectSocketStream (a stdlib one).
+        sock = getattr(stream, "socket", None)
+        if isinstance(sock, socket.socket | trio.socket.SocketType):
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, _NOTSENT_LOWAT)
             return
         inner = getattr(stream, "transport_stream", None) or getattr(stream, "transport", None)
         if not isinstance(inner, trio.abc.Stream):
@@ -214,7 +218,11 @@ async def _open_upgrade(url: str, timeout: float) -> _StreamLink:  # noqa: ASYNC
     port = parts.port or (443 if secure else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     with trio.fail_after(timeout):
-        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        tcp = await trio.open_tcp_stream(host, port)
+        # Plain TCP: a stream that calls the kernel directly when it is ready (no
+        # scheduler round per read and write of a relayed packet; trio's TCP_NODELAY
+        # stays with the socket). TLS keeps trio's stream under the SSLStream.
+        stream: trio.abc.Stream = tcp if secure else DirectSocketStream.take_over(tcp)
         try:
             if secure:
                 tls = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
