@@ -31,3 +31,31 @@ def test_bench_throughput_json_has_both_paths_and_the_ceiling() -> None:
         assert row["mb_per_s"] > 0
         assert row["ceiling_mb_per_s"] > 0
         assert row["fraction"] == row["mb_per_s"] / row["ceiling_mb_per_s"]
+
+
+def test_bench_throughput_paths_relay_only_reports_cpu_per_process() -> None:
+    command = [sys.executable, "-m", "tunneld", "bench", "throughput", "--json"]
+    out = subprocess.run(
+        [*command, "--paths", "relay", "--relay-mb", "0.2"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    rows = json.loads(out.stdout)
+    assert [row["path"] for row in rows] == ["relay"]
+    row = rows[0]
+    assert row["packet_bytes"] == RELAY_DATAGRAM_SIZE + HEADER_SIZE
+    if sys.platform.startswith("linux"):
+        parts = [row[f"cpu_ms_per_mb_{role}"] for role in ("control", "agent", "client")]
+        assert all(part >= 0 for part in parts)
+        assert row["cpu_ms_per_mb"] == sum(parts)
+    # The peers' stdin readers never crash the interpreter at exit.
+    assert "Fatal Python error" not in out.stderr
+
+
+def test_bench_throughput_rejects_unknown_paths() -> None:
+    command = [sys.executable, "-m", "tunneld", "bench", "throughput", "--paths", "udp"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--paths" in out.stderr

@@ -9,6 +9,7 @@ test_derp_relay.py, so a misreading shared by our client and relay cannot hide.
 from __future__ import annotations
 
 import random
+import socket
 from functools import partial
 
 import pytest
@@ -16,14 +17,20 @@ import trio
 
 from tests.test_derp_relay import RELAY_PRIVATE, RawDerp, raw_frame, receive_data_event
 from tunneld.control._derp_relay import DerpRelay
-from tunneld.http import HttpLimits, HttpServer, Router
+from tunneld.control._derp_relay import _StreamLink as RelayStreamLink
+from tunneld.http import DirectSocketStream, HttpLimits, HttpServer, Router
 from tunneld.keys import generate_private_key, public_key
-from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
+from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed, _StreamLink
 from tunneld.proto.derp import RecvPacket
 
 
 async def start_relay(
-    nursery: trio.Nursery, *, raw: bool = True, websocket: bool = True, allowed: bytes | None = None
+    nursery: trio.Nursery,
+    *,
+    raw: bool = True,
+    websocket: bool = True,
+    allowed: bytes | None = None,
+    direct: bool = False,
 ) -> tuple[DerpRelay, str]:
     async def authorize(key: bytes) -> bool:
         return allowed is None or key == allowed
@@ -36,7 +43,7 @@ async def start_relay(
         )
     if raw:
         router.upgrade("/derp", "DERP", relay.handle_stream, method="GET")
-    server = HttpServer(router, limits=HttpLimits(max_connections=64))
+    server = HttpServer(router, limits=HttpLimits(max_connections=64), direct_streams=direct)
     host, port = await nursery.start(server.serve_tcp, "127.0.0.1", 0)
     return relay, f"ws://{host}:{port}/derp"
 
@@ -218,3 +225,35 @@ async def test_a_server_that_is_not_a_relay_is_a_clear_connect_error(
             f"{scheme}://127.0.0.1:{port}/derp", generate_private_key(), transport="derp"
         ):
             pass
+
+
+@pytest.mark.skipif(
+    not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="TCP_NOTSENT_LOWAT is Linux/macOS only"
+)
+@pytest.mark.parametrize("direct", [False, True])
+async def test_raw_derp_streams_take_a_batch_of_packets_per_write(
+    nursery: trio.Nursery, direct: bool
+) -> None:
+    # trio's 16 KiB TCP_NOTSENT_LOWAT split every 64 KiB relayed packet into several
+    # sends; both ends of a raw DERP stream raise it (to the relay's batch size),
+    # whether the relay's HTTP server hands it trio's stream or a DirectSocketStream.
+    relay, url = await start_relay(nursery, direct=direct)
+    key = generate_private_key()
+    async with DerpClient.connect(url, key, transport="derp") as client:
+        option = (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+        link = client._link
+        assert isinstance(link, _StreamLink)
+        # The client's plain TCP stream calls the kernel directly (DirectSocketStream).
+        assert isinstance(link._stream, DirectSocketStream)
+        assert link._stream.socket.getsockopt(*option) == 256 * 1024
+        assert link._stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        with trio.fail_after(5):
+            while not relay.is_connected(public_key(key)):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        served = relay._clients[public_key(key)].link
+        assert isinstance(served, RelayStreamLink)
+        expected = DirectSocketStream if direct else trio.SocketStream
+        assert isinstance(served._stream, expected)
+        assert served._stream.socket.getsockopt(*option) == 256 * 1024
+        await client.send_packet(client.public_key, b"to myself")
+        assert await receive_data_event(client) == RecvPacket(client.public_key, b"to myself")

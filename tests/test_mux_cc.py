@@ -252,6 +252,30 @@ def test_a_newcomer_on_a_shared_bottleneck_gets_a_share(
     assert sum(share) >= 0.9  # together they still fill the link
 
 
+@pytest.mark.parametrize("cc", ["bbr", "newreno"])
+def test_a_capped_reliable_path_is_windowed_by_its_cap_not_the_controller(cc: str) -> None:
+    # Over the DERP relay (TCP) no loss reaches the mux and RTT samples carry the
+    # relay's scheduling jitter: a collapsed model must not starve the path; its
+    # in-flight cap (which protects the relay's queue) is the window, unpaced.
+    mss = 1200
+    recovery = LossRecovery(MuxConfig(congestion_control=cc))
+    recovery.max_in_flight = 16 * mss
+    recovery.on_path_change(True)
+    recovery.cwnd = 4 * mss  # the model at its floor
+    recovery._pacer_tokens = 0.0  # and the pacer empty
+    recovery._pacer_time = 0.0
+    assert recovery.congestion_room() == 16 * mss
+    assert recovery.pacing_delay(0.001) is None
+    # The same cap on an unreliable path only bounds the controller's window.
+    recovery.on_path_change(False)
+    recovery.cwnd = 4 * mss
+    assert recovery.congestion_room() == 4 * mss
+    recovery.max_in_flight = 0
+    recovery.on_path_change(True)  # reliable without a cap: the controller decides
+    recovery.cwnd = 4 * mss
+    assert recovery.congestion_room() == 4 * mss
+
+
 _MSS = 1200
 
 

@@ -12,8 +12,8 @@ share a process, let alone one trio thread):
   (it answers the byte count at EOF); prints ``{"udp": "HOST:PORT"}`` once it runs.
 * ``client`` — an overlay node that opens one stream to ``bench-agent``'s sink (after
   the direct path is validated and its path MTU search is done, for ``direct``),
-  sends ``size`` bytes, sends EOF and
-  waits for the count; prints ``{"seconds": S, "bytes": N, "datagram_size": D}`` (first
+  prints ``{"started": true}`` just before its first send, sends ``size`` bytes, sends
+  EOF and waits for the count; prints ``{"seconds": S, "bytes": N, "datagram_size": D}`` (first
   send to the answer; D: the mux datagram size the peer's path used at the end, as the
   client's status says: what path MTU discovery found on a direct path).
 
@@ -26,6 +26,12 @@ printed its result, and every role after ``--max-seconds`` (default 300) at the 
 
 With ``TUNNELD_BENCH_PROFILE=DIR`` each process writes a cProfile dump of its trio run
 to ``DIR/ROLE-PID.prof`` (for finding the hot path; not used by the benchmark itself).
+With ``TUNNELD_BENCH_TRACE=DIR`` the client writes ``DIR/client-PID.jsonl``: every 5 ms
+its mux's congestion window, bytes in flight, RTT estimates, flow-control credit and
+send buffer (``t``, ``cwnd``, ``in_flight``, ``srtt``, ``latest_rtt``, ``min_rtt``,
+``relay_dropped``, ``send_buffered``, ``conn_credit``, ``stream_credit``, ``unsent``), and the
+control role writes ``DIR/control-PID.json`` with the relay's counters at exit (for
+finding where a transfer waits; not used by the benchmark itself).
 """
 
 from __future__ import annotations
@@ -113,9 +119,11 @@ def node(settings: dict[str, object], name: str, *, sink_streams: bool) -> Overl
     return Overlay(config, provide, on_stream=sink if sink_streams else None)
 
 
-async def transfer(client: Overlay, *, direct: bool, size: int) -> float:
+async def transfer(
+    client: Overlay, *, direct: bool, size: int, on_start: Callable[[], None] | None = None
+) -> float:
     """Seconds for ``size`` bytes through one stream to the agent's sink, from the first
-    send to the sink's answer after EOF.
+    send to the sink's answer after EOF (``on_start()`` runs just before the first send).
 
     Raises:
         TimeoutError: the peer, its stream or the direct path did not come in time.
@@ -130,6 +138,8 @@ async def transfer(client: Overlay, *, direct: bool, size: int) -> float:
             # loopback) is set-up, not transfer: the clock starts at the size it found.
             await client.wait_path_mtu(AGENT)
     block = os.urandom(CHUNK)
+    if on_start is not None:
+        on_start()
     start = time.perf_counter()
     sent = 0
     while sent < size:
@@ -161,13 +171,72 @@ def datagram_size(client: Overlay) -> int:
     return _peer_status(client).datagram_size
 
 
+_TRACE_PERIOD = 0.005
+
+
+async def _trace(client: Overlay, path: Path) -> None:
+    """Sample the client's mux to the agent every ``_TRACE_PERIOD`` into ``path``
+    (JSON lines) until cancelled. Diagnostics: reads the mux core's loss recovery."""
+    start = trio.current_time()
+    with path.open("w") as out:
+        while True:
+            await trio.sleep(_TRACE_PERIOD)
+            # The agent is the client's only peer.
+            link = next(iter(client._peers.values()), None)
+            if link is None:
+                continue
+            core = link.mux.core
+            recovery = core._recovery
+            streams = list(core._streams.values())
+            stream = streams[-1] if streams else None
+            sample: dict[str, object] = {
+                "t": round(trio.current_time() - start, 4),
+                "cwnd": recovery.cwnd,
+                "in_flight": recovery.bytes_in_flight,
+                "srtt": round(recovery.smoothed_rtt * 1000, 3),
+                "latest_rtt": round(recovery.latest_rtt * 1000, 3),
+                "min_rtt": round(recovery.min_rtt * 1000, 3),
+                "relay_dropped": client.relay_dropped,
+                "send_buffered": core.send_buffered,
+                "conn_credit": core._max_data_remote - core._data_sent,
+            }
+            if stream is not None:
+                sample["stream_credit"] = stream.max_data_remote - stream.next_new
+                sample["unsent"] = stream.send_end - stream.next_new
+            out.write(json.dumps(sample) + "\n")
+
+
+def _trace_dir() -> Path | None:
+    found = os.environ.get("TUNNELD_BENCH_TRACE")
+    return Path(found) if found else None
+
+
 def _say(message: dict[str, object]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
 
 
+# stdin is read with os.read on fd 0, not sys.stdin.buffer: a thread abandoned while
+# blocked in BufferedReader.read holds the reader's lock, and the interpreter's shutdown
+# then dies on it ("Fatal Python error: _enter_buffered_busy").
+def _read_until_eof() -> None:
+    while os.read(0, 4096):
+        pass
+
+
+def _read_line() -> bytes:
+    """One line from fd 0 (the benchmark writes one settings line, then nothing)."""
+    line = b""
+    while b"\n" not in line:
+        chunk = os.read(0, 4096)
+        if not chunk:
+            break
+        line += chunk
+    return line
+
+
 async def _stdin_closed() -> None:
-    await trio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
+    await trio.to_thread.run_sync(_read_until_eof, abandon_on_cancel=True)
 
 
 async def _cancel_when_stdin_closes(scope: trio.CancelScope) -> None:
@@ -176,7 +245,7 @@ async def _cancel_when_stdin_closes(scope: trio.CancelScope) -> None:
 
 
 async def _settings() -> dict[str, object]:
-    line = await trio.to_thread.run_sync(sys.stdin.buffer.readline, abandon_on_cancel=True)
+    line = await trio.to_thread.run_sync(_read_line, abandon_on_cancel=True)
     try:
         settings = json.loads(line)
     except ValueError as exc:
@@ -200,11 +269,15 @@ def relay_factory(rate_mib: float | None) -> RelayFactory:
 
 
 @asynccontextmanager
-async def control_plane(relay_rate_mib: float | None = None) -> AsyncIterator[dict[str, str]]:
+async def control_plane(
+    relay_rate_mib: float | None = None,
+    *,
+    on_stop: Callable[[ControlServer], None] | None = None,
+) -> AsyncIterator[dict[str, str]]:
     """A control server (coordinator and DERP relay; see ``relay_factory`` for
     ``relay_rate_mib``) on loopback with a user and two tokens; yields
     ``coordinate_url``, ``derp_url``, ``agent_token``, ``client_token``. Shut down
-    on exit."""
+    on exit (``on_stop(server)`` first, e.g. to read its relay's counters)."""
     with tempfile.TemporaryDirectory(prefix="tunneld-bench-") as tmp:
         data_dir = Path(tmp)
         store = await SqliteStore.open(data_dir / "control.db")
@@ -239,6 +312,8 @@ async def control_plane(relay_rate_mib: float | None = None) -> AsyncIterator[di
                     "agent_token": agent_token.value,
                     "client_token": client_token.value,
                 }
+                if on_stop is not None:
+                    on_stop(server)
                 server.shutdown()
                 with trio.move_on_after(5):
                     await server.stopped.wait()
@@ -247,8 +322,25 @@ async def control_plane(relay_rate_mib: float | None = None) -> AsyncIterator[di
             await store.aclose()
 
 
+def _write_relay_stats(server: ControlServer) -> None:
+    trace = _trace_dir()
+    relay = server.relay
+    if trace is None or relay is None:
+        return
+    stats = relay.stats
+    (trace / f"control-{os.getpid()}.json").write_text(
+        json.dumps(
+            {
+                "packets_relayed": stats.packets_relayed,
+                "bytes_relayed": stats.bytes_relayed,
+                "drops": stats.drops,
+            }
+        )
+    )
+
+
 async def _control(relay_rate_mib: float | None) -> None:
-    async with control_plane(relay_rate_mib) as plane:
+    async with control_plane(relay_rate_mib, on_stop=_write_relay_stats) as plane:
         _say(dict(plane))
         await _stdin_closed()
 
@@ -279,7 +371,16 @@ async def _client() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_cancel_when_stdin_closes, nursery.cancel_scope)
         await nursery.start(client.serve)
-        seconds = await transfer(client, direct=bool(settings["direct"]), size=size)
+        trace = _trace_dir()
+        if trace is not None:
+            nursery.start_soon(_trace, client, trace / f"client-{os.getpid()}.jsonl")
+        # "started": the benchmark samples every process's CPU time from here.
+        seconds = await transfer(
+            client,
+            direct=bool(settings["direct"]),
+            size=size,
+            on_start=lambda: _say({"started": True}),
+        )
         _say({"seconds": seconds, "bytes": size, "datagram_size": datagram_size(client)})
         nursery.cancel_scope.cancel()
 

@@ -90,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "1200: no discovery, as before it existed; default: the overlay's own cap)",
     )
     parser.add_argument(
+        "--paths",
+        default="direct,relay",
+        help="comma-separated paths to measure: direct, relay or both (default "
+        "direct,relay); each row's ceiling is still its own packet size's",
+    )
+    parser.add_argument(
         "--layout",
         choices=_LAYOUTS,
         default="processes",
@@ -151,8 +157,32 @@ async def _peer(role: str, *options: str) -> AsyncIterator[_Peer]:
         await stop_peer_process(process, 10.0)
 
 
-# measure(direct, size) -> (MB/s, the mux datagram size the path used at the end)
-Measure = Callable[[bool, int], Awaitable[tuple[float, int]]]
+_PATHS = ("direct", "relay")
+_ROLES = ("control", "agent", "client")
+# One measurement: MB/s, the mux datagram size the path used at the end, and (layout
+# processes, on Linux) each role's (user, system) CPU seconds during the transfer.
+Cpu = dict[str, tuple[float, float]]
+Measured = tuple[float, int, Cpu | None]
+Measure = Callable[[bool, int], Awaitable[Measured]]
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of process ``pid`` so far (None without ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime: fields 14 and 15 of stat(5), the 12th and 13th after "(comm)".
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _cpu_all(pids: dict[str, int]) -> dict[str, tuple[float, float]] | None:
+    times = {role: _cpu_seconds(pid) for role, pid in pids.items()}
+    if any(t is None for t in times.values()):
+        return None
+    return {role: t for role, t in times.items() if t is not None}
 
 
 @asynccontextmanager
@@ -169,7 +199,7 @@ async def _processes(relay_rate_mib: float | None, direct_datagram: int) -> Asyn
             "max_direct_datagram": direct_datagram,
         }
 
-        async def measure(direct: bool, size: int) -> tuple[float, int]:
+        async def measure(direct: bool, size: int) -> Measured:
             async with _peer("agent") as agent, _peer("client") as client:
                 await agent.tell({**urls, "token": plane["agent_token"], "direct": direct})
                 with trio.fail_after(_READY_WAIT):
@@ -177,14 +207,28 @@ async def _processes(relay_rate_mib: float | None, direct_datagram: int) -> Asyn
                 await client.tell(
                     {**urls, "token": plane["client_token"], "direct": direct, "size": size}
                 )
+                pids = {
+                    "control": control.process.pid,
+                    "agent": agent.process.pid,
+                    "client": client.process.pid,
+                }
                 with trio.fail_after(_PEER_MAX_SECONDS + _READY_WAIT):
+                    await client.line()  # {"started": true}: the clock starts
+                    before = _cpu_all(pids)
                     result = await client.line()
+                    after = _cpu_all(pids)
             seconds, datagram = result["seconds"], result["datagram_size"]
             assert isinstance(seconds, float)
             assert isinstance(datagram, int)
             if result["bytes"] != size:
                 raise RuntimeError(f"the client reports {result['bytes']} bytes, expected {size}")
-            return size / seconds / 1e6, datagram
+            cpu = None
+            if before is not None and after is not None:
+                cpu = {
+                    role: (after[role][0] - before[role][0], after[role][1] - before[role][1])
+                    for role in _ROLES
+                }
+            return size / seconds / 1e6, datagram, cpu
 
         yield measure
 
@@ -202,7 +246,7 @@ async def _one_process(
             "max_direct_datagram": direct_datagram,
         }
 
-        async def measure(direct: bool, size: int) -> tuple[float, int]:
+        async def measure(direct: bool, size: int) -> Measured:
             agent = node(
                 {**urls, "token": plane["agent_token"], "direct": direct},
                 AGENT,
@@ -219,16 +263,18 @@ async def _one_process(
                 seconds = await transfer(client, direct=direct, size=size)
                 datagram = datagram_size(client)
                 nursery.cancel_scope.cancel()
-            return size / seconds / 1e6, datagram
+            return size / seconds / 1e6, datagram, None
 
         yield measure
 
 
-Rates = dict[str, tuple[float, int]]  # path -> (MB/s, its packet bytes)
+# path -> (MB/s, its packet bytes, CPU seconds per role or None)
+Rates = dict[str, tuple[float, int, Cpu | None]]
 
 
 async def _rates(
     layout: str,
+    paths: tuple[str, ...],
     sizes: tuple[int, int],
     relay_rate_mib: float | None,
     direct_datagram: int,
@@ -240,8 +286,10 @@ async def _rates(
     rates: Rates = {}
     async with layouts[layout](relay_rate_mib, direct_datagram) as measure:
         for path, direct, size in (("direct", True, sizes[0]), ("relay", False, sizes[1])):
-            rate, datagram = await measure(direct, size)
-            rates[path] = (rate, datagram + HEADER_SIZE)
+            if path not in paths:
+                continue
+            rate, datagram, cpu = await measure(direct, size)
+            rates[path] = (rate, datagram + HEADER_SIZE, cpu)
             ceiling(rates)
     return rates
 
@@ -295,7 +343,16 @@ def _ceiling(size: int, packet: int) -> float:
     return count * packet / elapsed / 1e6
 
 
+def _paths(text: str) -> tuple[str, ...]:
+    paths = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in paths if p not in _PATHS]
+    if unknown or not paths:
+        raise SystemExit(f"--paths: expected a comma-separated subset of direct,relay: {text!r}")
+    return paths
+
+
 def run(args: argparse.Namespace) -> BenchResult:
+    paths = _paths(args.paths)
     direct_size = int(args.mb * 1e6)
     relay_size = int(args.relay_mb * 1e6)
     # Ceiling samples by packet bytes. The relay's packet size is known up front; the
@@ -307,16 +364,18 @@ def run(args: argparse.Namespace) -> BenchResult:
         ceilings.setdefault(packet, []).append(_ceiling(direct_size, packet))
 
     def sample_ceiling(rates: Rates) -> None:
-        for _, packet in rates.values():
+        for _, packet, _cpu in rates.values():
             sample(packet)
 
-    sample(RELAY_DATAGRAM_SIZE + HEADER_SIZE)
+    if "relay" in paths:
+        sample(RELAY_DATAGRAM_SIZE + HEADER_SIZE)
     layouts = ["processes", "one-process"] if args.layout == "both" else [args.layout]
     measured = []
     for layout in layouts:
         rates = trio.run(
             _rates,
             layout,
+            paths,
             (direct_size, relay_size),
             args.relay_rate_mib,
             args.direct_datagram,
@@ -329,30 +388,52 @@ def run(args: argparse.Namespace) -> BenchResult:
     # The first samples of each size, spread over the first transfers where possible.
     ceiling = {packet: statistics.median(c[:_CEILING_SAMPLES]) for packet, c in ceilings.items()}
     rows: list[dict[str, object]] = []
+    cpu_notes: list[str] = []
     for layout, rates in measured:
-        rows += [
-            {
+        for path, size in (("direct", direct_size), ("relay", relay_size)):
+            if path not in rates:
+                continue
+            rate, packet, cpu = rates[path]
+            row: dict[str, object] = {
                 "path": path,
                 "layout": layout,
                 "mb": size / 1e6,
-                "packet_bytes": rates[path][1],
-                "mb_per_s": rates[path][0],
-                "ceiling_mb_per_s": ceiling[rates[path][1]],
-                "fraction": rates[path][0] / ceiling[rates[path][1]],
+                "packet_bytes": packet,
+                "mb_per_s": rate,
+                "ceiling_mb_per_s": ceiling[packet],
+                "fraction": rate / ceiling[packet],
+                "cpu_ms_per_mb": None,
             }
-            for path, size in (("direct", direct_size), ("relay", relay_size))
-        ]
+            if cpu is not None:
+                ms = 1000 / (size / 1e6)
+                per_mb = {role: sum(cpu[role]) * ms for role in _ROLES}
+                row["cpu_ms_per_mb"] = sum(per_mb.values())
+                row.update({f"cpu_ms_per_mb_{role}": per_mb[role] for role in _ROLES})
+                cpu_notes.append(
+                    f"{path}: "
+                    + ", ".join(
+                        f"{role} {per_mb[role]:.2f} ({cpu[role][1] * ms:.2f} system)"
+                        for role in _ROLES
+                    )
+                    + " ms/MB, i.e. "
+                    + ", ".join(f"{role} {per_mb[role] * rate / 10:.0f}%" for role in _ROLES)
+                    + " of a core"
+                )
+            rows.append(row)
     limit = (
         RelayLimits().bytes_per_second if args.relay_rate_mib is None else args.relay_rate_mib * MIB
     )
-    if limit:
+    relay_ceiling = ceiling.get(RELAY_DATAGRAM_SIZE + HEADER_SIZE)
+    if limit and relay_ceiling:
         relay_note = (
             f"relay rate limit: {limit / MIB:g} MiB/s per client (the relay's token bucket; "
             "the node keeps under 90% of it), i.e. at most "
-            f"{0.9 * limit / 1e6 / ceiling[RELAY_DATAGRAM_SIZE + HEADER_SIZE]:.2f} of the "
+            f"{0.9 * limit / 1e6 / relay_ceiling:.2f} of the "
             "relay's ceiling; "
             "--relay-rate-mib 0 lifts it."
         )
+    elif limit:
+        relay_note = f"relay rate limit: {limit / MIB:g} MiB/s per client."
     else:
         relay_note = "relay rate limit: none (--relay-rate-mib 0)."
     return BenchResult(
@@ -365,6 +446,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             "mb_per_s",
             "ceiling_mb_per_s",
             "fraction",
+            "cpu_ms_per_mb",
         ],
         rows=rows,
         notes=[
@@ -393,6 +475,12 @@ def run(args: argparse.Namespace) -> BenchResult:
             "process only waits.",
             "layout one-process: all three on one trio thread (one core for sender, "
             "receiver and relay).",
+            "cpu_ms_per_mb (layout processes, Linux): CPU milliseconds (user + system, "
+            "from /proc/PID/stat) the control server, agent and client processes spent "
+            "per MB while the clock ran, summed; it moves less with other load than "
+            "mb_per_s. Per process: "
+            + ("; ".join(cpu_notes) if cpu_notes else "not measured")
+            + ".",
             f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end "
             "(other processes' load lowers mb_per_s and the ceiling alike, but not equally).",
         ],

@@ -35,7 +35,9 @@ Behaviour follows Tailscale's derper where it is observable by clients:
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,8 +65,8 @@ from tunneld.proto.derp import (
     encode_keep_alive,
     encode_peer_gone,
     encode_pong,
-    encode_recv_packet,
     encode_restarting,
+    recv_packet_parts,
 )
 
 __all__ = ["DerpRelay", "RelayLimits", "RelayStats"]
@@ -77,6 +79,8 @@ _MAX_BATCH_BYTES = 256 * 1024
 # One read of a raw (``Upgrade: DERP``) client: several packets when they queue up.
 _READ_SIZE = 256 * 1024
 _CLOSE_SECONDS = 2.0
+# TCP_NOTSENT_LOWAT on raw DERP streams: one batch of frames per write (see below).
+_NOTSENT_LOWAT = _MAX_BATCH_BYTES
 
 
 class _LinkClosed(Exception):
@@ -123,6 +127,7 @@ class _StreamLink:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
+        _raise_notsent_lowat(stream)
 
     async def send(self, data: bytes | bytearray) -> None:
         try:
@@ -146,6 +151,33 @@ class _StreamLink:
             await self._stream.aclose()
         if scope.cancelled_caught:
             await trio.aclose_forcefully(self._stream)
+
+
+def _raise_notsent_lowat(stream: trio.abc.Stream) -> None:
+    """Let the kernel take a whole batch of DERP frames per write on ``stream``.
+
+    trio sets TCP_NOTSENT_LOWAT to 16 KiB on every SocketStream: a send then stops
+    once 16 KiB wait unsent, so a 64 KiB relayed packet (or a 256 KiB batch) went out
+    in several sends with a wait for the peer to drain between them, and the peer
+    read it in as many small pieces (a loopback micro-benchmark: 1.3x fewer bytes per
+    read on the receiving side and 1.3x the MB/s with the mark at 256 KiB). The
+    bytes a DERP connection can have queued are bounded anyway: by the mux window of
+    each sender and the relay's per-client queue. Best effort: a stream without a
+    TCP socket under it (or a platform without the option) is left as it is.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    while option is not None:
+        # trio.SocketStream (a trio socket) or DirectSocketStream (a stdlib one).
+        sock = getattr(stream, "socket", None)
+        if isinstance(sock, socket.socket | trio.socket.SocketType):
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, _NOTSENT_LOWAT)
+            return
+        inner = getattr(stream, "transport_stream", None) or getattr(stream, "transport", None)
+        if not isinstance(inner, trio.abc.Stream):
+            return
+        stream = inner
 
 
 _Link = _WebSocketLink | _StreamLink
@@ -239,7 +271,9 @@ class _Client:
         self.key = key
         self.link = link
         self.log = log
-        self.packets: deque[bytes] = deque()
+        # RECV_PACKET frames as (header and source key, packet): the writer joins a
+        # batch once, so a relayed packet is copied once on its way through.
+        self.packets: deque[tuple[bytes, bytes]] = deque()
         self.control: deque[bytes] = deque()
         self.wakeup = trio.Event()
         self.last_write = now  # when a write last completed (keep-alives count from it)
@@ -493,7 +527,7 @@ class DerpRelay:
         if len(dst.packets) >= self.limits.send_queue_packets:
             dst.packets.popleft()
             self.stats.drop("queue_full")
-        dst.packets.append(encode_recv_packet(src.key, data))
+        dst.packets.append(recv_packet_parts(src.key, data))
         dst.wake()
         self.stats.packets_relayed += 1
         self.stats.bytes_relayed += len(data)
@@ -517,14 +551,22 @@ class DerpRelay:
                 client.wakeup = trio.Event()
                 await client.wakeup.wait()
                 continue
-            batch = bytearray()
+            parts: list[bytes] = []
+            size = 0
             # Control frames first: a pong or PEER_GONE should not wait behind data.
-            for queue in (client.control, client.packets):
-                while queue and len(batch) < _MAX_BATCH_BYTES:
-                    batch += queue.popleft()
+            control = client.control
+            while control and size < _MAX_BATCH_BYTES:
+                frame = control.popleft()
+                parts.append(frame)
+                size += len(frame)
+            packets = client.packets
+            while packets and size < _MAX_BATCH_BYTES:
+                head, data = packets.popleft()
+                parts += (head, data)
+                size += len(head) + len(data)
             client.writing_since = trio.current_time()
             try:
-                await client.link.send(batch)
+                await client.link.send(b"".join(parts))
             except _LinkClosed:
                 client.close(_CLOSE_NORMAL, "")
                 return

@@ -272,7 +272,9 @@ class ControlServer:
             self.stun_stats if self._stun_serve is not None and config.stun else None,
         )
         router = self._router()
-        http = HttpServer(router, ssl_context=ssl_context)
+        # Plain connections on DirectSocketStream: a relayed packet's read and write
+        # then take no scheduler round each when the kernel is ready (DERP relay).
+        http = HttpServer(router, ssl_context=ssl_context, direct_streams=True)
         self._started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.coordinator.run)

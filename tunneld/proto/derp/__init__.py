@@ -58,7 +58,9 @@ from tunneld.proto.derp._frames import (
     encode_recv_packet,
     encode_restarting,
     encode_send_packet,
+    frame_header,
     max_payload,
+    recv_packet_parts,
 )
 
 __all__ = [
@@ -108,5 +110,7 @@ __all__ = [
     "encode_recv_packet",
     "encode_restarting",
     "encode_send_packet",
+    "frame_header",
     "max_payload",
+    "recv_packet_parts",
 ]

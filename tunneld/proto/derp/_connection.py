@@ -59,6 +59,7 @@ from tunneld.proto.derp._frames import (
     FrameType,
     PeerGoneReason,
     encode_frame,
+    frame_header,
     frame_name,
 )
 from tunneld.proto.derp._info import (
@@ -112,13 +113,19 @@ class _Core:
         "state",
     )
 
+    # The packet frame this side receives (SEND_PACKET at a server, RECV_PACKET at a
+    # client) and its event: the hot path, decoded with one copy of the packet.
+    _PACKET_FRAME: FrameType | None = None
+    _PACKET_EVENT: type[SendPacket] | type[RecvPacket] | None = None
+
     def __init__(self, private_key: bytes, state: ConnectionState) -> None:
         self._private_key = private_key
         self.public_key = _public_key(private_key)
         self.state = state
         self._decoder = FrameDecoder()
         self._events: deque[DerpEvent] = deque()
-        self._outgoing = bytearray()
+        # Frame pieces (headers, keys, packets) joined by data_to_send: one copy each.
+        self._outgoing: list[bytes] = []
         self._error: RemoteProtocolError | None = None
 
     def receive_data(self, data: bytes) -> None:
@@ -132,13 +139,27 @@ class _Core:
             raise self._error
         if self.state is ConnectionState.CLOSED:
             raise LocalProtocolError("receive_data on a closed connection")
-        self._decoder.feed(data)
+        decoder = self._decoder
+        decoder.feed(data)
+        packet_frame = self._PACKET_FRAME
+        events = self._events
         try:
             while self._ready_for_frames():
-                frame = self._decoder.next_frame()
-                if frame is None:
+                found = decoder.next_view()
+                if found is None:
                     break
-                self._handle_frame(frame)
+                kind, payload = found
+                if (
+                    kind == packet_frame
+                    and len(payload) >= KEY_LEN
+                    and self.state is ConnectionState.CONNECTED
+                ):
+                    assert self._PACKET_EVENT is not None
+                    events.append(
+                        self._PACKET_EVENT(bytes(payload[:KEY_LEN]), bytes(payload[KEY_LEN:]))
+                    )
+                    continue
+                self._handle_frame(Frame(kind, bytes(payload)))
         except RemoteProtocolError as exc:
             self._error = exc
             self.state = ConnectionState.CLOSED
@@ -150,8 +171,11 @@ class _Core:
 
     def data_to_send(self) -> bytes:
         """Bytes queued for the peer since the last call (possibly empty)."""
-        out = bytes(self._outgoing)
-        self._outgoing.clear()
+        outgoing = self._outgoing
+        if not outgoing:
+            return b""
+        out = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
+        outgoing.clear()
         return out
 
     def _ready_for_frames(self) -> bool:
@@ -175,7 +199,7 @@ class _Core:
         return data
 
     def _send(self, frame_type: FrameType, payload: bytes) -> None:
-        self._outgoing += encode_frame(frame_type, payload)
+        self._outgoing.append(encode_frame(frame_type, payload))
 
     def ping(self, data: bytes) -> None:
         """Queue a PING carrying 8 bytes; raises LocalProtocolError before CONNECTED."""
@@ -198,6 +222,9 @@ class ClientConnection(_Core):
     """
 
     __slots__ = ("_auto_pong", "server_info", "server_key")
+
+    _PACKET_FRAME = FrameType.RECV_PACKET
+    _PACKET_EVENT = RecvPacket
 
     def __init__(self, private_key: bytes, *, auto_pong: bool = True) -> None:
         super().__init__(private_key, ConnectionState.AWAIT_SERVER_KEY)
@@ -291,7 +318,9 @@ class ClientConnection(_Core):
             raise LocalProtocolError(
                 f"packet of {len(data)} bytes exceeds DERP's maximum of {MAX_PACKET_SIZE}"
             )
-        self._send(FrameType.SEND_PACKET, dst + data)
+        # Header and key, then the packet as it is: data_to_send joins them (one copy).
+        self._outgoing.append(frame_header(FrameType.SEND_PACKET, KEY_LEN + len(data)) + dst)
+        self._outgoing.append(data)
 
     def note_preferred(self, preferred: bool) -> None:
         """Queue NOTE_PREFERRED: whether this relay is our home relay."""
@@ -308,6 +337,9 @@ class ServerConnection(_Core):
     """
 
     __slots__ = ("client_info", "client_key")
+
+    _PACKET_FRAME = FrameType.SEND_PACKET
+    _PACKET_EVENT = SendPacket
 
     def __init__(self, private_key: bytes) -> None:
         super().__init__(private_key, ConnectionState.AWAIT_CLIENT_INFO)

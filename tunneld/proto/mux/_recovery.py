@@ -168,7 +168,16 @@ class LossRecovery:
         self.pto_count = 0
 
     def congestion_room(self) -> int:
-        """Bytes that may still be put in flight without exceeding the window."""
+        """Bytes that may still be put in flight without exceeding the window.
+
+        On a reliable path with a cap (the DERP relay: TCP underneath) the window is
+        the cap: TCP does the congestion control there and no loss ever reaches us, so
+        the controller's model only sees RTT samples inflated by scheduling and TCP
+        queueing; with one quiet min-RTT sample its window collapsed to its floor
+        (4 datagrams) for seconds. The cap is what protects the relay's queue.
+        """
+        if self.reliable and self.max_in_flight:
+            return self.max_in_flight - self.bytes_in_flight
         cwnd = self.cc.cwnd
         window = min(cwnd, self.max_in_flight) if self.max_in_flight else cwnd
         return window - self.bytes_in_flight
@@ -198,6 +207,8 @@ class LossRecovery:
         path whose window is still small, e.g. right after path MTU discovery raised
         them) would stall for a round trip or more at the window's own pacing rate.
         """
+        if self.reliable and self.max_in_flight:
+            return None  # no pacing where the window is the cap (congestion_room)
         self._pacer_refill(now)
         need = min(self.mss, self.cc.cwnd)
         # One byte of slack: float rounding must not leave a timer that never fires.
