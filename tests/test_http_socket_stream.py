@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from tunneld.http import DirectSocketStream
+from tunneld.http import DirectSocketStream, raise_notsent_lowat
 
 
 def _pair(ready_streak: int = 1) -> tuple[DirectSocketStream, DirectSocketStream]:
@@ -238,3 +238,26 @@ async def test_direct_streams_serve_tcp_too(nursery: trio.Nursery) -> None:
             await client.send_all(b"tcp")
             assert await client.receive_some() == b"tcp"
     assert kinds == [DirectSocketStream]
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="no TCP_NOTSENT_LOWAT")
+async def test_raise_notsent_lowat_reaches_the_tcp_socket_under_a_wrapper() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with listeners[0], await trio.open_tcp_stream("127.0.0.1", port) as tcp:
+        option = socket.TCP_NOTSENT_LOWAT
+        assert tcp.socket.getsockopt(socket.IPPROTO_TCP, option) == 16384  # trio's
+        # Found through a wrapper's transport_stream, as for TLS or a replay stream.
+        wrapper = trio.StapledStream(tcp, tcp)
+        wrapper.transport_stream = tcp  # type: ignore[attr-defined]
+        raise_notsent_lowat(wrapper, 256 * 1024)
+        assert tcp.socket.getsockopt(socket.IPPROTO_TCP, option) == 256 * 1024
+        direct = DirectSocketStream.take_over(tcp)
+        raise_notsent_lowat(direct, 128 * 1024)
+        assert direct.socket.getsockopt(socket.IPPROTO_TCP, option) == 128 * 1024
+
+
+def test_raise_notsent_lowat_leaves_a_unix_stream_alone() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        raise_notsent_lowat(DirectSocketStream(a), 256 * 1024)  # no error, nothing to set

@@ -35,9 +35,7 @@ Behaviour follows Tailscale's derper where it is observable by clients:
 
 from __future__ import annotations
 
-import contextlib
 import random
-import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ import trio_websocket
 
 from tunneld._address import format_address
 from tunneld.control._ratelimit import TokenBucket
-from tunneld.http import Request
+from tunneld.http import Request, raise_notsent_lowat
 from tunneld.log import Logger, get_logger
 from tunneld.proto.derp import (
     CLOSE_POLICY_VIOLATION,
@@ -127,7 +125,7 @@ class _StreamLink:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
-        _raise_notsent_lowat(stream)
+        raise_notsent_lowat(stream, _NOTSENT_LOWAT)
 
     async def send(self, data: bytes | bytearray) -> None:
         try:
@@ -151,33 +149,6 @@ class _StreamLink:
             await self._stream.aclose()
         if scope.cancelled_caught:
             await trio.aclose_forcefully(self._stream)
-
-
-def _raise_notsent_lowat(stream: trio.abc.Stream) -> None:
-    """Let the kernel take a whole batch of DERP frames per write on ``stream``.
-
-    trio sets TCP_NOTSENT_LOWAT to 16 KiB on every SocketStream: a send then stops
-    once 16 KiB wait unsent, so a 64 KiB relayed packet (or a 256 KiB batch) went out
-    in several sends with a wait for the peer to drain between them, and the peer
-    read it in as many small pieces (a loopback micro-benchmark: 1.3x fewer bytes per
-    read on the receiving side and 1.3x the MB/s with the mark at 256 KiB). The
-    bytes a DERP connection can have queued are bounded anyway: by the mux window of
-    each sender and the relay's per-client queue. Best effort: a stream without a
-    TCP socket under it (or a platform without the option) is left as it is.
-    """
-    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    while option is not None:
-        # trio.SocketStream (a trio socket) or DirectSocketStream (a stdlib one).
-        sock = getattr(stream, "socket", None)
-        if isinstance(sock, socket.socket | trio.socket.SocketType):
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, option, _NOTSENT_LOWAT)
-            return
-        inner = getattr(stream, "transport_stream", None) or getattr(stream, "transport", None)
-        if not isinstance(inner, trio.abc.Stream):
-            return
-        stream = inner
 
 
 _Link = _WebSocketLink | _StreamLink

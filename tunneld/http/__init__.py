@@ -30,7 +30,7 @@ from tunneld.http._router import (
     WebSocketHandler,
 )
 from tunneld.http._server import HttpServer
-from tunneld.http._socket_stream import DirectSocketStream
+from tunneld.http._socket_stream import DirectSocketStream, raise_notsent_lowat
 from tunneld.http._streams import HalfCloseableReplayStream, ReplayStream
 from tunneld.http._unix import PeerCredentials, open_unix_listener, peer_credentials
 
@@ -54,5 +54,6 @@ __all__ = [
     "format_sse",
     "open_unix_listener",
     "peer_credentials",
+    "raise_notsent_lowat",
     "status_code_slug",
 ]

@@ -18,6 +18,7 @@ operation is a full checkpoint, as trio's streams are (the conformance tests use
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -25,7 +26,7 @@ from typing import Final
 
 import trio
 
-__all__ = ["DirectSocketStream"]
+__all__ = ["DirectSocketStream", "raise_notsent_lowat"]
 
 _DEFAULT_RECEIVE: Final = 65536
 _READY_STREAK: Final = 16
@@ -209,3 +210,31 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             self.socket.close()
         await trio.lowlevel.checkpoint_if_cancelled()
         await self._after_ready()
+
+
+def raise_notsent_lowat(stream: trio.abc.Stream, size: int) -> None:
+    """Let the kernel take ``size`` unsent bytes per write on ``stream`` (a whole batch).
+
+    trio sets TCP_NOTSENT_LOWAT to 16 KiB on every SocketStream: a send then stops
+    once 16 KiB wait unsent, so a 64 KiB relayed packet (or a 256 KiB batch) went out
+    in several sends with a wait for the peer to drain between them, and the peer
+    read it in as many small pieces (a loopback micro-benchmark: 1.3x fewer bytes per
+    read on the receiving side and 1.3x the MB/s with the mark at 256 KiB). The
+    caller must bound what it queues some other way (a DERP connection: by each
+    sender's mux window and the relay's per-client queue). ``stream`` may wrap its
+    socket (``transport_stream``, ``transport``). Best effort: a stream without a TCP
+    socket under it (or a platform without the option) is left as it is.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    while option is not None:
+        # trio.SocketStream (a trio socket) or DirectSocketStream (a stdlib one).
+        sock = getattr(stream, "socket", None)
+        if isinstance(sock, socket.socket | trio.socket.SocketType):
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, option, size)
+            return
+        inner = getattr(stream, "transport_stream", None) or getattr(stream, "transport", None)
+        if not isinstance(inner, trio.abc.Stream):
+            return
+        stream = inner

@@ -23,10 +23,8 @@ the round trip to the relay::
 
 from __future__ import annotations
 
-import contextlib
 import math
 import secrets
-import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Container, Iterable
@@ -38,7 +36,7 @@ import h11
 import trio
 import trio_websocket
 
-from tunneld.http import DirectSocketStream
+from tunneld.http import DirectSocketStream, raise_notsent_lowat
 from tunneld.net._websocket import CLOSE_TIMEOUT, close_bounded, close_info
 from tunneld.proto.derp import (
     ClientConnection,
@@ -130,7 +128,7 @@ class _StreamLink:
     def __init__(self, stream: trio.abc.Stream, buffered: bytes) -> None:
         self._stream = stream
         self._buffered = buffered  # read together with the 101 response head
-        _raise_notsent_lowat(stream)
+        raise_notsent_lowat(stream, _NOTSENT_LOWAT)
 
     async def send(self, data: bytes | bytearray) -> None:
         try:
@@ -159,33 +157,6 @@ class _StreamLink:
             await self._stream.aclose()
         if scope.cancelled_caught:
             await trio.aclose_forcefully(self._stream)
-
-
-def _raise_notsent_lowat(stream: trio.abc.Stream) -> None:
-    """Let the kernel take a whole batch of DERP frames per write on ``stream``.
-
-    trio sets TCP_NOTSENT_LOWAT to 16 KiB on every SocketStream: a send then stops
-    once 16 KiB wait unsent, so a 64 KiB relayed packet (or a 256 KiB batch) went out
-    in several sends with a wait for the peer to drain between them, and the peer
-    read it in as many small pieces (a loopback micro-benchmark: 1.3x fewer bytes per
-    read on the receiving side and 1.3x the MB/s with the mark at 256 KiB). The
-    bytes a DERP connection can have queued are bounded anyway: by the mux window of
-    each sender and the relay's per-client queue. Best effort: a stream without a
-    TCP socket under it (or a platform without the option) is left as it is.
-    """
-    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    while option is not None:
-        # trio.SocketStream (a trio socket) or DirectSocketStream (a stdlib one).
-        sock = getattr(stream, "socket", None)
-        if isinstance(sock, socket.socket | trio.socket.SocketType):
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, option, _NOTSENT_LOWAT)
-            return
-        inner = getattr(stream, "transport_stream", None) or getattr(stream, "transport", None)
-        if not isinstance(inner, trio.abc.Stream):
-            return
-        stream = inner
 
 
 _Link = _WebSocketLink | _StreamLink
