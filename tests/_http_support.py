@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
+from hypothesis import strategies as st
 
 from tunneld.http import HttpLimits, HttpServer, Router
 
@@ -189,3 +191,26 @@ class capture_http_log:
     def __exit__(self, *exc: object) -> None:
         self.logger.removeHandler(self.handler)
         self.logger.setLevel(self.old_level)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seeds: Sequence[bytes], inserts: Sequence[bytes]) -> bytes:
+    """One of ``seeds`` after 1-4 byte-level edits: bit flips, insertions (random bytes or
+    one of ``inserts``), deletions, truncation and replaced bytes."""
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "replace"]))
+        position = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "flip" and data:
+            data[position] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "insert":
+            data[position:position] = draw(
+                st.one_of(st.binary(min_size=1, max_size=8), st.sampled_from(inserts))
+            )
+        elif kind == "delete":
+            del data[position : position + draw(st.integers(1, 8))]
+        elif kind == "truncate":
+            del data[position:]
+        elif kind == "replace" and data:
+            data[position] = draw(st.integers(0, 255))
+    return bytes(data)

@@ -14,7 +14,7 @@ import os
 import h11
 import pytest
 import trio
-from _http_support import RawClient, capture_http_log, request_bytes, start_server
+from _http_support import RawClient, capture_http_log, mutated, request_bytes, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -84,28 +84,8 @@ _INSERTS = [
 ]
 
 
-@st.composite
-def mutated_heads(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "replace"]))
-        position = draw(st.integers(0, max(0, len(data) - 1)))
-        if kind == "flip" and data:
-            data[position] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "insert":
-            data[position:position] = draw(
-                st.one_of(
-                    st.binary(min_size=1, max_size=8),
-                    st.sampled_from(_INSERTS),
-                )
-            )
-        elif kind == "delete":
-            del data[position : position + draw(st.integers(1, 8))]
-        elif kind == "truncate":
-            del data[position:]
-        elif kind == "replace" and data:
-            data[position] = draw(st.integers(0, 255))
-    return bytes(data)
+def mutated_heads() -> st.SearchStrategy[bytes]:
+    return mutated(SEEDS, _INSERTS)
 
 
 TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
