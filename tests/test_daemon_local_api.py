@@ -332,6 +332,19 @@ async def read_to_eof(stream: trio.abc.Stream, initial: bytes = b"") -> bytes:
     return buffer
 
 
+async def echo_through(stream: trio.abc.HalfCloseableStream, rest: bytes, payload: bytes) -> bytes:
+    """Send ``payload`` and EOF while reading the echo to EOF (``rest``: bytes read
+    after the head)."""
+
+    async def send() -> None:
+        await stream.send_all(payload)
+        await stream.send_eof()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        return await read_to_eof(stream, rest)
+
+
 def dial_request(agent: str | None = "web1", service: str | None = "echo") -> bytes:
     lines = [
         "POST /v0/dial HTTP/1.1",
@@ -361,15 +374,7 @@ async def test_dial_pipes_bytes_to_service(daemon: Daemon) -> None:
     assert head.startswith(b"HTTP/1.1 101 ")
     assert b"upgrade: tunneld-stream" in head.lower()
     assert daemon.table.leases("web1") == 1
-
-    async def send() -> None:
-        await stream.send_all(payload)
-        await stream.send_eof()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        echoed = await read_to_eof(stream, rest)
-    assert echoed == payload
+    assert await echo_through(stream, rest, payload) == payload
     await stream.aclose()
     await wait_released(daemon.table, "web1")
     assert daemon.backend.count("add") == 1
@@ -382,15 +387,7 @@ async def test_dial_uses_the_remote_streams_non_waiting_calls(daemon: Daemon) ->
     await stream.send_all(dial_request(service="echo-nowait"))
     head, rest = await read_head(stream)
     assert head.startswith(b"HTTP/1.1 101 ")
-
-    async def send() -> None:
-        await stream.send_all(payload)
-        await stream.send_eof()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        echoed = await read_to_eof(stream, rest)
-    assert echoed == payload
+    assert await echo_through(stream, rest, payload) == payload
     await stream.aclose()
     await wait_released(daemon.table, "web1")
     [remote] = daemon.nowait
