@@ -20,6 +20,7 @@ import h11
 import trio
 
 from tunneld._address import format_address
+from tunneld._http_grammar import TOKEN
 from tunneld.http._headers import Headers
 from tunneld.http._limits import HttpLimits
 from tunneld.http._messages import Handler, HttpError, LastChunk, Request, Response
@@ -46,11 +47,10 @@ _LINGER_SECONDS: Final = 1.0
 _CLOSE_SECONDS: Final = 1.0
 _MAX_QUERY_FIELDS: Final = 1000
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
-# RFC 9110 §5.1 field-name (a token) and §5.5 field-value (no CR, LF or NUL, inner
+# RFC 9110 §5.1 field-name (a TOKEN) and §5.5 field-value (no CR, LF or NUL, inner
 # spaces and tabs only), exactly as h11 checks them (its field_vchar is "not NUL, not
 # ASCII whitespace"), within latin-1: a handler's header cannot inject fields or
 # split the response.
-_FIELD_NAME: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VCHAR: Final = r"[\x01-\x08\x0e-\x1f\x21-\xff]"
 _FIELD_VALUE: Final = re.compile(rf"(?:{_VCHAR}+(?:[ \t]+{_VCHAR}+)*)?")
 
@@ -68,7 +68,7 @@ def _header_lines(headers: Sequence[tuple[str, str]]) -> tuple[bytes, list[tuple
     lines: list[str] = []
     connection: list[tuple[str, str]] = []
     for name, value in headers:
-        if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        if not TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise ValueError(f"illegal response header field {name[:64]!r}")
         lowered = name.lower()
         if lowered in _FRAMING_HEADERS:
