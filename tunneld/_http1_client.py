@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from tunneld._http_grammar import TOKEN_PATTERN
+from tunneld._http_grammar import TOKEN, TOKEN_PATTERN
 
 __all__ = ["MAX_HEAD", "Head", "ResponseError", "ResponseReader", "request_head"]
 
@@ -61,7 +61,7 @@ def request_head(
         if not _SAFE_TARGET.fullmatch(target) or not _SAFE_VALUE.fullmatch(host):
             raise ValueError(f"request target {target!r} has spaces or control characters")
         for name, value in headers:
-            if not _FIELD.fullmatch(f"{name}: x".encode()) or not _SAFE_VALUE.fullmatch(value):
+            if not TOKEN.fullmatch(name) or not _SAFE_VALUE.fullmatch(value):
                 raise ValueError(f"header {name!r} has characters not allowed in HTTP")
     fields = "".join(f"{name}: {value}\r\n" for name, value in headers)
     return (
