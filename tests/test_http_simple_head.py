@@ -340,6 +340,27 @@ async def test_an_invalid_server_header_keeps_h11_s_answer(nursery: trio.Nursery
     await client.aclose()
 
 
+async def test_an_invalid_server_header_fails_plain_responses_too(
+    nursery: trio.Nursery,
+) -> None:
+    # Checked once when the server is made, refused on every response as before: the
+    # connection ends without writing a byte of the field.
+    router = Router()
+
+    async def hello(request: Request) -> Response:
+        return Response.text("hi")
+
+    router.route("GET", "/", hello)
+    _server, port = await start_server(nursery, router, server_header="bad\r\nvalue")
+    with capture_http_log() as logs:
+        client = await RawClient.connect(port)
+        await client.send(request_bytes("GET", "/"))
+        assert await client.read_to_eof() == b""
+        await client.aclose()
+    errors = [event["error"] for event in logs.events("http.bad_response")]
+    assert errors == ["illegal Server header value"]
+
+
 # -- routing shortcut ---------------------------------------------------------------
 
 ROUTE_PATTERNS = ["/v0/dial", "/v0/{name}", "/a/b", "/a/{x}", "/{x}/b", "/", "/a/b/c"]
