@@ -25,7 +25,6 @@ from tunneld.agent.client import AgentClient, AgentError
 from tunneld.bench._control import embedded_control
 from tunneld.daemon import DaemonAgents, RpcStreamPool, TunnelTable
 from tunneld.daemon._overlay_backend import OverlayTunnels
-from tunneld.daemon._rpc_pool import stream_reusable
 from tunneld.demo import loopback_overlay, wait_joined
 from tunneld.mcp import Caller, ToolContext
 from tunneld.net.mux import MuxStream
@@ -53,6 +52,13 @@ class World:
     async def read(self) -> bytes:
         async with self.agents.agent_rpc(AGENT) as client:
             return (await client.read_file(str(self.file))).data
+
+
+def reusable(client: AgentClient) -> bool:
+    """What the pool asks before it keeps or reuses ``client``'s stream."""
+    stream = client.stream
+    assert isinstance(stream, MuxStream)
+    return stream.reusable()
 
 
 @asynccontextmanager
@@ -160,9 +166,9 @@ async def test_a_stream_the_agent_closed_is_not_reused(tmp_path: Path) -> None:
         async with world(tmp_path, pool) as w:
             async with w.agents.agent_rpc(AGENT) as first:
                 await first.stat(str(w.file))
-            assert stream_reusable(first.stream)
+            assert reusable(first)
             await w.opened[0].aclose()  # the agent's end goes away while it is idle
-            while stream_reusable(first.stream):
+            while reusable(first):
                 await poll_pause()
             assert await w.read() == b"hello\n"
             assert w.streams == 2
@@ -180,7 +186,7 @@ async def test_streams_idle_too_long_are_closed(tmp_path: Path) -> None:
             assert pool.idle_count() == 1
             while pool.idle_count():  # closed by pool.run, with no call to notice
                 await poll_pause()
-            assert not stream_reusable(first.stream)
+            assert not reusable(first)
             await w.read()
             assert w.streams == 2
 
