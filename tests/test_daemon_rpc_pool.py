@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from tests._agent_support import make_config, open_client, poll_pause, running_services
 from tunneld.agent import AgentServices
+from tunneld.agent._framed import FramedStream
 from tunneld.agent.client import AgentClient, AgentError
 from tunneld.bench._control import embedded_control
 from tunneld.daemon import DaemonAgents, RpcStreamPool, TunnelTable
@@ -29,7 +31,7 @@ from tunneld.demo import loopback_overlay, wait_joined
 from tunneld.mcp import Caller, ToolContext
 from tunneld.net.mux import MuxStream
 from tunneld.net.overlay import Overlay
-from tunneld.proto.agentrpc import Stdout
+from tunneld.proto.agentrpc import Exit, RemoteProtocolError, Result, Stdout
 
 AGENT = "pool-agent"
 DEADLINE = 120.0  # generous: two shared cores
@@ -241,3 +243,27 @@ async def test_agent_client_idle_follows_requests(tmp_path: Path) -> None:
                 pass
         assert other.idle
         await other.aclose()
+
+
+async def test_an_answer_out_of_place_leaves_the_request_pending() -> None:
+    # An agent (hand-driven here) that answers a call with an exec's exit, or an exec
+    # with a call's result: the client raises and the stream is never reused.
+    ours, theirs = trio.testing.memory_stream_pair()
+    client = AgentClient(ours)
+    agent = FramedStream(theirs)
+    with trio.fail_after(DEADLINE):
+        await agent.send(Result({"data": b"x", "offset": 0, "size": 1, "eof": True}))
+        assert (await client.read_file("f")).data == b"x"
+        assert client.idle
+        await agent.send(Exit(0, None, False))
+        with pytest.raises(RemoteProtocolError, match="expected a result, got Exit"):
+            await client.read_file("f")
+        assert not client.idle
+
+        ours, theirs = trio.testing.memory_stream_pair()
+        client = AgentClient(ours)
+        agent = FramedStream(theirs)
+        await agent.send(Result({}))
+        with pytest.raises(RemoteProtocolError, match="exec: unexpected Result frame"):
+            await client.run(shell="true")
+        assert not client.idle
