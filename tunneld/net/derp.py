@@ -36,6 +36,7 @@ import h11
 import trio
 import trio_websocket
 
+from tunneld._locks import acquire_promptly
 from tunneld.http import DirectSocketStream
 from tunneld.net._derp_link import Link, LinkClosed, StreamLink, WebSocketLink
 from tunneld.proto.derp import (
@@ -324,10 +325,7 @@ class DerpClient:
         # without a checkpoint when free (the usual case): the write itself yields,
         # and with nothing to write there is nothing to wait for.
         lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
+        await acquire_promptly(lock)
         try:
             outgoing = self._core.data_to_send()
             if outgoing:
