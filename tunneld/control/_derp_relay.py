@@ -486,24 +486,24 @@ class DerpRelay:
         while True:
             now = trio.current_time()
             since = client.writing_since
-            if since is not None and now - since >= limits.write_timeout:
-                self.stats.write_timeouts += 1
-                client.log.info("derp.write_timeout")
-                client.close(CLOSE_POLICY_VIOLATION, "client too slow to read")
-                return
-            if since is None and now - client.last_write >= interval:
-                client.control.append(encode_keep_alive())
-                self.stats.keepalives_sent += 1
-                client.last_write = now  # the writer sets it again once written
-                client.wake()
-            if since is not None:
-                await trio.sleep_until(since + limits.write_timeout)
-            else:
+            if since is None:
+                if now - client.last_write >= interval:
+                    client.control.append(encode_keep_alive())
+                    self.stats.keepalives_sent += 1
+                    client.last_write = now  # the writer sets it again once written
+                    client.wake()
                 # The next keep-alive, and at most write_timeout after any write that
                 # starts meanwhile.
                 await trio.sleep_until(
                     min(client.last_write + interval, now + limits.write_timeout)
                 )
+            elif now - since >= limits.write_timeout:
+                self.stats.write_timeouts += 1
+                client.log.info("derp.write_timeout")
+                client.close(CLOSE_POLICY_VIOLATION, "client too slow to read")
+                return
+            else:
+                await trio.sleep_until(since + limits.write_timeout)
 
     # --- the client table ---
 
