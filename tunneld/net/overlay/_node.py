@@ -1,7 +1,8 @@
 """What every part of an overlay node shares: the relay path, per-peer state, helpers.
 
 ``_OverlayBase`` holds the node's state (built in ``__init__``) and the helpers every
-part uses; ``Overlay`` (``_overlay``) puts the parts together: the rest of the node.
+part uses; ``Overlay`` (``_overlay``) puts the parts together: ``_relay_io`` (the home
+relay and relay links).
 """
 
 from __future__ import annotations
@@ -73,10 +74,6 @@ _MAX_UDP_SOURCES = 1024  # cached source addresses (cleared when full)
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
-# A relay's RESTARTING hint is honoured up to these bounds (a relay cannot park us).
-_MAX_RESTART_WAIT = 30.0
-_MAX_RESTART_TRY = 300.0
-_RESTART_RETRY_CAP = 1.0  # backoff cap while the relay said it is restarting
 _WG_TRANSPORT = b"\x04"  # first byte of a WireGuard transport message
 _PADDING = tuple(bytes(n) for n in range(16))  # zeros to pad a payload to 16 bytes
 
@@ -358,6 +355,7 @@ class _OverlayBase:
 
     if TYPE_CHECKING:
         # Defined by the other parts of Overlay; here so each part type-checks alone.
+        async def _receive_wg(self, data: bytes, source: bytes, path: Path) -> None: ...
         async def _on_link_packet(self, src: bytes, data: bytes) -> None: ...
         def _home_keys(self) -> set[bytes]: ...
         def _on_relay_alias(self, url: str) -> None: ...
