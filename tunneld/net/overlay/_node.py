@@ -2,7 +2,8 @@
 
 ``_OverlayBase`` holds the node's state (built in ``__init__``) and the helpers every
 part uses; ``Overlay`` (``_overlay``) puts the parts together: ``_relay_io`` (the home
-relay and relay links).
+relay and relay links), ``_direct`` (UDP, STUN, hole punching, path MTU, sleep and
+wake).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress
 from tunneld.proto.coord import AgentInfo, CoordinatorClient, Error, HomeRelay, Node
 from tunneld.proto.mux import Path
-from tunneld.proto.noise import WireGuardCore
+from tunneld.proto.noise import Outgoing, WireGuardCore
 
 if TYPE_CHECKING:
     from tunneld.net.overlay._overlay import Overlay
@@ -68,9 +69,6 @@ RELAY_PATH = Path(
 # Opaque WireGuard ``source`` for packets that came through the relay: a marker and the
 # sender's node key (34 bytes, so it can never be mistaken for a packed UDP address).
 _DERP_SOURCE = b"D:"
-_MAX_DATAGRAM = 65535
-_READ_BURST = 32  # datagrams the UDP reader handles between two yields
-_MAX_UDP_SOURCES = 1024  # cached source addresses (cleared when full)
 _WG_HANDSHAKE_TYPES = (1, 2, 3)
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
@@ -355,7 +353,11 @@ class _OverlayBase:
 
     if TYPE_CHECKING:
         # Defined by the other parts of Overlay; here so each part type-checks alone.
+        def _drop_peer(self, link: _Peer) -> None: ...
+        async def _transmit(self, outgoing: list[Outgoing], targets: list[Path] | None) -> None: ...
+        async def _sendto(self, data: bytes, address: UdpAddress) -> None: ...
         async def _receive_wg(self, data: bytes, source: bytes, path: Path) -> None: ...
         async def _on_link_packet(self, src: bytes, data: bytes) -> None: ...
         def _home_keys(self) -> set[bytes]: ...
         def _on_relay_alias(self, url: str) -> None: ...
+        async def _check_relay(self) -> None: ...
