@@ -1,9 +1,9 @@
 """What every part of an overlay node shares: the relay path, per-peer state, helpers.
 
 ``_OverlayBase`` holds the node's state (built in ``__init__``) and the helpers every
-part uses; ``Overlay`` (``_overlay``) puts the parts together: ``_relay_io`` (the home
-relay and relay links), ``_direct`` (UDP, STUN, hole punching, path MTU, sleep and
-wake).
+part uses; ``Overlay`` (``_overlay``) puts the parts together: ``_datapath`` (mux over
+WireGuard), ``_relay_io`` (the home relay and relay links), ``_direct`` (UDP, STUN, hole
+punching, path MTU, sleep and wake).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tunneld.net.overlay._relays import RelayLinks, RelaySelector
 from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress
 from tunneld.proto.coord import AgentInfo, CoordinatorClient, Error, HomeRelay, Node
-from tunneld.proto.mux import Path
+from tunneld.proto.mux import CallMeMaybe, Path
 from tunneld.proto.noise import Outgoing, WireGuardCore
 
 if TYPE_CHECKING:
@@ -69,11 +69,8 @@ RELAY_PATH = Path(
 # Opaque WireGuard ``source`` for packets that came through the relay: a marker and the
 # sender's node key (34 bytes, so it can never be mistaken for a packed UDP address).
 _DERP_SOURCE = b"D:"
-_WG_HANDSHAKE_TYPES = (1, 2, 3)
 _PATH_PROBE = 0x30  # mux frame types (docs/mux.md)
 _PATH_RESPONSE = 0x31
-_WG_TRANSPORT = b"\x04"  # first byte of a WireGuard transport message
-_PADDING = tuple(bytes(n) for n in range(16))  # zeros to pad a payload to 16 bytes
 
 
 class CoordinatorUnavailableError(Exception):
@@ -354,9 +351,14 @@ class _OverlayBase:
     if TYPE_CHECKING:
         # Defined by the other parts of Overlay; here so each part type-checks alone.
         def _drop_peer(self, link: _Peer) -> None: ...
+        def _renew_mux(self, link: _Peer, reason: str) -> None: ...
         async def _transmit(self, outgoing: list[Outgoing], targets: list[Path] | None) -> None: ...
         async def _sendto(self, data: bytes, address: UdpAddress) -> None: ...
         async def _receive_wg(self, data: bytes, source: bytes, path: Path) -> None: ...
+        def _on_call_me_maybe(self, link: _Peer, event: CallMeMaybe) -> None: ...
+        def _pmtu_start(self, link: _Peer, now: float) -> None: ...
+        def _pmtu_probe(self, link: _Peer, now: float) -> None: ...
+        def _too_big(self, address: UdpAddress, datagram: int) -> None: ...
         async def _on_link_packet(self, src: bytes, data: bytes) -> None: ...
         def _home_keys(self) -> set[bytes]: ...
         def _on_relay_alias(self, url: str) -> None: ...
