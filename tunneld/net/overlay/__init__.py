@@ -1,7 +1,8 @@
 """One overlay node: UDP socket, home DERP relay, coordinator session, per-peer mux.
 
-See docs/overlay.md. ``Overlay`` is in ``_node``; its configuration and status records
-in ``_config``; the mux connection-id header in ``_ids``.
+See docs/overlay.md. ``Overlay`` is in ``_overlay``, the state and helpers its parts
+share in ``_node``; its configuration and status records in ``_config``; the mux
+connection-id header in ``_ids``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from tunneld.net.overlay._node import (
     RELAY_DATAGRAM_SIZE,
     RELAY_PATH,
     CoordinatorUnavailableError,
-    Overlay,
     StreamHandler,
     TokenProvider,
 )
+from tunneld.net.overlay._overlay import Overlay
 
 __all__ = [
     "HEADER_SIZE",
