@@ -192,7 +192,7 @@ class Connection(ReceiveMixin, SendMixin):
         header = bytearray()
         push_varint(header, len(encoded))
         header += encoded
-        stream.send_buf += header
+        stream.send_buf.append(header)
         self._send_buffered += len(header)
         self._sendable[stream_id] = None
         return stream_id
@@ -231,7 +231,7 @@ class Connection(ReceiveMixin, SendMixin):
             raise StreamError(f"stream {stream_id}: write after end of stream")
         accepted = min(len(data), self.stream_send_capacity(stream_id))
         if accepted:
-            stream.send_buf += data[:accepted] if accepted < len(data) else data
+            stream.send_buf.append(data[:accepted] if accepted < len(data) else data)
             self._send_buffered += accepted
             self._sendable[stream_id] = None
         if accepted < len(data):

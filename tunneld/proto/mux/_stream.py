@@ -6,6 +6,7 @@ from enum import Enum
 
 from tunneld.proto.mux._errors import ErrorCode, RemoteProtocolError
 from tunneld.proto.mux._ranges import RangeSet
+from tunneld.proto.mux._sendbuf import SendBuffer
 
 __all__ = ["ControlState", "Stream"]
 
@@ -22,10 +23,9 @@ class ControlState(Enum):
 class Stream:
     """Both directions of one bidirectional stream.
 
-    Send side: ``send_buf`` holds bytes from offset ``send_base - send_skip`` to
-    ``send_end``; everything below ``send_base`` is acked (its first ``send_skip``
-    bytes too: they are cut off in batches, see ``on_data_acked``); ``next_new`` is
-    the first never-sent offset; ``lost`` holds ranges to retransmit. Receive side:
+    Send side: ``send_buf`` holds bytes from offset ``send_base`` to ``send_end``;
+    everything below ``send_base`` is acked; ``next_new`` is the first never-sent
+    offset; ``lost`` holds ranges to retransmit. Receive side:
     ``recv_buf`` holds bytes from ``read_offset`` on, with holes; ``received`` says
     which offsets arrived.
     """
@@ -59,7 +59,6 @@ class Stream:
         "send_reset_code",
         "send_reset_final",
         "send_reset_state",
-        "send_skip",
         "stop_code",
         "stop_state",
         "stream_id",
@@ -74,9 +73,8 @@ class Stream:
         self.stream_id = stream_id
         self.local = local
         # send side
-        self.send_buf = bytearray()
+        self.send_buf = SendBuffer()
         self.send_base = 0
-        self.send_skip = 0
         self.next_new = 0
         self.send_acked = RangeSet()
         self.lost = RangeSet()
@@ -113,12 +111,12 @@ class Stream:
 
     @property
     def send_end(self) -> int:
-        return self.send_base - self.send_skip + len(self.send_buf)
+        return self.send_buf.end
 
     @property
     def send_buffered(self) -> int:
         """Bytes not yet acked (unsent or in flight)."""
-        return len(self.send_buf) - self.send_skip
+        return self.send_buf.end - self.send_base
 
     def send_terminal(self) -> bool:
         if self.send_reset_code is not None:
@@ -145,14 +143,7 @@ class Stream:
         if first_start != self.send_base:
             return 0
         released = first_end - self.send_base
-        # Cutting acked bytes off the front at every ACK made CPython move the whole
-        # buffer on the next append (a bytearray grown with its start moved is copied):
-        # ~1 MiB per two big datagrams. Cut once half the buffer is acked instead.
-        skip = self.send_skip + released
-        if 2 * skip >= len(self.send_buf):
-            self.send_buf = self.send_buf[skip:]
-            skip = 0
-        self.send_skip = skip
+        self.send_buf.release_to(first_end)
         self.send_base = first_end
         acked.trim_below(first_end)
         return released
