@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import os
+
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunneld.proto.mux._sendbuf import SendBuffer
+
+CI = bool(os.environ.get("CI"))
 
 # Sizes on both sides of the buffer's own thresholds: tiny writes gathered in its
 # tail, writes that are chunks of their own, and many releases (compaction).
@@ -16,6 +20,7 @@ _OPS = st.lists(
 )
 
 
+@settings(derandomize=CI, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(start=st.integers(0, 10**9), ops=_OPS, as_bytes=st.booleans())
 def test_send_buffer_copies_exactly_what_was_appended_and_not_released(
     start: int, ops: list[tuple[str, int, int]], as_bytes: bool

@@ -102,7 +102,7 @@ class Connection(ReceiveMixin, SendMixin):
     def receive_buffered(self, stream_id: int) -> int:
         """Bytes held in ``stream_id``'s reassembly buffer (0 if unknown)."""
         stream = self._streams.get(stream_id)
-        return len(stream.recv_buf) if stream else 0
+        return len(stream.recv_buf) + stream.recv_chunked if stream else 0
 
     def receive_credit(self, stream_id: int) -> int:
         """How many bytes beyond what the app read the peer may send on the stream."""
@@ -274,6 +274,7 @@ class Connection(ReceiveMixin, SendMixin):
             and stream.stop_code is None
             and not stream.header_pending
             and not stream.recv_buf
+            and not stream.recv_chunks
         )
 
     def read_stream(self, stream_id: int, max_bytes: int) -> tuple[bytes, bool]:

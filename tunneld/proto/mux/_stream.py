@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from enum import Enum
 
 from tunneld.proto.mux._errors import ErrorCode, RemoteProtocolError
@@ -9,6 +10,10 @@ from tunneld.proto.mux._ranges import RangeSet
 from tunneld.proto.mux._sendbuf import SendBuffer
 
 __all__ = ["ControlState", "Stream"]
+
+# In-order frames this big are held as they came (recv_chunks); smaller ones go to
+# recv_buf, so a peer's tiny frames cannot make one object each.
+_CHUNK_MIN = 4096
 
 
 class ControlState(Enum):
@@ -25,9 +30,11 @@ class Stream:
 
     Send side: ``send_buf`` holds bytes from offset ``send_base`` to ``send_end``;
     everything below ``send_base`` is acked; ``next_new`` is the first never-sent
-    offset; ``lost`` holds ranges to retransmit. Receive side:
-    ``recv_buf`` holds bytes from ``read_offset`` on, with holes; ``received`` says
-    which offsets arrived.
+    offset; ``lost`` holds ranges to retransmit. Receive side: from
+    ``read_offset`` on, ``recv_chunks`` holds ``recv_chunked`` in-order bytes as
+    they came (big frames that arrived in order while nothing else waited: no
+    copy into a growing buffer, and a read takes one as it is), then ``recv_buf``
+    holds the rest, with holes; ``received`` says which offsets arrived.
     """
 
     __slots__ = (
@@ -51,6 +58,8 @@ class Stream:
         "readable_notified",
         "received",
         "recv_buf",
+        "recv_chunked",
+        "recv_chunks",
         "recv_reset_code",
         "send_acked",
         "send_base",
@@ -91,6 +100,8 @@ class Stream:
         self.send_reset_state = ControlState.NONE
         # receive side
         self.recv_buf = bytearray()
+        self.recv_chunks: deque[bytes] = deque()
+        self.recv_chunked = 0
         self.read_offset = 0
         self.received = RangeSet()
         self.highest_received = 0
@@ -205,15 +216,19 @@ class Stream:
             grown = 0
         if fin:
             self.final_size = end
-        read_offset = self.read_offset
-        if self.recv_reset_code is not None or self.stop_code is not None or end <= read_offset:
+        # Where recv_buf starts: bytes below are read or held in recv_chunks.
+        base = self.read_offset + self.recv_chunked
+        if self.recv_reset_code is not None or self.stop_code is not None or end <= base:
             return grown
-        if offset < read_offset:
-            data = data[read_offset - offset :]
-            offset = read_offset
-        rel = offset - read_offset
+        if offset < base:
+            data = data[base - offset :]
+            offset = base
+        rel = offset - base
         buf = self.recv_buf
-        if rel == len(buf):
+        if not buf and not rel and len(data) >= _CHUNK_MIN:
+            self.recv_chunks.append(bytes(data))
+            self.recv_chunked += len(data)
+        elif rel == len(buf):
             buf += data
         else:
             if rel + len(data) > len(buf):
@@ -241,10 +256,48 @@ class Stream:
     def at_eof(self) -> bool:
         return self.final_size is not None and self.read_offset == self.final_size
 
-    def read(self, max_bytes: int) -> bytes:
+    def read(self, max_bytes: int, *, exact: bool = False) -> bytes:
+        """Up to ``max_bytes`` in-order bytes (all of them with ``exact``, which the
+        caller knows to be readable); without ``exact`` a held chunk is returned
+        alone, as it came (no copy) when it fits."""
         size = min(max_bytes, self.readable_bytes())
         if size <= 0:
             return b""
+        chunks = self.recv_chunks
+        if chunks and not exact and len(chunks[0]) <= size:
+            data = chunks.popleft()
+            size = len(data)
+            self.recv_chunked -= size
+        elif chunks:
+            data = self._take_chunked(size)
+        else:
+            data = self._take_buffered(size)
+        self.read_offset += size
+        self.received.trim_below(self.read_offset)
+        self.needs_credit_check = True
+        return data
+
+    def _take_chunked(self, size: int) -> bytes:
+        """``size`` bytes off the front, starting in ``recv_chunks``."""
+        chunks = self.recv_chunks
+        parts: list[bytes] = []
+        left = size
+        while chunks and left:
+            first = chunks[0]
+            if len(first) > left:
+                parts.append(first[:left])
+                chunks[0] = first[left:]
+                self.recv_chunked -= left
+                left = 0
+                break
+            parts.append(chunks.popleft())
+            self.recv_chunked -= len(first)
+            left -= len(first)
+        if left:
+            parts.append(self._take_buffered(left))
+        return b"".join(parts)
+
+    def _take_buffered(self, size: int) -> bytes:
         buf = self.recv_buf
         if size == len(buf):
             data = bytes(buf)
@@ -253,15 +306,26 @@ class Stream:
             with memoryview(buf) as view:  # one copy (a slice, then bytes(), was two)
                 data = view[:size].tobytes()
             del buf[:size]
-        self.read_offset += size
-        self.received.trim_below(self.read_offset)
-        self.needs_credit_check = True
         return data
+
+    def peek(self, count: int) -> bytes:
+        """The first ``count`` held in-order bytes, left in place (fewer if fewer)."""
+        parts: list[bytes | bytearray] = []
+        for chunk in self.recv_chunks:
+            if count <= 0:
+                break
+            parts.append(chunk[:count])
+            count -= len(chunk)
+        if count > 0:
+            parts.append(self.recv_buf[:count])
+        return b"".join(parts)
 
     def discard_receive_buffer(self) -> int:
         """Drop unread bytes (reset or stop-sending); returns how many offsets were freed."""
         freed = self.highest_received - self.read_offset
         self.recv_buf = bytearray()
+        self.recv_chunks = deque()
+        self.recv_chunked = 0
         self.received = RangeSet()
         self.read_offset = self.highest_received
         return freed
