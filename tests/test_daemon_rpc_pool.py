@@ -18,19 +18,20 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from tests._agent_support import make_config, open_client, poll_pause, running_services
 from tunneld.agent import AgentServices
+from tunneld.agent._framed import FramedStream
 from tunneld.agent.client import AgentClient, AgentError
 from tunneld.bench._control import embedded_control
 from tunneld.daemon import DaemonAgents, RpcStreamPool, TunnelTable
 from tunneld.daemon._overlay_backend import OverlayTunnels
-from tunneld.daemon._rpc_pool import stream_reusable
 from tunneld.demo import loopback_overlay, wait_joined
 from tunneld.mcp import Caller, ToolContext
 from tunneld.net.mux import MuxStream
 from tunneld.net.overlay import Overlay
-from tunneld.proto.agentrpc import Stdout
+from tunneld.proto.agentrpc import Exit, RemoteProtocolError, Result, Stdout
 
 AGENT = "pool-agent"
 DEADLINE = 120.0  # generous: two shared cores
@@ -53,6 +54,13 @@ class World:
     async def read(self) -> bytes:
         async with self.agents.agent_rpc(AGENT) as client:
             return (await client.read_file(str(self.file))).data
+
+
+def reusable(client: AgentClient) -> bool:
+    """What the pool asks before it keeps or reuses ``client``'s stream."""
+    stream = client.stream
+    assert isinstance(stream, MuxStream)
+    return stream.reusable()
 
 
 @asynccontextmanager
@@ -160,9 +168,9 @@ async def test_a_stream_the_agent_closed_is_not_reused(tmp_path: Path) -> None:
         async with world(tmp_path, pool) as w:
             async with w.agents.agent_rpc(AGENT) as first:
                 await first.stat(str(w.file))
-            assert stream_reusable(first.stream)
+            assert reusable(first)
             await w.opened[0].aclose()  # the agent's end goes away while it is idle
-            while stream_reusable(first.stream):
+            while reusable(first):
                 await poll_pause()
             assert await w.read() == b"hello\n"
             assert w.streams == 2
@@ -180,7 +188,7 @@ async def test_streams_idle_too_long_are_closed(tmp_path: Path) -> None:
             assert pool.idle_count() == 1
             while pool.idle_count():  # closed by pool.run, with no call to notice
                 await poll_pause()
-            assert not stream_reusable(first.stream)
+            assert not reusable(first)
             await w.read()
             assert w.streams == 2
 
@@ -235,3 +243,27 @@ async def test_agent_client_idle_follows_requests(tmp_path: Path) -> None:
                 pass
         assert other.idle
         await other.aclose()
+
+
+async def test_an_answer_out_of_place_leaves_the_request_pending() -> None:
+    # An agent (hand-driven here) that answers a call with an exec's exit, or an exec
+    # with a call's result: the client raises and the stream is never reused.
+    ours, theirs = trio.testing.memory_stream_pair()
+    client = AgentClient(ours)
+    agent = FramedStream(theirs)
+    with trio.fail_after(DEADLINE):
+        await agent.send(Result({"data": b"x", "offset": 0, "size": 1, "eof": True}))
+        assert (await client.read_file("f")).data == b"x"
+        assert client.idle
+        await agent.send(Exit(0, None, False))
+        with pytest.raises(RemoteProtocolError, match="expected a result, got Exit"):
+            await client.read_file("f")
+        assert not client.idle
+
+        ours, theirs = trio.testing.memory_stream_pair()
+        client = AgentClient(ours)
+        agent = FramedStream(theirs)
+        await agent.send(Result({}))
+        with pytest.raises(RemoteProtocolError, match="exec: unexpected Result frame"):
+            await client.run(shell="true")
+        assert not client.idle

@@ -17,11 +17,17 @@ import trio
 
 from tests.test_derp_relay import RELAY_PRIVATE, RawDerp, raw_frame, receive_data_event
 from tunneld.control._derp_relay import DerpRelay
-from tunneld.control._derp_relay import _StreamLink as RelayStreamLink
 from tunneld.http import DirectSocketStream, HttpLimits, HttpServer, Router
 from tunneld.keys import generate_private_key, public_key
-from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed, _StreamLink
-from tunneld.proto.derp import RecvPacket
+from tunneld.net._derp_link import StreamLink
+from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
+from tunneld.proto.derp import (
+    PROTOCOL_VERSION,
+    ClientHello,
+    RecvPacket,
+    ServerConnection,
+    ServerInfo,
+)
 
 
 async def start_relay(
@@ -139,6 +145,40 @@ async def test_tailscale_style_request_gets_101_and_the_derp_handshake(
     assert relay.stats.clients_total == 2
 
 
+async def test_derp_bytes_that_came_with_the_101_head_start_the_handshake(
+    nursery: trio.Nursery,
+) -> None:
+    # The 101 head and SERVER_KEY in one write (so normally one read for the client):
+    # the bytes after the head must not be lost between the upgrade and the handshake.
+    relay_private = generate_private_key()
+
+    async def upgrade_then_derp(stream: trio.SocketStream) -> None:
+        async with stream:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(4096)
+            core = ServerConnection(relay_private)
+            await stream.send_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\n"
+                b"Connection: Upgrade\r\n\r\n" + core.data_to_send()
+            )
+            while data := await stream.receive_some(4096):
+                core.receive_data(data)
+                if isinstance(core.next_event(), ClientHello):
+                    core.accept(ServerInfo(PROTOCOL_VERSION))
+                    await stream.send_all(core.data_to_send())
+
+    listeners = await nursery.start(partial(trio.serve_tcp, upgrade_then_derp, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(10):
+        async with DerpClient.connect(
+            f"ws://127.0.0.1:{port}/derp", generate_private_key(), transport="derp"
+        ) as client:
+            assert client.transport == "derp"
+            assert client.server_key == public_key(relay_private)
+            assert client.server_info.version == PROTOCOL_VERSION
+
+
 async def test_bad_frame_on_a_raw_stream_closes_only_that_client(nursery: trio.Nursery) -> None:
     relay, url = await start_relay(nursery)
     async with (
@@ -242,7 +282,7 @@ async def test_raw_derp_streams_take_a_batch_of_packets_per_write(
     async with DerpClient.connect(url, key, transport="derp") as client:
         option = (socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
         link = client._link
-        assert isinstance(link, _StreamLink)
+        assert isinstance(link, StreamLink)
         # The client's plain TCP stream calls the kernel directly (DirectSocketStream).
         assert isinstance(link._stream, DirectSocketStream)
         assert link._stream.socket.getsockopt(*option) == 256 * 1024
@@ -251,7 +291,7 @@ async def test_raw_derp_streams_take_a_batch_of_packets_per_write(
             while not relay.is_connected(public_key(key)):  # noqa: ASYNC110
                 await trio.sleep(0.01)
         served = relay._clients[public_key(key)].link
-        assert isinstance(served, RelayStreamLink)
+        assert isinstance(served, StreamLink)
         expected = DirectSocketStream if direct else trio.SocketStream
         assert isinstance(served._stream, expected)
         assert served._stream.socket.getsockopt(*option) == 256 * 1024

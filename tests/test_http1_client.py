@@ -167,5 +167,9 @@ def test_request_head_renders_and_refuses_what_could_split_it() -> None:
         request_head("POST", "/mcp", "h", [("Mcp-Session-Id", "x\r\nEvil: 1")], 0)
     with pytest.raises(ValueError, match="Bad Name"):
         request_head("POST", "/mcp", "h", [("Bad Name", "x")], 0)
+    # A colon would end the name early: "A:b: x" is field "A" with value "b: x".
+    for name in ("A:b", "A:", "", "\u00e9"):
+        with pytest.raises(ValueError, match="not allowed in HTTP"):
+            request_head("POST", "/mcp", "h", [(name, "x")], 0)
     with pytest.raises(ValueError, match="target"):
         request_head("POST", "/a b", "h", [], 0)

@@ -10,6 +10,7 @@ fast path is answered exactly as h11's path answers it.
 from __future__ import annotations
 
 import os
+import re
 
 import h11
 import pytest
@@ -269,6 +270,30 @@ async def test_fast_and_h11_paths_answer_the_same(nursery: trio.Nursery) -> None
     ]
 
 
+@pytest.mark.parametrize("server_header", ["tunneld", None])
+async def test_the_101_bytes_on_both_paths(
+    nursery: trio.Nursery, server_header: str | None
+) -> None:
+    # The exact bytes each path writes (the Date value masked): both build the head from
+    # one field list, and a client may depend on the order and the spelling.
+    _server, port = await start_server(nursery, dial_router(), server_header=server_header)
+    fast = request_bytes("POST", "/v0/dial", {**UPGRADE, "Tunneld-Agent": "web1"})
+    slow = fast.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n")
+    assert parse_simple_head(slow, MAX_HEAD) is None
+    server_line = b"Server: tunneld\r\n" if server_header else b""
+    expected = (
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+        b"Upgrade: tunneld-stream\r\nDate: DATE\r\n" + server_line + b"\r\n"
+    )
+    for data in (fast, slow):
+        client = await RawClient.connect(port)
+        await client.send(data)
+        head = await client.read_until(b"\r\n\r\n")
+        assert re.sub(rb"Date: [^\r]+", b"Date: DATE", head) == expected
+        assert await client.read_until(b"|") == b"POST /v0/dial web1|"
+        await client.aclose()
+
+
 async def test_a_refused_fast_upgrade_keeps_the_connection(nursery: trio.Nursery) -> None:
     _server, port = await start_server(nursery, dial_router())
     client = await RawClient.connect(port)
@@ -313,6 +338,27 @@ async def test_an_invalid_server_header_keeps_h11_s_answer(nursery: trio.Nursery
     # h11 refuses to write the header: the connection ends without a 101, as before.
     assert await client.read_to_eof() == b""
     await client.aclose()
+
+
+async def test_an_invalid_server_header_fails_plain_responses_too(
+    nursery: trio.Nursery,
+) -> None:
+    # Checked once when the server is made, refused on every response as before: the
+    # connection ends without writing a byte of the field.
+    router = Router()
+
+    async def hello(request: Request) -> Response:
+        return Response.text("hi")
+
+    router.route("GET", "/", hello)
+    _server, port = await start_server(nursery, router, server_header="bad\r\nvalue")
+    with capture_http_log() as logs:
+        client = await RawClient.connect(port)
+        await client.send(request_bytes("GET", "/"))
+        assert await client.read_to_eof() == b""
+        await client.aclose()
+    errors = [event["error"] for event in logs.events("http.bad_response")]
+    assert errors == ["illegal Server header value"]
 
 
 # -- routing shortcut ---------------------------------------------------------------

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from tunneld._http_grammar import TOKEN, TOKEN_PATTERN
+
 __all__ = ["MAX_HEAD", "Head", "ResponseError", "ResponseReader", "request_head"]
 
 MAX_HEAD: Final = 64 * 1024
@@ -27,7 +29,7 @@ _MAX_CHUNK_LINE: Final = 1024
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?")
 # RFC 9110 field-name token; values: visible ASCII, space, tab, obs-text.
 _FIELD: Final = re.compile(
-    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*"
+    rb"(" + TOKEN_PATTERN.encode("ascii") + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*"
 )
 _SAFE_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _SAFE_TARGET: Final = re.compile(r"[!-~]+")
@@ -59,7 +61,7 @@ def request_head(
         if not _SAFE_TARGET.fullmatch(target) or not _SAFE_VALUE.fullmatch(host):
             raise ValueError(f"request target {target!r} has spaces or control characters")
         for name, value in headers:
-            if not _FIELD.fullmatch(f"{name}: x".encode()) or not _SAFE_VALUE.fullmatch(value):
+            if not TOKEN.fullmatch(name) or not _SAFE_VALUE.fullmatch(value):
                 raise ValueError(f"header {name!r} has characters not allowed in HTTP")
     fields = "".join(f"{name}: {value}\r\n" for name, value in headers)
     return (

@@ -62,6 +62,16 @@ def _describe(st: os.stat_result) -> dict[str, Any]:
     }
 
 
+def _read_result(data: bytes, offset: int, size: int) -> dict[str, Any]:
+    """The ``read_file`` result map (docs/agentrpc.md), by either way of reading."""
+    return {"data": data, "offset": offset, "size": size, "eof": offset + len(data) >= size}
+
+
+def _inline_readable(st: os.stat_result) -> bool:
+    """Whether the file ``st`` describes may be read on the event loop (module docstring)."""
+    return stat_module.S_ISREG(st.st_mode) and st.st_size <= INLINE_READ_MAX
+
+
 def read_file(
     policy: PathPolicy, path: str, offset: int, limit: int | None, max_read: int
 ) -> dict[str, Any]:
@@ -75,7 +85,7 @@ def read_file(
             data = f.read(want)
     except OSError as exc:
         raise from_os_error(exc, f"read_file {path}") from None
-    return {"data": data, "offset": offset, "size": size, "eof": offset + len(data) >= size}
+    return _read_result(data, offset, size)
 
 
 def read_small_file(
@@ -94,7 +104,7 @@ def read_small_file(
         st = os.stat(target)
     except OSError:
         return None
-    if not stat_module.S_ISREG(st.st_mode) or st.st_size > INLINE_READ_MAX:
+    if not _inline_readable(st):
         return None
     want = max_read if limit is None else min(limit, max_read)
     try:
@@ -103,7 +113,7 @@ def read_small_file(
         return None
     try:
         st = os.fstat(fd)
-        if not stat_module.S_ISREG(st.st_mode) or st.st_size > INLINE_READ_MAX:
+        if not _inline_readable(st):
             return None
         size = st.st_size
         data = os.pread(fd, min(want, max(size - offset, 0)), offset) if want else b""
@@ -111,7 +121,7 @@ def read_small_file(
         return None
     finally:
         os.close(fd)
-    return {"data": data, "offset": offset, "size": size, "eof": offset + len(data) >= size}
+    return _read_result(data, offset, size)
 
 
 def _atomic_replace(target: Path, data: bytes, mode: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from tunneld._locks import acquire_promptly
 from tunneld.proto.agentrpc import MAX_FRAME_SIZE, ClientFrame, FrameDecoder, Response, encode
 
 __all__ = ["RECEIVE_SIZE", "FramedStream"]
@@ -59,10 +60,7 @@ class FramedStream:
             return
         await trio.lowlevel.checkpoint_if_cancelled()
         data = encode(message)
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        await acquire_promptly(lock)
         try:
             sent: int = send_nowait(data)
             if sent < len(data):
@@ -77,10 +75,7 @@ class FramedStream:
         # Uncontended (nearly always: one request or answer at a time), take the lock
         # without ``acquire``'s schedule point: ``send_all`` is one already, and the
         # extra task step was one per frame on both ends of every agent call.
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        await acquire_promptly(lock)
         try:
             await self.stream.send_all(data)
         finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import trio
 
@@ -61,6 +61,13 @@ __all__ = [
     "PortStatus",
     "ReadResult",
 ]
+
+
+# The frames that answer a request in full, after which it is no longer pending: a
+# call's ``result`` or ``error``, an exec's ``exit`` or ``error``. Any other frame
+# (``stdout``/``stderr`` or one out of place) leaves it pending.
+_CALL_ENDS: Final = (Result, Error)
+_EXEC_ENDS: Final = (Exit, Error)
 
 
 class AgentError(Exception):
@@ -189,14 +196,12 @@ class ExecRun:
         if self.exit is not None:
             raise StopAsyncIteration
         await self._start()
-        response = await self._client._receive()
+        response = await self._client._receive(_EXEC_ENDS)
         if isinstance(response, Error):
             self._failed = True  # the command never started, or the agent gave up on it
-            self._client._pending = False
             raise AgentError(response.code, response.message)
         if isinstance(response, Exit):
             self.exit = response
-            self._client._pending = False
             return response
         if isinstance(response, (Stdout, Stderr)):
             return response
@@ -231,8 +236,9 @@ class AgentClient:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._io = FramedStream(stream)
         # A request is out whose last answer frame has not been read: set before a
-        # request is sent, cleared once its ``result``/``error``/``exit`` is read. A
-        # call interrupted in between (cancelled, broken, malformed) leaves it set.
+        # request is sent, cleared by ``_receive`` once its ``result``/``error``/``exit``
+        # is read. A call interrupted in between (cancelled, broken, malformed) leaves
+        # it set.
         self._pending = False
 
     @property
@@ -257,22 +263,24 @@ class AgentClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def _receive(self) -> Response:
+    async def _receive(self, ends: tuple[type[Response], ...]) -> Response:
+        """The next answer frame; one of the types in ``ends`` ends the pending request."""
         payload = await self._io.receive_payload()
         if payload is None:
             raise RemoteProtocolError("the agent closed the stream before answering")
-        return decode_response(payload)
+        response = decode_response(payload)
+        if isinstance(response, ends):
+            self._pending = False
+        return response
 
     async def _call(self, request: Request) -> Mapping[str, Any]:
         self._pending = True
         await self._io.send_then_receive(request)
-        response = await self._receive()
+        response = await self._receive(_CALL_ENDS)
         if isinstance(response, Error):
-            self._pending = False
             raise AgentError(response.code, response.message)
         if not isinstance(response, Result):
             raise RemoteProtocolError(f"expected a result, got {type(response).__name__}")
-        self._pending = False
         return response.value
 
     # ------------------------------------------------------------------ exec

@@ -45,8 +45,9 @@ import trio_websocket
 
 from tunneld._address import format_address
 from tunneld.control._ratelimit import TokenBucket
-from tunneld.http import Request, raise_notsent_lowat
+from tunneld.http import Request
 from tunneld.log import Logger, get_logger
+from tunneld.net._derp_link import Link, LinkClosed, StreamLink, WebSocketLink
 from tunneld.proto.derp import (
     CLOSE_POLICY_VIOLATION,
     MAX_PACKET_SIZE,
@@ -72,86 +73,9 @@ __all__ = ["DerpRelay", "RelayLimits", "RelayStats"]
 _CLOSE_NORMAL = 1000
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_INTERNAL_ERROR = 1011
-# Frames written in one WebSocket message (or raw write) at most (a byte stream anyway).
+# Frames written in one WebSocket message (or raw write) at most (a byte stream anyway);
+# a raw stream's TCP_NOTSENT_LOWAT (tunneld.net._derp_link) lets one such write through.
 _MAX_BATCH_BYTES = 256 * 1024
-# One read of a raw (``Upgrade: DERP``) client: several packets when they queue up.
-_READ_SIZE = 256 * 1024
-_CLOSE_SECONDS = 2.0
-# TCP_NOTSENT_LOWAT on raw DERP streams: one batch of frames per write (see below).
-_NOTSENT_LOWAT = _MAX_BATCH_BYTES
-
-
-class _LinkClosed(Exception):
-    """The client's connection is gone."""
-
-
-class _WebSocketLink:
-    """A DERP client over WebSocket: frames in binary messages."""
-
-    __slots__ = ("_ws",)
-
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self._ws = ws
-
-    async def send(self, data: bytes | bytearray) -> None:
-        try:
-            await self._ws.send_message(bytes(data))
-        except trio_websocket.ConnectionClosed:
-            raise _LinkClosed from None
-
-    async def receive(self) -> bytes:
-        try:
-            message = await self._ws.get_message()
-        except trio_websocket.ConnectionClosed:
-            raise _LinkClosed from None
-        if isinstance(message, str):
-            raise RemoteProtocolError("DERP over WebSocket uses binary messages, got text")
-        return message
-
-    async def close(self, code: int, reason: str) -> None:
-        # Bounded and shielded: closing must finish even while our task is cancelled.
-        with trio.move_on_after(_CLOSE_SECONDS) as scope:
-            scope.shield = True
-            try:
-                await self._ws.aclose(code, reason[:120])
-            except trio_websocket.ConnectionClosed:
-                pass
-
-
-class _StreamLink:
-    """A DERP client after ``Upgrade: DERP``: frames on the raw stream."""
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self._stream = stream
-        raise_notsent_lowat(stream, _NOTSENT_LOWAT)
-
-    async def send(self, data: bytes | bytearray) -> None:
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _LinkClosed from None
-
-    async def receive(self) -> bytes:
-        try:
-            data = await self._stream.receive_some(_READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _LinkClosed from None
-        if not data:
-            raise _LinkClosed
-        return bytes(data)
-
-    async def close(self, code: int, reason: str) -> None:
-        # No close frame exists here: derper, too, just closes the connection.
-        with trio.move_on_after(_CLOSE_SECONDS) as scope:
-            scope.shield = True
-            await self._stream.aclose()
-        if scope.cancelled_caught:
-            await trio.aclose_forcefully(self._stream)
-
-
-_Link = _WebSocketLink | _StreamLink
 
 
 @dataclass(frozen=True)
@@ -234,7 +158,7 @@ class _Client:
     def __init__(
         self,
         key: bytes,
-        link: _Link,
+        link: Link,
         limits: RelayLimits,
         now: float,
         log: Logger,
@@ -350,7 +274,14 @@ class DerpRelay:
         Never raises for client misbehaviour: protocol errors, timeouts and refusals
         close this WebSocket with a code and reason. Cancellation closes it too.
         """
-        await self._serve(request, _WebSocketLink(ws))
+        await self._serve(
+            request,
+            WebSocketLink(
+                ws,
+                text_error="DERP over WebSocket uses binary messages, got text",
+                shield_close=True,  # closing must finish even while our task is cancelled
+            ),
+        )
 
     async def handle_stream(self, request: Request, stream: trio.abc.Stream) -> None:
         """Serve one DERP client on the raw stream after ``Upgrade: DERP`` (mount with
@@ -359,9 +290,9 @@ class DerpRelay:
         As :meth:`handle_websocket`; closing just closes the stream (no code or reason
         travels: the client sees the connection end, as with Tailscale's derper).
         """
-        await self._serve(request, _StreamLink(stream))
+        await self._serve(request, StreamLink(stream))
 
-    async def _serve(self, request: Request, link: _Link) -> None:
+    async def _serve(self, request: Request, link: Link) -> None:
         core = ServerConnection(self._private_key)
         # host:port, as the http.request line for the same connection shows it.
         log = self._log.bind(peer=format_address(request.peer))
@@ -379,7 +310,7 @@ class DerpRelay:
             log.info("derp.handshake_failed", reason=exc.reason)
             await link.close(exc.close_code, exc.reason)
             return
-        except _LinkClosed:
+        except LinkClosed:
             self.stats.handshake_failures += 1
             return
 
@@ -414,7 +345,7 @@ class DerpRelay:
         )
         try:
             await link.send(core.data_to_send())
-        except _LinkClosed:
+        except LinkClosed:
             return
         client = _Client(key, link, self.limits, trio.current_time(), log)
         try:
@@ -432,7 +363,7 @@ class DerpRelay:
                 await _flush(link, client.control)
             await link.close(client.close_code, client.close_reason)
 
-    async def _read_hello(self, link: _Link, core: ServerConnection) -> ClientHello:
+    async def _read_hello(self, link: Link, core: ServerConnection) -> ClientHello:
         while True:
             core.receive_data(await link.receive())
             event = core.next_event()
@@ -461,7 +392,7 @@ class DerpRelay:
                 self.stats.protocol_errors += 1
                 client.close(exc.close_code, exc.reason)
                 return
-            except _LinkClosed:
+            except LinkClosed:
                 client.close(_CLOSE_NORMAL, "")
                 return
             # Bytes are counted per message (what the client made the network carry);
@@ -538,7 +469,7 @@ class DerpRelay:
             client.writing_since = trio.current_time()
             try:
                 await client.link.send(b"".join(parts))
-            except _LinkClosed:
+            except LinkClosed:
                 client.close(_CLOSE_NORMAL, "")
                 return
             # Any frame proves liveness as well as a keep-alive would.
@@ -555,24 +486,24 @@ class DerpRelay:
         while True:
             now = trio.current_time()
             since = client.writing_since
-            if since is not None and now - since >= limits.write_timeout:
-                self.stats.write_timeouts += 1
-                client.log.info("derp.write_timeout")
-                client.close(CLOSE_POLICY_VIOLATION, "client too slow to read")
-                return
-            if since is None and now - client.last_write >= interval:
-                client.control.append(encode_keep_alive())
-                self.stats.keepalives_sent += 1
-                client.last_write = now  # the writer sets it again once written
-                client.wake()
-            if since is not None:
-                await trio.sleep_until(since + limits.write_timeout)
-            else:
+            if since is None:
+                if now - client.last_write >= interval:
+                    client.control.append(encode_keep_alive())
+                    self.stats.keepalives_sent += 1
+                    client.last_write = now  # the writer sets it again once written
+                    client.wake()
                 # The next keep-alive, and at most write_timeout after any write that
                 # starts meanwhile.
                 await trio.sleep_until(
                     min(client.last_write + interval, now + limits.write_timeout)
                 )
+            elif now - since >= limits.write_timeout:
+                self.stats.write_timeouts += 1
+                client.log.info("derp.write_timeout")
+                client.close(CLOSE_POLICY_VIOLATION, "client too slow to read")
+                return
+            else:
+                await trio.sleep_until(since + limits.write_timeout)
 
     # --- the client table ---
 
@@ -616,11 +547,11 @@ class DerpRelay:
                     del self._watchers[source_key]
 
 
-async def _flush(link: _Link, frames: deque[bytes]) -> None:
+async def _flush(link: Link, frames: deque[bytes]) -> None:
     with trio.move_on_after(0.5) as scope:
         scope.shield = True
         try:
             await link.send(b"".join(frames))
-        except _LinkClosed:
+        except LinkClosed:
             pass
     frames.clear()

@@ -17,6 +17,7 @@ agent since (``reusable()`` on the stream). Anything else is closed.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -25,7 +26,7 @@ import trio
 from tunneld.agent.client import AgentClient
 from tunneld.log import get_logger
 
-__all__ = ["DEFAULT_MAX_IDLE", "DEFAULT_MAX_IDLE_SECONDS", "RpcStreamPool", "stream_reusable"]
+__all__ = ["DEFAULT_MAX_IDLE", "DEFAULT_MAX_IDLE_SECONDS", "RpcStreamPool"]
 
 log = get_logger(__name__)
 
@@ -41,7 +42,7 @@ DEFAULT_MAX_IDLE_SECONDS: Final = 10.0
 _CLOSE_TIMEOUT: Final = 1.0
 
 
-def stream_reusable(stream: trio.abc.Stream) -> bool:
+def _stream_reusable(stream: trio.abc.Stream) -> bool:
     """Whether ``stream`` may carry another request: it says so (``reusable()``).
 
     A stream that cannot tell (not an overlay stream) is never reused.
@@ -70,8 +71,9 @@ class RpcStreamPool:
             raise ValueError("max_idle and max_idle_seconds must be >= 0")
         self.max_idle = max_idle
         self.max_idle_seconds = max_idle_seconds
-        # peer id → [(client, when it came back)], oldest first.
-        self._idle: dict[str, list[tuple[AgentClient, float]]] = {}
+        # peer id → (client, when it came back), oldest first: trimmed from the left,
+        # taken from the right.
+        self._idle: dict[str, deque[tuple[AgentClient, float]]] = {}
         self._closed = False
         self._kept = trio.Event()  # set when a stream is kept (wakes ``run``)
 
@@ -92,17 +94,28 @@ class RpcStreamPool:
             await self.aclose()
 
     async def _expire(self) -> None:
-        oldest = trio.current_time() - self.max_idle_seconds
-        stale: list[AgentClient] = []
-        for peer, entries in list(self._idle.items()):
-            while entries and entries[0][1] <= oldest:
-                stale.append(entries.pop(0)[0])
-            if not entries:
-                del self._idle[peer]
+        now = trio.current_time()
+        stale = [client for peer in list(self._idle) for client in self._trim(peer, now)]
         await _close_all(stale)
 
+    def _trim(self, peer: str, now: float) -> list[AgentClient]:
+        """Take off ``peer``'s oldest idle streams while there are more than
+        ``max_idle`` or they came back ``max_idle_seconds`` or more before ``now``;
+        forget ``peer`` once none is left. Returns them, for the caller to close."""
+        entries = self._idle[peer]
+        oldest = now - self.max_idle_seconds
+        stale: list[AgentClient] = []
+        while entries and (len(entries) > self.max_idle or entries[0][1] <= oldest):
+            stale.append(entries.popleft()[0])
+        if not entries:
+            del self._idle[peer]
+        return stale
+
     def idle_count(self, peer: str | None = None) -> int:
-        """Idle streams held for ``peer`` (all peers if ``None``)."""
+        """Idle streams held for ``peer`` (all peers if ``None``).
+
+        Nothing in the daemon needs it: the tests watch the pool through it.
+        """
         if peer is not None:
             return len(self._idle.get(peer, ()))
         return sum(len(entries) for entries in self._idle.values())
@@ -121,7 +134,7 @@ class RpcStreamPool:
         oldest = trio.current_time() - self.max_idle_seconds
         while entries:
             client, since = entries.pop()
-            if since >= oldest and client.idle and stream_reusable(client.stream):
+            if since >= oldest and client.idle and _stream_reusable(client.stream):
                 found = client
                 break
             stale.append(client)
@@ -137,18 +150,13 @@ class RpcStreamPool:
         Closing is shielded and bounded (the agent kills a foreground command left
         running on it), so it happens even when the caller is being cancelled.
         """
-        if self._closed or not client.idle or not stream_reusable(client.stream):
+        if self._closed or not client.idle or not _stream_reusable(client.stream):
             await _close_all([client])
             return
-        entries = self._idle.setdefault(peer, [])
-        entries.append((client, trio.current_time()))
+        now = trio.current_time()
+        self._idle.setdefault(peer, deque()).append((client, now))
         self._kept.set()
-        surplus: list[AgentClient] = []
-        oldest = trio.current_time() - self.max_idle_seconds
-        while entries and (len(entries) > self.max_idle or entries[0][1] < oldest):
-            surplus.append(entries.pop(0)[0])
-        if not entries:
-            del self._idle[peer]
+        surplus = self._trim(peer, now)
         if surplus:
             await _close_all(surplus)
 

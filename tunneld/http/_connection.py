@@ -20,6 +20,7 @@ import h11
 import trio
 
 from tunneld._address import format_address
+from tunneld._http_grammar import TOKEN
 from tunneld.http._headers import Headers
 from tunneld.http._limits import HttpLimits
 from tunneld.http._messages import Handler, HttpError, LastChunk, Request, Response
@@ -33,7 +34,7 @@ from tunneld.log import get_logger
 if TYPE_CHECKING:
     from tunneld.http._server import HttpServer
 
-__all__ = ["RECEIVE_SIZE", "Connection"]
+__all__ = ["RECEIVE_SIZE", "Connection", "legal_field_value"]
 
 log = get_logger(__name__)
 _access_logger = logging.getLogger(__name__)  # the stdlib logger behind ``log``
@@ -46,13 +47,17 @@ _LINGER_SECONDS: Final = 1.0
 _CLOSE_SECONDS: Final = 1.0
 _MAX_QUERY_FIELDS: Final = 1000
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
-# RFC 9110 §5.1 field-name (a token) and §5.5 field-value (no CR, LF or NUL, inner
+# RFC 9110 §5.1 field-name (a TOKEN) and §5.5 field-value (no CR, LF or NUL, inner
 # spaces and tabs only), exactly as h11 checks them (its field_vchar is "not NUL, not
 # ASCII whitespace"), within latin-1: a handler's header cannot inject fields or
 # split the response.
-_FIELD_NAME: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VCHAR: Final = r"[\x01-\x08\x0e-\x1f\x21-\xff]"
 _FIELD_VALUE: Final = re.compile(rf"(?:{_VCHAR}+(?:[ \t]+{_VCHAR}+)*)?")
+
+
+def legal_field_value(value: str) -> bool:
+    """Whether ``value`` may be written as a field value (as h11 would allow it)."""
+    return _FIELD_VALUE.fullmatch(value) is not None
 
 
 def _header_lines(headers: Sequence[tuple[str, str]]) -> tuple[bytes, list[tuple[str, str]]]:
@@ -68,7 +73,7 @@ def _header_lines(headers: Sequence[tuple[str, str]]) -> tuple[bytes, list[tuple
     lines: list[str] = []
     connection: list[tuple[str, str]] = []
     for name, value in headers:
-        if not _FIELD_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        if not TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise ValueError(f"illegal response header field {name[:64]!r}")
         lowered = name.lower()
         if lowered in _FRAMING_HEADERS:
@@ -326,7 +331,7 @@ class Connection:
         prefixes = server.router.upgrade_prefixes()
         if not prefixes or not data.startswith(prefixes):
             return None
-        if server.server_header and not _FIELD_VALUE.fullmatch(server.server_header):
+        if not server.server_header_legal:
             return None  # h11 would refuse to write it in the 101: let that path fail
         simple = parse_simple_head(data, self.limits.max_request_head_bytes)
         if simple is None:
@@ -545,7 +550,7 @@ class Connection:
             lines += b"Date: " + http_date().encode() + b"\r\n"
         server = self.server.server_header
         if server and "server" not in names:
-            if not _FIELD_VALUE.fullmatch(server):
+            if not self.server.server_header_legal:
                 raise ValueError("illegal Server header value")
             lines += b"Server: " + server.encode("latin-1") + b"\r\n"
         # RFC 9110 §8.6: no Content-Length on 1xx/204; 304 would describe another body.

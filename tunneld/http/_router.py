@@ -10,6 +10,7 @@ from urllib.parse import unquote
 import trio
 from trio_websocket import WebSocketConnection
 
+from tunneld._http_grammar import TOKEN_PATTERN
 from tunneld.http._messages import Handler, Request, Response
 
 __all__ = [
@@ -30,7 +31,7 @@ Authorizer = Callable[[Request], Awaitable[Response | None]]
 
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 # RFC 9110 §5.6.2 token, optionally "/" token (an Upgrade protocol, §7.8).
-_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+(?:/[-!#$%&'*+.^_`|~0-9A-Za-z]+)?")
+_PROTOCOL = re.compile(rf"{TOKEN_PATTERN}(?:/{TOKEN_PATTERN})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +207,7 @@ class Router:
                 for entry in self._entries.values()
                 if entry.pattern.isascii() and not any(entry.params)
                 for route in entry.upgrades.values()
-                if _TOKEN.fullmatch(route.protocol)
+                if _PROTOCOL.fullmatch(route.protocol)
             )
         return prefixes
 

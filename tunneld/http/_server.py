@@ -11,7 +11,7 @@ from typing import Final
 import trio
 import trio_websocket
 
-from tunneld.http._connection import Connection
+from tunneld.http._connection import Connection, legal_field_value
 from tunneld.http._limits import HttpLimits
 from tunneld.http._router import Router
 from tunneld.http._socket_stream import DirectSocketStream
@@ -87,7 +87,10 @@ class HttpServer:
         self.direct_streams = direct_streams
         self.limits = limits if limits is not None else HttpLimits()
         self.ssl_context = ssl_context
-        self.server_header = server_header
+        self._server_header = server_header
+        # Checked once, not per connection or response: the fast path writes the value
+        # into its 101 and responses write it past h11's checks.
+        self._server_header_legal = not server_header or legal_field_value(server_header)
         self._slots = trio.Semaphore(self.limits.max_connections)
         self._accept_scopes: list[trio.CancelScope] = []
         self._connection_scopes: list[trio.CancelScope] = []
@@ -97,6 +100,17 @@ class HttpServer:
         self._nurseries: list[trio.Nursery] = []
         self._id_prefix = secrets.token_hex(3)
         self._next_id = 0
+
+    @property
+    def server_header(self) -> str | None:
+        """The ``Server`` field value sent with every response (``None``: not sent)."""
+        return self._server_header
+
+    @property
+    def server_header_legal(self) -> bool:
+        """Whether :attr:`server_header` may be written as it is: absent, or a legal field
+        value (an illegal one makes each response fail as h11 would refuse it)."""
+        return self._server_header_legal
 
     @property
     def shutting_down(self) -> bool:

@@ -22,10 +22,12 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from tunneld._http_grammar import TOKEN_PATTERN
+
 __all__ = ["SimpleHead", "parse_simple_head"]
 
 # RFC 9110 §5.6.2 token (a method or a field name).
-_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_TOKEN: Final = TOKEN_PATTERN.encode("ascii")
 # RFC 9112 §3: method SP request-target SP HTTP-version; only origin-form targets
 # (RFC 9112 §3.2.1) of visible ASCII and only HTTP/1.1.
 _REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") (/[!-~]*) HTTP/1\.1")

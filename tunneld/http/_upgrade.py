@@ -157,13 +157,21 @@ async def serve_websocket(
     return False
 
 
+def _switching_fields(protocol: str, server_header: str | None) -> list[tuple[str, str]]:
+    """The fields of the ``101 Switching Protocols`` for a raw upgrade to ``protocol``,
+    in the order written (both paths send these, so they answer alike)."""
+    fields = [("Connection", "Upgrade"), ("Upgrade", protocol), ("Date", http_date())]
+    if server_header:
+        fields.append(("Server", server_header))
+    return fields
+
+
 def _switching_head(protocol: str, server_header: str | None) -> bytes:
     """The ``101 Switching Protocols`` head h11 writes for a raw upgrade to ``protocol``."""
-    server = f"Server: {server_header}\r\n" if server_header else ""
-    return (
-        f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n"
-        f"Date: {http_date()}\r\n{server}\r\n"
-    ).encode("latin-1")
+    lines = "".join(
+        [f"{name}: {value}\r\n" for name, value in _switching_fields(protocol, server_header)]
+    )
+    return f"HTTP/1.1 101 Switching Protocols\r\n{lines}\r\n".encode("latin-1")
 
 
 async def serve_upgrade(
@@ -203,12 +211,9 @@ async def serve_upgrade(
         if trailing is None:
             return False
         headers = [
-            (b"Connection", b"Upgrade"),
-            (b"Upgrade", route.protocol.encode("latin-1")),
-            (b"Date", http_date().encode()),
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in _switching_fields(route.protocol, server_header)
         ]
-        if server_header:
-            headers.append((b"Server", server_header.encode("latin-1")))
         switching = h11.InformationalResponse(
             status_code=101, headers=headers, reason=b"Switching Protocols"
         )

@@ -36,8 +36,9 @@ import h11
 import trio
 import trio_websocket
 
-from tunneld.http import DirectSocketStream, raise_notsent_lowat
-from tunneld.net._websocket import CLOSE_TIMEOUT, close_bounded, close_info
+from tunneld._locks import acquire_promptly
+from tunneld.http import DirectSocketStream
+from tunneld.net._derp_link import Link, LinkClosed, StreamLink, WebSocketLink
 from tunneld.proto.derp import (
     ClientConnection,
     Connected,
@@ -52,11 +53,7 @@ __all__ = ["TRANSPORTS", "DerpClient", "DerpConnectError", "DerpConnectionClosed
 
 _CLOSE_GOING_AWAY = 1001
 _MESSAGE_QUEUE = 4  # whole WebSocket messages buffered (each at most 1 MiB)
-# One read of a raw DERP stream: several relay packets a read when they queue up.
-_READ_SIZE = 256 * 1024
 _MAX_RESPONSE_HEAD = 16 * 1024
-# TCP_NOTSENT_LOWAT on a raw DERP stream: a few relayed packets per write (see below).
-_NOTSENT_LOWAT = 256 * 1024
 Transport = Literal["auto", "derp", "websocket"]
 TRANSPORTS: tuple[Transport, ...] = ("auto", "derp", "websocket")
 
@@ -80,88 +77,6 @@ class DerpConnectionClosed(Exception):
         self.reason = reason
 
 
-class _LinkClosed(Exception):
-    """The transport is closed: ``code`` and ``reason`` as the peer said, if it did."""
-
-    def __init__(self, code: int | None, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class _WebSocketLink:
-    """DERP bytes as WebSocket binary messages."""
-
-    name = "websocket"
-
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self._ws = ws
-
-    async def send(self, data: bytes | bytearray) -> None:
-        try:
-            await self._ws.send_message(bytes(data))
-        except trio_websocket.ConnectionClosed as exc:
-            raise _LinkClosed(*close_info(exc, lost="connection closed")) from None
-
-    async def receive(self) -> bytes:
-        try:
-            message = await self._ws.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            raise _LinkClosed(*close_info(exc, lost="connection closed")) from None
-        if isinstance(message, str):
-            raise RemoteProtocolError("relay sent a text message; not a DERP relay")
-        return message
-
-    async def close(self, code: int, reason: str) -> None:
-        await close_bounded(self._ws, code, reason)
-
-    async def aclose(self) -> None:
-        await self._ws.aclose()
-
-
-class _StreamLink:
-    """DERP bytes on the raw stream after ``Upgrade: DERP`` (no close codes: the
-    relay just closes the connection)."""
-
-    name = "derp"
-
-    def __init__(self, stream: trio.abc.Stream, buffered: bytes) -> None:
-        self._stream = stream
-        self._buffered = buffered  # read together with the 101 response head
-        raise_notsent_lowat(stream, _NOTSENT_LOWAT)
-
-    async def send(self, data: bytes | bytearray) -> None:
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _LinkClosed(None, f"connection lost: {exc}") from None
-
-    async def receive(self) -> bytes:
-        if self._buffered:
-            data, self._buffered = self._buffered, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        try:
-            chunk = await self._stream.receive_some(_READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _LinkClosed(None, f"connection lost: {exc}") from None
-        if not chunk:
-            raise _LinkClosed(None, "connection closed")
-        return bytes(chunk)
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT) as scope:
-            await self._stream.aclose()
-        if scope.cancelled_caught:
-            await trio.aclose_forcefully(self._stream)
-
-
-_Link = _WebSocketLink | _StreamLink
-
-
 class _UpgradeRefused(Exception):
     """The relay answered the ``Upgrade: DERP`` request with ``status``, not 101."""
 
@@ -170,9 +85,14 @@ class _UpgradeRefused(Exception):
         self.status = status
 
 
-async def _open_upgrade(url: str, timeout: float) -> _StreamLink:  # noqa: ASYNC109
+async def _open_upgrade(
+    url: str,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[StreamLink, bytes]:
     """Connect to ``url`` and switch to DERP with ``Upgrade: DERP`` (Tailscale's
     derphttp request: ``GET`` the URL's path, ``Connection: Upgrade``).
+
+    Returns the link and the DERP bytes read together with the 101 response head.
 
     Raises:
         _UpgradeRefused: an HTTP answer other than 101 (then the stream is closed).
@@ -226,7 +146,7 @@ async def _open_upgrade(url: str, timeout: float) -> _StreamLink:  # noqa: ASYNC
                     continue
                 if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
                     trailing, _closed = client.trailing_data
-                    return _StreamLink(stream, bytes(trailing))
+                    return StreamLink(stream), bytes(trailing)
                 if isinstance(event, h11.Response | h11.InformationalResponse):
                     raise _UpgradeRefused(event.status_code)
                 raise DerpConnectError("relay closed the connection before answering the upgrade")
@@ -255,7 +175,7 @@ class DerpClient:
 
     def __init__(
         self,
-        link: _Link,
+        link: Link,
         core: ClientConnection,
         server_info: ServerInfo,
         event_buffer: int,
@@ -324,10 +244,11 @@ class DerpClient:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         async with AsyncExitStack() as stack:
-            link: _Link | None = None
+            link: Link | None = None
+            buffered = b""
             if transport != "websocket":
                 try:
-                    link = await _open_upgrade(url, handshake_timeout)
+                    link, buffered = await _open_upgrade(url, handshake_timeout)
                 except _UpgradeRefused as exc:
                     if transport == "derp":
                         raise DerpConnectError(str(exc)) from None
@@ -336,13 +257,14 @@ class DerpClient:
                 else:
                     stack.push_async_callback(link.aclose)
             if link is None:
-                link = _WebSocketLink(
-                    await stack.enter_async_context(_open_websocket(url, handshake_timeout))
+                link = WebSocketLink(
+                    await stack.enter_async_context(_open_websocket(url, handshake_timeout)),
+                    text_error="relay sent a text message; not a DERP relay",
                 )
             core = ClientConnection(private_key)
             try:
                 with trio.fail_after(handshake_timeout):
-                    connected = await cls._handshake(link, core, refuse_server_keys)
+                    connected = await cls._handshake(link, core, refuse_server_keys, buffered)
             except trio.TooSlowError:
                 raise DerpConnectError("DERP handshake timed out") from None
             client = cls(link, core, connected.server_info, event_buffer, silence_timeout)
@@ -356,15 +278,22 @@ class DerpClient:
 
     @staticmethod
     async def _handshake(
-        link: _Link,
+        link: Link,
         core: ClientConnection,
         refuse_server_keys: Container[bytes] = (),
+        buffered: bytes = b"",
     ) -> Connected:
+        # ``buffered``: DERP bytes read together with the 101 response head. They go
+        # first, here rather than in every ``link.receive()`` of the connection.
         while core.state is not ConnectionState.CONNECTED:
             try:
-                message = await link.receive()
+                if buffered:
+                    message, buffered = buffered, b""
+                    await trio.lowlevel.checkpoint()
+                else:
+                    message = await link.receive()
                 core.receive_data(message)
-            except _LinkClosed as exc:
+            except LinkClosed as exc:
                 reason = exc.reason
                 if link.name == "derp" and exc.code is None:
                     # A raw connection carries no close reason (derper's neither).
@@ -383,7 +312,7 @@ class DerpClient:
             if outgoing:
                 try:
                     await link.send(outgoing)
-                except _LinkClosed as exc:
+                except LinkClosed as exc:
                     raise DerpConnectError(
                         f"relay closed the connection: {exc.reason}", exc.code
                     ) from None
@@ -396,21 +325,18 @@ class DerpClient:
         # without a checkpoint when free (the usual case): the write itself yields,
         # and with nothing to write there is nothing to wait for.
         lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()
+        await acquire_promptly(lock)
         try:
             outgoing = self._core.data_to_send()
             if outgoing:
                 try:
                     await self._link.send(outgoing)
-                except _LinkClosed as exc:
+                except LinkClosed as exc:
                     raise self._note_closed(exc) from None
         finally:
             lock.release()
 
-    def _note_closed(self, exc: _LinkClosed) -> DerpConnectionClosed:
+    def _note_closed(self, exc: LinkClosed) -> DerpConnectionClosed:
         if self._closed is None:
             self._closed = DerpConnectionClosed(exc.code, exc.reason)
         return self._closed
@@ -453,7 +379,7 @@ class DerpClient:
                 message = await self._link.receive()
                 self.last_heard = trio.current_time()
                 self._core.receive_data(message)
-            except _LinkClosed as exc:
+            except LinkClosed as exc:
                 self._note_closed(exc)
                 return
             except DerpConnectionClosed:

@@ -249,6 +249,9 @@ class SendMixin(ConnectionBase):
             self._flush_lazy()  # a packet goes anyway (or the ACK is due): join it
         recovery = self._recovery
         self._pacing_until = None
+        # _has_control_work() is asked afresh each time: _flush_lazy may have added
+        # control work since the check above, and each packet built takes some (or
+        # queues DATA_BLOCKED). Within one pass it runs once at most (pacing breaks).
         while len(out) < max_datagrams:
             probe = self._probes_wanted > 0
             if probe:
