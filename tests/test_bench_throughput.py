@@ -13,7 +13,7 @@ from tunneld.net.overlay._pmtu import mux_size_for
 def test_bench_throughput_json_has_both_paths_and_the_ceiling() -> None:
     command = [sys.executable, "-m", "tunneld", "bench", "throughput", "--json"]
     out = subprocess.run(
-        [*command, "--mb", "0.2", "--relay-mb", "0.1"],
+        [*command, "--mb", "0.2", "--relay-mb", "0.1", "--repeat", "1"],
         check=True,
         capture_output=True,
         text=True,
@@ -36,7 +36,7 @@ def test_bench_throughput_json_has_both_paths_and_the_ceiling() -> None:
 def test_bench_throughput_paths_relay_only_reports_cpu_per_process() -> None:
     command = [sys.executable, "-m", "tunneld", "bench", "throughput", "--json"]
     out = subprocess.run(
-        [*command, "--paths", "relay", "--relay-mb", "0.2"],
+        [*command, "--paths", "relay", "--relay-mb", "0.2", "--repeat", "3"],
         check=True,
         capture_output=True,
         text=True,
@@ -46,12 +46,23 @@ def test_bench_throughput_paths_relay_only_reports_cpu_per_process() -> None:
     assert [row["path"] for row in rows] == ["relay"]
     row = rows[0]
     assert row["packet_bytes"] == RELAY_DATAGRAM_SIZE + HEADER_SIZE
+    # Three transfers; the row is the median one.
+    runs = row["runs_mb_per_s"]
+    assert len(runs) == 3
+    assert row["mb_per_s"] == sorted(runs)[1]
     if sys.platform.startswith("linux"):
         parts = [row[f"cpu_ms_per_mb_{role}"] for role in ("control", "agent", "client")]
         assert all(part >= 0 for part in parts)
         assert row["cpu_ms_per_mb"] == sum(parts)
     # The peers' stdin readers never crash the interpreter at exit.
     assert "Fatal Python error" not in out.stderr
+
+
+def test_bench_throughput_rejects_a_repeat_below_one() -> None:
+    command = [sys.executable, "-m", "tunneld", "bench", "throughput", "--repeat", "0"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--repeat: expected at least 1" in out.stderr
 
 
 def test_bench_throughput_rejects_unknown_paths() -> None:

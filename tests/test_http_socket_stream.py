@@ -66,6 +66,28 @@ async def test_a_clogged_send_waits_for_room_and_busy_is_refused() -> None:
         assert received == payload
 
 
+async def test_send_all_parts_sends_every_part_in_order_through_partial_writes() -> None:
+    left, right = _pair(ready_streak=16)
+    left.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    # Parts of every size, empty ones too, more than one sendmsg takes at once.
+    parts: list[bytes | memoryview] = [bytes([i % 251]) * (i * 37 % 9000) for i in range(700)]
+    parts[3] = memoryview(b"a view" * 1000)
+    expected = b"".join(parts)
+    received = bytearray()
+    async with left, right:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(left.send_all_parts, parts)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await left.send_all(b"z")
+            while len(received) < len(expected):
+                received += await right.receive_some(65536)
+        assert received == expected
+        await left.send_eof()
+        with pytest.raises(trio.ClosedResourceError):
+            await left.send_all_parts([b"after eof"])
+
+
 async def test_ready_operations_skip_the_schedule_point_but_not_forever() -> None:
     left, right = _pair(ready_streak=4)
     async with left, right:

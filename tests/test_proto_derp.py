@@ -246,6 +246,19 @@ def test_server_events_after_connect() -> None:
     ]
 
 
+def test_data_to_send_parts_are_the_same_bytes_unjoined() -> None:
+    client, server = handshake()
+    packet = b"p" * 60_000
+    client.send_packet(b"d" * 32, packet)
+    client.ping(b"pingpong")
+    parts = client.data_to_send_parts()
+    assert any(part is packet for part in parts)  # the packet itself, not a copy
+    assert client.data_to_send_parts() == []
+    assert client.data_to_send() == b""
+    server.receive_data(b"".join(parts))
+    assert drain(server) == [SendPacket(b"d" * 32, packet), Ping(b"pingpong")]
+
+
 def test_local_misuse_is_local_protocol_error() -> None:
     client = ClientConnection(CLIENT_PRIVATE)
     with pytest.raises(LocalProtocolError, match="cannot send a packet in state AWAIT_SERVER_KEY"):

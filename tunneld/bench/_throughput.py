@@ -96,6 +96,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "direct,relay); each row's ceiling is still its own packet size's",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="transfers per path, each with fresh node processes; the row is the one "
+        "with the median MB/s (default 3: one run moves with what else the machine "
+        "does by a third either way)",
+    )
+    parser.add_argument(
         "--layout",
         choices=_LAYOUTS,
         default="processes",
@@ -268,8 +276,8 @@ async def _one_process(
         yield measure
 
 
-# path -> (MB/s, its packet bytes, CPU seconds per role or None)
-Rates = dict[str, tuple[float, int, Cpu | None]]
+# path -> (MB/s, its packet bytes, CPU seconds per role or None, every run's MB/s)
+Rates = dict[str, tuple[float, int, Cpu | None, list[float]]]
 
 
 async def _rates(
@@ -278,20 +286,27 @@ async def _rates(
     sizes: tuple[int, int],
     relay_rate_mib: float | None,
     direct_datagram: int,
+    repeat: int,
     ceiling: Callable[[Rates], None],
 ) -> Rates:
-    """``{path: (MB/s, packet bytes)}`` in ``layout``; ``ceiling(rates so far)`` samples
-    the ceilings between and after the transfers (while the nodes' processes are idle)."""
+    """``{path: (MB/s, packet bytes, CPU, runs)}`` in ``layout``, from the median of
+    ``repeat`` transfers; ``ceiling(rates so far)`` samples the ceilings between and
+    after the paths (while the nodes' processes are idle)."""
     layouts = {"processes": _processes, "one-process": _one_process}
     rates: Rates = {}
     async with layouts[layout](relay_rate_mib, direct_datagram) as measure:
         for path, direct, size in (("direct", True, sizes[0]), ("relay", False, sizes[1])):
             if path not in paths:
                 continue
-            rate, datagram, cpu = await measure(direct, size)
-            rates[path] = (rate, datagram + HEADER_SIZE, cpu)
+            runs = sorted([await measure(direct, size) for _ in range(repeat)], key=_rate)
+            rate, datagram, cpu = runs[(len(runs) - 1) // 2]  # the median (lower of two)
+            rates[path] = (rate, datagram + HEADER_SIZE, cpu, [run[0] for run in runs])
             ceiling(rates)
     return rates
+
+
+def _rate(measured: Measured) -> float:
+    return measured[0]
 
 
 def _ceiling(size: int, packet: int) -> float:
@@ -353,6 +368,8 @@ def _paths(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> BenchResult:
     paths = _paths(args.paths)
+    if args.repeat < 1:
+        raise SystemExit(f"--repeat: expected at least 1 transfer per path, got {args.repeat}")
     direct_size = int(args.mb * 1e6)
     relay_size = int(args.relay_mb * 1e6)
     # Ceiling samples by packet bytes. The relay's packet size is known up front; the
@@ -364,7 +381,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         ceilings.setdefault(packet, []).append(_ceiling(direct_size, packet))
 
     def sample_ceiling(rates: Rates) -> None:
-        for _, packet, _cpu in rates.values():
+        for _, packet, _cpu, _runs in rates.values():
             sample(packet)
 
     if "relay" in paths:
@@ -379,6 +396,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             (direct_size, relay_size),
             args.relay_rate_mib,
             args.direct_datagram,
+            args.repeat,
             sample_ceiling,
         )
         measured.append((layout, rates))
@@ -393,7 +411,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         for path, size in (("direct", direct_size), ("relay", relay_size)):
             if path not in rates:
                 continue
-            rate, packet, cpu = rates[path]
+            rate, packet, cpu, runs = rates[path]
             row: dict[str, object] = {
                 "path": path,
                 "layout": layout,
@@ -403,6 +421,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                 "ceiling_mb_per_s": ceiling[packet],
                 "fraction": rate / ceiling[packet],
                 "cpu_ms_per_mb": None,
+                "runs_mb_per_s": runs,
             }
             if cpu is not None:
                 ms = 1000 / (size / 1e6)
@@ -452,7 +471,15 @@ def run(args: argparse.Namespace) -> BenchResult:
         notes=[
             "mb_per_s: stream bytes from the first send to the sink's answer after EOF; the"
             " defaults (--mb 256, --relay-mb 128) last about a second per path, so the"
-            " congestion controller's start-up is a small part (at 8 MB it was most of it).",
+            " congestion controller's start-up is a small part (at 8 MB it was most of it)."
+            f" Each row is the median of --repeat {args.repeat} transfers, each with fresh"
+            " agent and client processes (runs_mb_per_s lists them all): "
+            + "; ".join(
+                f"{layout} {path} {', '.join(f'{run:.0f}' for run in rates[path][3])} MB/s"
+                for layout, rates in measured
+                for path in rates
+            )
+            + ".",
             "ceiling: per path, WireGuard payloads of that path's packet_bytes (one mux "
             "datagram plus our header): encrypt + loopback UDP send/recv + decrypt, one "
             "thread, no mux, no trio; the median of the samples taken before (relay), "

@@ -468,7 +468,7 @@ class DerpRelay:
                 size += len(head) + len(data)
             client.writing_since = trio.current_time()
             try:
-                await client.link.send(b"".join(parts))
+                await client.link.send_parts(parts)  # gathered by the kernel: no join
             except LinkClosed:
                 client.close(_CLOSE_NORMAL, "")
                 return

@@ -327,10 +327,10 @@ class DerpClient:
         lock = self._send_lock
         await acquire_promptly(lock)
         try:
-            outgoing = self._core.data_to_send()
+            outgoing = self._core.data_to_send_parts()
             if outgoing:
                 try:
-                    await self._link.send(outgoing)
+                    await self._link.send_parts(outgoing)
                 except LinkClosed as exc:
                     raise self._note_closed(exc) from None
         finally:

@@ -285,10 +285,12 @@ class MuxConnection:
                 # instead of three for a request/response.
                 # A stream's FIN ends the wait at once: after it nothing can join
                 # that stream's frames, and the rounds spent looking for more were
-                # a quarter of a request/response's task steps.
+                # a quarter of a request/response's task steps. So does a full
+                # datagram's worth of stream bytes: a bulk writer's next packet is
+                # full anyway, and the rounds were a third of its sender's steps.
                 quiet = 0
                 for _ in range(_CORK_ROUNDS):
-                    if core.pending_streams_final():
+                    if core.pending_streams_final() or core.pending_streams_fill_datagram():
                         break
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     if self._kicked.is_set():
@@ -511,7 +513,9 @@ class MuxStream(trio.abc.HalfCloseableStream):
             # Queue first, yield after (as trio's SocketStream does): the sender then
             # sees these bytes together with whatever this task does next (a FIN).
             await trio.lowlevel.checkpoint_if_cancelled()
-            view = memoryview(data).cast("B")
+            # bytes as they are: the send buffer then keeps the object itself (no
+            # copy) when it takes all of it; a view only for what is left over.
+            view: bytes | memoryview = data if type(data) is bytes else memoryview(data).cast("B")
             while True:
                 if self._closed or self._send_closed:
                     raise trio.ClosedResourceError("stream closed for sending")
@@ -525,7 +529,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
                 except (StreamResetError, StreamError, ConnectionClosedError) as exc:
                     raise trio.BrokenResourceError(str(exc)) from exc
                 if accepted:
-                    view = view[accepted:]
+                    view = memoryview(view)[accepted:] if accepted < len(view) else b""
                     connection = self._connection
                     if self._no_delay and connection._may_send_inline():
                         # One scheduling round sooner than kicking the idle sender.

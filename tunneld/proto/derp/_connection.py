@@ -178,6 +178,13 @@ class _Core:
         outgoing.clear()
         return out
 
+    def data_to_send_parts(self) -> list[bytes]:
+        """As :meth:`data_to_send`, as the pieces to write one after another (frame
+        headers, keys, packets): a writer that gathers them saves joining them."""
+        outgoing = self._outgoing
+        self._outgoing = []
+        return outgoing
+
     def _ready_for_frames(self) -> bool:
         return True
 

@@ -21,6 +21,7 @@ from tunneld.proto.mux._events import (
 )
 from tunneld.proto.mux._ranges import RangeSet
 from tunneld.proto.mux._recovery import LossRecovery, SentPacket
+from tunneld.proto.mux._sendbuf import SendBuffer
 from tunneld.proto.mux._stream import ControlState, Stream
 
 __all__ = [
@@ -177,8 +178,7 @@ class ConnectionBase:
         stream.send_reset_final = stream.next_new
         stream.send_reset_state = ControlState.PENDING
         self._send_buffered -= stream.send_buffered
-        stream.send_buf = bytearray()
-        stream.send_skip = 0
+        stream.send_buf = SendBuffer(stream.send_base)
         stream.lost = RangeSet()
         stream.fin_lost = False
         self._sendable.pop(stream.stream_id, None)

@@ -102,7 +102,7 @@ class Connection(ReceiveMixin, SendMixin):
     def receive_buffered(self, stream_id: int) -> int:
         """Bytes held in ``stream_id``'s reassembly buffer (0 if unknown)."""
         stream = self._streams.get(stream_id)
-        return len(stream.recv_buf) if stream else 0
+        return len(stream.recv_buf) + stream.recv_chunked if stream else 0
 
     def receive_credit(self, stream_id: int) -> int:
         """How many bytes beyond what the app read the peer may send on the stream."""
@@ -192,7 +192,7 @@ class Connection(ReceiveMixin, SendMixin):
         header = bytearray()
         push_varint(header, len(encoded))
         header += encoded
-        stream.send_buf += header
+        stream.send_buf.append(header)
         self._send_buffered += len(header)
         self._sendable[stream_id] = None
         return stream_id
@@ -231,7 +231,7 @@ class Connection(ReceiveMixin, SendMixin):
             raise StreamError(f"stream {stream_id}: write after end of stream")
         accepted = min(len(data), self.stream_send_capacity(stream_id))
         if accepted:
-            stream.send_buf += data[:accepted] if accepted < len(data) else data
+            stream.send_buf.append(data[:accepted] if accepted < len(data) else data)
             self._send_buffered += accepted
             self._sendable[stream_id] = None
         if accepted < len(data):
@@ -274,6 +274,7 @@ class Connection(ReceiveMixin, SendMixin):
             and stream.stop_code is None
             and not stream.header_pending
             and not stream.recv_buf
+            and not stream.recv_chunks
         )
 
     def read_stream(self, stream_id: int, max_bytes: int) -> tuple[bytes, bool]:

@@ -286,18 +286,17 @@ class ReceiveMixin(ConnectionBase):
     def _parse_stream_header(self, stream: Stream) -> None:
         readable = stream.readable_bytes()
         if readable:
-            buf = stream.recv_buf
-            size = buf[0] >> 6
+            size = stream.peek(1)[0] >> 6
             prefix = 1 << size
             if readable >= prefix:
-                length = int.from_bytes(buf[:prefix], "big") & ((1 << (8 * prefix - 2)) - 1)
+                length = int.from_bytes(stream.peek(prefix), "big") & ((1 << (8 * prefix - 2)) - 1)
                 if length > MAX_SERVICE_LENGTH:
                     raise RemoteProtocolError(
                         ErrorCode.PROTOCOL_VIOLATION,
                         f"stream {stream.stream_id}: service name of {length} bytes",
                     )
                 if readable >= prefix + length:
-                    raw = stream.read(prefix + length)[prefix:]
+                    raw = stream.read(prefix + length, exact=True)[prefix:]
                     self._conn_consumed += prefix + length
                     self._credit_check[stream.stream_id] = None
                     try:

@@ -25,6 +25,7 @@ from tunneld.proto.mux._events import (
     Path,
 )
 from tunneld.proto.mux._recovery import FrameRecord, SentPacket
+from tunneld.proto.mux._sendbuf import SendBuffer
 from tunneld.proto.mux._stream import ControlState
 from tunneld.proto.mux._wire import MAX_VARINT, FrameType, push_varint, varint_size
 
@@ -161,6 +162,29 @@ class SendMixin(ConnectionBase):
                 and stream.max_data_local - stream.read_offset <= stream.window * 0.75
             ):
                 return True
+        return False
+
+    def pending_streams_fill_datagram(self) -> bool:
+        """Whether the new stream bytes waiting to go, within the peer's credit, fill
+        at least one datagram.
+
+        Then a driver holding a packet back for more frames gains nothing: the next
+        packet is full anyway (a bulk writer with its send buffer full, waiting for
+        the congestion window or an ACK). False when no stream frame waits.
+        """
+        streams = self._streams
+        conn_credit = self._max_data_remote - self._data_sent
+        waiting = 0
+        for stream_id in self._sendable:
+            stream = streams.get(stream_id)
+            if stream is None or stream.send_reset_code is not None:
+                continue
+            next_new = stream.next_new
+            ready = min(stream.send_end, stream.max_data_remote) - next_new
+            if ready > 0:
+                waiting += ready
+                if min(waiting, conn_credit) >= self._mss:
+                    return True
         return False
 
     def pending_streams_final(self) -> bool:
@@ -396,7 +420,7 @@ class SendMixin(ConnectionBase):
                 del sendable[stream_id]
                 continue
             id_size = varint_size(stream_id)
-            base = stream.send_base - stream.send_skip  # the offset of send_buf[0]
+            send_buf = stream.send_buf
             # Retransmissions first: frames, not packets, are resent.
             while stream.lost and limit - len(buf) >= STREAM_FRAME_MIN:
                 offset = stream.lost[0][0]
@@ -405,19 +429,16 @@ class SendMixin(ConnectionBase):
                 fin = stream.fin_lost and end == stream.send_end and stream.fin_sent
                 if fin:
                     stream.fin_lost = False
-                self._put_stream_frame(
-                    buf, stream_id, start, stream.send_buf, start - base, end - start, fin
-                )
+                self._put_stream_frame(buf, stream_id, start, send_buf, end - start, fin)
                 frames.append((REC_STREAM, stream_id, start, end - start, fin))
             if stream.fin_lost and not stream.lost and limit - len(buf) >= STREAM_FRAME_MIN:
                 stream.fin_lost = False
                 end = stream.send_end
-                self._put_stream_frame(buf, stream_id, end, stream.send_buf, 0, 0, True)
+                self._put_stream_frame(buf, stream_id, end, send_buf, 0, True)
                 frames.append((REC_STREAM, stream_id, end, 0, True))
-            # New data, within stream and connection credit. (send_end inline: the
-            # property is a call, and this runs for every packet of a bulk transfer.)
+            # New data, within stream and connection credit.
             next_new = stream.next_new
-            send_end = base + len(stream.send_buf)
+            send_end = send_buf.end
             room = limit - len(buf)
             if room >= STREAM_FRAME_MIN:
                 credit_end = min(
@@ -430,9 +451,7 @@ class SendMixin(ConnectionBase):
                 if take > 0:
                     end = next_new + take
                     fin = stream.fin_requested and end == send_end
-                    self._put_stream_frame(
-                        buf, stream_id, next_new, stream.send_buf, next_new - base, take, fin
-                    )
+                    self._put_stream_frame(buf, stream_id, next_new, send_buf, take, fin)
                     frames.append((REC_STREAM, stream_id, next_new, take, fin))
                     stream.next_new = end
                     self._data_sent += take
@@ -440,7 +459,7 @@ class SendMixin(ConnectionBase):
                         stream.fin_sent = True
                 elif stream.fin_requested and not stream.fin_sent and next_new == send_end:
                     stream.fin_sent = True
-                    self._put_stream_frame(buf, stream_id, next_new, stream.send_buf, 0, 0, True)
+                    self._put_stream_frame(buf, stream_id, next_new, send_buf, 0, True)
                     frames.append((REC_STREAM, stream_id, next_new, 0, True))
                 if stream.next_new < send_end:
                     if stream.next_new >= stream.max_data_remote:
@@ -474,8 +493,7 @@ class SendMixin(ConnectionBase):
         buf: bytearray,
         stream_id: int,
         offset: int,
-        source: bytearray,
-        source_index: int,
+        source: SendBuffer,
         length: int,
         fin: bool,
     ) -> None:
@@ -484,4 +502,4 @@ class SendMixin(ConnectionBase):
         push_varint(buf, offset)
         push_varint(buf, length)
         if length:
-            buf += memoryview(source)[source_index : source_index + length]
+            source.copy_to(buf, offset, length)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections import deque
 from enum import Enum
 
 from tunneld.proto.mux._errors import ErrorCode, RemoteProtocolError
 from tunneld.proto.mux._ranges import RangeSet
+from tunneld.proto.mux._sendbuf import SendBuffer
 
 __all__ = ["ControlState", "Stream"]
+
+# In-order frames this big are held as they came (recv_chunks); smaller ones go to
+# recv_buf, so a peer's tiny frames cannot make one object each.
+_CHUNK_MIN = 4096
 
 
 class ControlState(Enum):
@@ -22,12 +28,13 @@ class ControlState(Enum):
 class Stream:
     """Both directions of one bidirectional stream.
 
-    Send side: ``send_buf`` holds bytes from offset ``send_base - send_skip`` to
-    ``send_end``; everything below ``send_base`` is acked (its first ``send_skip``
-    bytes too: they are cut off in batches, see ``on_data_acked``); ``next_new`` is
-    the first never-sent offset; ``lost`` holds ranges to retransmit. Receive side:
-    ``recv_buf`` holds bytes from ``read_offset`` on, with holes; ``received`` says
-    which offsets arrived.
+    Send side: ``send_buf`` holds bytes from offset ``send_base`` to ``send_end``;
+    everything below ``send_base`` is acked; ``next_new`` is the first never-sent
+    offset; ``lost`` holds ranges to retransmit. Receive side: from
+    ``read_offset`` on, ``recv_chunks`` holds ``recv_chunked`` in-order bytes as
+    they came (big frames that arrived in order while nothing else waited: no
+    copy into a growing buffer, and a read takes one as it is), then ``recv_buf``
+    holds the rest, with holes; ``received`` says which offsets arrived.
     """
 
     __slots__ = (
@@ -51,6 +58,8 @@ class Stream:
         "readable_notified",
         "received",
         "recv_buf",
+        "recv_chunked",
+        "recv_chunks",
         "recv_reset_code",
         "send_acked",
         "send_base",
@@ -59,7 +68,6 @@ class Stream:
         "send_reset_code",
         "send_reset_final",
         "send_reset_state",
-        "send_skip",
         "stop_code",
         "stop_state",
         "stream_id",
@@ -74,9 +82,8 @@ class Stream:
         self.stream_id = stream_id
         self.local = local
         # send side
-        self.send_buf = bytearray()
+        self.send_buf = SendBuffer()
         self.send_base = 0
-        self.send_skip = 0
         self.next_new = 0
         self.send_acked = RangeSet()
         self.lost = RangeSet()
@@ -93,6 +100,8 @@ class Stream:
         self.send_reset_state = ControlState.NONE
         # receive side
         self.recv_buf = bytearray()
+        self.recv_chunks: deque[bytes] = deque()
+        self.recv_chunked = 0
         self.read_offset = 0
         self.received = RangeSet()
         self.highest_received = 0
@@ -113,12 +122,12 @@ class Stream:
 
     @property
     def send_end(self) -> int:
-        return self.send_base - self.send_skip + len(self.send_buf)
+        return self.send_buf.end
 
     @property
     def send_buffered(self) -> int:
         """Bytes not yet acked (unsent or in flight)."""
-        return len(self.send_buf) - self.send_skip
+        return self.send_buf.end - self.send_base
 
     def send_terminal(self) -> bool:
         if self.send_reset_code is not None:
@@ -145,14 +154,7 @@ class Stream:
         if first_start != self.send_base:
             return 0
         released = first_end - self.send_base
-        # Cutting acked bytes off the front at every ACK made CPython move the whole
-        # buffer on the next append (a bytearray grown with its start moved is copied):
-        # ~1 MiB per two big datagrams. Cut once half the buffer is acked instead.
-        skip = self.send_skip + released
-        if 2 * skip >= len(self.send_buf):
-            self.send_buf = self.send_buf[skip:]
-            skip = 0
-        self.send_skip = skip
+        self.send_buf.release_to(first_end)
         self.send_base = first_end
         acked.trim_below(first_end)
         return released
@@ -214,15 +216,19 @@ class Stream:
             grown = 0
         if fin:
             self.final_size = end
-        read_offset = self.read_offset
-        if self.recv_reset_code is not None or self.stop_code is not None or end <= read_offset:
+        # Where recv_buf starts: bytes below are read or held in recv_chunks.
+        base = self.read_offset + self.recv_chunked
+        if self.recv_reset_code is not None or self.stop_code is not None or end <= base:
             return grown
-        if offset < read_offset:
-            data = data[read_offset - offset :]
-            offset = read_offset
-        rel = offset - read_offset
+        if offset < base:
+            data = data[base - offset :]
+            offset = base
+        rel = offset - base
         buf = self.recv_buf
-        if rel == len(buf):
+        if not buf and not rel and len(data) >= _CHUNK_MIN:
+            self.recv_chunks.append(bytes(data))
+            self.recv_chunked += len(data)
+        elif rel == len(buf):
             buf += data
         else:
             if rel + len(data) > len(buf):
@@ -250,10 +256,48 @@ class Stream:
     def at_eof(self) -> bool:
         return self.final_size is not None and self.read_offset == self.final_size
 
-    def read(self, max_bytes: int) -> bytes:
+    def read(self, max_bytes: int, *, exact: bool = False) -> bytes:
+        """Up to ``max_bytes`` in-order bytes (all of them with ``exact``, which the
+        caller knows to be readable); without ``exact`` a held chunk is returned
+        alone, as it came (no copy) when it fits."""
         size = min(max_bytes, self.readable_bytes())
         if size <= 0:
             return b""
+        chunks = self.recv_chunks
+        if chunks and not exact and len(chunks[0]) <= size:
+            data = chunks.popleft()
+            size = len(data)
+            self.recv_chunked -= size
+        elif chunks:
+            data = self._take_chunked(size)
+        else:
+            data = self._take_buffered(size)
+        self.read_offset += size
+        self.received.trim_below(self.read_offset)
+        self.needs_credit_check = True
+        return data
+
+    def _take_chunked(self, size: int) -> bytes:
+        """``size`` bytes off the front, starting in ``recv_chunks``."""
+        chunks = self.recv_chunks
+        parts: list[bytes] = []
+        left = size
+        while chunks and left:
+            first = chunks[0]
+            if len(first) > left:
+                parts.append(first[:left])
+                chunks[0] = first[left:]
+                self.recv_chunked -= left
+                left = 0
+                break
+            parts.append(chunks.popleft())
+            self.recv_chunked -= len(first)
+            left -= len(first)
+        if left:
+            parts.append(self._take_buffered(left))
+        return b"".join(parts)
+
+    def _take_buffered(self, size: int) -> bytes:
         buf = self.recv_buf
         if size == len(buf):
             data = bytes(buf)
@@ -262,15 +306,26 @@ class Stream:
             with memoryview(buf) as view:  # one copy (a slice, then bytes(), was two)
                 data = view[:size].tobytes()
             del buf[:size]
-        self.read_offset += size
-        self.received.trim_below(self.read_offset)
-        self.needs_credit_check = True
         return data
+
+    def peek(self, count: int) -> bytes:
+        """The first ``count`` held in-order bytes, left in place (fewer if fewer)."""
+        parts: list[bytes | bytearray] = []
+        for chunk in self.recv_chunks:
+            if count <= 0:
+                break
+            parts.append(chunk[:count])
+            count -= len(chunk)
+        if count > 0:
+            parts.append(self.recv_buf[:count])
+        return b"".join(parts)
 
     def discard_receive_buffer(self) -> int:
         """Drop unread bytes (reset or stop-sending); returns how many offsets were freed."""
         freed = self.highest_received - self.read_offset
         self.recv_buf = bytearray()
+        self.recv_chunks = deque()
+        self.recv_chunked = 0
         self.received = RangeSet()
         self.read_offset = self.highest_received
         return freed
