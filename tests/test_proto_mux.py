@@ -1108,22 +1108,6 @@ def test_pending_streams_final_once_every_waiting_stream_has_its_fin() -> None:
     assert not conn.pending_streams_final()  # all sent: nothing waits
 
 
-def test_pending_streams_fill_datagram_once_a_full_packet_of_credited_bytes_waits() -> None:
-    config = MuxConfig(initial_stream_window=2000, max_stream_window=2000)
-    conn = Connection(is_initiator=True, path=PATH, config=config)
-    size = config.max_datagram_size
-    assert not conn.pending_streams_fill_datagram()  # nothing waits
-    stream_id = conn.open_stream("bulk")
-    conn.send_stream_data(stream_id, bytes(size // 2))
-    assert not conn.pending_streams_fill_datagram()  # half a packet: worth waiting for more
-    conn.send_stream_data(stream_id, bytes(size))
-    assert conn.pending_streams_fill_datagram()
-    conn.datagrams_to_send(0.0)
-    # What is left is beyond the peer's stream credit (2000 bytes): it cannot go yet.
-    conn.send_stream_data(stream_id, bytes(4 * size))
-    assert not conn.pending_streams_fill_datagram()
-
-
 def test_pending_streams_final_counts_a_reset_stream_as_done() -> None:
     conn = Connection(is_initiator=True, path=PATH)
     first = conn.open_stream("a")

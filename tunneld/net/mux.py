@@ -285,12 +285,10 @@ class MuxConnection:
                 # instead of three for a request/response.
                 # A stream's FIN ends the wait at once: after it nothing can join
                 # that stream's frames, and the rounds spent looking for more were
-                # a quarter of a request/response's task steps. So does a full
-                # datagram's worth of stream bytes: a bulk writer's next packet is
-                # full anyway, and the rounds were a third of its sender's steps.
+                # a quarter of a request/response's task steps.
                 quiet = 0
                 for _ in range(_CORK_ROUNDS):
-                    if core.pending_streams_final() or core.pending_streams_fill_datagram():
+                    if core.pending_streams_final():
                         break
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     if self._kicked.is_set():

@@ -164,29 +164,6 @@ class SendMixin(ConnectionBase):
                 return True
         return False
 
-    def pending_streams_fill_datagram(self) -> bool:
-        """Whether the new stream bytes waiting to go, within the peer's credit, fill
-        at least one datagram.
-
-        Then a driver holding a packet back for more frames gains nothing: the next
-        packet is full anyway (a bulk writer with its send buffer full, waiting for
-        the congestion window or an ACK). False when no stream frame waits.
-        """
-        streams = self._streams
-        conn_credit = self._max_data_remote - self._data_sent
-        waiting = 0
-        for stream_id in self._sendable:
-            stream = streams.get(stream_id)
-            if stream is None or stream.send_reset_code is not None:
-                continue
-            next_new = stream.next_new
-            ready = min(stream.send_end, stream.max_data_remote) - next_new
-            if ready > 0:
-                waiting += ready
-                if min(waiting, conn_credit) >= self._mss:
-                    return True
-        return False
-
     def pending_streams_final(self) -> bool:
         """Whether stream frames wait to go and each of their streams has its FIN
         queued or is marked no-delay (``set_no_delay``).
