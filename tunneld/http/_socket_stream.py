@@ -128,6 +128,18 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         finally:
             self._receiving = False
 
+    def _claim_sending(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+
+    async def _send_socket(self) -> socket.socket:
+        """The socket to send on, after the cancellation point every send starts with."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._eof_sent:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        return self.socket
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``, waiting for buffer room only when there is none.
 
@@ -136,14 +148,9 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             trio.ClosedResourceError: closed, or after :meth:`send_eof`.
             trio.BrokenResourceError: the connection broke (e.g. the peer left).
         """
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        self._sending = True
+        self._claim_sending()
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            sock = self.socket
-            if self._eof_sent:
-                raise trio.ClosedResourceError("can't send data after sending EOF")
+            sock = await self._send_socket()
             with memoryview(data) as view:
                 sent = 0
                 while True:
@@ -169,14 +176,9 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         A relay's batch of 64 KiB packets plus their frame headers cost a join as
         big as the batch per write. Same errors and checkpoints as :meth:`send_all`.
         """
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        self._sending = True
+        self._claim_sending()
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            sock = self.socket
-            if self._eof_sent:
-                raise trio.ClosedResourceError("can't send data after sending EOF")
+            sock = await self._send_socket()
             pending = [part for part in parts if len(part)]
             first = 0  # pending[first:] is still to send
             while first < len(pending):
