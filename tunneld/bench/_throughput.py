@@ -54,7 +54,7 @@ _READY_WAIT = 60.0
 _PEER_MAX_SECONDS = 300.0
 _LAYOUTS = ("processes", "one-process", "both")
 MIB = 1024 * 1024
-# The ceiling is measured this many times (before, between and after the transfers)
+# The ceiling is measured at least this many times (before and after the transfers)
 # and its median reported: on a shared machine one sample can catch a busy moment.
 _CEILING_SAMPLES = 3
 
@@ -287,21 +287,24 @@ async def _rates(
     relay_rate_mib: float | None,
     direct_datagram: int,
     repeat: int,
-    ceiling: Callable[[Rates], None],
+    ceiling: Callable[[int], None],
 ) -> Rates:
     """``{path: (MB/s, packet bytes, CPU, runs)}`` in ``layout``, from the median of
-    ``repeat`` transfers; ``ceiling(rates so far)`` samples the ceilings between and
-    after the paths (while the nodes' processes are idle)."""
+    ``repeat`` transfers; ``ceiling(packet bytes)`` samples a path's ceiling after
+    each of its transfers (while the nodes' processes are idle)."""
     layouts = {"processes": _processes, "one-process": _one_process}
     rates: Rates = {}
     async with layouts[layout](relay_rate_mib, direct_datagram) as measure:
         for path, direct, size in (("direct", True, sizes[0]), ("relay", False, sizes[1])):
             if path not in paths:
                 continue
-            runs = sorted([await measure(direct, size) for _ in range(repeat)], key=_rate)
+            runs = []
+            for _ in range(repeat):
+                runs.append(await measure(direct, size))
+                ceiling(runs[-1][1] + HEADER_SIZE)
+            runs.sort(key=_rate)
             rate, datagram, cpu = runs[(len(runs) - 1) // 2]  # the median (lower of two)
             rates[path] = (rate, datagram + HEADER_SIZE, cpu, [run[0] for run in runs])
-            ceiling(rates)
     return rates
 
 
@@ -372,17 +375,14 @@ def run(args: argparse.Namespace) -> BenchResult:
         raise SystemExit(f"--repeat: expected at least 1 transfer per path, got {args.repeat}")
     direct_size = int(args.mb * 1e6)
     relay_size = int(args.relay_mb * 1e6)
-    # Ceiling samples by packet bytes. The relay's packet size is known up front; the
-    # direct path's only once its transfer is over (path MTU discovery picks it), so
-    # its samples start between the transfers and are topped up at the end.
+    # Ceiling samples by packet bytes: one after every transfer (one run of the
+    # ceiling moved by a third either way with the machine, as a transfer does). The
+    # relay's packet size is known up front; the direct path's only once a transfer
+    # is over (path MTU discovery picks it). Topped up to _CEILING_SAMPLES at the end.
     ceilings: dict[int, list[float]] = {}
 
     def sample(packet: int) -> None:
         ceilings.setdefault(packet, []).append(_ceiling(direct_size, packet))
-
-    def sample_ceiling(rates: Rates) -> None:
-        for _, packet, _cpu, _runs in rates.values():
-            sample(packet)
 
     if "relay" in paths:
         sample(RELAY_DATAGRAM_SIZE + HEADER_SIZE)
@@ -397,14 +397,13 @@ def run(args: argparse.Namespace) -> BenchResult:
             args.relay_rate_mib,
             args.direct_datagram,
             args.repeat,
-            sample_ceiling,
+            sample,
         )
         measured.append((layout, rates))
     for packet, samples in ceilings.items():
         while len(samples) < _CEILING_SAMPLES:
             samples.append(_ceiling(direct_size, packet))
-    # The first samples of each size, spread over the first transfers where possible.
-    ceiling = {packet: statistics.median(c[:_CEILING_SAMPLES]) for packet, c in ceilings.items()}
+    ceiling = {packet: statistics.median(samples) for packet, samples in ceilings.items()}
     rows: list[dict[str, object]] = []
     cpu_notes: list[str] = []
     for layout, rates in measured:
@@ -482,8 +481,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             + ".",
             "ceiling: per path, WireGuard payloads of that path's packet_bytes (one mux "
             "datagram plus our header): encrypt + loopback UDP send/recv + decrypt, one "
-            "thread, no mux, no trio; the median of the samples taken before (relay), "
-            "between and after the transfers: "
+            "thread, no mux, no trio; the median of the samples taken before (relay) and "
+            "after each transfer: "
             + "; ".join(
                 f"{packet} B {', '.join(f'{c:.3g}' for c in samples)} MB/s"
                 for packet, samples in ceilings.items()
