@@ -28,32 +28,28 @@ class SendBuffer:
     ``release_to`` drops everything below an offset (acked bytes).
     """
 
-    __slots__ = ("_chunks", "_ends", "_first", "_start", "_tail", "_tail_start")
+    __slots__ = ("_chunks", "_ends", "_first", "_tail", "_tail_start", "end", "start")
 
     def __init__(self, start: int = 0) -> None:
         self._chunks: list[bytes] = []
         self._ends: list[int] = []  # absolute end offset of each chunk
         self._first = 0  # index of the first chunk still held
-        self._start = start
         self._tail = bytearray()  # owned bytes after the last chunk
         self._tail_start = start
-
-    @property
-    def start(self) -> int:
-        return self._start
-
-    @property
-    def end(self) -> int:
-        return self._tail_start + len(self._tail)
+        # Plain attributes, not properties: the mux reads ``end`` several times per
+        # packet and per call. Read them; never assign them from outside.
+        self.start = start
+        self.end = start
 
     def __len__(self) -> int:
-        return self._tail_start + len(self._tail) - self._start
+        return self.end - self.start
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Add ``data`` at the end (kept as it is if it is a big ``bytes``)."""
         size = len(data)
         if not size:
             return
+        self.end += size
         tail = self._tail
         if size < _CHUNK_MIN:
             tail += data
@@ -103,9 +99,9 @@ class SendBuffer:
 
     def release_to(self, offset: int) -> None:
         """Drop every byte below absolute ``offset`` (at most ``end``)."""
-        if offset <= self._start:
+        if offset <= self.start:
             return
-        self._start = offset
+        self.start = offset
         ends = self._ends
         first = bisect_right(ends, offset, self._first)
         if first >= _COMPACT_AFTER:
