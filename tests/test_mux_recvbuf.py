@@ -87,3 +87,15 @@ def test_an_exact_read_spans_chunks_and_the_reassembly_buffer() -> None:
     stream.receive(5000, memoryview(_DATA)[5000:5100], False)  # small: the buffer
     assert stream.read(5050, exact=True) == _DATA[:5050]
     assert stream.read(100) == _DATA[5050:5100]
+
+
+def test_small_reads_of_a_big_chunk_leave_the_rest_as_a_view_not_a_copy() -> None:
+    stream = Stream(1, False, 10**9, 10**9)
+    stream.receive(0, memoryview(_DATA)[:63_000], False)
+    out = bytearray(stream.read(1000))
+    rest = stream.recv_chunks[0]
+    assert isinstance(rest, memoryview)  # each read copies only what it returns
+    while data := stream.read(1000):
+        assert isinstance(data, bytes)
+        out += data
+    assert out == _DATA[:63_000]

@@ -100,7 +100,8 @@ class Stream:
         self.send_reset_state = ControlState.NONE
         # receive side
         self.recv_buf = bytearray()
-        self.recv_chunks: deque[bytes] = deque()
+        # bytes as they came, or a view of the rest of one a read took part of
+        self.recv_chunks: deque[bytes | memoryview] = deque()
         self.recv_chunked = 0
         self.read_offset = 0
         self.received = RangeSet()
@@ -265,9 +266,10 @@ class Stream:
             return b""
         chunks = self.recv_chunks
         if chunks and not exact and len(chunks[0]) <= size:
-            data = chunks.popleft()
-            size = len(data)
+            chunk = chunks.popleft()
+            size = len(chunk)
             self.recv_chunked -= size
+            data = chunk if type(chunk) is bytes else bytes(chunk)
         elif chunks:
             data = self._take_chunked(size)
         else:
@@ -280,13 +282,15 @@ class Stream:
     def _take_chunked(self, size: int) -> bytes:
         """``size`` bytes off the front, starting in ``recv_chunks``."""
         chunks = self.recv_chunks
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         left = size
         while chunks and left:
             first = chunks[0]
             if len(first) > left:
-                parts.append(first[:left])
-                chunks[0] = first[left:]
+                # The rest stays a view: small reads of a big chunk copy each byte once.
+                view = memoryview(first)
+                parts.append(view[:left])
+                chunks[0] = view[left:]
                 self.recv_chunked -= left
                 left = 0
                 break
@@ -310,7 +314,7 @@ class Stream:
 
     def peek(self, count: int) -> bytes:
         """The first ``count`` held in-order bytes, left in place (fewer if fewer)."""
-        parts: list[bytes | bytearray] = []
+        parts: list[bytes | bytearray | memoryview] = []
         for chunk in self.recv_chunks:
             if count <= 0:
                 break
