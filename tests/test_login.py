@@ -195,7 +195,10 @@ async def test_login_then_daemon_joins_then_refresh_and_revocation(
                 )
 
             await _wait(alice_online)
-            nodes = await h.store.list_nodes()
+            # The session is listed before its update_self is stored: wait for the node.
+            with trio.fail_after(WAIT):
+                while not (nodes := await h.store.list_nodes()):  # noqa: ASYNC110 (the store)
+                    await trio.sleep(0.05)
             assert [(n.owner, n.kind, n.name) for n in nodes] == [("alice", "client", "laptop")]
 
             # Refresh: rotates, persists (0600), the old refresh token is dead.
