@@ -171,12 +171,8 @@ class _Core:
 
     def data_to_send(self) -> bytes:
         """Bytes queued for the peer since the last call (possibly empty)."""
-        outgoing = self._outgoing
-        if not outgoing:
-            return b""
-        out = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
-        outgoing.clear()
-        return out
+        outgoing = self.data_to_send_parts()
+        return outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
 
     def data_to_send_parts(self) -> list[bytes]:
         """As :meth:`data_to_send`, as the pieces to write one after another (frame
