@@ -34,6 +34,20 @@ async def _fill(stream: DirectSocketStream) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _small_send_buffer_pair() -> tuple[DirectSocketStream, DirectSocketStream]:
+    """A pair whose left side fills its send buffer after a few KiB."""
+    left, right = _pair(ready_streak=16)
+    left.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return left, right
+
+
+async def _receive_exactly(stream: DirectSocketStream, size: int) -> bytes:
+    received = bytearray()
+    while len(received) < size:
+        received += await stream.receive_some(65536)
+    return bytes(received)
+
+
 async def test_passes_trios_stream_conformance_checks_as_a_full_checkpoint() -> None:
     async def maker() -> tuple[DirectSocketStream, DirectSocketStream]:
         return _pair()
@@ -48,10 +62,8 @@ async def test_passes_trios_stream_conformance_checks_as_a_full_checkpoint() -> 
 
 
 async def test_a_clogged_send_waits_for_room_and_busy_is_refused() -> None:
-    left, right = _pair(ready_streak=16)
-    left.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    left, right = _small_send_buffer_pair()
     payload = b"y" * (1 << 20)
-    received = bytearray()
     async with left, right:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(left.send_all, payload)
@@ -61,27 +73,23 @@ async def test_a_clogged_send_waits_for_room_and_busy_is_refused() -> None:
                 await left.send_all(b"z")
             with pytest.raises(trio.BusyResourceError):
                 await left.send_eof()
-            while len(received) < len(payload):
-                received += await right.receive_some(65536)
+            received = await _receive_exactly(right, len(payload))
         assert received == payload
 
 
 async def test_send_all_parts_sends_every_part_in_order_through_partial_writes() -> None:
-    left, right = _pair(ready_streak=16)
-    left.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    left, right = _small_send_buffer_pair()
     # Parts of every size, empty ones too, more than one sendmsg takes at once.
     parts: list[bytes | memoryview] = [bytes([i % 251]) * (i * 37 % 9000) for i in range(700)]
     parts[3] = memoryview(b"a view" * 1000)
     expected = b"".join(parts)
-    received = bytearray()
     async with left, right:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(left.send_all_parts, parts)
             await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(trio.BusyResourceError):
                 await left.send_all(b"z")
-            while len(received) < len(expected):
-                received += await right.receive_some(65536)
+            received = await _receive_exactly(right, len(expected))
         assert received == expected
         await left.send_eof()
         with pytest.raises(trio.ClosedResourceError):
