@@ -11,7 +11,7 @@ import trio
 from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
 from tunneld.net.overlay._config import LinkState
 from tunneld.net.overlay._node import _DERP_SOURCE, RELAY_PATH, _OverlayBase, _Peer, log
-from tunneld.net.overlay._relays import RELAY_BATCH_BYTES, RelayPacer
+from tunneld.net.overlay._relays import RelayPacer, fill_batch
 from tunneld.proto.coord import HomeRelay
 from tunneld.proto.derp import DerpEvent, RecvPacket, Restarting
 from tunneld.proto.mux import ConnectionClosedError
@@ -209,19 +209,7 @@ class _RelayIO(_OverlayBase):
             if routes and self._divert(first):
                 continue
             batch = [first]
-            # Whatever queued up meanwhile goes in the same WebSocket message: one
-            # message per WireGuard packet made the relay path CPU-bound on per-message
-            # work (framing, task switches) on both ends.
-            size = len(batch[0][1])
-            while size < RELAY_BATCH_BYTES:
-                try:
-                    item = self._relay_receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                if routes and self._divert(item):
-                    continue
-                batch.append(item)
-                size += len(item[1])
+            size = fill_batch(self._relay_receive, batch, self._divert if routes else None)
             await pacer.wait(size, len(batch))
             await derp.send_packets(batch)
 

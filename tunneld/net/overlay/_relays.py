@@ -31,13 +31,39 @@ from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
 from tunneld.proto.coord import HomeRelay
 from tunneld.proto.derp import RecvPacket, ServerInfo
 
-__all__ = ["RELAY_BATCH_BYTES", "RelayLinks", "RelayPacer", "RelaySelector"]
+__all__ = ["RELAY_BATCH_BYTES", "RelayLinks", "RelayPacer", "RelaySelector", "fill_batch"]
 
 log = get_logger(__name__)
 
 RELAY_BATCH_BYTES = 64 * 1024  # per WebSocket message to a relay
 _RATE_MARGIN = 0.9  # share of the relay's advertised rate and burst we use
 _SEND_OVERHEAD = 5 + 32  # SEND_PACKET frame header and destination key
+
+
+def fill_batch(
+    receive: trio.MemoryReceiveChannel[tuple[bytes, bytes]],
+    batch: list[tuple[bytes, bytes]],
+    diverted: Callable[[tuple[bytes, bytes]], bool] | None = None,
+) -> int:
+    """Add to ``batch`` (its first packet already in) the ``(key, packet)`` items
+    queued on ``receive`` now, up to RELAY_BATCH_BYTES; returns the batch's packet
+    bytes. ``diverted(item)`` True: the item went elsewhere, leave it out.
+
+    Whatever queued up meanwhile goes in the same WebSocket message: one message per
+    WireGuard packet made the relay path CPU-bound on per-message work (framing,
+    task switches) on both ends.
+    """
+    size = len(batch[0][1])
+    while size < RELAY_BATCH_BYTES:
+        try:
+            item = receive.receive_nowait()
+        except trio.WouldBlock:
+            break
+        if diverted is not None and diverted(item):
+            continue
+        batch.append(item)
+        size += len(item[1])
+    return size
 
 
 class RelaySelector:
@@ -338,13 +364,6 @@ class RelayLinks:
         pacer = RelayPacer(derp.server_info)
         while True:
             batch = [await link.receive.receive()]
-            size = len(batch[0][1])
-            while size < RELAY_BATCH_BYTES:
-                try:
-                    item = link.receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                batch.append(item)
-                size += len(item[1])
+            size = fill_batch(link.receive, batch)
             await pacer.wait(size, len(batch))
             await derp.send_packets(batch)
