@@ -146,6 +146,7 @@ async def test_two_clients_exchange_packets_and_ping(nursery: trio.Nursery) -> N
         assert a.server_key == relay.public_key
         assert a.server_info.version == 2
         assert a.server_info.token_bucket_bytes_per_second == relay.limits.bytes_per_second
+        assert a.server_info.send_queue_packets == relay.limits.send_queue_packets
         await a.send_packet(b.public_key, b"hello b")
         assert await receive_data_event(b) == RecvPacket(a.public_key, b"hello b")
         big = os.urandom(65536)
@@ -638,6 +639,17 @@ def test_relay_rate_limit_comes_from_the_control_config(tmp_path: Path) -> None:
     assert relay_limits(load_config(config).control).bytes_per_second == int(2.5 * 1024 * 1024)
     config.write_text("[control]\nrelay_rate_limit = -1\n")
     with pytest.raises(ConfigError, match=r"\[control\]\.relay_rate_limit"):
+        load_config(config)
+
+
+def test_relay_queue_depth_comes_from_the_control_config(tmp_path: Path) -> None:
+    config = tmp_path / "control.toml"
+    config.write_text("[control]\n")
+    assert relay_limits(load_config(config).control).send_queue_packets == 96
+    config.write_text("[control]\nrelay_queue_packets = 32\n")
+    assert relay_limits(load_config(config).control).send_queue_packets == 32
+    config.write_text("[control]\nrelay_queue_packets = 0\n")
+    with pytest.raises(ConfigError, match=r"\[control\]\.relay_queue_packets.*1-4096"):
         load_config(config)
 
 

@@ -418,19 +418,21 @@ async def test_remove_tunnel_forgets_the_peer_and_breaks_its_streams(
 
 
 @pytest.mark.parametrize(
-    ("limits", "size"),
+    ("limits", "size", "window"),
     [
-        (RelayLimits(), 4 * 1024 * 1024),
-        (RelayLimits(bytes_per_second=1024 * 1024, burst=128 * 1024), 1024 * 1024),
+        (RelayLimits(), 8 * 1024 * 1024, 64),
+        (RelayLimits(send_queue_packets=32), 4 * 1024 * 1024, 24),
+        (RelayLimits(bytes_per_second=1024 * 1024, burst=128 * 1024), 1024 * 1024, 64),
     ],
-    ids=["default-limits", "tight-rate-limit"],
+    ids=["default-limits", "derper-queue-depth", "tight-rate-limit"],
 )
 async def test_relay_only_transfer_never_overruns_the_relay(
-    nursery: trio.Nursery, tmp_path: Path, limits: RelayLimits, size: int
+    nursery: trio.Nursery, tmp_path: Path, limits: RelayLimits, size: int, window: int
 ) -> None:
-    # Relay only (no endpoints, no STUN): the mux keeps its bytes in flight below what
-    # the relay queues per client, and the overlay's writer keeps under the rate the
-    # relay advertises, so the relay drops nothing and the stream is intact.
+    # Relay only (no endpoints, no STUN): the mux keeps its datagrams in flight below
+    # the queue depth the relay announces per client (three quarters, at most 64), and
+    # the overlay's writer keeps under the rate the relay advertises, so the relay
+    # drops nothing and the stream is intact.
     async with running_server(nursery, tmp_path, relay=True, relay_limits=limits) as h:
         await h.user("alice")
         agent = make_overlay(h, "web1", await h.token("alice", agent="web1"), endpoints=())
@@ -450,6 +452,7 @@ async def test_relay_only_transfer_never_overruns_the_relay(
             expected = f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
             assert answer == expected
             assert peer_status(laptop).path == "relay"
+            assert peer_status(laptop).relay_window == window
             relay = h.server.relay
             assert relay is not None
             assert relay.stats.drops.get("queue_full", 0) == 0, relay.stats.drops

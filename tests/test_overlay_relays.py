@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
 import trio
 import trio_websocket
 
@@ -21,8 +22,9 @@ from tests._overlay_support import DelayProxy, StandaloneRelay, relay_url
 from tests.test_overlay_e2e import WAIT, peer_status, running, sha256_service, wait_until
 from tunneld.keys import generate_private_key
 from tunneld.net.overlay import Overlay, OverlayConfig
-from tunneld.net.overlay._relays import RelaySelector
+from tunneld.net.overlay._relays import RelaySelector, relay_window
 from tunneld.proto.coord import HomeRelay, RelayMap, decode_response
+from tunneld.proto.derp import ServerInfo
 
 A = HomeRelay(1, "ws://a.example/derp")
 B = HomeRelay(2, "ws://b.example/derp")
@@ -265,3 +267,15 @@ def test_a_full_relay_datagram_fits_one_derp_packet() -> None:
     assert [len(e.payload) for e in events if isinstance(e, DataReceived)] == [
         len(payload) + (-len(payload) % 16)
     ]
+
+
+@pytest.mark.parametrize(
+    ("announced", "window"),
+    [(None, 24), (0, 24), (32, 24), (96, 64), (4096, 64), (2, 1), (1, 1)],
+)
+def test_the_relay_window_is_three_quarters_of_the_announced_queue_capped_at_64(
+    announced: int | None, window: int
+) -> None:
+    # None: no SERVER_INFO yet; 0: a relay that does not announce (derper queues 32).
+    info = None if announced is None else ServerInfo(2, send_queue_packets=announced)
+    assert relay_window(info) == window

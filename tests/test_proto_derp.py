@@ -485,6 +485,25 @@ def test_server_info_json_is_what_derper_marshals() -> None:
     )
 
 
+def test_server_info_carries_our_queue_depth_and_derpers_json_reads_as_unsaid() -> None:
+    from tunneld.proto.derp._info import encode_server_info, parse_server_info
+
+    ours = ServerInfo(2, send_queue_packets=96)
+    assert encode_server_info(ours) == b'{"version":2,"TunneldSendQueuePackets":96}'
+    assert parse_server_info(encode_server_info(ours)) == ours
+    # What Tailscale's derper sends: no depth, so 0 (the node assumes derper's 32).
+    derper = b'{"version":2,"TokenBucketBytesPerSecond":1000,"TokenBucketBytesBurst":5000}'
+    assert parse_server_info(derper).send_queue_packets == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "true", '"96"'])
+def test_server_info_refuses_a_queue_depth_that_is_not_a_count(value: str) -> None:
+    from tunneld.proto.derp._info import parse_server_info
+
+    with pytest.raises(RemoteProtocolError, match="TunneldSendQueuePackets must be a non-neg"):
+        parse_server_info(b'{"version":2,"TunneldSendQueuePackets":' + value.encode() + b"}")
+
+
 SLOW = pytest.mark.skipif(
     not os.environ.get("TUNNELD_SLOW"), reason="long fuzz run: TUNNELD_SLOW=1"
 )

@@ -81,6 +81,11 @@ def _relay_urls(values: tuple[str, ...]) -> None:
             raise ValueError("expected ws:// or wss:// URLs (at most 512 characters)")
 
 
+def _queue_depth(value: int) -> None:
+    if not 1 <= value <= 4096:
+        raise ValueError("expected a number of packets in 1-4096")
+
+
 def _non_negative_float(value: float) -> None:
     if value < 0:
         raise ValueError("expected a number >= 0")
@@ -123,6 +128,9 @@ class ControlConfig:
     relays: tuple[str, ...] = field(default=(), metadata={"check": _relay_urls})
     # Each relay client's sending rate in MiB/s (token bucket, 2 MiB burst); 0: no limit.
     relay_rate_limit: float = field(default=0.0, metadata={"check": _non_negative_float})
+    # Packets the relay queues for each receiving client before it drops (announced to
+    # nodes, which keep fewer in flight through it). derper's depth is 32.
+    relay_queue_packets: int = field(default=96, metadata={"check": _queue_depth})
 
 
 def _tcp_ports(ports: tuple[int, ...]) -> None:

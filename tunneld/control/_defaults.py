@@ -13,8 +13,12 @@ __all__ = ["default_relay_factory", "default_stun_serve", "relay_limits"]
 
 
 def relay_limits(config: ControlConfig) -> RelayLimits:
-    """The relay's limits with what ``[control]`` sets (``relay_rate_limit``)."""
-    return RelayLimits(bytes_per_second=int(config.relay_rate_limit * 1024 * 1024))
+    """The relay's limits with what ``[control]`` sets (``relay_rate_limit``,
+    ``relay_queue_packets``)."""
+    return RelayLimits(
+        bytes_per_second=int(config.relay_rate_limit * 1024 * 1024),
+        send_queue_packets=config.relay_queue_packets,
+    )
 
 
 def default_relay_factory(limits: RelayLimits | None = None) -> RelayFactory:

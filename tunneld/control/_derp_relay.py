@@ -20,10 +20,13 @@ Behaviour follows Tailscale's derper where it is observable by clients:
   watcher of its source, so a peer can forget the relay route back to the sender.
 * PING is answered with PONG; NOTE_PREFERRED is recorded; KEEP_ALIVE every 60 s plus
   up to 5 s of jitter (chosen once per client).
-* Each client has a small bounded send queue drained by its own writer task. A full
+* Each client has a bounded send queue drained by its own writer task. A full
   queue drops its oldest packet (``queue_full``; fresher packets matter more, as in
   derper's head drop); nobody else ever waits for a slow client, and a client whose
-  socket does not take a write within ``write_timeout`` is closed.
+  socket does not take a write within ``write_timeout`` is closed. The queue's depth
+  (96 packets; derper's is 32) is announced in SERVER_INFO as
+  ``TunneldSendQueuePackets``, a field only our nodes read: they keep fewer packets in
+  flight through the relay than it queues.
 * Received bytes per client are limited by a token bucket (drops: ``rate_limited``);
   the rate is advertised in SERVER_INFO as derper's token-bucket hints.
 * Duplicate connections for one key: the newest wins. derper keeps both and picks
@@ -84,7 +87,9 @@ class RelayLimits:
 
     ``max_packet``: larger packets are dropped (``too_large``); frames beyond DERP's
     own 64 KiB limit close the client. ``send_queue_packets``: packets buffered per
-    receiving client (derper's default depth, 32). ``control_queue_frames``: pongs,
+    receiving client, announced in SERVER_INFO so our nodes keep fewer than that in
+    flight (derper's depth is 32; ours is deeper because a node's window on the relay
+    is bound by it; ``[control] relay_queue_packets`` sets it). ``control_queue_frames``: pongs,
     PEER_GONE and other control frames buffered per client. ``bytes_per_second`` and
     ``burst``: each client's token bucket over received frame bytes (0 = unlimited, the
     default, as derper; ``[control] relay_rate_limit`` sets it).
@@ -95,7 +100,7 @@ class RelayLimits:
     """
 
     max_packet: int = MAX_PACKET_SIZE
-    send_queue_packets: int = 32
+    send_queue_packets: int = 96
     control_queue_frames: int = 64
     bytes_per_second: int = 0
     burst: int = 2 * 1024 * 1024
@@ -341,6 +346,7 @@ class DerpRelay:
                 PROTOCOL_VERSION,
                 token_bucket_bytes_per_second=self.limits.bytes_per_second,
                 token_bucket_bytes_burst=self.limits.burst if self.limits.bytes_per_second else 0,
+                send_queue_packets=self.limits.send_queue_packets,
             )
         )
         try:

@@ -126,7 +126,10 @@ class PeerStatus:
     punch_bursts: int = 0  # hole-punching bursts started for this peer
     relay: str = ""  # the relay we send to it through (its home, or ours)
     # The largest mux datagram we send it on the current path (direct: what path MTU
-    # discovery found so far, starting at the mux's 1,200; relay: 48 KiB).
+    # discovery found so far, starting at the mux's 1,200; relay: 63 KiB).
     datagram_size: int = 0
+    # Relay path: the most datagrams we keep in flight to it through its relay (24 for
+    # a relay that does not announce its queue depth, as derper; 64 through ours).
+    relay_window: int = 0
     path_mtu: int | None = None  # direct: IP packet bytes of such a datagram
     pmtu_state: str = ""  # direct: "searching", "done" or "off" (no discovery)

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import trio
 
-from tunneld.net.overlay._node import RELAY_PATH, _format, _OverlayBase, _Peer, _udp_path, log
+from tunneld.net.overlay._node import _format, _OverlayBase, _Peer, _udp_path, log
 from tunneld.net.overlay._pmtu import PmtuSearch
 from tunneld.net.overlay._punch import parse_call_me_maybe
 from tunneld.net.overlay._udp import OverlaySocket
@@ -153,7 +153,7 @@ class _DirectPaths(_OverlayBase):
                 ):
                     log.info("overlay.path_relay", peer=link.id, reason="direct path silent")
                     link.direct = link.pmtu = None
-                    link.mux.set_path(RELAY_PATH)
+                    link.mux.set_path(self._relay_path_for(link))
                     link.punch.restart(now, "direct path silent")
                     self._notify()
                 if link.direct is not None:
@@ -323,7 +323,7 @@ class _DirectPaths(_OverlayBase):
                 link.direct = link.pmtu = None
                 link.last_direct_rx = -math.inf
                 if link.mux.closed is None:
-                    link.mux.set_path(RELAY_PATH)
+                    link.mux.set_path(self._relay_path_for(link))
             if link.handshake_done and link.mux.closed is None:
                 # A fresh burst, tried at once: CALL_ME_MAYBE makes the peer (which
                 # knows nothing of our sleep) punch from its side at the same moment.

@@ -14,6 +14,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -27,10 +28,11 @@ from tunneld.net.overlay._config import LinkState, OverlayConfig, backoff_delay
 from tunneld.net.overlay._ids import ID_SIZE, ConnectionIds
 from tunneld.net.overlay._pmtu import PmtuSearch
 from tunneld.net.overlay._punch import PunchSchedule
-from tunneld.net.overlay._relays import RelayLinks, RelaySelector
+from tunneld.net.overlay._relays import RelayLinks, RelaySelector, relay_window
 from tunneld.net.overlay._udp import OverlaySocket
 from tunneld.net.wireguard_udp import UdpAddress
 from tunneld.proto.coord import AgentInfo, CoordinatorClient, Error, HomeRelay, Node
+from tunneld.proto.derp import ServerInfo
 from tunneld.proto.mux import CallMeMaybe, Path
 from tunneld.proto.noise import Outgoing, WireGuardCore
 
@@ -56,21 +58,27 @@ StreamHandler = Callable[[str, str, MuxStream], Awaitable[None]]
 # allow more bytes in flight per round trip (16 KiB ones halved the bench's relay
 # MB/s; 63 KiB ones cost about 25% less CPU per byte than 48 KiB ones).
 RELAY_DATAGRAM_SIZE = 63 * 1024
-# The relay queues 32 packets per receiving client and drops beyond that (derper's
-# depth too); the mux sees no loss signal there (TCP), so it keeps at most 24 full
-# datagrams in flight: under the queue even if none has left it yet, with room for
-# other senders' packets. Bytes in flight mostly sit in socket buffers, not in that
-# queue, and a bulk transfer is bound by this cap: on the relay bench 16 datagrams
-# gave a round trip of ~7 ms and 24 about the same, so 1.5x the bytes per trip.
-# Two bulk senders to one slow receiver can now overflow the queue; the relay
-# drops, and the mux's packet-threshold loss detection resends.
+# The relay queues a bounded number of packets per receiving client and drops beyond
+# that; the mux sees no loss signal there (TCP), so it caps the datagrams in flight
+# (relay_window): 24 for a relay that does not announce its depth (derper's 32), 64
+# through ours (96). Bytes in flight mostly sit in socket buffers, not in that queue,
+# and a bulk transfer is bound by this cap: the round trip stays about the same as the
+# cap grows (16 datagrams: ~7 ms on the relay bench, 24 about the same), so it moves
+# that many more bytes per trip. Two bulk senders to one slow receiver can overflow the
+# queue; the relay drops, and the mux's packet-threshold loss detection resends.
 RELAY_PATH = Path(
     "relay",
     reliable=True,
     address=b"relay",
     max_datagram_size=RELAY_DATAGRAM_SIZE,
-    max_in_flight=24 * RELAY_DATAGRAM_SIZE,
+    max_in_flight=relay_window(None) * RELAY_DATAGRAM_SIZE,
 )
+
+
+def relay_path(info: ServerInfo | None) -> Path:
+    """:data:`RELAY_PATH` with the window for a relay that sent ``info``."""
+    return replace(RELAY_PATH, max_in_flight=relay_window(info) * RELAY_DATAGRAM_SIZE)
+
 
 # Opaque WireGuard ``source`` for packets that came through the relay: a marker and the
 # sender's node key (34 bytes, so it can never be mistaken for a packed UDP address).
@@ -160,7 +168,7 @@ class _Peer:
             transport,
             is_initiator=self.initiator,
             config=overlay.config.mux,
-            path=self.direct or RELAY_PATH,
+            path=self.direct or overlay._relay_path_for(self),
             on_event=lambda event: overlay._on_mux_event(self, mux, event),
             on_stream=lambda stream: overlay._on_mux_stream(self, stream),
         )
@@ -238,6 +246,7 @@ class _OverlayBase:
         self._coord = CoordinatorClient()
         self._session: CoordinatorConnection | None = None
         self._derp: DerpClient | None = None
+        self._home_relay_path = RELAY_PATH  # with the home relay's window once it answered
         # Peers told about while our relay was down: ready_for_handshake waits for it.
         self._ready_pending: set[str] = set()
         self.coordinator_state = LinkState.CONNECTING
@@ -341,6 +350,24 @@ class _OverlayBase:
             await session.send(data)
         except CoordinatorClosed:
             pass
+
+    def _relay_path_for(self, link: _Peer) -> Path:
+        """The relay path with the window of the relay ``link``'s packets go through:
+        our home relay's, or derper's for a peer on another relay (a link's SERVER_INFO
+        comes and goes with the link)."""
+        return RELAY_PATH if link.key in self._peer_relays else self._home_relay_path
+
+    def _use_relay_window(self, link: _Peer) -> None:
+        """Give ``link``'s mux the window of its relay, if the relay is its path."""
+        path = self._relay_path_for(link)
+        current = link.mux.core.path
+        if (
+            link.direct is None
+            and link.mux.closed is None
+            and current is not None
+            and current.max_in_flight != path.max_in_flight
+        ):
+            link.mux.set_path(path)
 
     def _wake_pump(self) -> None:
         self._wakeup.set()

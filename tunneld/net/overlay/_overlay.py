@@ -242,6 +242,7 @@ class Overlay(_RelayIO, _DirectPaths, _DataPath):
                     datagram_size=datagram_size,
                     path_mtu=path_mtu,
                     pmtu_state=pmtu_state,
+                    relay_window=self._window_status(link),
                 )
             )
         return {
@@ -270,6 +271,13 @@ class Overlay(_RelayIO, _DirectPaths, _DataPath):
             ),
             "peers": peers,
         }
+
+    def _window_status(self, link: _Peer) -> int:
+        """PeerStatus's relay_window: datagrams in flight allowed on the relay path."""
+        path = link.mux.core.path
+        if link.direct is not None or path is None:
+            return 0
+        return path.max_in_flight // RELAY_DATAGRAM_SIZE
 
     def _size_status(self, link: _Peer) -> tuple[int, int | None, str]:
         """PeerStatus's datagram_size, path_mtu and pmtu_state."""

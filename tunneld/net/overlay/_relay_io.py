@@ -10,7 +10,14 @@ import trio
 
 from tunneld.net.derp import DerpClient, DerpConnectError, DerpConnectionClosed
 from tunneld.net.overlay._config import LinkState
-from tunneld.net.overlay._node import _DERP_SOURCE, RELAY_PATH, _OverlayBase, _Peer, log
+from tunneld.net.overlay._node import (
+    _DERP_SOURCE,
+    RELAY_PATH,
+    _OverlayBase,
+    _Peer,
+    log,
+    relay_path,
+)
 from tunneld.net.overlay._relays import RelayPacer, fill_batch
 from tunneld.proto.coord import HomeRelay
 from tunneld.proto.derp import DerpEvent, RecvPacket, Restarting
@@ -39,6 +46,9 @@ class _RelayIO(_OverlayBase):
                     # Published first: a relay link must see this relay's key at once, or
                     # a link to an alias URL of it could replace this connection.
                     self._derp = derp
+                    self._home_relay_path = relay_path(derp.server_info)
+                    for link in self._peers.values():
+                        self._use_relay_window(link)
                     await derp.note_preferred(True)
                     self.relay_state = LinkState.CONNECTED
                     self.relay_error = None
@@ -135,6 +145,7 @@ class _RelayIO(_OverlayBase):
             self._peer_relays[link.key] = url
         else:
             self._peer_relays.pop(link.key, None)
+        self._use_relay_window(link)
 
     def _reroute_all(self) -> None:
         for link in self._peers.values():

@@ -149,6 +149,26 @@ class RelaySelector:
         return self.home
 
 
+# Tailscale's derper queues 32 packets per receiving client and does not say so.
+DERPER_QUEUE_PACKETS = 32
+# At most this many datagrams in flight through any relay, however deep its queue:
+# they wait in socket buffers ahead of every other stream's packets to that peer
+# (64 of 63 KiB: about 4 MiB, some 25 ms at the relay bench's rate).
+RELAY_WINDOW_CAP = 64
+
+
+def relay_window(info: ServerInfo | None) -> int:
+    """Datagrams to keep in flight through a relay that sent ``info`` (None: unknown).
+
+    Over TCP the mux sees no loss, but the relay drops what overflows its queue for the
+    receiver: keep three quarters of the depth it announced (derper's 32 when it did
+    not), leaving room for other senders' packets to the same receiver. A bulk transfer
+    through the relay is bound by this window (docs/overlay.md).
+    """
+    depth = (info.send_queue_packets if info is not None else 0) or DERPER_QUEUE_PACKETS
+    return max(1, min(RELAY_WINDOW_CAP, depth * 3 // 4))
+
+
 class RelayPacer:
     """Keeps writes under 90% of the rate and burst a relay advertised in SERVER_INFO.
 

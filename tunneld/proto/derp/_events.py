@@ -36,11 +36,18 @@ class ClientInfo:
 
 @dataclass(frozen=True, slots=True)
 class ServerInfo:
-    """What the server says in its sealed SERVER_INFO JSON (rate hints 0 = none)."""
+    """What the server says in its sealed SERVER_INFO JSON (rate hints 0 = none).
+
+    ``send_queue_packets`` is tunneld's own field: how many packets the relay queues
+    per receiving client before it drops (0: not said, as from Tailscale's derper,
+    whose depth is 32). Go's decoder ignores fields it does not know, so stock
+    clients are unaffected.
+    """
 
     version: int
     token_bucket_bytes_per_second: int = 0
     token_bucket_bytes_burst: int = 0
+    send_queue_packets: int = 0
 
 
 # --- client side (frames from the server) ---

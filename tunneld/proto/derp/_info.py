@@ -2,7 +2,8 @@
 
 Tailscale's Go structs marshal as ``{"version":2,"CanAckPings":true}`` (ClientInfo) and
 ``{"version":2,"TokenBucketBytesPerSecond":…,"TokenBucketBytesBurst":…}`` (ServerInfo);
-Go's decoder matches names case-insensitively, so we do too.
+Go's decoder matches names case-insensitively, so we do too. Our relay adds
+``TunneldSendQueuePackets`` to SERVER_INFO (Go's decoder skips unknown names).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ __all__ = [
     "parse_server_info",
     "seal_box",
 ]
+
+
+# Ours, not derper's: named so that no field Tailscale adds can mean something else.
+_QUEUE_FIELD = "TunneldSendQueuePackets"
 
 
 def seal_box(private_key: bytes, peer_public: bytes, message: bytes) -> bytes:
@@ -120,14 +125,18 @@ def parse_server_info(data: bytes) -> ServerInfo:
         version=version,
         token_bucket_bytes_per_second=_int_field(fields, "TokenBucketBytesPerSecond", what),
         token_bucket_bytes_burst=_int_field(fields, "TokenBucketBytesBurst", what),
+        send_queue_packets=_int_field(fields, _QUEUE_FIELD, what),
     )
 
 
 def encode_server_info(info: ServerInfo) -> bytes:
-    """The JSON derper sends (zero rate hints omitted, as Go's ``omitempty`` does)."""
+    """The JSON derper sends, plus our queue depth (zeros omitted, as Go's ``omitempty``
+    does)."""
     body: dict[str, object] = {"version": info.version}
     if info.token_bucket_bytes_per_second:
         body["TokenBucketBytesPerSecond"] = info.token_bucket_bytes_per_second
     if info.token_bucket_bytes_burst:
         body["TokenBucketBytesBurst"] = info.token_bucket_bytes_burst
+    if info.send_queue_packets:
+        body[_QUEUE_FIELD] = info.send_queue_packets
     return json.dumps(body, separators=(",", ":")).encode()
