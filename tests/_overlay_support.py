@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import trio
 
-from tunneld.control import DerpRelay
+from tunneld.control import DerpRelay, RelayLimits
 from tunneld.http import HttpLimits, HttpServer, Router
 from tunneld.keys import generate_private_key
 
@@ -18,7 +18,8 @@ class StandaloneRelay:
     """A DERP relay on its own HTTP server; :meth:`start` again after :meth:`kill` to
     restart it on the same port (a new process: nothing of the old state survives)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: RelayLimits | None = None) -> None:
+        self.limits = limits  # used by the next start
         self.private_key = generate_private_key()
         self.port = 0
         self.relay: DerpRelay | None = None
@@ -35,7 +36,7 @@ class StandaloneRelay:
         async def allow(_key: bytes) -> bool:
             return True
 
-        relay = DerpRelay(self.private_key, authorize=allow)
+        relay = DerpRelay(self.private_key, authorize=allow, limits=self.limits)
         router = Router()
         router.websocket(
             "/derp", relay.handle_websocket, subprotocols=["derp"], require_subprotocol=True

@@ -22,7 +22,7 @@ def test_bench_throughput_json_has_both_paths_and_the_ceiling() -> None:
     rows = json.loads(out)
     assert [row["path"] for row in rows] == ["direct", "relay"]
     # Each path's ceiling is measured with the packets that path sends: over the
-    # relay 48 KiB datagrams; on the direct path what path MTU discovery found
+    # relay 63 KiB datagrams; on the direct path what path MTU discovery found
     # (loopback carries the largest UDP datagram; without don't-fragment, 1,200).
     largest = mux_size_for(65535) if sys.platform.startswith("linux") else 1200
     assert rows[0]["packet_bytes"] == largest + HEADER_SIZE

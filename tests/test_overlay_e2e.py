@@ -297,6 +297,7 @@ async def test_direct_path_falls_back_to_the_relay_when_it_goes_silent(
                     answer += data
             assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
             assert peer_status(laptop).path == "relay"
+            assert peer_status(laptop).relay_window == 64  # our relay's, as announced
             # The mapping comes back: the next probe finds it and traffic goes direct.
             box.blackhole = False
             with trio.fail_after(WAIT):

@@ -20,8 +20,10 @@ import trio_websocket
 from tests._control_support import running_server
 from tests._overlay_support import DelayProxy, StandaloneRelay, relay_url
 from tests.test_overlay_e2e import WAIT, peer_status, running, sha256_service, wait_until
+from tests.test_overlay_faults import relay_node
+from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
-from tunneld.net.overlay import Overlay, OverlayConfig
+from tunneld.net.overlay import LinkState, Overlay, OverlayConfig
 from tunneld.net.overlay._relays import RelaySelector, relay_window
 from tunneld.proto.coord import HomeRelay, RelayMap, decode_response
 from tunneld.proto.derp import ServerInfo
@@ -188,6 +190,10 @@ async def test_home_moves_to_the_faster_relay_and_each_side_sends_through_the_ot
             # Each sends through the other's home relay, over a link of its own.
             assert peer_status(laptop).relay == slow_url
             assert peer_status(agent).relay == fast.url
+            # Through a link the window stays derper's: a link's SERVER_INFO comes and
+            # goes with the link, so nodes never count on another relay's queue.
+            assert peer_status(laptop).relay_window == 24
+            assert peer_status(agent).relay_window == 24
             assert slow_url in laptop.status()["relay_links"]  # type: ignore[operator]
             assert laptop.status()["relay"] == "connected"
             # Hysteresis: one move, no flapping while the measurements go on.
@@ -279,3 +285,36 @@ def test_the_relay_window_is_three_quarters_of_the_announced_queue_capped_at_64(
     # None: no SERVER_INFO yet; 0: a relay that does not announce (derper queues 32).
     info = None if announced is None else ServerInfo(2, send_queue_packets=announced)
     assert relay_window(info) == window
+
+
+async def test_the_relay_window_follows_what_the_home_relay_announces_across_a_restart(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    relay = StandaloneRelay()  # our relay's default depth, 96: a window of 64
+    await relay.start(nursery)
+    async with running_server(nursery, tmp_path) as h:  # the coordinator only
+        await h.user("alice")
+        agent = relay_node(h, relay.url, "web1", await h.token("alice", agent="web1"))
+        laptop = relay_node(h, relay.url, "laptop", await h.token("alice"))
+        async with running(nursery, agent), running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "sha256")
+            await wait_until(laptop, lambda: peer_status(laptop).relay_window == 64)
+            relay.kill()
+            # Away from home, the next relay may be a derper: its window until it says.
+            await wait_until(laptop, lambda: peer_status(laptop).relay_window == 24)
+            relay.limits = RelayLimits(send_queue_packets=40)
+            await relay.start(nursery)
+            await wait_until(laptop, lambda: laptop.relay_state is LinkState.CONNECTED)
+            assert peer_status(laptop).relay_window == 30
+            payload = bytes(range(251)) * (1024 * 1024 // 251)
+            with trio.fail_after(WAIT * 2):
+                await stream.send_all(payload)
+                await stream.send_eof()
+                answer = b""
+                while data := await stream.receive_some():
+                    answer += data
+            assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+            assert relay.relay is not None
+            assert relay.relay.stats.drops.get("queue_full", 0) == 0

@@ -24,7 +24,7 @@ Behaviour follows Tailscale's derper where it is observable by clients:
   queue drops its oldest packet (``queue_full``; fresher packets matter more, as in
   derper's head drop); nobody else ever waits for a slow client, and a client whose
   socket does not take a write within ``write_timeout`` is closed. The queue's depth
-  (96 packets; derper's is 32) is announced in SERVER_INFO as
+  (96 packets by default; derper's is 32) is announced in SERVER_INFO as
   ``TunneldSendQueuePackets``, a field only our nodes read: they keep fewer packets in
   flight through the relay than it queues.
 * Received bytes per client are limited by a token bucket (drops: ``rate_limited``);

@@ -99,7 +99,7 @@ class _DataPath(_OverlayBase):
             if (path is current or path == current) and not _is_path_packet(data):
                 if route is None:
                     route = self._route(link, now)
-                    if len(route) == 1 and route[0] is not RELAY_PATH:
+                    if len(route) == 1 and route[0] != RELAY_PATH:
                         parts: tuple[str, str, int] = route[0].key  # type: ignore[assignment]
                         address = (parts[1], parts[2])
                 targets = route

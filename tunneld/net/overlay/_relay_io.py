@@ -21,7 +21,7 @@ from tunneld.net.overlay._node import (
 from tunneld.net.overlay._relays import RelayPacer, fill_batch
 from tunneld.proto.coord import HomeRelay
 from tunneld.proto.derp import DerpEvent, RecvPacket, Restarting
-from tunneld.proto.mux import ConnectionClosedError
+from tunneld.proto.mux import ConnectionClosedError, Path
 
 __all__ = ["_RelayIO"]
 
@@ -46,9 +46,7 @@ class _RelayIO(_OverlayBase):
                     # Published first: a relay link must see this relay's key at once, or
                     # a link to an alias URL of it could replace this connection.
                     self._derp = derp
-                    self._home_relay_path = relay_path(derp.server_info)
-                    for link in self._peers.values():
-                        self._use_relay_window(link)
+                    self._set_home_window(relay_path(derp.server_info))
                     await derp.note_preferred(True)
                     self.relay_state = LinkState.CONNECTED
                     self.relay_error = None
@@ -73,6 +71,9 @@ class _RelayIO(_OverlayBase):
             finally:
                 self._derp = None
                 self._home_scope = None
+                # The next home may be another relay (a move, or a URL that now
+                # reaches a derper): derper's window until its SERVER_INFO says more.
+                self._set_home_window(RELAY_PATH)
             if moved:
                 attempt = 0
                 continue  # straight to the new home relay
@@ -91,6 +92,12 @@ class _RelayIO(_OverlayBase):
             attempt += 1
             restarting = trio.current_time() < self._restart_until
             attempt = await self._backoff(attempt, _RESTART_RETRY_CAP if restarting else None)
+
+    def _set_home_window(self, path: Path) -> None:
+        """Make ``path`` the relay path through home, for every peer sent to there."""
+        self._home_relay_path = path
+        for link in self._peers.values():
+            self._use_relay_window(link)
 
     def _nudge_peers(self) -> None:
         """A path came back: ping every peer so lost data is found without a long PTO,
@@ -201,6 +208,9 @@ class _RelayIO(_OverlayBase):
             region=new.region,
             rtt_ms=round(self._selector.latency.get(new.url, math.inf) * 1000, 1),
         )
+        # Peers on the new home stop being diverted: derper's window for them until
+        # the new home's SERVER_INFO says more.
+        self._set_home_window(RELAY_PATH)
         self._reroute_all()
         self._relay_links.close(new.url)
         if self._home_scope is not None:
