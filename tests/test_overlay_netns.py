@@ -145,9 +145,15 @@ def wait_for_file(path: Path, process: subprocess.Popen[str]) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def read_record(stream: IO[str], phase: str) -> dict[str, Any]:
+def read_record(stream: IO[str], phase: str, log: Path | None = None) -> dict[str, Any]:
+    """The driver's next JSON record, which must be ``phase``; if the driver ended
+    first, the failure shows the end of its ``log`` (its stderr), to say why."""
     line = stream.readline()
-    assert line, f"the client ended before phase {phase!r}"
+    if not line:
+        tail = log.read_text(errors="replace").splitlines()[-20:] if log and log.exists() else []
+        raise AssertionError(
+            f"the driver ended before phase {phase!r}" + "".join(f"\n  {t}" for t in tail)
+        )
     record = dict(json.loads(line))
     assert record["phase"] == phase, record
     return record
@@ -256,7 +262,7 @@ def test_direct_path_between_namespaces(tmp_path: Path) -> None:
         info, token = start_world(spaces, tmp_path)
         client = start_client(spaces, tmp_path, info, token, pause=False)
         assert client.stdout is not None
-        read_record(client.stdout, "first")
+        read_record(client.stdout, "first", tmp_path / "client.log")
         finish(client)
 
 
@@ -267,7 +273,7 @@ def test_blocked_udp_uses_the_relay_then_upgrades_to_direct_mid_stream(tmp_path:
         client = start_client(spaces, tmp_path, info, token, pause=True)
         assert client.stdout is not None
         assert client.stdin is not None
-        first = read_record(client.stdout, "first")
+        first = read_record(client.stdout, "first", tmp_path / "client.log")
         # A megabyte went through while every UDP packet between the two was dropped.
         assert first["path"] == "relay", first
         spaces.unblock_udp()

@@ -134,7 +134,7 @@ def test_call_me_maybe_punches_through_nat_like_filters(
             {**common, "name": "web1", "token": agent_token, "host": AGENT, "punch_tries": 2},
         )
         assert agent.stdout is not None
-        read_record(agent.stdout, "ready")
+        read_record(agent.stdout, "ready", tmp_path / "agent.log")
         client = driver(
             spaces,
             spaces.client,
@@ -152,15 +152,15 @@ def test_call_me_maybe_punches_through_nat_like_filters(
         )
         assert client.stdout is not None
         assert client.stdin is not None
-        first = read_record(client.stdout, "relay")
+        first = read_record(client.stdout, "relay", tmp_path / "client.log")
         assert first["path"] == "relay", first
         # Both first bursts (tries 0.5 s then 1 s apart) are over by now.
         time.sleep(2.5)
         nat_like_filter(spaces)
         client.stdin.write("wake\n")
         client.stdin.flush()
-        after = read_record(client.stdout, "after")
-        done = read_record(client.stdout, "done")
+        after = read_record(client.stdout, "after", tmp_path / "client.log")
+        done = read_record(client.stdout, "done", tmp_path / "client.log")
         assert client.wait(timeout=20) == 0
         assert done["answer"] == f"{done['bytes']} {done['sha256']}", done
         if call_me_maybe:
