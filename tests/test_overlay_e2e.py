@@ -87,6 +87,18 @@ async def wait_until(overlay: Overlay, predicate: object) -> None:
             await trio.sleep(0.02)
 
 
+async def hash_through(stream: MuxStream, payload: bytes) -> None:
+    """Send ``payload`` and EOF to a ``sha256`` stream; its answer must be the length
+    and SHA-256 of exactly those bytes (nothing lost, duplicated or reordered)."""
+    with trio.fail_after(WAIT * 2):
+        await stream.send_all(payload)
+        await stream.send_eof()
+        answer = b""
+        while data := await stream.receive_some():
+            answer += data
+    assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+
+
 def peer_status(overlay: Overlay) -> PeerStatus:
     peers = overlay.status()["peers"]
     assert isinstance(peers, list)
@@ -443,15 +455,7 @@ async def test_relay_only_transfer_never_overruns_the_relay(
             await laptop.add_tunnel("web1")
             with trio.fail_after(WAIT):
                 stream = await laptop.open_stream("web1", "sha256")
-            payload = bytes(range(251)) * (size // 251)
-            with trio.fail_after(WAIT * 2):
-                await stream.send_all(payload)
-                await stream.send_eof()
-                answer = b""
-                while data := await stream.receive_some():
-                    answer += data
-            expected = f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
-            assert answer == expected
+            await hash_through(stream, bytes(range(251)) * (size // 251))
             assert peer_status(laptop).path == "relay"
             assert peer_status(laptop).relay_window == window
             relay = h.server.relay

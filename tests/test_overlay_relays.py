@@ -19,7 +19,14 @@ import trio_websocket
 
 from tests._control_support import running_server
 from tests._overlay_support import DelayProxy, StandaloneRelay, relay_url
-from tests.test_overlay_e2e import WAIT, peer_status, running, sha256_service, wait_until
+from tests.test_overlay_e2e import (
+    WAIT,
+    hash_through,
+    peer_status,
+    running,
+    sha256_service,
+    wait_until,
+)
 from tests.test_overlay_faults import relay_node
 from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
@@ -178,14 +185,7 @@ async def test_home_moves_to_the_faster_relay_and_each_side_sends_through_the_ot
                 return relay == HomeRelay(2, fast.url)
 
             await wait_until(agent, agent_knows_the_move)
-            payload = bytes(range(251)) * (1024 * 1024 // 251)
-            with trio.fail_after(WAIT * 2):
-                await stream.send_all(payload)
-                await stream.send_eof()
-                answer = b""
-                while data := await stream.receive_some():
-                    answer += data
-            assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+            await hash_through(stream, bytes(range(251)) * (1024 * 1024 // 251))
             assert agent.status()["home_relay"] == slow_url
             # Each sends through the other's home relay, over a link of its own.
             assert peer_status(laptop).relay == slow_url
@@ -308,13 +308,6 @@ async def test_the_relay_window_follows_what_the_home_relay_announces_across_a_r
             await relay.start(nursery)
             await wait_until(laptop, lambda: laptop.relay_state is LinkState.CONNECTED)
             assert peer_status(laptop).relay_window == 30
-            payload = bytes(range(251)) * (1024 * 1024 // 251)
-            with trio.fail_after(WAIT * 2):
-                await stream.send_all(payload)
-                await stream.send_eof()
-                answer = b""
-                while data := await stream.receive_some():
-                    answer += data
-            assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+            await hash_through(stream, bytes(range(251)) * (1024 * 1024 // 251))
             assert relay.relay is not None
             assert relay.relay.stats.drops.get("queue_full", 0) == 0
