@@ -190,19 +190,20 @@ async def test_home_moves_to_the_faster_relay_and_each_side_sends_through_the_ot
             # Each sends through the other's home relay, over a link of its own.
             assert peer_status(laptop).relay == slow_url
             assert peer_status(agent).relay == fast.url
-            # Through a link the window stays derper's: a link's SERVER_INFO comes and
-            # goes with the link, so nodes never count on another relay's queue.
-            assert peer_status(laptop).relay_window == 24
-            assert peer_status(agent).relay_window == 24
+            # Through a link, the window that relay's SERVER_INFO gives (both are ours).
+            assert peer_status(laptop).relay_window == 64
+            assert peer_status(agent).relay_window == 64
             assert slow_url in laptop.status()["relay_links"]  # type: ignore[operator]
             assert laptop.status()["relay"] == "connected"
             # Hysteresis: one move, no flapping while the measurements go on.
             assert laptop.home_switches == 1
             assert agent.home_switches == 0
             await stream.aclose()
-            # Unused, the agent's link to the laptop's relay closes; the next packet for
-            # the laptop opens it again.
+            # Unused, the agent's link to the laptop's relay closes (and with it what
+            # that relay said: derper's window until a link is open again); the next
+            # packet for the laptop opens it again.
             await wait_until(agent, lambda: agent.status()["relay_links"] == [])
+            assert peer_status(agent).relay_window == 24
             with trio.fail_after(WAIT):
                 echo = await agent.open_stream("laptop", "sha256")
                 await echo.send_all(b"again")

@@ -128,10 +128,10 @@ class PeerStatus:
     # The largest mux datagram we send it on the current path (direct: what path MTU
     # discovery found so far, starting at the mux's 1,200; relay: 63 KiB).
     datagram_size: int = 0
-    # Relay path: the most datagrams we keep in flight to it through its relay: three
-    # quarters of the queue depth our home relay announces, at most 64 (ours by
-    # default); 24 through a relay that does not announce it (derper) and through a
-    # link to another relay. 0 on a direct path.
+    # Relay path: the most datagrams we keep in flight to it through its relay (home, or
+    # a link to its home relay): three quarters of the queue depth that relay announced,
+    # at most 64 (ours by default); 24 through a relay that does not announce it
+    # (derper) or while that relay's connection is not open. 0 on a direct path.
     relay_window: int = 0
     path_mtu: int | None = None  # direct: IP packet bytes of such a datagram
     pmtu_state: str = ""  # direct: "searching", "done" or "off" (no discovery)

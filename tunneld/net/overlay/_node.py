@@ -294,6 +294,7 @@ class _OverlayBase:
             idle_timeout=config.relay_idle_timeout,
         )
         self._relay_links.on_alias = self._on_relay_alias
+        self._relay_links.on_change = self._on_link_change
         self._peer_relays: dict[bytes, str] = {}  # peer key -> its home relay, if not ours
         self._home_scope: trio.CancelScope | None = None
         self._relays_changed = trio.Event()
@@ -353,9 +354,13 @@ class _OverlayBase:
 
     def _relay_path_for(self, link: _Peer) -> Path:
         """The relay path with the window of the relay ``link``'s packets go through:
-        our home relay's, or derper's for a peer on another relay (a link's SERVER_INFO
-        comes and goes with the link)."""
-        return RELAY_PATH if link.key in self._peer_relays else self._home_relay_path
+        our home relay's, or for a peer on another relay that relay's while our link
+        to it is open (derper's otherwise: the next link may reach another relay)."""
+        url = self._peer_relays.get(link.key)
+        if url is None:
+            return self._home_relay_path
+        info = self._relay_links.server_info(url)
+        return RELAY_PATH if info is None else relay_path(info)
 
     def _use_relay_window(self, link: _Peer) -> None:
         """Give ``link``'s mux the window of its relay, if the relay is its path."""
@@ -395,4 +400,5 @@ class _OverlayBase:
         async def _on_link_packet(self, src: bytes, data: bytes) -> None: ...
         def _home_keys(self) -> set[bytes]: ...
         def _on_relay_alias(self, url: str) -> None: ...
+        def _on_link_change(self, url: str) -> None: ...
         async def _check_relay(self) -> None: ...

@@ -142,6 +142,12 @@ class _RelayIO(_OverlayBase):
         self._selector.alias(url)
         self._reroute_all()
 
+    def _on_link_change(self, url: str) -> None:
+        """A link to ``url`` opened or closed: its peers get that relay's window."""
+        for link in self._peers.values():
+            if self._peer_relays.get(link.key) == url:
+                self._use_relay_window(link)
+
     def _route_relay(self, link: _Peer) -> None:
         """Send to ``link`` through its home relay when that is another relay we know
         (an unknown URL is never dialled: a peer cannot make us connect anywhere);

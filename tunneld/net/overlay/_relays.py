@@ -250,6 +250,9 @@ class RelayLinks:
         self._links: dict[str, _Link] = {}
         self._nursery: trio.Nursery | None = None
         self.on_alias: Callable[[str], None] | None = None
+        # Called with a link's URL when it connects or closes: its SERVER_INFO (and so
+        # the window for peers sent to through it) came or went.
+        self.on_change: Callable[[str], None] | None = None
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -264,6 +267,11 @@ class RelayLinks:
     def connected(self) -> list[str]:
         """URLs of the links connected now."""
         return sorted(url for url, link in self._links.items() if link.derp is not None)
+
+    def server_info(self, url: str) -> ServerInfo | None:
+        """What the relay at ``url`` said in SERVER_INFO, while a link to it is open."""
+        link = self._links.get(url)
+        return None if link is None or link.derp is None else link.derp.server_info
 
     def keys(self) -> set[bytes]:
         """Relay keys of the links connected now."""
@@ -340,6 +348,7 @@ class RelayLinks:
                     link.derp = derp
                     link.settled.set()
                     log.info("overlay.relay_link_open", relay=link.url)
+                    self._changed(link)
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._writer, link, derp)
                         nursery.start_soon(self._reader, link, derp)
@@ -354,10 +363,17 @@ class RelayLinks:
         except* (DerpConnectionClosed, OSError) as group:
             self._failed(link, "; ".join(str(e) for e in group.exceptions))
         finally:
+            opened = link.derp is not None
             link.derp = None
             link.settled.set()
             if self._links.get(link.url) is link and link.failed_at is None:
                 del self._links[link.url]  # idle: the next use opens a new one
+            if opened:
+                self._changed(link)
+
+    def _changed(self, link: _Link) -> None:
+        if self.on_change is not None:
+            self.on_change(link.url)
 
     def _failed(self, link: _Link, error: str) -> None:
         link.failed_at = trio.current_time()
