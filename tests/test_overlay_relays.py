@@ -143,7 +143,8 @@ async def test_the_coordinator_sends_its_relay_map_only_to_clients_that_ask(
 async def test_home_moves_to_the_faster_relay_and_each_side_sends_through_the_others(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fast, far = StandaloneRelay(), StandaloneRelay()
+    # The far relay queues 40 per client: a window of 30 through it.
+    fast, far = StandaloneRelay(), StandaloneRelay(RelayLimits(send_queue_packets=40))
     await fast.start(nursery)
     await far.start(nursery)
     proxy = DelayProxy(far.port, delay=0.05)  # ~100 ms round trip to the far relay
@@ -190,9 +191,11 @@ async def test_home_moves_to_the_faster_relay_and_each_side_sends_through_the_ot
             # Each sends through the other's home relay, over a link of its own.
             assert peer_status(laptop).relay == slow_url
             assert peer_status(agent).relay == fast.url
-            # Through a link, the window that relay's SERVER_INFO gives (both are ours).
-            assert peer_status(laptop).relay_window == 64
-            assert peer_status(agent).relay_window == 64
+            # Through a link, the window that relay's SERVER_INFO gives, never more than
+            # home's: the laptop (home: fast, 64) sends through far's link (30); the
+            # agent (home: far, 30) through fast's (64).
+            assert peer_status(laptop).relay_window == 30
+            assert peer_status(agent).relay_window == 30
             assert slow_url in laptop.status()["relay_links"]  # type: ignore[operator]
             assert laptop.status()["relay"] == "connected"
             # Hysteresis: one move, no flapping while the measurements go on.

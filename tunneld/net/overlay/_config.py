@@ -130,8 +130,9 @@ class PeerStatus:
     datagram_size: int = 0
     # Relay path: the most datagrams we keep in flight to it through its relay (home, or
     # a link to its home relay): three quarters of the queue depth that relay announced,
-    # at most 64 (ours by default); 24 through a relay that does not announce it
-    # (derper) or while that relay's connection is not open. 0 on a direct path.
+    # at most 64 (ours by default) and, through a link, at most home's; 24 through a
+    # relay that does not announce it (derper) or while that relay's connection is not
+    # open. 0 on a direct path.
     relay_window: int = 0
     path_mtu: int | None = None  # direct: IP packet bytes of such a datagram
     pmtu_state: str = ""  # direct: "searching", "done" or "off" (no discovery)

@@ -355,12 +355,21 @@ class _OverlayBase:
     def _relay_path_for(self, link: _Peer) -> Path:
         """The relay path with the window of the relay ``link``'s packets go through:
         our home relay's, or for a peer on another relay that relay's while our link
-        to it is open (derper's otherwise: the next link may reach another relay)."""
+        to it is open (derper's otherwise: the next link may reach another relay).
+
+        A linked peer never gets more than home's window either: its packets wait in
+        home's queue until home's writer hands them to the link, and if the link fails
+        meanwhile they go through home instead.
+        """
+        home = self._home_relay_path
         url = self._peer_relays.get(link.key)
         if url is None:
-            return self._home_relay_path
+            return home
         info = self._relay_links.server_info(url)
-        return RELAY_PATH if info is None else relay_path(info)
+        if info is None:
+            return RELAY_PATH
+        path = relay_path(info)
+        return path if path.max_in_flight <= home.max_in_flight else home
 
     def _use_relay_window(self, link: _Peer) -> None:
         """Give ``link``'s mux the window of its relay, if the relay is its path."""
