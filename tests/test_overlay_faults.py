@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,24 @@ def relay_node(h: Harness, derp_url: str, name: str, token: str) -> Overlay:
         return token
 
     return Overlay(config, token_provider, on_stream=sha256_service)
+
+
+@asynccontextmanager
+async def relay_only_pair(
+    nursery: trio.Nursery, tmp_path: Path, relay: StandaloneRelay
+) -> AsyncIterator[tuple[Overlay, Overlay, MuxStream]]:
+    """A coordinator-only control server, the agent ``web1`` and the client ``laptop``
+    on ``relay`` (relay only), and one ``sha256`` stream from the laptop to the agent;
+    yields (agent, laptop, stream)."""
+    async with running_server(nursery, tmp_path) as h:  # the coordinator only
+        await h.user("alice")
+        agent = relay_node(h, relay.url, "web1", await h.token("alice", agent="web1"))
+        laptop = relay_node(h, relay.url, "laptop", await h.token("alice"))
+        async with running(nursery, agent), running(nursery, laptop):
+            await laptop.add_tunnel("web1")
+            with trio.fail_after(WAIT):
+                stream = await laptop.open_stream("web1", "sha256")
+            yield agent, laptop, stream
 
 
 def expected(payload: bytes) -> bytes:
@@ -107,29 +126,22 @@ async def test_relay_killed_and_restarted_mid_transfer_on_a_relay_only_path(
     caplog.set_level(logging.INFO, logger="tunneld.net.overlay")
     relay = StandaloneRelay()
     await relay.start(nursery)
-    async with running_server(nursery, tmp_path) as h:  # the coordinator only
-        await h.user("alice")
-        agent = relay_node(h, relay.url, "web1", await h.token("alice", agent="web1"))
-        laptop = relay_node(h, relay.url, "laptop", await h.token("alice"))
-        async with running(nursery, agent), running(nursery, laptop):
-            await laptop.add_tunnel("web1")
-            with trio.fail_after(WAIT):
-                stream = await laptop.open_stream("web1", "sha256")
+    async with relay_only_pair(nursery, tmp_path, relay) as (agent, laptop, stream):
 
-            async def fault() -> None:
-                if announced:
-                    assert relay.relay is not None
-                    # Come back in half a second, keep trying for ten.
-                    await relay.relay.announce_restart(0.5, 10.0)
-                relay.kill()
-                for node in (agent, laptop):
-                    await wait_until(node, lambda n=node: n.relay_state is not LinkState.CONNECTED)
-                await trio.sleep(1.0)  # the relay is down for a while
-                await relay.start(nursery)
-                for node in (agent, laptop):
-                    await wait_until(node, lambda n=node: n.relay_state is LinkState.CONNECTED)
+        async def fault() -> None:
+            if announced:
+                assert relay.relay is not None
+                # Come back in half a second, keep trying for ten.
+                await relay.relay.announce_restart(0.5, 10.0)
+            relay.kill()
+            for node in (agent, laptop):
+                await wait_until(node, lambda n=node: n.relay_state is not LinkState.CONNECTED)
+            await trio.sleep(1.0)  # the relay is down for a while
+            await relay.start(nursery)
+            for node in (agent, laptop):
+                await wait_until(node, lambda n=node: n.relay_state is LinkState.CONNECTED)
 
-            answer = await transfer_across(stream, PAYLOAD, fault)
+        answer = await transfer_across(stream, PAYLOAD, fault)
         assert answer == expected(PAYLOAD)
         assert relay.starts == 2
         assert peer_status(laptop).path == "relay"

@@ -27,7 +27,7 @@ from tests.test_overlay_e2e import (
     sha256_service,
     wait_until,
 )
-from tests.test_overlay_faults import relay_node
+from tests.test_overlay_faults import relay_only_pair
 from tunneld.control import RelayLimits
 from tunneld.keys import generate_private_key
 from tunneld.net.overlay import LinkState, Overlay, OverlayConfig
@@ -296,22 +296,15 @@ async def test_the_relay_window_follows_what_the_home_relay_announces_across_a_r
 ) -> None:
     relay = StandaloneRelay()  # our relay's default depth, 96: a window of 64
     await relay.start(nursery)
-    async with running_server(nursery, tmp_path) as h:  # the coordinator only
-        await h.user("alice")
-        agent = relay_node(h, relay.url, "web1", await h.token("alice", agent="web1"))
-        laptop = relay_node(h, relay.url, "laptop", await h.token("alice"))
-        async with running(nursery, agent), running(nursery, laptop):
-            await laptop.add_tunnel("web1")
-            with trio.fail_after(WAIT):
-                stream = await laptop.open_stream("web1", "sha256")
-            await wait_until(laptop, lambda: peer_status(laptop).relay_window == 64)
-            relay.kill()
-            # Away from home, the next relay may be a derper: its window until it says.
-            await wait_until(laptop, lambda: peer_status(laptop).relay_window == 24)
-            relay.limits = RelayLimits(send_queue_packets=40)
-            await relay.start(nursery)
-            await wait_until(laptop, lambda: laptop.relay_state is LinkState.CONNECTED)
-            assert peer_status(laptop).relay_window == 30
-            await hash_through(stream, bytes(range(251)) * (1024 * 1024 // 251))
-            assert relay.relay is not None
-            assert relay.relay.stats.drops.get("queue_full", 0) == 0
+    async with relay_only_pair(nursery, tmp_path, relay) as (_, laptop, stream):
+        await wait_until(laptop, lambda: peer_status(laptop).relay_window == 64)
+        relay.kill()
+        # Away from home, the next relay may be a derper: its window until it says.
+        await wait_until(laptop, lambda: peer_status(laptop).relay_window == 24)
+        relay.limits = RelayLimits(send_queue_packets=40)
+        await relay.start(nursery)
+        await wait_until(laptop, lambda: laptop.relay_state is LinkState.CONNECTED)
+        assert peer_status(laptop).relay_window == 30
+        await hash_through(stream, bytes(range(251)) * (1024 * 1024 // 251))
+        assert relay.relay is not None
+        assert relay.relay.stats.drops.get("queue_full", 0) == 0
